@@ -1,0 +1,13 @@
+"""trio-rack: an HTTP/1.1 server on Trio with Ruby Rack's app protocol.
+
+``await serve(app, bind=...)`` serves until cancelled; ``run(app)`` is the blocking form;
+``trio-rack serve`` is the command line.  The app protocol (the "trio-rack spec") is in the
+README and in :mod:`trio_rack.types`.
+"""
+
+from .config import Bind, ConfigError, Limits
+from .server import run, serve
+
+__all__ = ["Bind", "ConfigError", "Limits", "run", "serve", "__version__"]
+
+__version__ = "0.1.0"

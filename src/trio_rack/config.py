@@ -1,0 +1,151 @@
+"""Server configuration: bind URLs and limits, parsed and validated without I/O.
+
+Everything here is a frozen dataclass built from plain values, so the CLI, ``serve()`` and
+the worker supervisor share one vocabulary and one set of error messages.  A bad value raises
+:class:`ConfigError` whose message is a single line fit to print after ``trio-rack: error:``.
+
+Bind URLs::
+
+    https://localhost:9292      TLS on every address "localhost" resolves to (the default)
+    http://0.0.0.0:8080         plain HTTP
+    https://[::1]:9292          IPv6 literals go in brackets
+    unix:/run/app.sock          a Unix domain socket (plain HTTP)
+    fd://3                      an inherited, already listening socket (plain HTTP)
+
+An ``fd://`` URL may carry ``?scheme=https`` so that the worker supervisor can hand a TLS
+listener to its workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["Bind", "ConfigError", "Limits", "parse_bind", "DEFAULT_BIND"]
+
+DEFAULT_BIND = "https://localhost:9292"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line, meant for a human."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Where to listen.
+
+    ``scheme`` is what clients speak on the socket ("http" or "https"); ``kind`` is how the
+    socket is obtained: "tcp" (bind ``host``:``port``), "unix" (bind ``path``) or "fd"
+    (inherit file descriptor ``fd``).
+    """
+
+    scheme: str
+    kind: str = "tcp"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}" + ("?scheme=https" if self.tls else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_bind(url: str) -> Bind:
+    """Parse one ``-b`` value; raise :class:`ConfigError` naming what is wrong."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"bind address must be a non-empty URL, got {url!r}")
+    if url.startswith("unix:"):
+        path = url[len("unix:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ConfigError(f"bind address {url!r} names no socket path")
+        return Bind(scheme="http", kind="unix", path=path)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"malformed bind address {url!r}: {exc}") from None
+    if parts.scheme == "fd":
+        try:
+            fd = int(parts.netloc)
+        except ValueError:
+            raise ConfigError(f"bind address {url!r}: fd:// needs a file descriptor number") from None
+        scheme = parse_qs(parts.query).get("scheme", ["http"])[0]
+        if scheme not in ("http", "https") or fd < 0:
+            raise ConfigError(f"malformed bind address {url!r}")
+        return Bind(scheme=scheme, kind="fd", fd=fd)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"bind address {url!r} must start with https://, http://, unix: or fd://"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"bind address {url!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"bind address {url!r} must be scheme://host:port and nothing more")
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return Bind(scheme=parts.scheme, host=parts.hostname, port=port)
+
+
+def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits and timeouts (seconds, bytes).  The README explains each default.
+
+    ``None`` for ``max_body_size`` means unlimited.
+    """
+
+    #: Request line plus headers, in bytes; over it: 431 (h11's max_incomplete_event_size).
+    max_head_size: int = 32 * 1024
+    #: Request target, in bytes; over it: 414.
+    max_request_line: int = 8 * 1024
+    #: Number of header fields; over it: 431.
+    max_header_count: int = 100
+    #: From accept (or the end of the previous response) to a complete request head.
+    header_timeout: float = 10.0
+    #: Idle time allowed between keep-alive requests before the first byte of the next one.
+    keepalive_timeout: float = 5.0
+    #: Longest wait for the next piece of a request body.
+    body_timeout: float = 30.0
+    #: Longest a TLS handshake may take.
+    handshake_timeout: float = 10.0
+    #: Longest a single write may wait for the client to read.
+    write_timeout: float = 30.0
+    #: Request bodies larger than this get 413; None = unlimited.
+    max_body_size: int | None = None
+    #: Open connections per worker; at the limit the server stops accepting.
+    max_connections: int = 10_000
+    #: On shutdown, how long requests in flight may take to finish.
+    graceful_timeout: float = 10.0
+    #: How often a connection whose app is producing a response is checked for a vanished client.
+    liveness_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            _positive(field.name, value, allow_none=field.name == "max_body_size")
+            if field.type in ("int", "int | None") and value is not None and not isinstance(value, int):
+                raise ConfigError(f"{field.name} must be a whole number, got {value!r}")

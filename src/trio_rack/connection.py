@@ -1,0 +1,688 @@
+"""The connection loop: one task drives one client connection through h11 and the app.
+
+Theory of operation
+-------------------
+One task owns the transport.  It reads a request head (h11 parses it), builds ``env``, awaits
+the app *in the same task* (no task per request on the keep-alive hot path), validates the
+returned triple and writes the response.  Then it either starts the next cycle (keep-alive,
+pipelining: bytes of the next request already buffered in h11 are parsed first) or closes.
+
+* **One writer.**  Every write goes through :meth:`HTTPConnection._write` under one lock, so an
+  error response can never race an app response on the stream.
+* **One reader.**  Outside the app, only this task reads.  While the app runs, reads happen
+  only on the app's behalf (``rack.input`` / the streaming body), so a pipelined request is
+  never consumed behind its back and nothing limits back-pressure but the socket itself.
+* **Client gone.**  The server does not read to notice a vanished client: the liveness
+  sweeper (:mod:`trio_rack.liveness`) polls the socket for a hang-up about once a second and
+  cancels the app's scope.  No reads, no extra task per connection.
+* **Hijack.**  The app gets a :class:`~trio_rack.streams.HijackedStream` over the transport,
+  with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
+  the connection ends when the app does; the stream is closed in a ``finally``.
+* **Aborts are visible.**  If the app fails after the head went out, the connection is closed
+  without the terminating chunk (or short of ``content-length``): clients see a truncated
+  response as an error, never as a complete one.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import time
+import traceback
+from email.utils import formatdate
+from typing import Any
+
+import h11
+import trio
+
+from .config import Limits
+from .env import ConnInfo, build_env
+from .response import (
+    AppError,
+    BodyKind,
+    PreparedResponse,
+    check_chunk,
+    encode_headers,
+    prepare_response,
+    serialize_head,
+    REASONS,
+)
+from .streams import HijackedStream, RequestBody, ResponseStream
+from .errors_sink import ErrorsSink
+from . import accesslog
+
+__all__ = ["HTTPConnection", "ServerState"]
+
+log = logging.getLogger("trio_rack.error")
+
+RECEIVE_SIZE = 64 * 1024
+#: Writes larger than this are split, so the write timeout bounds a stall, not a slow link.
+WRITE_SLICE = 256 * 1024
+#: Small responses are coalesced into one send_all up to this size.
+COALESCE_LIMIT = 64 * 1024
+#: After a response, at most this much of an unread request body is drained to keep alive.
+DRAIN_LIMIT = 64 * 1024
+SERVER_HEADER = (b"server", b"trio-rack")
+
+
+class _DateCache:
+    """The ``date`` header value, formatted at most once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+_date = _DateCache()
+
+
+class ServerState:
+    """What every connection of one server shares: config and the liveness registry.
+
+    ``active`` holds the connections whose app is producing a framed response; the liveness
+    sweeper polls their sockets.  ``draining`` is set on graceful shutdown.
+    """
+
+    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True) -> None:
+        self.app = app
+        self.limits = limits
+        self.access_log = access_log
+        self.active: set[HTTPConnection] = set()
+        self.connections: set[HTTPConnection] = set()
+        self.draining = False
+
+
+class Outcome(enum.Enum):
+    KEEP_ALIVE = "keep-alive"
+    CLOSE = "close"
+    HIJACKED = "hijacked"
+
+
+class _ClientGone(trio.BrokenResourceError):
+    """The transport broke, or stalled past the write timeout, while writing a response.
+
+    A subclass of ``trio.BrokenResourceError``, so a streaming body sees trio's usual error.
+    """
+
+
+def socket_fileno(stream: trio.abc.Stream) -> int | None:
+    """The OS socket under ``stream`` (through TLS), or None for in-memory streams."""
+    while True:
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            try:
+                return int(sock.fileno())
+            except Exception:
+                return None
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return None
+        stream = inner
+
+
+class HTTPConnection:
+    """Serve HTTP/1.1 requests on one transport until it closes, is hijacked or is cancelled.
+
+    Resource handling: :meth:`run` does not close ``transport``: the caller owns it (the listener
+    closes it in a ``finally``).  Streams handed to the app are closed before :meth:`run` returns.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
+        self.transport = transport
+        self.state = state
+        self.info = info
+        self.limits: Limits = state.limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=state.limits.max_head_size)
+        self.fileno = socket_fileno(transport)
+        self._write_lock = trio.StrictFIFOLock()
+        self._app_scope: trio.CancelScope | None = None
+        self._idle_scope: trio.CancelScope | None = None
+        self.client_gone = False
+        # per-request state, reset by _reset_request
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self._started = False  # response head sent
+        self._finished = False  # response complete (EndOfMessage sent)
+        self._must_close = False
+        self._abort_status: int | None = None
+        self._body_read = 0
+        self._sent_bytes = 0
+        self._head_only = False
+        self._prepared: PreparedResponse | None = None
+        self._hijacked: HijackedStream | None = None
+        self._request_body: RequestBody | None = None
+        self._response_stream: ResponseStream | None = None
+
+    # ----------------------------------------------------------------------------- main loop
+
+    async def run(self) -> None:
+        self.state.connections.add(self)
+        try:
+            first = True
+            while True:
+                request = await self._read_request(first)
+                first = False
+                if request is None:
+                    break
+                outcome = await self._serve_request(request)
+                if outcome is Outcome.HIJACKED:
+                    return
+                if outcome is Outcome.CLOSE or self.state.draining:
+                    break
+                if not await self._prepare_next_cycle():
+                    break
+            if not self.client_gone:
+                await self._shutdown_transport()
+        finally:
+            self.state.connections.discard(self)
+            self.state.active.discard(self)
+
+    async def _receive_into_h11(self, timeout: float, *, idle: bool = False) -> bool:
+        """Read once from the transport into h11; False on timeout.  EOF and resets become b"".
+
+        An ``idle`` read (waiting for the first byte of a request) can be cut short by
+        :meth:`close_if_idle` on graceful shutdown, which also counts as a timeout.
+        """
+        with trio.move_on_after(timeout) as scope:
+            if idle:
+                if self.state.draining:
+                    return False
+                self._idle_scope = scope
+            try:
+                data = await self.transport.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            finally:
+                self._idle_scope = None
+        if scope.cancelled_caught:
+            return False
+        self.h11.receive_data(data)
+        return True
+
+    async def _read_request(self, first: bool) -> h11.Request | None:
+        """The next request head, or None when the connection should end (after any error reply).
+
+        Until the first byte arrives the keep-alive idle timeout applies (the header timeout
+        for a new connection); the whole head must arrive within the header timeout.
+        """
+        limits = self.limits
+        now = trio.current_time()
+        deadline = now + limits.header_timeout
+        idle_deadline = now + (limits.header_timeout if first else limits.keepalive_timeout)
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._reject(exc.error_status_hint, str(exc))
+                return None
+            if event is h11.NEED_DATA:
+                buffered = self.h11.trailing_data[0]
+                if buffered and self._request_line_too_long(buffered):
+                    await self._reject(414, "request line too long")
+                    return None
+                limit = deadline if buffered else min(deadline, idle_deadline)
+                if not await self._receive_into_h11(limit - trio.current_time(), idle=not buffered):
+                    if buffered:
+                        await self._reject(408, "timed out reading the request head")
+                    return None
+                continue
+            if type(event) is h11.Request:
+                problem = self._check_request(event)
+                if problem is not None:
+                    await self._reject(*problem)
+                    return None
+                return event
+            # ConnectionClosed, or PAUSED after a Connection: close exchange: we are done.
+            return None
+
+    def _request_line_too_long(self, buffered: bytes) -> bool:
+        end = buffered.find(b"\n")
+        if end < 0:
+            end = len(buffered)
+        return end > self.limits.max_request_line
+
+    def _check_request(self, request: h11.Request) -> tuple[int, str] | None:
+        """RFC 9112 MUSTs and our limits that h11 leaves to the server."""
+        if len(request.target) > self.limits.max_request_line:
+            return 414, "request target too long"
+        headers = request.headers
+        if len(headers) > self.limits.max_header_count:
+            return 431, "too many header fields"
+        hosts = 0
+        has_te = has_cl = False
+        for name, value in headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                has_te = True
+            elif name == b"content-length":
+                has_cl = True
+                if self.limits.max_body_size is not None and int(value) > self.limits.max_body_size:
+                    return 413, "request body too large"
+        if hosts > 1:  # RFC 9112 §3.2: more than one Host is a 400
+            return 400, "more than one Host header"
+        if has_te and has_cl:  # RFC 9112 §6.1: a smuggling vector; refuse it outright
+            return 400, "both Transfer-Encoding and Content-Length"
+        return None
+
+    async def _reject(self, status: int, reason: str) -> None:
+        """Answer a protocol error with ``status`` and close, if the state allows an answer."""
+        log.info("%s:%s: %d %s", self.info.remote_addr, self.info.remote_port, status, reason)
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = f"{status} {REASONS.get(status, b'').decode()}: {reason}\n".encode()
+        await self._send_error_response(status, body)
+
+    async def _send_error_response(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"date", _date.get()),
+            SERVER_HEADER,
+        ]
+        if extra:
+            headers.extend(extra)
+        try:
+            data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b"")))
+            if self._head_only:
+                data += self.h11.send(h11.EndOfMessage()) or b""
+            else:
+                data += self.h11.send(h11.Data(data=body)) or b""
+                data += self.h11.send(h11.EndOfMessage()) or b""
+            self._started = self._finished = True
+            self._sent_bytes = len(body)
+            await self._write(data)
+        except (h11.LocalProtocolError, _ClientGone):
+            pass
+
+    async def _prepare_next_cycle(self) -> bool:
+        """After a response: drain a small unread body, then ready h11 for the next request."""
+        h = self.h11
+        if h.our_state is not h11.DONE:
+            return False
+        drained = 0
+        while h.their_state is not h11.DONE:
+            if h.their_state is not h11.SEND_BODY:
+                return False
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA:
+                if not await self._receive_into_h11(min(self.limits.body_timeout, 1.0)):
+                    return False
+            elif type(event) is h11.Data:
+                drained += len(event.data)
+                if drained > DRAIN_LIMIT:
+                    return False
+        try:
+            h.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        self._reset_request()
+        return True
+
+    async def _shutdown_transport(self) -> None:
+        """Half-close (where the transport can) so the client reads our last bytes before EOF.
+
+        Closing a TCP socket with unread input in the kernel makes it send RST, which can destroy
+        our error response in flight; sending FIN first and draining briefly avoids that.
+        """
+        send_eof = getattr(self.transport, "send_eof", None)
+        if send_eof is None:
+            return
+        with trio.move_on_after(1):
+            try:
+                await send_eof()
+                while await self.transport.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+
+    # ------------------------------------------------------------------------- one request
+
+    def _make_env(self, request: h11.Request) -> dict[str, Any]:
+        env = build_env(request, self.info)
+        body = self._request_body = RequestBody(self)
+        env["rack.input"] = body
+        env["rack.errors"] = ErrorsSink()
+        env["rack.hijack?"] = True
+        env["rack.hijack"] = self._full_hijack
+        env["rack.early_hints"] = self._early_hints
+        env["rack.response_finished"] = []
+        return env
+
+    async def _serve_request(self, request: h11.Request) -> Outcome:
+        env = self._make_env(request)
+        self._head_only = request.method == b"HEAD"
+        status: int | None = None
+        headers: Any = None
+        error: BaseException | None = None
+        result: Any = None
+        self.state.active.add(self)
+        scope = self._app_scope = trio.CancelScope()
+        try:
+            with scope:
+                try:
+                    result = await self.state.app(env)
+                except Exception as exc:
+                    error = exc
+                if self._hijacked is not None:
+                    if error is not None:
+                        log.error("app failed after a full hijack", exc_info=error)
+                    status = None
+                    return Outcome.HIJACKED
+                if error is None:
+                    try:
+                        prepared = self._prepared = prepare_response(result)
+                    except AppError as exc:
+                        error = exc
+                        log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
+                    else:
+                        status, headers = prepared.status, result[1]
+                        return await self._send_response(prepared)
+                else:
+                    log.error("app raised before the response started", exc_info=error)
+                status = self._abort_status or 500
+                await self._send_500(status)
+                return Outcome.CLOSE
+            # the app's scope was cancelled: the client went away
+            error = error or _ClientGoneError("client disconnected")
+            log.info("%s:%s: client went away; app cancelled", self.info.remote_addr, self.info.remote_port)
+            return Outcome.CLOSE
+        except _ClientGone:
+            error = error or _ClientGoneError("client disconnected")
+            return Outcome.CLOSE
+        except Exception as exc:
+            # Failure while streaming the body after the head went out: abort visibly.
+            error = exc
+            if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)) and self.client_gone:
+                log.info("client went away mid-response: %s", exc)
+            elif self._started:
+                log.error("response aborted after the head was sent", exc_info=exc)
+            else:
+                log.error("app failed", exc_info=exc)
+                status = self._abort_status or 500
+                await self._send_500(status)
+            return Outcome.CLOSE
+        finally:
+            self.state.active.discard(self)
+            self._app_scope = None
+            await self._finish_request(env, result, status, headers, error)
+
+    async def _send_500(self, status: int) -> None:
+        if self._started:
+            return
+        phrase = REASONS.get(status, b"").decode()
+        await self._send_error_response(status, f"{status} {phrase}\n".encode())
+
+    async def _finish_request(self, env: dict[str, Any], result: Any, status: int | None, headers: Any, error: BaseException | None) -> None:
+        """Close everything the app was given, then run ``rack.response_finished`` callbacks.
+
+        Runs in a ``finally`` and may run while cancelled: closing must still happen, so every
+        step here is either synchronous or shielded with a short deadline.
+        """
+        with trio.CancelScope(shield=True) as shield:
+            shield.deadline = trio.current_time() + 5
+            if self._request_body is not None:
+                self._request_body.close()
+            if self._response_stream is not None:
+                self._response_stream.close_from_server()
+            if self._hijacked is not None:
+                await self._hijacked.aclose()
+            body = result[2] if isinstance(result, (tuple, list)) and len(result) == 3 else None
+            await _close_body(body)
+            callbacks = env.get("rack.response_finished")
+            if callbacks:
+                for callback in reversed(list(callbacks)):
+                    try:
+                        ret = callback(env, status, headers, error)
+                        if inspect.isawaitable(ret):
+                            await ret
+                    except Exception:
+                        log.exception("rack.response_finished callback %r failed", callback)
+        if self.state.access_log:
+            accesslog.log_response(env, status, self._sent_bytes, hijacked=self._hijacked is not None)
+
+    # ------------------------------------------------------------------------------ output
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        """The one way bytes reach the transport.  A stalled client raises _ClientGone."""
+        async with self._write_lock:
+            view = memoryview(data) if len(data) > WRITE_SLICE else None
+            try:
+                if view is None:
+                    with trio.fail_after(self.limits.write_timeout):
+                        await self.transport.send_all(data)
+                else:
+                    for offset in range(0, len(view), WRITE_SLICE):
+                        with trio.fail_after(self.limits.write_timeout):
+                            await self.transport.send_all(view[offset : offset + WRITE_SLICE])
+            except trio.TooSlowError:
+                self.client_gone = True
+                raise _ClientGone("client stopped reading (write timeout)") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.client_gone = True
+                raise _ClientGone(str(exc)) from None
+
+    def _final_headers(self, prepared: PreparedResponse) -> list[tuple[bytes, bytes]]:
+        headers = prepared.headers
+        names = {name for name, _ in headers}
+        if b"date" not in names:
+            headers.append((b"date", _date.get()))
+        if b"server" not in names:
+            headers.append(SERVER_HEADER)
+        if self._must_close or self.state.draining or self.h11.they_are_waiting_for_100_continue:
+            # A client still waiting for 100-continue will not send its body: close after.
+            headers.append((b"connection", b"close"))
+        return headers
+
+    def _head_event(self, prepared: PreparedResponse) -> h11.Response:
+        return h11.Response(
+            status_code=prepared.status,
+            headers=self._final_headers(prepared),
+            reason=REASONS.get(prepared.status, b""),
+        )
+
+    async def _send_response(self, prepared: PreparedResponse) -> Outcome:
+        if prepared.hijack is not None:
+            return await self._partial_hijack(prepared)
+        no_body = self._head_only or prepared.status in (204, 304)
+        kind = prepared.kind
+        if kind is BodyKind.BUFFERED:
+            pieces = [self.h11.send(self._head_event(prepared))]
+            self._started = True
+            if not no_body:
+                for chunk in prepared.chunks:
+                    if chunk:
+                        pieces.extend(self.h11.send_with_data_passthrough(h11.Data(data=chunk)))
+                self._sent_bytes = prepared.length
+            pieces.append(self.h11.send(h11.EndOfMessage()))
+            self._finished = True
+            if prepared.length <= COALESCE_LIMIT:
+                await self._write(b"".join(pieces))
+            else:
+                for piece in pieces:
+                    if piece:
+                        await self._write(piece)
+        elif no_body:
+            await self._start_streamed()
+            await self.end_body()
+        elif kind is BodyKind.STREAMING:
+            stream = self._response_stream = ResponseStream(self, self._request_body)  # type: ignore[arg-type]
+            await prepared.body(stream)
+            if not stream.closed:
+                stream.close_from_server()
+                await self.end_body()
+        elif kind is BodyKind.ASYNC_ITERABLE:
+            async for chunk in prepared.body:
+                await self.send_body_data(check_chunk(chunk))
+            await self.end_body()
+        else:
+            for chunk in prepared.body:
+                await self.send_body_data(check_chunk(chunk))
+            await self.end_body()
+        return Outcome.KEEP_ALIVE if self.h11.our_state is h11.DONE else Outcome.CLOSE
+
+    async def _start_streamed(self) -> None:
+        """Send the head of a streamed response (framing chosen by h11)."""
+        if self._started:
+            return
+        assert self._prepared is not None
+        self._started = True
+        await self._write(self.h11.send(self._head_event(self._prepared)))
+
+    async def send_body_data(self, data: bytes) -> None:
+        """Frame and write response body bytes (used by streamed bodies and ResponseStream)."""
+        if self._finished:
+            raise trio.ClosedResourceError("the response is already complete")
+        if not self._started:
+            await self._start_streamed()
+        if not data:
+            return
+        if self._head_only:
+            return  # HEAD: same head, no body
+        try:
+            pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
+        except h11.LocalProtocolError as exc:
+            raise AppError(f"response body does not match its framing: {exc}") from None
+        self._sent_bytes += len(data)
+        if len(data) <= COALESCE_LIMIT:
+            await self._write(b"".join(pieces))
+        else:
+            for piece in pieces:
+                await self._write(piece)
+
+    async def end_body(self) -> None:
+        """Finish the response.  A body that never wrote gets ``content-length: 0``."""
+        if self._finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if not self._started and self._prepared is not None and not self._prepared.app_length:
+            if not self._head_only:
+                self._prepared.headers.append((b"content-length", b"0"))
+        await self._start_streamed()
+        try:
+            data = self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise AppError(f"response ended short of its content-length: {exc}") from None
+        self._finished = True
+        if data:
+            await self._write(data)
+
+    async def _early_hints(self, headers: dict[str, Any]) -> None:
+        """``env["rack.early_hints"]``: send a 103 before the final response (HTTP/1.1 only)."""
+        if self._started or self._hijacked is not None:
+            raise RuntimeError("early hints must come before the response")
+        if self.h11.their_http_version != b"1.1":
+            return
+        wire = encode_headers(headers)
+        await self._write(self.h11.send(h11.InformationalResponse(status_code=103, headers=wire)))
+
+    async def receive_body_data(self) -> bytes:
+        """The next piece of the decoded request body, b"" at its end (for RequestBody)."""
+        h = self.h11
+        while True:
+            if h.they_are_waiting_for_100_continue and not self._started:
+                await self._write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._abort_status = exc.error_status_hint
+                raise trio.BrokenResourceError(f"malformed request body: {exc}") from None
+            if type(event) is h11.Data:
+                self._body_read += len(event.data)
+                limit = self.limits.max_body_size
+                if limit is not None and self._body_read > limit:
+                    self._abort_status = 413
+                    self._must_close = True
+                    raise trio.BrokenResourceError(f"request body exceeds {limit} bytes")
+                return bytes(event.data)
+            if type(event) is h11.EndOfMessage:
+                return b""
+            if event is h11.NEED_DATA:
+                if h.their_state is not h11.SEND_BODY:
+                    return b""
+                if not await self._receive_into_h11(self.limits.body_timeout):
+                    self._abort_status = 408
+                    self._must_close = True
+                    raise trio.BrokenResourceError("timed out waiting for the request body")
+                continue
+            if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
+                return b""
+
+    # ------------------------------------------------------------------------------ hijack
+
+    def _take_transport(self) -> HijackedStream:
+        assert self._request_body is not None
+        replay = self._request_body.take_leftover() + self.h11.trailing_data[0]
+        self._request_body.close()
+        self.state.active.discard(self)  # the app owns the stream now: no liveness sweeps
+        self._hijacked = HijackedStream(self.transport, replay)
+        return self._hijacked
+
+    def _full_hijack(self) -> HijackedStream:
+        """``env["rack.hijack"]()``: hand the raw connection to the app; the server writes nothing."""
+        if self._hijacked is not None:
+            raise RuntimeError("the connection is already hijacked")
+        if self._started:
+            raise RuntimeError("cannot hijack: the response has started")
+        return self._take_transport()
+
+    async def _partial_hijack(self, prepared: PreparedResponse) -> Outcome:
+        """Send the head as the app wrote it (no body framing), then await ``hijack(stream)``."""
+        head = serialize_head(prepared.status, self._final_headers(prepared))
+        self._started = True
+        await self._write(head)
+        stream = self._take_transport()
+        await prepared.hijack(stream)
+        return Outcome.HIJACKED
+
+    def close_if_idle(self) -> None:
+        """Graceful shutdown: end the connection now if it is waiting for a next request."""
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    def cancel_app(self) -> None:
+        """Called by the liveness sweeper when the client hung up while the app was running."""
+        self.client_gone = True
+        if self._app_scope is not None:
+            self._app_scope.cancel()
+
+
+class _ClientGoneError(Exception):
+    """What ``rack.response_finished`` callbacks get as ``error`` when the client left."""
+
+
+async def _close_body(body: Any) -> None:
+    """Call the body's ``aclose()`` or ``close()`` (once), logging failures."""
+    if body is None:
+        return
+    try:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(body, "close", None)
+        if close is not None and not isinstance(body, (list, tuple)):
+            ret = close()
+            if inspect.isawaitable(ret):
+                await ret
+    except Exception:
+        log.exception("closing the response body failed")
+
+
+def _app_name(app: Any) -> str:
+    return getattr(app, "__qualname__", None) or type(app).__name__

@@ -1,0 +1,120 @@
+"""Build the CGI-style part of a request's ``env`` from an h11 ``Request``.  No I/O.
+
+Decisions worth knowing (the README's spec repeats them):
+
+* ``PATH_INFO`` and ``QUERY_STRING`` are the raw, still percent-encoded target pieces, as in
+  Rack; decoding is the app's (or its router's) business.
+* An absolute-form target (``GET http://host/path``, RFC 9112 §3.2.2) is split: its path goes
+  to ``PATH_INFO`` and its authority wins over the ``Host`` header.
+* Repeated headers are joined with ", "; repeated ``Cookie`` headers with "; " (RFC 6265 §5.4).
+* Header names containing "_" are dropped: after the ``-`` → ``_`` mapping they would be
+  indistinguishable from their dashed twins (``X-Auth_User`` vs ``X-Auth-User``), a known
+  spoofing vector behind proxies (nginx drops them too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+
+__all__ = ["ConnInfo", "build_env"]
+
+#: Precomputed env keys for the headers every browser sends, to skip string work per request.
+_KEY_CACHE: dict[bytes, str | None] = {}
+
+
+def _env_key(name: bytes) -> str | None:
+    key = _KEY_CACHE.get(name)
+    if key is None and name not in _KEY_CACHE:
+        text = name.decode("ascii")
+        if "_" in text:
+            key = None
+        elif text == "content-type":
+            key = "CONTENT_TYPE"
+        elif text == "content-length":
+            key = "CONTENT_LENGTH"
+        else:
+            key = "HTTP_" + text.upper().replace("-", "_")
+        if len(_KEY_CACHE) < 1024:  # bounded: header names are client-chosen
+            _KEY_CACHE[name] = key
+    return key
+
+
+class ConnInfo:
+    """What the connection knows about itself: scheme and both ends' addresses."""
+
+    __slots__ = ("scheme", "server_name", "server_port", "remote_addr", "remote_port")
+
+    def __init__(
+        self,
+        scheme: str,
+        server: tuple[str, int] | None,
+        remote: tuple[str, int] | None,
+    ) -> None:
+        self.scheme = scheme
+        self.server_name, self.server_port = server or ("localhost", 0)
+        self.remote_addr, self.remote_port = remote or ("", 0)
+
+
+def _split_host(host: str, default_port: int) -> tuple[str, str]:
+    if host.startswith("["):  # IPv6 literal
+        end = host.find("]")
+        name, rest = host[: end + 1], host[end + 1 :]
+        return name, rest[1:] if rest.startswith(":") else str(default_port)
+    name, sep, port = host.partition(":")
+    return name, port if sep else str(default_port)
+
+
+def build_env(request: h11.Request, info: ConnInfo) -> dict[str, Any]:
+    """The CGI keys of ``env`` for ``request``; the connection adds the ``rack.*`` keys."""
+    target = request.target.decode("latin-1")
+    host = None
+    if not target.startswith("/"):
+        if target.startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            query = rest.find("?")
+            cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+            host, target = rest[:cut], rest[cut:]
+            if not target.startswith("/"):
+                target = "/" + target
+        elif target == "*":  # asterisk-form (OPTIONS *)
+            pass
+    path, _, query = target.partition("?")
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": request.method.decode("ascii"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
+        "REMOTE_ADDR": info.remote_addr,
+        "REMOTE_PORT": str(info.remote_port),
+        "rack.url_scheme": info.scheme,
+    }
+    cookies: list[str] | None = None
+    for name, value in request.headers:
+        key = _env_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        if key == "HTTP_COOKIE":
+            if cookies is None:
+                cookies = [text]
+            else:
+                cookies.append(text)
+            continue
+        old = env.get(key)
+        env[key] = text if old is None else old + ", " + text
+    if cookies is not None:
+        env["HTTP_COOKIE"] = "; ".join(cookies)
+    if host is not None:
+        env["HTTP_HOST"] = host
+    else:
+        host = env.get("HTTP_HOST")
+    default_port = 443 if info.scheme == "https" else 80
+    if host:
+        env["SERVER_NAME"], env["SERVER_PORT"] = _split_host(host, default_port)
+    else:
+        env["SERVER_NAME"], env["SERVER_PORT"] = info.server_name, str(info.server_port)
+    return env

@@ -1,0 +1,44 @@
+"""``env["rack.errors"]``: a text sink whose lines go to the server's error log.
+
+Rack's ``rack.errors`` is an IO with ``puts``/``write``/``flush``; here it is a minimal text
+stream: ``write(str)`` buffers until a newline, each complete line becomes one log record on
+the ``trio_rack.app`` logger (level WARNING), and ``flush()`` emits a partial line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+__all__ = ["ErrorsSink"]
+
+app_log = logging.getLogger("trio_rack.app")
+
+
+class ErrorsSink:
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"rack.errors takes str, not {type(text).__name__}")
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            app_log.warning("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def puts(self, text: str) -> None:
+        """Rack's spelling: write one line."""
+        self.write(text if text.endswith("\n") else text + "\n")
+
+    def flush(self) -> None:
+        if self._pending:
+            app_log.warning("%s", self._pending)
+            self._pending = ""

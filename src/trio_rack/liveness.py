@@ -1,0 +1,51 @@
+"""Notice clients that hung up while their app is still producing a response.
+
+Reading from the socket to detect EOF would consume pipelined requests or the request body
+behind the app's back, and a watcher task per request would cost the keep-alive hot path a
+spawn.  Instead one task per server polls, about once a second, the sockets of the connections
+whose app is running, asking the kernel only "has the peer hung up?" (``POLLRDHUP``: the peer
+shut down its sending side; ``POLLHUP``/``POLLERR``: reset).  Nothing is read, so nothing is
+lost; a connection whose peer is gone gets its app's cancel scope cancelled.
+
+Consequence worth documenting: a client that half-closes (``shutdown(SHUT_WR)``) after sending
+its request counts as gone, as with Uvicorn and Hypercorn.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from .connection import ServerState
+
+__all__ = ["sweep_once", "run_liveness_sweeper"]
+
+_HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
+
+
+def sweep_once(state: ServerState) -> int:
+    """Poll every active connection once; cancel the apps of vanished clients.  Returns how many."""
+    by_fd = {conn.fileno: conn for conn in state.active if conn.fileno is not None}
+    if not by_fd:
+        return 0
+    poller = select.poll()
+    for fd in by_fd:
+        poller.register(fd, _HANGUP)
+    gone = 0
+    for fd, events in poller.poll(0):
+        if events & _HANGUP:
+            conn = by_fd.get(fd)
+            if conn is not None:
+                conn.cancel_app()
+                gone += 1
+    return gone
+
+
+async def run_liveness_sweeper(state: ServerState) -> None:
+    """Sweep forever at ``state.limits.liveness_interval``; cancelled with the server."""
+    while True:
+        await trio.sleep(state.limits.liveness_interval)
+        sweep_once(state)

@@ -1,0 +1,197 @@
+"""Validate an app's ``(status, headers, body)`` and turn it into wire-ready pieces.
+
+This is the boundary where the app's words become bytes, so nothing invalid may pass: an
+upper-case or malformed header name, a value with CR/LF/NUL or other control bytes, a value
+that is not text, a body of the wrong type — each raises :class:`AppError` with a message
+that names the culprit, and the connection answers 500 instead.  Nothing here does I/O.
+
+The server owns the framing: hop-by-hop headers the app sets are dropped with a warning
+(except on a partial hijack, where the app speaks its own protocol after the head), and
+``content-length`` is computed for buffered bodies.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+__all__ = [
+    "AppError",
+    "BodyKind",
+    "PreparedResponse",
+    "encode_headers",
+    "prepare_response",
+    "serialize_head",
+    "REASONS",
+]
+
+log = logging.getLogger("trio_rack.error")
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+#: Headers that describe one hop's framing; the server decides them, not the app.
+HOP_BY_HOP = frozenset({"transfer-encoding", "connection", "keep-alive", "upgrade"})
+
+_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+# RFC 9110 field-value: visible characters and obs-text, with inner spaces/tabs only.
+_VALUE_RE = re.compile(r"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+_DIGITS_RE = re.compile(r"[0-9]+")
+
+
+class AppError(Exception):
+    """The app broke the trio-rack contract; the message says how, naming the header or type."""
+
+
+class BodyKind(enum.Enum):
+    BUFFERED = "buffered"  # list/tuple of bytes: content-length known
+    ITERABLE = "iterable"  # sync iterable of bytes: streamed
+    ASYNC_ITERABLE = "async iterable"  # async iterable of bytes: streamed
+    STREAMING = "streaming"  # async callable body(stream)
+
+
+@dataclass(slots=True)
+class PreparedResponse:
+    status: int
+    #: Wire headers, names lower-case bytes; ``content-length`` included for buffered bodies.
+    headers: list[tuple[bytes, bytes]]
+    kind: BodyKind
+    body: Any
+    #: For BUFFERED bodies: the chunks, and their total length.
+    chunks: list[bytes]
+    length: int
+    #: The partial-hijack callable from the ``rack.hijack`` header, if any.
+    hijack: Any = None
+    #: True when the app set content-length itself (streamed bodies must then match it).
+    app_length: bool = False
+
+
+def classify_body(body: Any) -> BodyKind:
+    """Say which of the four body shapes ``body`` is, or raise AppError."""
+    if isinstance(body, (list, tuple)):
+        return BodyKind.BUFFERED
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        raise AppError(
+            f"response body must be an iterable of bytes, not {type(body).__name__}; "
+            "wrap it in a list: [body]"
+        )
+    if hasattr(body, "__aiter__"):
+        return BodyKind.ASYNC_ITERABLE
+    if hasattr(body, "__iter__"):
+        return BodyKind.ITERABLE
+    if callable(body):
+        return BodyKind.STREAMING
+    raise AppError(
+        f"response body must be an iterable or async iterable of bytes, or an async callable "
+        f"body(stream); got {type(body).__name__}"
+    )
+
+
+def check_chunk(chunk: Any) -> bytes:
+    """Return ``chunk`` as bytes, or raise AppError if it is not bytes-like."""
+    if type(chunk) is bytes:
+        return chunk
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        return bytes(chunk)
+    raise AppError(f"response body chunks must be bytes, got {type(chunk).__name__}: {chunk!r:.60}")
+
+
+def _encode_value(name: str, value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise AppError(
+            f"header {name!r}: value must be a str or a list of str, got {type(value).__name__}"
+        )
+    value = value.strip(" \t")
+    if _VALUE_RE.fullmatch(value) is None:
+        raise AppError(f"header {name!r}: value {value!r:.80} contains CR, LF, NUL or another control character")
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise AppError(f"header {name!r}: value {value!r:.80} is not Latin-1 text") from None
+
+
+def _encode_headers(
+    headers: Mapping[str, Any], *, keep_hop_by_hop: bool, buffered: bool
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Wire form of the app's headers; also says whether the app set content-length."""
+    wire: list[tuple[bytes, bytes]] = []
+    app_length = False
+    for name, value in headers.items():
+        if type(name) is not str:
+            raise AppError(f"header names must be str, got {type(name).__name__}: {name!r:.40}")
+        if _NAME_RE.fullmatch(name) is None:
+            if name.lower() != name:
+                raise AppError(f"header {name!r} must be lower-case (Rack 3): use {name.lower()!r}")
+            raise AppError(f"header name {name!r:.60} is not a valid HTTP token")
+        if name.startswith("rack."):
+            continue  # reserved for the server: never on the wire
+        if name in HOP_BY_HOP and not keep_hop_by_hop:
+            log.warning("app set hop-by-hop header %r; dropped (the server owns the framing)", name)
+            continue
+        if name == "content-length":
+            if buffered:
+                continue  # recomputed from the actual chunks
+            if not isinstance(value, str) or _DIGITS_RE.fullmatch(value) is None:
+                raise AppError(f"header 'content-length': value {value!r:.40} is not a number")
+            app_length = True
+        bname = name.encode("ascii")
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                wire.append((bname, _encode_value(name, item)))
+        else:
+            wire.append((bname, _encode_value(name, value)))
+    return wire, app_length
+
+
+def encode_headers(headers: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """Validate and encode a headers dict that carries no framing (e.g. for 103 Early Hints)."""
+    if not isinstance(headers, Mapping):
+        raise AppError(f"headers must be a dict, got {type(headers).__name__}")
+    return _encode_headers(headers, keep_hop_by_hop=False, buffered=True)[0]
+
+
+def prepare_response(result: Any) -> PreparedResponse:
+    """Validate the app's return value; raise AppError on any breach of the contract."""
+    if not isinstance(result, tuple) or len(result) != 3:
+        if isinstance(result, list) and len(result) == 3:
+            result = tuple(result)
+        else:
+            raise AppError(
+                f"app must return (status, headers, body), got {type(result).__name__}: {result!r:.80}"
+            )
+    status, headers, body = result
+    if type(status) is not int or not 100 <= status <= 999:
+        raise AppError(f"status must be an int from 100 to 999, got {status!r:.40}")
+    if not isinstance(headers, Mapping):
+        raise AppError(f"headers must be a dict, got {type(headers).__name__}")
+    hijack = headers.get("rack.hijack")
+    if hijack is not None and not callable(hijack):
+        raise AppError("header 'rack.hijack' must be an async callable hijack(stream)")
+    if hijack is None and status < 200:
+        raise AppError(f"status {status} is informational; a final response needs 200-999")
+    kind = classify_body(body)
+    wire, app_length = _encode_headers(headers, keep_hop_by_hop=hijack is not None, buffered=kind is BodyKind.BUFFERED)
+    chunks: list[bytes] = []
+    length = 0
+    if kind is BodyKind.BUFFERED:
+        chunks = [check_chunk(c) for c in body]
+        length = sum(map(len, chunks))
+        if hijack is None:
+            wire.append((b"content-length", str(length).encode("ascii")))
+    return PreparedResponse(status, wire, kind, body, chunks, length, hijack, app_length)
+
+
+def serialize_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Bytes of an HTTP/1.1 status line and header block, for the partial hijack.
+
+    The headers were validated by :func:`prepare_response`, so they can be joined as they are.
+    """
+    reason = REASONS.get(status, b"")
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    parts.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,311 @@
+"""Listeners and the public entry points: ``serve(app)`` (async) and ``run(app)`` (blocking).
+
+Shape: ``serve`` opens every bind, then runs one nursery in which each listener has an accept
+loop and each accepted connection a task of its own.  A slow or endless response therefore
+never blocks another connection; an exception in one connection is logged and contained.
+
+Shutdown:
+
+* cancelling ``serve`` (its nursery or an enclosing scope) stops everything at once: every
+  connection task is cancelled, which closes every stream, hijacked ones included;
+* setting ``shutdown_trigger`` (a ``trio.Event``) shuts down gracefully: listeners close at
+  once, idle keep-alive connections close, requests in flight get ``limits.graceful_timeout``
+  seconds to finish (answered with ``connection: close``), then whatever is left is cancelled.
+  ``serve`` then returns normally.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import ssl
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from .connection import HTTPConnection, ServerState
+from .env import ConnInfo
+from .liveness import run_liveness_sweeper
+from .tls import accept_tls, make_server_context
+
+__all__ = ["serve", "run", "open_sockets", "normalize_binds"]
+
+log = logging.getLogger("trio_rack.error")
+
+BACKLOG = 2048
+#: accept() errors that mean "out of resources for now": pause and retry, as trio does.
+_RETRY_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def normalize_binds(bind: str | Bind | Sequence[str | Bind]) -> list[Bind]:
+    """Accept one bind or several, as URLs or :class:`Bind` objects."""
+    items = [bind] if isinstance(bind, (str, Bind)) else list(bind)
+    if not items:
+        raise ConfigError("no bind address given")
+    return [parse_bind(b) if isinstance(b, str) else b for b in items]
+
+
+def _bind_tcp(bind: Bind) -> list[tuple[Bind, socket.socket]]:
+    try:
+        infos = socket.getaddrinfo(bind.host, bind.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve bind host {bind.host!r}: {exc.strerror}") from None
+    seen = set()
+    result: list[tuple[Bind, socket.socket]] = []
+    port = bind.port
+    last_error: OSError | None = None
+    for family, type_, proto, _, sockaddr in infos:
+        if (family, sockaddr[0]) in seen:
+            continue
+        seen.add((family, sockaddr[0]))
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((sockaddr[0], port) + tuple(sockaddr[2:]))
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                for _, s in result:
+                    s.close()
+                raise ConfigError(f"address {sockaddr[0]}:{port} is already in use") from None
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) and len(infos) > 1:
+                last_error = exc  # e.g. localhost resolves to ::1 on a host without IPv6
+                continue
+            for _, s in result:
+                s.close()
+            raise ConfigError(f"cannot listen on {sockaddr[0]}:{port}: {exc.strerror}") from None
+        port = sock.getsockname()[1]  # port 0: every address of one bind shares the first port
+        result.append((Bind(scheme=bind.scheme, host=sockaddr[0], port=port), sock))
+    if not result:
+        reason = last_error.strerror if last_error else "no usable address"
+        raise ConfigError(f"cannot listen on {bind}: {reason}")
+    return result
+
+
+def _bind_unix(bind: Bind) -> socket.socket:
+    path = bind.path
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot use unix socket path {path!r}: {exc.strerror}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+    return sock
+
+
+def _adopt_fd(bind: Bind) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=bind.fd)
+    except OSError as exc:
+        raise ConfigError(f"fd://{bind.fd} is not an open socket: {exc.strerror}") from None
+    if sock.type != socket.SOCK_STREAM:
+        raise ConfigError(f"fd://{bind.fd} is not a stream socket")
+    return sock
+
+
+def open_sockets(binds: Sequence[Bind]) -> list[tuple[Bind, socket.socket]]:
+    """Bind and listen on every bind (synchronously); the Bind returned has the real port.
+
+    On error every socket opened so far is closed and :class:`ConfigError` is raised.
+    Resource handling: the caller owns the returned sockets.
+    """
+    opened: list[tuple[Bind, socket.socket]] = []
+    try:
+        for bind in binds:
+            if bind.kind == "tcp":
+                opened.extend(_bind_tcp(bind))
+            elif bind.kind == "unix":
+                opened.append((bind, _bind_unix(bind)))
+            else:
+                sock = _adopt_fd(bind)
+                name = sock.getsockname()
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    actual = Bind(scheme=bind.scheme, host=name[0], port=name[1])
+                else:
+                    actual = Bind(scheme=bind.scheme, kind="unix", path=name if isinstance(name, str) else "")
+                opened.append((actual, sock))
+    except BaseException:
+        for _, sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def _resolve_tls(binds: Sequence[Bind], cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    if (cert is None) != (key is None):
+        raise ConfigError("--cert and --key go together: give both or neither")
+    if not any(b.tls for b in binds):
+        return None
+    if cert is None:
+        from .certs import dev_certificate
+
+        dev = dev_certificate()
+        cert, key = dev.cert, dev.key
+    assert key is not None
+    return make_server_context(cert, key)
+
+
+async def serve(
+    app: Any,
+    *,
+    bind: str | Bind | Sequence[str | Bind] = DEFAULT_BIND,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
+    access_log: bool = True,
+    shutdown_trigger: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until cancelled (or until ``shutdown_trigger`` is set, gracefully).
+
+    With ``await nursery.start(serve, app, ...)`` the start value is the list of bound
+    addresses (:class:`~trio_rack.config.Bind`, whose ``str()`` is the URL); port 0 comes back
+    as the real port.  ``https`` binds without ``cert``/``key`` use the local development
+    certificate (:mod:`trio_rack.certs`).  Bad configuration raises :class:`ConfigError`.
+    """
+    binds = normalize_binds(bind)
+    limits = limits or Limits()
+    ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key)
+    opened = open_sockets(binds)
+    state = ServerState(app, limits, access_log=access_log)
+    connection_slots = trio.Semaphore(limits.max_connections)
+    try:
+        listeners = [(b, trio.SocketListener(trio.socket.from_stdlib_socket(s))) for b, s in opened]
+    except BaseException:
+        for _, s in opened:
+            s.close()
+        raise
+    async with trio.open_nursery() as connections:
+        connections.start_soon(run_liveness_sweeper, state)
+        async with trio.open_nursery() as acceptors:
+            for actual, listener in listeners:
+                acceptors.start_soon(
+                    _accept_loop, listener, actual, state, ctx, connection_slots, connections
+                )
+            task_status.started([b for b, _ in listeners])
+            if shutdown_trigger is not None:
+                await shutdown_trigger.wait()
+                acceptors.cancel_scope.cancel()
+        # graceful shutdown: listeners are closed; let requests in flight finish
+        await _drain(state, connections)
+
+
+async def _drain(state: ServerState, connections: trio.Nursery) -> None:
+    state.draining = True
+    for conn in list(state.connections):
+        conn.close_if_idle()
+    with trio.move_on_after(state.limits.graceful_timeout):
+        while state.connections:
+            await trio.sleep(0.05)
+    if state.connections:
+        log.info("graceful timeout: cancelling %d connection(s)", len(state.connections))
+    connections.cancel_scope.cancel()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    bind: Bind,
+    state: ServerState,
+    ctx: ssl.SSLContext | None,
+    slots: trio.Semaphore,
+    nursery: trio.Nursery,
+) -> None:
+    """Accept until cancelled.  At ``max_connections`` it stops accepting (the backlog queues)."""
+    async with listener:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno in _RETRY_ACCEPT:
+                    log.error("accept() failed: %s; pausing 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots)
+
+
+def _addr(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
+async def _handle_connection(
+    stream: trio.SocketStream,
+    bind: Bind,
+    state: ServerState,
+    ctx: ssl.SSLContext | None,
+    slots: trio.Semaphore,
+) -> None:
+    """One connection's task.  Whatever happens, the socket is closed and the slot released."""
+    transport: trio.abc.Stream = stream
+    try:
+        if ctx is not None:
+            tls = await accept_tls(stream, ctx, timeout=state.limits.handshake_timeout, https_url=str(bind))
+            if tls is None:
+                return
+            transport = tls
+        try:
+            peer = _addr(stream.socket.getpeername())
+        except OSError:
+            return  # gone before we looked
+        server = (bind.host, bind.port) if bind.kind == "tcp" else None
+        await HTTPConnection(transport, state, ConnInfo(bind.scheme, server, peer)).run()
+    except Exception:
+        log.exception("connection from %s crashed; closing it", bind)
+    finally:
+        slots.release()
+        await trio.aclose_forcefully(transport)
+        if transport is not stream:
+            await trio.aclose_forcefully(stream)
+
+
+def run(app: Any, **kwargs: Any) -> None:
+    """Blocking form of :func:`serve` for scripts: serve until SIGINT or SIGTERM.
+
+    The first signal shuts down gracefully (see :func:`serve`); a second one cancels at once.
+    Keyword arguments are those of :func:`serve`.
+    """
+    trio.run(_run_until_signalled, app, kwargs)
+
+
+async def _run_until_signalled(app: Any, kwargs: dict[str, Any]) -> None:
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if shutdown.is_set():
+                        log.info("second signal: shutting down now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                    shutdown.set()
+
+            nursery.start_soon(watch_signals)
+            await serve(app, shutdown_trigger=shutdown, **kwargs)
+            nursery.cancel_scope.cancel()

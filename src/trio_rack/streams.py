@@ -1,0 +1,218 @@
+"""The three streams an app can hold: request body, streaming response body, hijacked socket.
+
+Each is a thin view onto its connection (:mod:`trio_rack.connection`), which owns the real
+transport and h11.  The views exist so that the app gets plain ``trio.abc`` streams with trio's
+error vocabulary — ``ClosedResourceError`` after close, ``BusyResourceError`` on concurrent use
+of one direction, ``BrokenResourceError`` when the client is gone — and so that the server can
+close each of them when the app is done, whatever the app did with them.
+
+Resource handling: the app never closes the transport by closing a view, except the hijacked
+stream, whose ``aclose()`` closes the connection for good.  The connection closes every view
+when the app returns, raises or is cancelled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from .connection import HTTPConnection
+
+__all__ = ["RequestBody", "ResponseStream", "HijackedStream", "Busy"]
+
+
+class Busy:
+    """A one-at-a-time guard that raises trio.BusyResourceError instead of queueing."""
+
+    __slots__ = ("_held", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._held = False
+        self._what = what
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+
+
+class RequestBody(trio.abc.ReceiveStream):
+    """``env["rack.input"]``: the decoded request body; ``receive_some()`` gives ``b""`` at its end.
+
+    Chunked uploads arrive de-chunked.  When the client sent ``Expect: 100-continue``, the
+    ``100 Continue`` goes out on the first read.  If the client vanishes mid-body, or stalls past
+    the body timeout, or exceeds the size limit, ``receive_some`` raises
+    ``trio.BrokenResourceError`` and the server answers 400, 408 or 413 if the app lets that
+    error propagate before it has started its response.
+    """
+
+    def __init__(self, conn: HTTPConnection) -> None:
+        self._conn = conn
+        self._leftover = b""
+        self._eof = False
+        self._closed = False
+        self._busy = Busy("reading the request body")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("the request body stream is closed")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._busy:
+            if not self._leftover:
+                if self._eof:
+                    await trio.lowlevel.checkpoint()
+                    return b""
+                data = await self._conn.receive_body_data()
+                if not data:
+                    self._eof = True
+                    return b""
+                self._leftover = data
+            data = self._leftover
+            if max_bytes is not None and len(data) > max_bytes:
+                self._leftover = data[max_bytes:]
+                return data[:max_bytes]
+            self._leftover = b""
+            return data
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """Convenience: the whole remaining body (at most ``limit`` bytes, else ValueError)."""
+        parts = []
+        size = 0
+        while data := await self.receive_some():
+            size += len(data)
+            if limit is not None and size > limit:
+                raise ValueError(f"request body exceeds {limit} bytes")
+            parts.append(data)
+        return b"".join(parts)
+
+    def take_leftover(self) -> bytes:
+        """Hand over bytes already decoded but not yet read (used by the full hijack)."""
+        data, self._leftover = self._leftover, b""
+        return data
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+class ResponseStream(trio.abc.Stream):
+    """The stream a streaming body ``body(stream)`` gets.
+
+    ``send_all`` writes response body bytes (the server frames them: chunked on HTTP/1.1,
+    close-delimited on HTTP/1.0, or exactly ``content-length`` if the app declared one);
+    ``receive_some`` reads the rest of the request body; ``aclose`` (or returning) ends the
+    response, after which the connection may serve the next request.
+    """
+
+    def __init__(self, conn: HTTPConnection, request_body: RequestBody) -> None:
+        self._conn = conn
+        self._input = request_body
+        self._closed = False
+        self._busy = Busy("sending on this stream")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the response stream is closed")
+        with self._busy:
+            await self._conn.send_body_data(bytes(data) if type(data) is not bytes else data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the response stream is closed")
+        await self._conn.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("the response stream is closed")
+        return await self._input.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        await self._conn.end_body()
+
+    def close_from_server(self) -> None:
+        """Mark closed without sending anything (the server ends or aborts the response)."""
+        self._closed = True
+
+
+class HijackedStream(trio.abc.Stream):
+    """The raw connection, after a partial or full hijack.
+
+    Bytes the server had read past the request head (pipelined requests, a websocket frame sent
+    right behind the handshake) come out of ``receive_some`` first: nothing the client sent is
+    lost.  TLS is already decrypted.  ``aclose()`` closes the connection; the server calls it for
+    the app when the app returns, raises or is cancelled.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, replay: bytes) -> None:
+        self.transport = transport
+        self._replay = replay
+        self._closed = False
+        self._recv_busy = Busy("receiving on this stream")
+        self._send_busy = Busy("sending on this stream")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("the hijacked stream is closed")
+        with self._recv_busy:
+            if self._replay:
+                await trio.lowlevel.checkpoint()
+                data = self._replay
+                if max_bytes is not None and len(data) > max_bytes:
+                    self._replay = data[max_bytes:]
+                    return data[:max_bytes]
+                self._replay = b""
+                return data
+            return await self.transport.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the hijacked stream is closed")
+        with self._send_busy:
+            await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the hijacked stream is closed")
+        await self.transport.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Close the connection.  Never raises for a peer that is already gone."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            with trio.move_on_after(1):
+                await self.transport.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.transport)
+
+    def __getattr__(self, name: str) -> Any:
+        # socket-level extras (getpeername via .socket, SSL info) stay reachable for apps that
+        # need them, without making them part of the trio.abc.Stream contract.
+        if name in ("socket", "getpeercert", "selected_alpn_protocol", "cipher", "transport_stream"):
+            return getattr(self.transport, name)
+        raise AttributeError(name)
