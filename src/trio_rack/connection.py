@@ -221,13 +221,17 @@ class HTTPConnection:
         deadline = now + limits.header_timeout
         idle_deadline = now + (limits.header_timeout if first else limits.keepalive_timeout)
         while True:
+            buffered = self.h11.trailing_data[0]
+            if len(buffered) > limits.max_head_size and not _has_head_end(buffered, limits.max_head_size):
+                # h11's size limit only covers heads that arrive in pieces; this covers the rest.
+                await self._reject(431, "request head too large")
+                return None
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
                 await self._reject(exc.error_status_hint, str(exc))
                 return None
             if event is h11.NEED_DATA:
-                buffered = self.h11.trailing_data[0]
                 if buffered and self._request_line_too_long(buffered):
                     await self._reject(414, "request line too long")
                     return None
@@ -254,6 +258,8 @@ class HTTPConnection:
 
     def _check_request(self, request: h11.Request) -> tuple[int, str] | None:
         """RFC 9112 MUSTs and our limits that h11 leaves to the server."""
+        if request.http_version not in (b"1.1", b"1.0"):
+            return 505, "unsupported HTTP version"
         if len(request.target) > self.limits.max_request_line:
             return 414, "request target too long"
         headers = request.headers
@@ -662,6 +668,11 @@ class HTTPConnection:
             self._app_scope.cancel()
 
 
+def _has_head_end(buffered: bytes, limit: int) -> bool:
+    """Whether a complete request head ends within the first ``limit`` bytes."""
+    return buffered.find(b"\r\n\r\n", 0, limit + 4) >= 0 or buffered.find(b"\n\n", 0, limit + 2) >= 0
+
+
 class _ClientGoneError(Exception):
     """What ``rack.response_finished`` callbacks get as ``error`` when the client left."""
 
@@ -676,7 +687,7 @@ async def _close_body(body: Any) -> None:
             await aclose()
             return
         close = getattr(body, "close", None)
-        if close is not None and not isinstance(body, (list, tuple)):
+        if close is not None:
             ret = close()
             if inspect.isawaitable(ret):
                 await ret

@@ -106,12 +106,13 @@ def _encode_value(name: str, value: Any) -> bytes:
             f"header {name!r}: value must be a str or a list of str, got {type(value).__name__}"
         )
     value = value.strip(" \t")
-    if _VALUE_RE.fullmatch(value) is None:
-        raise AppError(f"header {name!r}: value {value!r:.80} contains CR, LF, NUL or another control character")
     try:
-        return value.encode("latin-1")
+        encoded = value.encode("latin-1")
     except UnicodeEncodeError:
         raise AppError(f"header {name!r}: value {value!r:.80} is not Latin-1 text") from None
+    if _VALUE_RE.fullmatch(value) is None:
+        raise AppError(f"header {name!r}: value {value!r:.80} contains CR, LF, NUL or another control character")
+    return encoded
 
 
 def _encode_headers(

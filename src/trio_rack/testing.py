@@ -1,0 +1,137 @@
+"""Test helpers: the real connection loop over an in-memory stream pair.
+
+Like httpx's ``ASGITransport``, the point is to test apps (and the server) through the real
+code path, minus sockets::
+
+    async with memory_connection(app) as client:
+        response = await client.request("GET", "/")
+        assert response.status == 200
+
+``client.stream`` is the raw client end, for tests that write bytes by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import trio
+import trio.testing
+
+from .config import Limits
+from .connection import HTTPConnection, ServerState
+from .env import ConnInfo
+
+__all__ = ["memory_connection", "MemoryClient", "TestResponse", "read_until_closed"]
+
+
+@dataclass
+class TestResponse:
+    __test__ = False  # not a pytest test class
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    informational: list[int] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class MemoryClient:
+    """An h11 client over the client end of the pair."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
+    ) -> TestResponse:
+        """Send one request and read its whole response (keep-alive aware)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        hdrs = [("host", "test")] + list(headers)
+        if body is not None and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in hdrs):
+            hdrs.append(("content-length", str(len(body))))
+        data = self.h11.send(h11.Request(method=method, target=target, headers=hdrs))
+        if body:
+            data += self.h11.send(h11.Data(data=body))
+        data += self.h11.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+        return await self.read_response()
+
+    async def read_response(self) -> TestResponse:
+        informational = []
+        response: h11.Response | None = None
+        chunks = []
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                self.h11.receive_data(await self.stream.receive_some(65536))
+                continue
+            if type(event) is h11.InformationalResponse:
+                informational.append(event.status_code)
+            elif type(event) is h11.Response:
+                response = event
+            elif type(event) is h11.Data:
+                chunks.append(bytes(event.data))
+            elif type(event) in (h11.EndOfMessage, h11.ConnectionClosed):
+                break
+        assert response is not None
+        return TestResponse(
+            status=response.status_code,
+            headers=[(k.decode(), v.decode("latin-1")) for k, v in response.headers],
+            body=b"".join(chunks),
+            informational=informational,
+        )
+
+
+async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything the peer sends until it closes."""
+    parts = []
+    while data := await stream.receive_some(65536):
+        parts.append(data)
+    return b"".join(parts)
+
+
+@asynccontextmanager
+async def memory_connection(
+    app: Any,
+    *,
+    limits: Limits | None = None,
+    scheme: str = "http",
+    state: ServerState | None = None,
+) -> AsyncIterator[MemoryClient]:
+    """Run one :class:`HTTPConnection` for ``app`` over a memory stream pair.
+
+    Resource handling: on exit the connection task is cancelled and both ends are closed.
+    """
+    client, server = trio.testing.memory_stream_pair()
+    state = state or ServerState(app, limits or Limits(), access_log=False)
+    info = ConnInfo(scheme, ("testserver", 80), ("127.0.0.1", 12345))
+
+    async def run_server() -> None:
+        try:
+            await HTTPConnection(server, state, info).run()
+        finally:
+            await trio.aclose_forcefully(server)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_server)
+        try:
+            yield MemoryClient(client)
+        finally:
+            nursery.cancel_scope.cancel()
+            await trio.aclose_forcefully(client)

@@ -1,0 +1,142 @@
+"""Unit tests of the pure layers: bind parsing, limits, response validation, env, access log."""
+
+from __future__ import annotations
+
+import h11
+import pytest
+
+from trio_rack.accesslog import escape
+from trio_rack.config import Bind, ConfigError, Limits, parse_bind
+from trio_rack.env import ConnInfo, build_env
+from trio_rack.response import AppError, BodyKind, prepare_response, serialize_head
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://localhost:9292", Bind("https", host="localhost", port=9292)),
+        ("http://0.0.0.0:8080", Bind("http", host="0.0.0.0", port=8080)),
+        ("https://[::1]:9292", Bind("https", host="::1", port=9292)),
+        ("http://127.0.0.1", Bind("http", host="127.0.0.1", port=80)),
+        ("https://example.org/", Bind("https", host="example.org", port=443)),
+        ("unix:/tmp/a.sock", Bind("http", kind="unix", path="/tmp/a.sock")),
+        ("fd://3", Bind("http", kind="fd", fd=3)),
+        ("fd://4?scheme=https", Bind("https", kind="fd", fd=4)),
+    ],
+)
+def test_parse_bind(url, expected):
+    assert parse_bind(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url, needle",
+    [
+        ("ftp://x:1", "must start with"),
+        ("localhost:9292", "must start with"),
+        ("http://:80", "names no host"),
+        ("http://x:99999", "malformed"),
+        ("http://x:port", "malformed"),
+        ("http://x:80/path", "nothing more"),
+        ("unix:", "no socket path"),
+        ("fd://x", "file descriptor"),
+        ("", "non-empty"),
+    ],
+)
+def test_parse_bind_errors_are_one_clear_line(url, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_bind(url)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bind_str_round_trips():
+    for url in ("https://[::1]:9292", "http://127.0.0.1:80", "unix:/x.sock", "fd://3?scheme=https"):
+        assert str(parse_bind(url)) == url
+
+
+def test_limits_validate():
+    assert Limits().max_body_size is None
+    with pytest.raises(ConfigError, match="header_timeout"):
+        Limits(header_timeout=0)
+    with pytest.raises(ConfigError, match="max_connections"):
+        Limits(max_connections=1.5)
+    with pytest.raises(ConfigError):
+        Limits(keepalive_timeout=float("nan"))
+
+
+def test_prepare_buffered_response():
+    p = prepare_response((200, {"content-type": "text/plain", "content-length": "999"}, [b"ab", bytearray(b"c")]))
+    assert p.kind is BodyKind.BUFFERED and p.length == 3
+    assert (b"content-length", b"3") in p.headers and (b"content-length", b"999") not in p.headers
+
+
+def test_prepare_accepts_list_triple_and_strips_value_whitespace():
+    p = prepare_response([200, {"x": "  v  "}, []])
+    assert (b"x", b"v") in p.headers
+
+
+@pytest.mark.parametrize(
+    "result, needle",
+    [
+        ("nope", "must return (status, headers, body)"),
+        ((True, {}, []), "status must be an int"),
+        (("200", {}, []), "status must be an int"),
+        ((99, {}, []), "status must be an int"),
+        ((101, {}, []), "informational"),
+        ((200, [("a", "b")], []), "headers must be a dict"),
+        ((200, {"X": "1"}, []), "lower-case"),
+        ((200, {"x": "a\nb"}, []), "'x'"),
+        ((200, {"x": "é€"}, []), "Latin-1"),
+        ((200, {"x": b"v"}, []), "must be a str"),
+        ((200, {b"x": "v"}, []), "names must be str"),
+        ((200, {}, [b"ok", "str"]), "chunks must be bytes"),
+        ((200, {}, object()), "response body must be"),
+        ((200, {"rack.hijack": "notcallable"}, []), "rack.hijack"),
+        ((200, {"content-length": "abc"}, iter([])), "not a number"),
+    ],
+)
+def test_prepare_rejects_contract_breaches(result, needle):
+    with pytest.raises(AppError) as info:
+        prepare_response(result)
+    assert needle in str(info.value)
+
+
+def test_partial_hijack_keeps_hop_by_hop_and_skips_length():
+    async def hijack(stream):
+        pass
+
+    p = prepare_response((101, {"upgrade": "websocket", "connection": "Upgrade", "rack.hijack": hijack}, []))
+    assert p.hijack is hijack
+    assert (b"upgrade", b"websocket") in p.headers
+    assert not any(name == b"content-length" for name, _ in p.headers)
+    head = serialize_head(101, p.headers)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and head.endswith(b"\r\n\r\n")
+
+
+def _request(target: bytes, headers=(("host", "h"),), method=b"GET", version=b"1.1"):
+    return h11.Request(method=method, target=target, headers=list(headers), http_version=version)
+
+
+def test_build_env_basics_and_ipv6_host():
+    info = ConnInfo("https", ("::1", 9292), ("::1", 5555))
+    env = build_env(_request(b"/a?b=c", headers=[("host", "[::1]:9292")]), info)
+    assert env["SERVER_NAME"] == "[::1]" and env["SERVER_PORT"] == "9292"
+    assert env["rack.url_scheme"] == "https" and env["REMOTE_ADDR"] == "::1"
+    env = build_env(_request(b"/", headers=[("host", "example.org")]), info)
+    assert env["SERVER_PORT"] == "443"
+
+
+def test_build_env_without_host_uses_server_address():
+    env = build_env(_request(b"/", headers=[], version=b"1.0"), ConnInfo("http", ("127.0.0.1", 8000), None))
+    assert env["SERVER_NAME"] == "127.0.0.1" and env["SERVER_PORT"] == "8000"
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
+
+
+def test_build_env_absolute_form_without_path():
+    env = build_env(_request(b"http://example.org?x=1"), ConnInfo("http", None, None))
+    assert env["PATH_INFO"] == "/" and env["QUERY_STRING"] == "x=1"
+    assert env["HTTP_HOST"] == "example.org"
+
+
+def test_access_log_escape_blocks_forged_lines():
+    assert escape('a"b\\c\nd\x1b') == 'a\\"b\\\\c\\x0ad\\x1b'
+    assert escape("plain text") == "plain text"
