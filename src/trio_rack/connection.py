@@ -399,6 +399,9 @@ class HTTPConnection:
                     else:
                         status, headers = prepared.status, result[1]
                         return await self._send_response(prepared)
+                elif self._abort_status is not None:
+                    # the request body was bad or late; the app just let the error through
+                    log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, error)
                 else:
                     log.error("app raised before the response started", exc_info=error)
                 status = self._abort_status or 500
@@ -587,6 +590,19 @@ class HTTPConnection:
         self._finished = True
         if data:
             await self._write(data)
+        if self.h11.our_state is h11.MUST_CLOSE:
+            # Close-delimited (HTTP/1.0) body: the response ends only when the sending side does.
+            await self._end_sending()
+
+    async def _end_sending(self) -> None:
+        send_eof = getattr(self.transport, "send_eof", None)
+        try:
+            if send_eof is not None:
+                await send_eof()
+            else:
+                await self.transport.aclose()  # TLS has no half-close
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.client_gone = True
 
     async def _early_hints(self, headers: dict[str, Any]) -> None:
         """``env["rack.early_hints"]``: send a 103 before the final response (HTTP/1.1 only)."""
@@ -595,14 +611,16 @@ class HTTPConnection:
         if self.h11.their_http_version != b"1.1":
             return
         wire = encode_headers(headers)
-        await self._write(self.h11.send(h11.InformationalResponse(status_code=103, headers=wire)))
+        await self._write(
+            self.h11.send(h11.InformationalResponse(status_code=103, headers=wire, reason=b"Early Hints"))
+        )
 
     async def receive_body_data(self) -> bytes:
         """The next piece of the decoded request body, b"" at its end (for RequestBody)."""
         h = self.h11
         while True:
             if h.they_are_waiting_for_100_continue and not self._started:
-                await self._write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
+                await self._write(h.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:

@@ -198,7 +198,13 @@ async def serve(
         async with trio.open_nursery() as acceptors:
             for actual, listener in listeners:
                 acceptors.start_soon(
-                    _accept_loop, listener, actual, state, ctx, connection_slots, connections
+                    _accept_loop,
+                    listener,
+                    actual,
+                    state,
+                    ctx if actual.tls else None,
+                    connection_slots,
+                    connections,
                 )
             task_status.started([b for b, _ in listeners])
             if shutdown_trigger is not None:

@@ -146,6 +146,17 @@ class ResponseStream(trio.abc.Stream):
         self._closed = True
         await self._conn.end_body()
 
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """``async with stream:`` ends the response only if the block succeeded.
+
+        When the block raised, ending the response would make a failed body look complete;
+        instead the stream is just marked closed and the server aborts the response visibly.
+        """
+        if exc_type is None:
+            await self.aclose()
+        else:
+            self.close_from_server()
+
     def close_from_server(self) -> None:
         """Mark closed without sending anything (the server ends or aborts the response)."""
         self._closed = True

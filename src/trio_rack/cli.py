@@ -1,0 +1,373 @@
+"""The command line, ``trio-rack serve`` and ``trio-rack certs``: a thin layer over ``serve()``.
+
+Exit statuses: 0 after a clean shutdown (Ctrl-C or SIGTERM, once or twice); 2 for bad input,
+whether argparse caught it (an unknown flag) or a :class:`~trio_rack.config.ConfigError` did
+(no such app file, a port in use, an unreadable certificate...).  Both mean "fix the command
+or the files it names", so both get the same status and exactly one line on stderr,
+``trio-rack: error: ...``, never a traceback.  ``serve()`` raises its ConfigErrors inside trio,
+which may wrap them in an ExceptionGroup; :func:`main` unwraps them.
+
+The limit and timeout flags are generated from :class:`~trio_rack.config.Limits` (the flag is
+the field name with dashes, the help text is the field's ``#:`` comment), so a new limit gets
+its flag for free and no flag can drift from the field it sets.
+
+Output: stdout carries only the start banner (the URLs, and for the development certificate
+the CA path and a ready ``curl`` line), flushed, so scripts and tests can read the bound port;
+logs go to stderr.  With ``-n COUNT`` above 1 the process becomes the supervisor of
+:mod:`trio_rack.workers`; the workers it starts run this same command with ``--worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import logging
+import re
+import shlex
+import signal
+import sys
+import typing
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from . import __version__, workers
+from .certs import DevCert, dev_certificate
+from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from .loader import DEFAULT_APP, load_app
+from .server import serve
+from .tls import make_server_context
+
+__all__ = ["main", "build_parser", "configure_logging"]
+
+log = logging.getLogger("trio_rack.error")
+
+PROG = "trio-rack"
+#: Exit status for bad input of every kind (argparse's own choice for usage errors).
+USAGE_EXIT = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Bound hosts that clients reach as "localhost", which the development certificate names.
+_LOCAL_HOSTS = {"127.0.0.1", "::1", "0.0.0.0", "::"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trio-rack`` console script and ``python -m trio_rack``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except BaseException as exc:
+        error = _only(exc, ConfigError)
+        if error is not None:
+            _print_error(str(error))
+            return USAGE_EXIT
+        if _only(exc, KeyboardInterrupt) is not None:
+            return 0  # Ctrl-C before the signal handlers were in place: nothing to clean up
+        raise
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``trio-rack: error:`` line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        _print_error(message)
+        raise SystemExit(USAGE_EXIT)
+
+
+def _print_error(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="An HTTP/1.1 server on Trio with Rack's app protocol.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(
+        commands.add_parser("serve", help="serve an app", description="Serve an app until Ctrl-C or SIGTERM.")
+    )
+    certs = commands.add_parser(
+        "certs",
+        help="print the development certificate's paths",
+        description="Print the paths of the development CA certificate, the server certificate "
+        "and its key, one a line, CA first; create them if missing.",
+    )
+    certs.set_defaults(run=_certs_command)
+    return parser
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "app",
+        nargs="?",
+        default=DEFAULT_APP,
+        metavar="APP",
+        help="path/to/file.py[:attr] or package.module[:attr]; attr defaults to app "
+        f"(default: {DEFAULT_APP})",
+    )
+    parser.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        type=_bind_arg,
+        metavar="URL",
+        help="https://HOST:PORT, http://HOST:PORT, unix:PATH or fd://N; repeatable "
+        f"(default: {DEFAULT_BIND})",
+    )
+    parser.add_argument(
+        "-n",
+        "--count",
+        type=_positive(int),
+        default=1,
+        metavar="COUNT",
+        help="worker processes sharing the sockets (default: 1, in this process)",
+    )
+    parser.add_argument("--cert", metavar="FILE", help="PEM certificate chain for https binds (with --key)")
+    parser.add_argument("--key", metavar="FILE", help="PEM private key for --cert")
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="error log level (default: info)"
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one Combined Log Format line per response on stderr (default: on)",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
+    parser.set_defaults(run=_serve_command)
+
+
+# -- flags generated from Limits ---------------------------------------------------------------
+
+
+def _flag(field: dataclasses.Field[Any]) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def _add_limit_flags(group: argparse._ArgumentGroup) -> None:
+    hints = typing.get_type_hints(Limits)
+    docs = _field_docs(Limits)
+    for field in dataclasses.fields(Limits):
+        kind: type = float if hints[field.name] is float else int
+        default = "unlimited" if field.default is None else field.default
+        doc = docs.get(field.name, field.name.replace("_", " ")).rstrip(".")
+        group.add_argument(
+            _flag(field),
+            dest=field.name,
+            type=_positive(kind),
+            default=None,
+            metavar="SECONDS" if kind is float else "N",
+            help=f"{doc} (default: {default})".replace("%", "%%"),
+        )
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each field's ``#:`` comment (the Sphinx convention), read from the class's source."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        match = re.match(r"(\w+)\s*:", text)
+        if match and pending:
+            docs[match.group(1)] = " ".join(pending)
+        pending = []
+    return docs
+
+
+def _given_limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(Limits) if getattr(args, f.name) is not None
+    }
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {'number' if kind is float else 'whole number'}, got {text!r}"
+            ) from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _bind_arg(text: str) -> Bind:
+    try:
+        return parse_bind(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _certs_command(args: argparse.Namespace) -> int:
+    dev = dev_certificate()
+    print(dev.ca, dev.cert, dev.key, sep="\n", flush=True)
+    return 0
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, access_log=args.access_log)
+    app = load_app(args.app)  # in the supervisor too: a bad app is one error line, not a crash loop
+    binds: list[Bind] = args.bind or [parse_bind(DEFAULT_BIND)]
+    limits = Limits(**_given_limits(args))
+    cert, key, dev = _tls_files(args, binds)
+    announce = functools.partial(_announce, dev=dev)
+    if args.count > 1 and not args.worker:
+        command = functools.partial(_worker_command, args, cert=cert, key=key)
+        return workers.supervise(binds, count=args.count, worker_command=command, announce=announce)
+    serving = functools.partial(
+        serve, app, bind=binds, cert=cert, key=key, limits=limits, access_log=args.access_log
+    )
+    trio.run(
+        functools.partial(
+            _serve_until_signalled, serving, announce=None if args.worker else announce, lifeline=args.worker
+        )
+    )
+    return 0
+
+
+def _tls_files(
+    args: argparse.Namespace, binds: Sequence[Bind]
+) -> tuple[Path | None, Path | None, DevCert | None]:
+    """The certificate and key to serve, checked now so that a bad file is one error line."""
+    if (args.cert is None) != (args.key is None):
+        raise ConfigError("--cert and --key go together: give both or neither")
+    if not any(b.tls for b in binds):
+        if args.cert is not None:
+            log.warning("--cert/--key ignored: no https:// bind")
+        return None, None, None
+    if args.cert is None:
+        dev = dev_certificate()
+        return dev.cert, dev.key, dev
+    make_server_context(args.cert, args.key)
+    return Path(args.cert), Path(args.key), None
+
+
+def _worker_command(
+    args: argparse.Namespace, fd_binds: Sequence[Bind], *, cert: Path | None, key: Path | None
+) -> list[str]:
+    """The argv of one worker: this command, on inherited sockets, without a banner."""
+    argv = [sys.executable, "-m", "trio_rack", "serve", args.app, "--worker", "--log-level", args.log_level]
+    argv.append("--access-log" if args.access_log else "--no-access-log")
+    for bind in fd_binds:
+        argv += ["-b", str(bind)]
+    if cert is not None and key is not None:
+        argv += ["--cert", str(cert), "--key", str(key)]
+    for field in dataclasses.fields(Limits):
+        value = getattr(args, field.name)
+        if value is not None:
+            argv += [_flag(field), str(value)]
+    return argv
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+async def _serve_until_signalled(
+    serving: Callable[..., Any],
+    *,
+    announce: Callable[[list[Bind]], None] | None,
+    lifeline: bool,
+) -> None:
+    """Run ``serving`` (serve() with its arguments bound) until SIGINT/SIGTERM.
+
+    The first signal shuts down gracefully, a second cancels everything (as
+    :func:`trio_rack.server.run` does); ``announce`` gets the bound addresses once listening.
+    """
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, signals, shutdown, nursery.cancel_scope)
+            if lifeline:
+                nursery.start_soon(workers.watch_lifeline, shutdown)
+            bound = await nursery.start(_serve_then_stop, serving, shutdown, nursery.cancel_scope)
+            if announce is not None:
+                announce(bound)
+
+
+async def _serve_then_stop(
+    serving: Callable[..., Any],
+    shutdown: trio.Event,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serving(shutdown_trigger=shutdown, task_status=task_status)
+    scope.cancel()  # served out gracefully: stop watching for signals
+
+
+async def _watch_signals(signals: AsyncIterator[int], shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if shutdown.is_set():
+            log.info("%s again: stopping now", name)
+            scope.cancel()
+            return
+        log.info("%s: shutting down gracefully (again to stop at once)", name)
+        shutdown.set()
+
+
+def _announce(bound: list[Bind], *, dev: DevCert | None) -> None:
+    """The start banner on stdout: each URL, then how to trust the development certificate."""
+    for bind in bound:
+        print(f"{PROG}: listening on {bind}", flush=True)
+    https = [b for b in bound if b.tls]
+    if dev is not None and https:
+        first = https[0]
+        url = f"https://localhost:{first.port}/" if first.host in _LOCAL_HOSTS else f"{first}/"
+        print(f"{PROG}: development CA certificate: {dev.ca}", flush=True)
+        print(f"{PROG}: try: curl --cacert {shlex.quote(str(dev.ca))} {url}", flush=True)
+
+
+def configure_logging(level: str, *, access_log: bool, stream: Any = None) -> None:
+    """Send the ``trio_rack`` loggers to stderr: the error log at ``level``, and the access
+    log (``trio_rack.access``, bare Combined Log Format lines) on or off regardless of level."""
+    stream = stream if stream is not None else sys.stderr
+    errors = logging.getLogger("trio_rack")
+    errors.handlers[:] = [_handler(stream, "%(asctime)s [%(process)d] %(levelname)s: %(message)s")]
+    errors.setLevel(level.upper())
+    errors.propagate = False
+    access = logging.getLogger("trio_rack.access")
+    access.handlers[:] = [_handler(stream, "%(message)s")]
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    access.disabled = not access_log
+
+
+def _handler(stream: Any, fmt: str) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(fmt))
+    return handler
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` exception in ``exc`` if that is all it holds, through ExceptionGroups."""
+    leaves = list(_leaves(exc))
+    if leaves and all(isinstance(leaf, kind) for leaf in leaves):
+        return leaves[0]
+    return None
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

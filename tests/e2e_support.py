@@ -1,0 +1,272 @@
+"""Shared helpers for the end-to-end tests: real sockets, real clients, examples/ apps.
+
+Not a test module (no ``test_`` prefix); the e2e test files import it by name, which works
+because pytest puts ``tests/`` on ``sys.path`` for rootdir-less test directories.
+
+Everything here talks to 127.0.0.1 only: servers bind ``127.0.0.1:0`` and curl is run with
+proxies disabled (``--noproxy '*'`` and a scrubbed environment) and ``-q`` (no ~/.curlrc).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import h11
+import trio
+import trustme
+
+import trio_rack
+from trio_rack import Bind, Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CURL = "/usr/bin/curl"
+
+__all__ = [
+    "CURL",
+    "EXAMPLES",
+    "Curl",
+    "Response",
+    "ResponseReader",
+    "TLSFiles",
+    "client_ssl_context",
+    "curl",
+    "fd_count",
+    "load_example",
+    "make_tls_files",
+    "open_client",
+    "read_until",
+    "read_until_eof",
+    "split_head",
+    "start_server",
+]
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module of its own (examples/ is not a package)."""
+    path = EXAMPLES / f"{name}.py"
+    module_name = f"_trio_rack_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def fd_count() -> int:
+    """Open file descriptors of this process."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ------------------------------------------------------------------------------- TLS
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: trustme.CA
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """A throwaway CA and a localhost/127.0.0.1/::1 certificate, written as PEM files."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    ca_pem = directory / "ca.pem"
+    cert_pem = directory / "cert.pem"
+    key_pem = directory / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    cert_pem.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key_pem))
+    return TLSFiles(ca, ca_pem, cert_pem, key_pem)
+
+
+def client_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    tls.ca.configure_trust(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+async def start_server(
+    nursery: trio.Nursery,
+    app: Any,
+    *,
+    tls: TLSFiles | None = None,
+    limits: Limits | None = None,
+    host: str = "127.0.0.1",
+    shutdown_trigger: trio.Event | None = None,
+) -> Bind:
+    """Start ``trio_rack.serve`` for ``app`` on ``host`` (127.0.0.1 or [::1]), a free port;
+    return its Bind."""
+    scheme = "http" if tls is None else "https"
+    kwargs: dict[str, Any] = {
+        "bind": f"{scheme}://{host}:0",
+        "access_log": False,
+        "limits": limits,
+        "shutdown_trigger": shutdown_trigger,
+    }
+    if tls is not None:
+        kwargs.update(cert=tls.cert_pem, key=tls.key_pem)
+    binds: list[Bind] = await nursery.start(functools.partial(trio_rack.serve, app, **kwargs))
+    return binds[0]
+
+
+async def open_client(bind: Bind, tls: TLSFiles | None = None) -> trio.abc.Stream:
+    """A raw client connection to ``bind`` (TLS if ``tls`` is given)."""
+    if tls is None:
+        return await trio.open_tcp_stream(bind.host, bind.port)
+    return await trio.open_ssl_over_tcp_stream(
+        bind.host, bind.port, ssl_context=client_ssl_context(tls), https_compatible=True
+    )
+
+
+async def read_until(stream: trio.abc.ReceiveStream, marker: bytes, *, buffer: bytes = b"") -> bytes:
+    """Read until ``marker`` has arrived; return everything read.  EOF first is an error."""
+    data = buffer
+    while marker not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}; got {data!r:.300}")
+        data += chunk
+    return data
+
+
+async def read_until_eof(stream: trio.abc.ReceiveStream) -> tuple[bytes, str]:
+    """Everything until the peer closes; also how it closed: "eof" or "reset"."""
+    parts = []
+    try:
+        while chunk := await stream.receive_some(65536):
+            parts.append(chunk)
+    except trio.BrokenResourceError:
+        return b"".join(parts), "reset"
+    return b"".join(parts), "eof"
+
+
+def split_head(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
+    """Split raw response bytes into (status, headers, rest); names lower-cased."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    assert sep, f"no end of head in {data!r:.300}"
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return status, headers, rest
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+    informational: list[int]
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name)
+        return ", ".join(values) if values else None
+
+
+class ResponseReader:
+    """Parse responses off a raw stream with an h11 client, one per request sent.
+
+    The requests themselves are written by hand (so they can be pipelined); ``next()`` only
+    tells h11 which request a response answers (HEAD matters for framing) and reads it.
+    """
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def next(self, method: str = "GET", target: str = "/", http_version: str = "1.1") -> Response:
+        c = self.conn
+        if c.our_state is h11.DONE and c.their_state is h11.DONE:
+            c.start_next_cycle()
+        c.send(h11.Request(method=method, target=target, headers=[("host", "x")], http_version=http_version))
+        c.send(h11.EndOfMessage())
+        informational: list[int] = []
+        response: h11.Response | None = None
+        body = []
+        while True:
+            event = c.next_event()
+            if event is h11.NEED_DATA:
+                c.receive_data(bytes(await self.stream.receive_some(65536)))
+            elif type(event) is h11.InformationalResponse:
+                informational.append(event.status_code)
+            elif type(event) is h11.Response:
+                response = event
+            elif type(event) is h11.Data:
+                body.append(bytes(event.data))
+            elif type(event) is h11.EndOfMessage:
+                break
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+        assert response is not None
+        headers: dict[str, list[str]] = {}
+        for name, value in response.headers:
+            headers.setdefault(name.decode(), []).append(value.decode("latin-1"))
+        return Response(response.status_code, headers, b"".join(body), informational)
+
+
+# ------------------------------------------------------------------------------- curl
+
+
+@dataclass
+class Curl:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    def response(self) -> tuple[int, dict[str, list[str]], bytes]:
+        """For ``-i`` output: the last final response's (status, headers, body)."""
+        data = self.stdout
+        while True:
+            status, headers, rest = split_head(data)
+            if status >= 200 or not rest.startswith(b"HTTP/"):
+                return status, headers, rest
+            data = rest  # skip a 1xx head that -i printed
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["NO_PROXY"] = "*"
+    return env
+
+
+#: A backstop only: callers bound each test with their own ``trio.fail_after``.
+CURL_TIMEOUT = 30
+
+
+async def curl(*args: str | os.PathLike[str], check: bool = True) -> Curl:
+    """Run ``curl -q -sS --noproxy '*' ARGS`` and capture its output (``-q``: no ~/.curlrc)."""
+    argv = [CURL, "-q", "-sS", "--noproxy", "*", *map(str, args)]
+    with trio.fail_after(CURL_TIMEOUT):
+        proc = await trio.run_process(
+            argv,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=_clean_env(),
+            stdin=subprocess.DEVNULL,
+        )
+    result = Curl(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"curl {args} exited {proc.returncode}: {result.stderr[-2000:]}")
+    return result
