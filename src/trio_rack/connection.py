@@ -93,10 +93,12 @@ class ServerState:
     sweeper polls their sockets.  ``draining`` is set on graceful shutdown.
     """
 
-    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True) -> None:
+    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
         self.app = app
         self.limits = limits
         self.access_log = access_log
+        #: Trusted-proxy policy (an object with ``apply(env)``), or None to ignore proxy headers.
+        self.proxy = proxy
         self.active: set[HTTPConnection] = set()
         self.connections: set[HTTPConnection] = set()
         self.draining = False
@@ -368,6 +370,8 @@ class HTTPConnection:
         env["rack.hijack"] = self._full_hijack
         env["rack.early_hints"] = self._early_hints
         env["rack.response_finished"] = []
+        if self.state.proxy is not None:
+            self.state.proxy.apply(env)
         return env
 
     async def _serve_request(self, request: h11.Request) -> Outcome:
