@@ -146,7 +146,9 @@ class HTTPConnection:
         self.limits: Limits = state.limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
-        self._write_lock = trio.StrictFIFOLock()
+        # One writer at a time, without a lock's extra trip through the scheduler when uncontended.
+        self._writing = False
+        self._write_waiters = trio.lowlevel.ParkingLot()
         self._app_scope: trio.CancelScope | None = None
         self._idle_scope: trio.CancelScope | None = None
         self.client_gone = False
@@ -447,18 +449,19 @@ class HTTPConnection:
         Runs in a ``finally`` and may run while cancelled: closing must still happen, so every
         step here is either synchronous or shielded with a short deadline.
         """
-        with trio.CancelScope(shield=True) as shield:
-            shield.deadline = trio.current_time() + 5
-            if self._request_body is not None:
-                self._request_body.close()
-            if self._response_stream is not None:
-                self._response_stream.close_from_server()
-            if self._hijacked is not None:
-                await self._hijacked.aclose()
-            body = result[2] if isinstance(result, (tuple, list)) and len(result) == 3 else None
-            await _close_body(body)
-            callbacks = env.get("rack.response_finished")
-            if callbacks:
+        if self._request_body is not None:
+            self._request_body.close()
+        if self._response_stream is not None:
+            self._response_stream.close_from_server()
+        body = result[2] if isinstance(result, (tuple, list)) and len(result) == 3 else None
+        callbacks = env["rack.response_finished"]
+        if self._hijacked is not None or callbacks or hasattr(body, "close") or hasattr(body, "aclose"):
+            # Async clean-up: shielded (it must happen even when we are being cancelled) but
+            # bounded.  The common case — a list body, no callbacks — never gets here.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
+                if self._hijacked is not None:
+                    await self._hijacked.aclose()
+                await _close_body(body)
                 for callback in reversed(list(callbacks)):
                     try:
                         ret = callback(env, status, headers, error)
@@ -472,8 +475,16 @@ class HTTPConnection:
     # ------------------------------------------------------------------------------ output
 
     async def _write(self, data: bytes | memoryview) -> None:
-        """The one way bytes reach the transport.  A stalled client raises _ClientGone."""
-        async with self._write_lock:
+        """The one way bytes reach the transport.  A stalled client raises _ClientGone.
+
+        Writes are serialised (an app may read ``rack.input`` — which can send ``100 Continue``
+        — in one task while its streaming body writes in another); large ones are sliced so the
+        write timeout bounds a stall rather than a slow link.
+        """
+        while self._writing:  # another task of this connection is mid-write: queue behind it
+            await self._write_waiters.park()
+        self._writing = True
+        try:
             view = memoryview(data) if len(data) > WRITE_SLICE else None
             try:
                 if view is None:
@@ -489,6 +500,9 @@ class HTTPConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.client_gone = True
                 raise _ClientGone(str(exc)) from None
+        finally:
+            self._writing = False
+            self._write_waiters.unpark()
 
     def _final_headers(self, prepared: PreparedResponse) -> list[tuple[bytes, bytes]]:
         headers = prepared.headers
