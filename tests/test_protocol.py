@@ -612,9 +612,8 @@ async def test_stalled_reader_is_dropped_after_write_timeout(autojump_clock):
             try:
                 while True:
                     await stream.send_all(b"x" * 65536)
-            except trio.BrokenResourceError:
+            finally:  # the stalled write is interrupted (cancelled) and the app cleans up
                 done.set()
-                raise
 
         return 200, {}, body
 

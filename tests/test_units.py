@@ -140,3 +140,12 @@ def test_build_env_absolute_form_without_path():
 def test_access_log_escape_blocks_forged_lines():
     assert escape('a"b\\c\nd\x1b') == 'a\\"b\\\\c\\x0ad\\x1b'
     assert escape("plain text") == "plain text"
+
+
+def test_validated_header_cache_never_lets_hop_by_hop_through():
+    async def hijack(stream):
+        pass
+
+    prepare_response((101, {"upgrade": "websocket", "rack.hijack": hijack}, []))
+    p = prepare_response((200, {"upgrade": "websocket"}, [b"x"]))
+    assert not any(name == b"upgrade" for name, _ in p.headers)

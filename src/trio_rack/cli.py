@@ -15,6 +15,13 @@ Output: stdout carries only the start banner (the URLs, and for the development 
 the CA path and a ready ``curl`` line), flushed, so scripts and tests can read the bound port;
 logs go to stderr.  With ``-n COUNT`` above 1 the process becomes the supervisor of
 :mod:`trio_rack.workers`; the workers it starts run this same command with ``--worker``.
+``--max-requests`` always runs under the supervisor (even with ``-n 1``): a worker that served
+its requests exits and the supervisor starts a fresh one.
+
+Deployment flags: ``--proxy-headers`` / ``--forwarded-allow-ips`` / ``--forwarded-header``
+(:mod:`trio_rack.proxy`), and systemd socket activation, which is used when no ``-b`` is given
+or with ``-b systemd`` (:mod:`trio_rack.systemd`).  The supervisor hands all of these on to its
+workers, with the sockets as ``fd://N`` binds.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import re
 import shlex
 import signal
@@ -35,10 +43,11 @@ from typing import Any, NoReturn
 
 import trio
 
-from . import __version__, workers
+from . import __version__, systemd, workers
 from .certs import DevCert, dev_certificate
 from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
 from .loader import DEFAULT_APP, load_app
+from .proxy import DEFAULT_TRUSTED, ProxyHeaders
 from .server import serve
 from .tls import make_server_context
 
@@ -113,8 +122,9 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=_bind_arg,
         metavar="URL",
-        help="https://HOST:PORT, http://HOST:PORT, unix:PATH or fd://N; repeatable "
-        f"(default: {DEFAULT_BIND})",
+        help="https://HOST:PORT, http://HOST:PORT, unix:PATH, fd://N or systemd (the sockets of "
+        "systemd socket activation); repeatable (default: the activated sockets if systemd "
+        f"passed any, else {DEFAULT_BIND})",
     )
     parser.add_argument(
         "-n",
@@ -136,8 +146,56 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="one Combined Log Format line per response on stderr (default: on)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
     parser.set_defaults(run=_serve_command)
+
+
+def _add_deployment_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="take the client's address and scheme (REMOTE_ADDR, rack.url_scheme) from the "
+        "proxy headers of requests whose peer is in --forwarded-allow-ips",
+    )
+    group.add_argument(
+        "--forwarded-allow-ips",
+        metavar="LIST",
+        help="comma-separated IP addresses and CIDR networks of trusted proxies, or '*' for any "
+        "peer; Unix socket peers are always trusted (default: $FORWARDED_ALLOW_IPS, else "
+        f"{','.join(DEFAULT_TRUSTED)})",
+    )
+    group.add_argument(
+        "--forwarded-header",
+        choices=("x-forwarded-for", "forwarded"),
+        default="x-forwarded-for",
+        help="the headers the proxies set: X-Forwarded-For/-Proto, or RFC 7239 Forwarded; the "
+        "other kind is ignored (default: x-forwarded-for)",
+    )
+    group.add_argument(
+        "--max-requests",
+        type=_positive(int),
+        metavar="N",
+        help="restart each worker after it served N requests, for apps that leak (default: never)",
+    )
+    group.add_argument(
+        "--max-requests-jitter",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="add a random 0..N to each worker's --max-requests, so that workers do not restart "
+        "together (default: 0)",
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
 
 
 # -- flags generated from Limits ---------------------------------------------------------------
@@ -206,7 +264,9 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return convert
 
 
-def _bind_arg(text: str) -> Bind:
+def _bind_arg(text: str) -> Bind | str:
+    if text == systemd.SYSTEMD_BIND:
+        return text  # expanded by _resolve_binds once the activated sockets are known
     try:
         return parse_bind(text)
     except ConfigError as exc:
@@ -223,24 +283,75 @@ def _certs_command(args: argparse.Namespace) -> int:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
+    activated = systemd.listen_fds()  # first: the app must not see (or pass on) LISTEN_*
     configure_logging(args.log_level, access_log=args.access_log)
     app = load_app(args.app)  # in the supervisor too: a bad app is one error line, not a crash loop
-    binds: list[Bind] = args.bind or [parse_bind(DEFAULT_BIND)]
+    binds = _resolve_binds(args.bind, activated)
     limits = Limits(**_given_limits(args))
+    proxy = _proxy_policy(args)
     cert, key, dev = _tls_files(args, binds)
     announce = functools.partial(_announce, dev=dev)
-    if args.count > 1 and not args.worker:
+    if (args.count > 1 or args.max_requests) and not args.worker:
         command = functools.partial(_worker_command, args, cert=cert, key=key)
         return workers.supervise(binds, count=args.count, worker_command=command, announce=announce)
+    budget = None
+    if args.max_requests:
+        app = budget = workers.RequestBudget(app, max_requests=args.max_requests, jitter=args.max_requests_jitter)
+        log.info("this worker will be replaced after %d requests", budget.limit)
     serving = functools.partial(
-        serve, app, bind=binds, cert=cert, key=key, limits=limits, access_log=args.access_log
+        serve,
+        app,
+        bind=binds,
+        cert=cert,
+        key=key,
+        limits=limits,
+        access_log=args.access_log,
+        proxy_headers=proxy or False,
     )
     trio.run(
         functools.partial(
-            _serve_until_signalled, serving, announce=None if args.worker else announce, lifeline=args.worker
+            _serve_until_signalled,
+            serving,
+            announce=None if args.worker else announce,
+            lifeline=args.worker,
+            budget=budget,
         )
     )
-    return 0
+    return workers.RECYCLE_EXIT if budget is not None and budget.exhausted.is_set() else 0
+
+
+def _resolve_binds(given: Sequence[Bind | str] | None, activated: list[int]) -> list[Bind]:
+    """The ``-b`` values with ``systemd`` expanded; with none, the activated sockets or the default."""
+    if not given:
+        if activated:
+            log.info("systemd socket activation: serving %d inherited socket(s)", len(activated))
+            return systemd.listen_binds(activated)
+        return [parse_bind(DEFAULT_BIND)]
+    binds: list[Bind] = []
+    for item in given:
+        if isinstance(item, Bind):
+            binds.append(item)
+        elif not activated:
+            raise ConfigError("-b systemd: systemd passed no sockets (LISTEN_FDS/LISTEN_PID are not set for this process)")
+        else:
+            binds.extend(systemd.listen_binds(activated))
+            activated = []  # "-b systemd" twice adopts them once
+    return binds
+
+
+def _forwarded_allow_ips(args: argparse.Namespace) -> str:
+    if args.forwarded_allow_ips is not None:
+        return str(args.forwarded_allow_ips)
+    return os.environ.get("FORWARDED_ALLOW_IPS") or ",".join(DEFAULT_TRUSTED)
+
+
+def _proxy_policy(args: argparse.Namespace) -> ProxyHeaders | None:
+    """The trusted-proxy policy of ``--proxy-headers``, checked now (a bad IP is one error line)."""
+    if not args.proxy_headers:
+        if args.forwarded_allow_ips is not None:
+            log.warning("--forwarded-allow-ips ignored: no --proxy-headers")
+        return None
+    return ProxyHeaders(_forwarded_allow_ips(args).split(","), header=args.forwarded_header)
 
 
 def _tls_files(
@@ -268,6 +379,12 @@ def _worker_command(
     argv.append("--access-log" if args.access_log else "--no-access-log")
     for bind in fd_binds:
         argv += ["-b", str(bind)]
+    if args.proxy_headers:
+        argv += ["--proxy-headers", f"--forwarded-allow-ips={_forwarded_allow_ips(args)}"]
+        argv += ["--forwarded-header", args.forwarded_header]
+    if args.max_requests:
+        argv += ["--max-requests", str(args.max_requests)]
+        argv += ["--max-requests-jitter", str(args.max_requests_jitter)]
     if cert is not None and key is not None:
         argv += ["--cert", str(cert), "--key", str(key)]
     for field in dataclasses.fields(Limits):
@@ -285,11 +402,13 @@ async def _serve_until_signalled(
     *,
     announce: Callable[[list[Bind]], None] | None,
     lifeline: bool,
+    budget: workers.RequestBudget | None = None,
 ) -> None:
     """Run ``serving`` (serve() with its arguments bound) until SIGINT/SIGTERM.
 
     The first signal shuts down gracefully, a second cancels everything (as
     :func:`trio_rack.server.run` does); ``announce`` gets the bound addresses once listening.
+    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.
     """
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -297,6 +416,8 @@ async def _serve_until_signalled(
             nursery.start_soon(_watch_signals, signals, shutdown, nursery.cancel_scope)
             if lifeline:
                 nursery.start_soon(workers.watch_lifeline, shutdown)
+            if budget is not None:
+                nursery.start_soon(_recycle_when_spent, budget, shutdown)
             bound = await nursery.start(_serve_then_stop, serving, shutdown, nursery.cancel_scope)
             if announce is not None:
                 announce(bound)
@@ -311,6 +432,13 @@ async def _serve_then_stop(
 ) -> None:
     await serving(shutdown_trigger=shutdown, task_status=task_status)
     scope.cancel()  # served out gracefully: stop watching for signals
+
+
+async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Event) -> None:
+    await budget.exhausted.wait()
+    if not shutdown.is_set():
+        log.info("served %d requests (--max-requests): shutting down gracefully", budget.limit)
+        shutdown.set()
 
 
 async def _watch_signals(signals: AsyncIterator[int], shutdown: trio.Event, scope: trio.CancelScope) -> None:

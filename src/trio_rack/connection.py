@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 import logging
 import time
 import traceback
@@ -63,6 +64,8 @@ WRITE_SLICE = 256 * 1024
 COALESCE_LIMIT = 64 * 1024
 #: After a response, at most this much of an unread request body is drained to keep alive.
 DRAIN_LIMIT = 64 * 1024
+#: ... and for at most this long.
+DRAIN_TIMEOUT = 1.0
 SERVER_HEADER = (b"server", b"trio-rack")
 
 
@@ -102,6 +105,16 @@ class ServerState:
         self.active: set[HTTPConnection] = set()
         self.connections: set[HTTPConnection] = set()
         self.draining = False
+
+
+class _ReadPhase(enum.Enum):
+    """What the connection is waiting for; tells, when a deadline passes, what timed out."""
+
+    IDLE = "keep-alive idle"  # before the first byte of a request
+    HEAD = "request head"
+    APP = "app"  # no read deadline while the app runs, except around body reads
+    BODY = "request body"
+    DRAIN = "unread body drain"
 
 
 class Outcome(enum.Enum):
@@ -149,8 +162,15 @@ class HTTPConnection:
         # One writer at a time, without a lock's extra trip through the scheduler when uncontended.
         self._writing = False
         self._write_waiters = trio.lowlevel.ParkingLot()
-        self._app_scope: trio.CancelScope | None = None
-        self._idle_scope: trio.CancelScope | None = None
+        # One cancel scope for the whole connection; its deadline is the nearer of the read and
+        # write deadlines below.  Cheaper than a scope per read, write and app call, and every
+        # reason to cancel (a timeout, a vanished client, shutdown) ends the connection anyway.
+        self._scope = trio.CancelScope()
+        self._in_scope = False
+        self._read_deadline = math.inf
+        self._read_phase = _ReadPhase.IDLE
+        self._write_deadline = math.inf
+        self._cancel_reason: str | None = None
         self.client_gone = False
         # per-request state, reset by _reset_request
         self._reset_request()
@@ -173,57 +193,80 @@ class HTTPConnection:
     async def run(self) -> None:
         self.state.connections.add(self)
         try:
-            first = True
-            while True:
-                request = await self._read_request(first)
-                first = False
-                if request is None:
-                    break
-                outcome = await self._serve_request(request)
-                if outcome is Outcome.HIJACKED:
-                    return
-                if outcome is Outcome.CLOSE or self.state.draining:
-                    break
-                if not await self._prepare_next_cycle():
-                    break
-            if not self.client_gone:
+            with self._scope:
+                self._in_scope = True
+                hijacked = await self._serve_requests()
+            self._in_scope = False
+            if self._scope.cancelled_caught:
+                await self._after_cancel()
+            elif not hijacked and not self.client_gone:
                 await self._shutdown_transport()
         finally:
+            self._in_scope = False
             self.state.connections.discard(self)
             self.state.active.discard(self)
 
-    async def _receive_into_h11(self, timeout: float, *, idle: bool = False) -> bool:
-        """Read once from the transport into h11; False on timeout.  EOF and resets become b"".
+    async def _serve_requests(self) -> bool:
+        """The keep-alive loop.  Returns True if the connection was hijacked."""
+        first = True
+        while True:
+            request = await self._read_request(first)
+            first = False
+            if request is None:
+                return False
+            outcome = await self._serve_request(request)
+            if outcome is Outcome.HIJACKED:
+                return True
+            if outcome is Outcome.CLOSE or self.state.draining:
+                return False
+            if not await self._prepare_next_cycle():
+                return False
 
-        An ``idle`` read (waiting for the first byte of a request) can be cut short by
-        :meth:`close_if_idle` on graceful shutdown, which also counts as a timeout.
-        """
-        with trio.move_on_after(timeout) as scope:
-            if idle:
-                if self.state.draining:
-                    return False
-                self._idle_scope = scope
-            try:
-                data = await self.transport.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            finally:
-                self._idle_scope = None
-        if scope.cancelled_caught:
-            return False
+    def _set_read_deadline(self, phase: _ReadPhase, deadline: float) -> None:
+        self._read_phase = phase
+        self._read_deadline = deadline
+        self._scope.deadline = min(deadline, self._write_deadline)
+
+    async def _after_cancel(self) -> None:
+        """The connection's scope was cancelled: say why, and answer 408 where one is due."""
+        who = f"{self.info.remote_addr}:{self.info.remote_port}"
+        if self._cancel_reason is not None:
+            log.info("%s: %s", who, self._cancel_reason)
+            return
+        if self._write_deadline <= trio.current_time():
+            self.client_gone = True
+            log.info("%s: client stopped reading (write timeout); connection dropped", who)
+            return
+        phase = self._read_phase
+        if phase is _ReadPhase.HEAD:
+            await self._reject(408, "timed out reading the request head")
+        elif phase is _ReadPhase.BODY and not self._started:
+            await self._reject(408, "timed out waiting for the request body")
+        else:
+            log.debug("%s: %s timeout; closing", who, phase.value)
+            await self._shutdown_transport()
+
+    async def _receive_into_h11(self) -> None:
+        """Read once from the transport into h11.  EOF and resets both become b"" (EOF)."""
+        try:
+            data = await self.transport.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
         self.h11.receive_data(data)
-        return True
 
     async def _read_request(self, first: bool) -> h11.Request | None:
         """The next request head, or None when the connection should end (after any error reply).
 
         Until the first byte arrives the keep-alive idle timeout applies (the header timeout
-        for a new connection); the whole head must arrive within the header timeout.
+        for a new connection); the whole head must arrive within the header timeout.  When a
+        deadline passes, the connection's scope is cancelled and :meth:`_after_cancel` answers.
         """
         limits = self.limits
         now = trio.current_time()
-        deadline = now + limits.header_timeout
-        idle_deadline = now + (limits.header_timeout if first else limits.keepalive_timeout)
+        head_deadline = now + limits.header_timeout
+        self._set_read_deadline(
+            _ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
+        )
         while True:
             buffered = self.h11.trailing_data[0]
             if len(buffered) > limits.max_head_size and not _has_head_end(buffered, limits.max_head_size):
@@ -236,16 +279,18 @@ class HTTPConnection:
                 await self._reject(exc.error_status_hint, str(exc))
                 return None
             if event is h11.NEED_DATA:
-                if buffered and self._request_line_too_long(buffered):
-                    await self._reject(414, "request line too long")
-                    return None
-                limit = deadline if buffered else min(deadline, idle_deadline)
-                if not await self._receive_into_h11(limit - trio.current_time(), idle=not buffered):
-                    if buffered:
-                        await self._reject(408, "timed out reading the request head")
-                    return None
+                if buffered:
+                    if self._request_line_too_long(buffered):
+                        await self._reject(414, "request line too long")
+                        return None
+                    if self._read_phase is _ReadPhase.IDLE:
+                        self._set_read_deadline(_ReadPhase.HEAD, head_deadline)
+                elif self.state.draining:
+                    return None  # graceful shutdown: no new request on this connection
+                await self._receive_into_h11()
                 continue
             if type(event) is h11.Request:
+                self._set_read_deadline(_ReadPhase.APP, math.inf)
                 problem = self._check_request(event)
                 if problem is not None:
                     await self._reject(*problem)
@@ -331,8 +376,9 @@ class HTTPConnection:
             except h11.RemoteProtocolError:
                 return False
             if event is h11.NEED_DATA:
-                if not await self._receive_into_h11(min(self.limits.body_timeout, 1.0)):
-                    return False
+                if self._read_phase is not _ReadPhase.DRAIN:
+                    self._set_read_deadline(_ReadPhase.DRAIN, trio.current_time() + DRAIN_TIMEOUT)
+                await self._receive_into_h11()
             elif type(event) is h11.Data:
                 drained += len(event.data)
                 if drained > DRAIN_LIMIT:
@@ -377,6 +423,8 @@ class HTTPConnection:
         return env
 
     async def _serve_request(self, request: h11.Request) -> Outcome:
+        """Call the app and send what it returns.  Cancellation (timeouts, a vanished client,
+        shutdown) propagates to :meth:`run`; the clean-up in ``finally`` happens regardless."""
         env = self._make_env(request)
         self._head_only = request.method == b"HEAD"
         status: int | None = None
@@ -384,57 +432,50 @@ class HTTPConnection:
         error: BaseException | None = None
         result: Any = None
         self.state.active.add(self)
-        scope = self._app_scope = trio.CancelScope()
         try:
-            with scope:
+            try:
+                result = await self.state.app(env)
+            except Exception as exc:
+                error = exc
+            if self._hijacked is not None:
+                if error is not None:
+                    log.error("app failed after a full hijack", exc_info=error)
+                return Outcome.HIJACKED
+            if error is None:
                 try:
-                    result = await self.state.app(env)
-                except Exception as exc:
+                    prepared = self._prepared = prepare_response(result)
+                except AppError as exc:
                     error = exc
-                if self._hijacked is not None:
-                    if error is not None:
-                        log.error("app failed after a full hijack", exc_info=error)
-                    status = None
-                    return Outcome.HIJACKED
-                if error is None:
-                    try:
-                        prepared = self._prepared = prepare_response(result)
-                    except AppError as exc:
-                        error = exc
-                        log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
-                    else:
-                        status, headers = prepared.status, result[1]
-                        return await self._send_response(prepared)
-                elif self._abort_status is not None:
-                    # the request body was bad or late; the app just let the error through
-                    log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, error)
+                    log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
                 else:
-                    log.error("app raised before the response started", exc_info=error)
-                status = self._abort_status or 500
-                await self._send_500(status)
-                return Outcome.CLOSE
-            # the app's scope was cancelled: the client went away
-            error = error or _ClientGoneError("client disconnected")
-            log.info("%s:%s: client went away; app cancelled", self.info.remote_addr, self.info.remote_port)
+                    status, headers = prepared.status, result[1]
+                    return await self._send_response(prepared)
+            elif self._abort_status is not None:
+                # the request body was bad or too large; the app just let the error through
+                log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, error)
+            else:
+                log.error("app raised before the response started", exc_info=error)
+            status = self._abort_status or 500
+            await self._send_500(status)
             return Outcome.CLOSE
-        except _ClientGone:
-            error = error or _ClientGoneError("client disconnected")
+        except _ClientGone as exc:
+            error = error or exc
             return Outcome.CLOSE
         except Exception as exc:
             # Failure while streaming the body after the head went out: abort visibly.
             error = exc
-            if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)) and self.client_gone:
-                log.info("client went away mid-response: %s", exc)
-            elif self._started:
+            if self._started:
                 log.error("response aborted after the head was sent", exc_info=exc)
             else:
                 log.error("app failed", exc_info=exc)
                 status = self._abort_status or 500
                 await self._send_500(status)
             return Outcome.CLOSE
+        except BaseException as exc:  # cancelled: timeout, client gone or shutdown
+            error = exc
+            raise
         finally:
             self.state.active.discard(self)
-            self._app_scope = None
             await self._finish_request(env, result, status, headers, error)
 
     async def _send_500(self, status: int) -> None:
@@ -484,25 +525,34 @@ class HTTPConnection:
         while self._writing:  # another task of this connection is mid-write: queue behind it
             await self._write_waiters.park()
         self._writing = True
+        view = memoryview(data) if len(data) > WRITE_SLICE else None
         try:
-            view = memoryview(data) if len(data) > WRITE_SLICE else None
-            try:
-                if view is None:
-                    with trio.fail_after(self.limits.write_timeout):
-                        await self.transport.send_all(data)
-                else:
-                    for offset in range(0, len(view), WRITE_SLICE):
-                        with trio.fail_after(self.limits.write_timeout):
-                            await self.transport.send_all(view[offset : offset + WRITE_SLICE])
-            except trio.TooSlowError:
-                self.client_gone = True
-                raise _ClientGone("client stopped reading (write timeout)") from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.client_gone = True
-                raise _ClientGone(str(exc)) from None
+            if not self._in_scope:  # after the connection's scope (e.g. a 408 after a timeout)
+                with trio.move_on_after(self.limits.write_timeout) as scope:
+                    await self.transport.send_all(data)
+                if scope.cancelled_caught:
+                    raise _ClientGone("client stopped reading (write timeout)")
+            elif view is None:
+                self._set_write_deadline(trio.current_time() + self.limits.write_timeout)
+                await self.transport.send_all(data)
+            else:
+                for offset in range(0, len(view), WRITE_SLICE):
+                    self._set_write_deadline(trio.current_time() + self.limits.write_timeout)
+                    await self.transport.send_all(view[offset : offset + WRITE_SLICE])
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.client_gone = True
+            raise _ClientGone(str(exc)) from None
+        else:
+            if self._in_scope:
+                self._set_write_deadline(math.inf)
         finally:
+            # (a cancelled write keeps its deadline: _after_cancel reads it to say why)
             self._writing = False
             self._write_waiters.unpark()
+
+    def _set_write_deadline(self, deadline: float) -> None:
+        self._write_deadline = deadline
+        self._scope.deadline = min(deadline, self._read_deadline)
 
     def _final_headers(self, prepared: PreparedResponse) -> list[tuple[bytes, bytes]]:
         headers = prepared.headers
@@ -657,10 +707,9 @@ class HTTPConnection:
             if event is h11.NEED_DATA:
                 if h.their_state is not h11.SEND_BODY:
                     return b""
-                if not await self._receive_into_h11(self.limits.body_timeout):
-                    self._abort_status = 408
-                    self._must_close = True
-                    raise trio.BrokenResourceError("timed out waiting for the request body")
+                self._set_read_deadline(_ReadPhase.BODY, trio.current_time() + self.limits.body_timeout)
+                await self._receive_into_h11()  # cancelled on timeout: the phase says why
+                self._set_read_deadline(_ReadPhase.APP, math.inf)
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
@@ -694,23 +743,20 @@ class HTTPConnection:
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: end the connection now if it is waiting for a next request."""
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        if self._read_phase is _ReadPhase.IDLE and self._in_scope:
+            self._cancel_reason = "closed while idle: server shutting down"
+            self._scope.cancel()
 
     def cancel_app(self) -> None:
         """Called by the liveness sweeper when the client hung up while the app was running."""
         self.client_gone = True
-        if self._app_scope is not None:
-            self._app_scope.cancel()
+        self._cancel_reason = "client went away; app cancelled"
+        self._scope.cancel()
 
 
 def _has_head_end(buffered: bytes, limit: int) -> bool:
     """Whether a complete request head ends within the first ``limit`` bytes."""
     return buffered.find(b"\r\n\r\n", 0, limit + 4) >= 0 or buffered.find(b"\n\n", 0, limit + 2) >= 0
-
-
-class _ClientGoneError(Exception):
-    """What ``rack.response_finished`` callbacks get as ``error`` when the client left."""
 
 
 async def _close_body(body: Any) -> None:

@@ -43,6 +43,12 @@ _VALUE_RE = re.compile(r"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)
 _DIGITS_RE = re.compile(r"[0-9]+")
 
 
+#: Header (name, value) pairs already validated and encoded, with their wire form.  Only pairs
+#: that reach the wire unchanged are cached (not rack.*, hop-by-hop or content-length).
+_VALID_PAIRS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_VALID_PAIRS_MAX = 4096
+
+
 class AppError(Exception):
     """The app broke the trio-rack contract; the message says how, naming the header or type."""
 
@@ -122,6 +128,10 @@ def _encode_headers(
     wire: list[tuple[bytes, bytes]] = []
     app_length = False
     for name, value in headers.items():
+        pair = _VALID_PAIRS.get((name, value)) if type(value) is str else None
+        if pair is not None:  # seen and validated before: most apps repeat their headers
+            wire.append(pair)
+            continue
         if type(name) is not str:
             raise AppError(f"header names must be str, got {type(name).__name__}: {name!r:.40}")
         if _NAME_RE.fullmatch(name) is None:
@@ -144,7 +154,12 @@ def _encode_headers(
             for item in value:
                 wire.append((bname, _encode_value(name, item)))
         else:
-            wire.append((bname, _encode_value(name, value)))
+            pair = (bname, _encode_value(name, value))
+            wire.append(pair)
+            if name != "content-length" and name not in HOP_BY_HOP:
+                if len(_VALID_PAIRS) >= _VALID_PAIRS_MAX:
+                    _VALID_PAIRS.clear()  # bounded: values may be per-request (etags, cookies)
+                _VALID_PAIRS[(name, value)] = pair
     return wire, app_length
 
 

@@ -33,6 +33,7 @@ from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
 from .connection import HTTPConnection, ServerState
 from .env import ConnInfo
 from .liveness import run_liveness_sweeper
+from .proxy import DEFAULT_TRUSTED, ProxyHeaders
 from .tls import accept_tls, make_server_context
 
 __all__ = ["serve", "run", "open_sockets", "normalize_binds"]
@@ -171,6 +172,8 @@ async def serve(
     key: str | os.PathLike[str] | None = None,
     limits: Limits | None = None,
     access_log: bool = True,
+    proxy_headers: bool | ProxyHeaders = False,
+    forwarded_allow_ips: Sequence[str] = DEFAULT_TRUSTED,
     shutdown_trigger: trio.Event | None = None,
     task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -180,12 +183,19 @@ async def serve(
     addresses (:class:`~trio_rack.config.Bind`, whose ``str()`` is the URL); port 0 comes back
     as the real port.  ``https`` binds without ``cert``/``key`` use the local development
     certificate (:mod:`trio_rack.certs`).  Bad configuration raises :class:`ConfigError`.
+
+    ``proxy_headers=True`` applies ``X-Forwarded-For``/``-Proto`` to ``REMOTE_ADDR`` and
+    ``rack.url_scheme`` for requests whose peer is in ``forwarded_allow_ips`` (addresses, CIDR
+    networks, ``"*"``; Unix-socket peers always count); a
+    :class:`~trio_rack.proxy.ProxyHeaders` instance sets the whole policy instead (e.g. RFC 7239
+    ``Forwarded``).  See :mod:`trio_rack.proxy`.
     """
     binds = normalize_binds(bind)
     limits = limits or Limits()
+    proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
     ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key)
     opened = open_sockets(binds)
-    state = ServerState(app, limits, access_log=access_log)
+    state = ServerState(app, limits, access_log=access_log, proxy=proxy)
     connection_slots = trio.Semaphore(limits.max_connections)
     try:
         listeners = [(b, trio.SocketListener(trio.socket.from_stdlib_socket(s))) for b, s in opened]
@@ -212,6 +222,12 @@ async def serve(
                 acceptors.cancel_scope.cancel()
         # graceful shutdown: listeners are closed; let requests in flight finish
         await _drain(state, connections)
+
+
+def _proxy_policy(proxy_headers: bool | ProxyHeaders, allow: Sequence[str]) -> ProxyHeaders | None:
+    if isinstance(proxy_headers, ProxyHeaders):
+        return proxy_headers
+    return ProxyHeaders(allow) if proxy_headers else None
 
 
 async def _drain(state: ServerState, connections: trio.Nursery) -> None:

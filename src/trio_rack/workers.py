@@ -21,6 +21,16 @@ dying young, so a crash loop costs little CPU and fills the log slowly.  Exit st
 the one exception: it means a configuration error (see :mod:`trio_rack.cli`), which a restart
 cannot fix, so the supervisor stops everything and exits 2.
 
+``--max-requests N`` (with ``--max-requests-jitter J``) recycles workers, for apps that leak:
+each worker wraps the app in a :class:`RequestBudget` of N + a random 0..J requests (the jitter
+keeps workers started together from restarting together).  When the last one starts, the
+worker shuts down gracefully (its listeners close at once; requests in flight get
+``--graceful-timeout``) and exits with :data:`RECYCLE_EXIT`, which the supervisor answers by
+starting a fresh worker at once, logged as routine, without backoff.  New connections wait in
+the shared socket's listen backlog meanwhile, so none is refused; with ``-n 1`` they wait for
+the new worker to start (and the old one to finish draining), which is why ``--max-requests``
+always runs under the supervisor, even with ``-n 1``.
+
 Each worker's stdin is the read end of a pipe whose write end only the supervisor holds: the
 *lifeline*.  If the supervisor dies without stopping its workers (SIGKILL, a crash), every
 worker reads EOF and shuts down gracefully, so no orphan keeps serving on a port nobody owns.
@@ -31,20 +41,25 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import trio
 
 from .config import Bind
 from .server import open_sockets
 
-__all__ = ["supervise", "watch_lifeline", "CONFIG_ERROR_EXIT"]
+__all__ = ["supervise", "watch_lifeline", "CONFIG_ERROR_EXIT", "RECYCLE_EXIT", "RequestBudget"]
 
 log = logging.getLogger("trio_rack.error")
 
 #: The exit status of a worker that found a configuration error: restarting will not help.
 CONFIG_ERROR_EXIT = 2
+#: The exit status of a worker that served its ``--max-requests``: replace it, it did not crash.
+#: (75 is sysexits.h's EX_TEMPFAIL, "try again": nothing else in trio-rack exits with it.)
+RECYCLE_EXIT = 75
 #: Restart delays: doubling from MIN to MAX while workers die within STABLE_AFTER seconds.
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
@@ -143,6 +158,9 @@ class Supervisor:
             if self.stopping.is_set():
                 log.info("worker %d (pid %d) exited (%s)", slot, pid, describe_exit(code))
                 return
+            if code == RECYCLE_EXIT:
+                log.info("worker %d (pid %d) served its --max-requests; starting a new one", slot, pid)
+                continue
             if code == CONFIG_ERROR_EXIT:
                 log.error("worker %d (pid %d) hit a configuration error; stopping", slot, pid)
                 self.exit_status = CONFIG_ERROR_EXIT
@@ -214,3 +232,29 @@ async def watch_lifeline(shutdown: trio.Event, *, fd: int = 0) -> None:
     if not shutdown.is_set():
         log.warning("the supervisor is gone; shutting down")
         shutdown.set()
+
+
+class RequestBudget:
+    """The app, wrapped to count its calls: ``exhausted`` is set when call number ``limit`` starts.
+
+    The worker (see :mod:`trio_rack.cli`) waits on ``exhausted`` and then shuts down
+    gracefully.  It is set when the last request *starts*, not when it ends, so that the
+    listeners are closed while that request is still being served: the next connection then
+    goes to another (or the next) worker, never to this one.  The count is of app calls, so
+    every request counts once, hijacked or not.
+    """
+
+    def __init__(self, app: Any, *, max_requests: int, jitter: int = 0, rng: random.Random | None = None) -> None:
+        if max_requests < 1 or jitter < 0:
+            raise ValueError("max_requests must be at least 1 and jitter at least 0")
+        self.app = app
+        self.limit = max_requests + (rng or random.Random()).randint(0, jitter)
+        self.served = 0
+        self.exhausted = trio.Event()
+        functools.update_wrapper(self, app, updated=())  # error messages name the app, not us
+
+    async def __call__(self, env: dict[str, Any]) -> Any:
+        self.served += 1
+        if self.served == self.limit:
+            self.exhausted.set()
+        return await self.app(env)
