@@ -12,9 +12,15 @@ pipelining: bytes of the next request already buffered in h11 are parsed first) 
 * **One reader.**  Outside the app, only this task reads.  While the app runs, reads happen
   only on the app's behalf (``rack.input`` / the streaming body), so a pipelined request is
   never consumed behind its back and nothing limits back-pressure but the socket itself.
+* **One cancel scope, moving deadlines.**  The whole connection runs in one cancel scope whose
+  deadline is the nearer of a read deadline (idle, head, body) and a write deadline.  Entering
+  a scope per read, per write and per app call cost more than h11's parsing; moving one
+  deadline costs little.  Every reason to cancel — a timeout, a vanished client, shutdown —
+  ends the connection anyway; :meth:`HTTPConnection._after_cancel` then says why and answers
+  ``408`` where one is due.
 * **Client gone.**  The server does not read to notice a vanished client: the liveness
   sweeper (:mod:`trio_rack.liveness`) polls the socket for a hang-up about once a second and
-  cancels the app's scope.  No reads, no extra task per connection.
+  cancels the connection's scope.  No reads, no extra task per connection.
 * **Hijack.**  The app gets a :class:`~trio_rack.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the stream is closed in a ``finally``.
