@@ -31,6 +31,19 @@ def escape(text: str) -> str:
     return _UNSAFE_RE.sub(_escape_char, text) if _UNSAFE_RE.search(text) else text
 
 
+_stamp_second = -1
+_stamp = ""
+
+
+def _timestamp() -> str:
+    """The log timestamp, formatted at most once a second."""
+    global _stamp_second, _stamp
+    now = int(time.time())
+    if now != _stamp_second:
+        _stamp_second, _stamp = now, time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+    return _stamp
+
+
 def log_response(env: dict[str, Any], status: int | None, sent: int, *, hijacked: bool = False) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
@@ -38,16 +51,13 @@ def log_response(env: dict[str, Any], status: int | None, sent: int, *, hijacked
     query = env.get("QUERY_STRING")
     target = path + "?" + query if query else path
     request_line = f'{env.get("REQUEST_METHOD", "-")} {target} {env.get("SERVER_PROTOCOL", "-")}'
-    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-    line = '%s - - [%s] "%s" %s %s "%s" "%s"' % (
-        env.get("REMOTE_ADDR") or "-",
-        when,
-        escape(request_line),
-        status if status is not None else "-",
-        sent if sent else "-",
-        escape(env.get("HTTP_REFERER", "-")),
-        escape(env.get("HTTP_USER_AGENT", "-")),
-    )
+    when = _timestamp()
+    host = escape(env.get("REMOTE_ADDR") or "-")  # may come from a proxy header
+    code = status if status is not None else "-"
+    size = sent if sent else "-"
+    referer = escape(env.get("HTTP_REFERER", "-"))
+    agent = escape(env.get("HTTP_USER_AGENT", "-"))
+    line = f'{host} - - [{when}] "{escape(request_line)}" {code} {size} "{referer}" "{agent}"'
     if hijacked:
         line += " hijacked"
     access_log.info("%s", line)

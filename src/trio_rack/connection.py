@@ -33,19 +33,21 @@ from __future__ import annotations
 
 import enum
 import inspect
-import math
 import logging
+import math
 import time
-import traceback
 from email.utils import formatdate
 from typing import Any
 
 import h11
 import trio
 
+from . import accesslog
 from .config import Limits
 from .env import ConnInfo, build_env
+from .errors_sink import ErrorsSink
 from .response import (
+    REASONS,
     AppError,
     BodyKind,
     PreparedResponse,
@@ -53,11 +55,8 @@ from .response import (
     encode_headers,
     prepare_response,
     serialize_head,
-    REASONS,
 )
 from .streams import HijackedStream, RequestBody, ResponseStream
-from .errors_sink import ErrorsSink
-from . import accesslog
 
 __all__ = ["HTTPConnection", "ServerState"]
 
@@ -345,7 +344,9 @@ class HTTPConnection:
         body = f"{status} {REASONS.get(status, b'').decode()}: {reason}\n".encode()
         await self._send_error_response(status, body)
 
-    async def _send_error_response(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _send_error_response(
+        self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
@@ -490,7 +491,14 @@ class HTTPConnection:
         phrase = REASONS.get(status, b"").decode()
         await self._send_error_response(status, f"{status} {phrase}\n".encode())
 
-    async def _finish_request(self, env: dict[str, Any], result: Any, status: int | None, headers: Any, error: BaseException | None) -> None:
+    async def _finish_request(
+        self,
+        env: dict[str, Any],
+        result: Any,
+        status: int | None,
+        headers: Any,
+        error: BaseException | None,
+    ) -> None:
         """Close everything the app was given, then run ``rack.response_finished`` callbacks.
 
         Runs in a ``finally`` and may run while cancelled: closing must still happen, so every

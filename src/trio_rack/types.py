@@ -14,15 +14,15 @@ An app is ``async def app(env) -> (status, headers, body)``:
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import trio
 
 Env = dict[str, Any]
-HeaderValue = Union[str, list[str], tuple[str, ...]]
+HeaderValue = str | list[str] | tuple[str, ...]
 Headers = Mapping[str, Any]
 StreamingBody = Callable[[trio.abc.Stream], Awaitable[None]]
-Body = Union[Iterable[bytes], AsyncIterable[bytes], StreamingBody]
+Body = Iterable[bytes] | AsyncIterable[bytes] | StreamingBody
 Response = tuple[int, Headers, Body]
 App = Callable[[Env], Awaitable[Response]]
 HijackCallback = Callable[[trio.abc.Stream], Awaitable[None]]
