@@ -157,6 +157,15 @@ class HTTPConnection:
     closes it in a ``finally``).  Streams handed to the app are closed before :meth:`run` returns.
     """
 
+    # Slots: one of these lives per open connection; at 10,000 streams every byte counts.
+    __slots__ = (
+        "transport", "state", "info", "limits", "h11", "fileno", "client_gone",
+        "_writing", "_write_waiters", "_scope", "_in_scope", "_read_deadline", "_read_phase",
+        "_write_deadline", "_cancel_reason", "_started", "_finished", "_must_close",
+        "_abort_status", "_body_read", "_sent_bytes", "_head_only", "_prepared", "_hijacked",
+        "_request_body", "_response_stream",
+    )  # fmt: skip
+
     def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
         self.transport = transport
         self.state = state

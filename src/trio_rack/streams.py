@@ -51,6 +51,8 @@ class RequestBody(trio.abc.ReceiveStream):
     error propagate before it has started its response.
     """
 
+    __slots__ = ("_conn", "_leftover", "_eof", "_closed", "_busy")
+
     def __init__(self, conn: HTTPConnection) -> None:
         self._conn = conn
         self._leftover = b""
@@ -113,6 +115,8 @@ class ResponseStream(trio.abc.Stream):
     response, after which the connection may serve the next request.
     """
 
+    __slots__ = ("_conn", "_input", "_closed", "_busy")
+
     def __init__(self, conn: HTTPConnection, request_body: RequestBody) -> None:
         self._conn = conn
         self._input = request_body
@@ -170,6 +174,8 @@ class HijackedStream(trio.abc.Stream):
     lost.  TLS is already decrypted.  ``aclose()`` closes the connection; the server calls it for
     the app when the app returns, raises or is cancelled.
     """
+
+    __slots__ = ("transport", "_replay", "_closed", "_recv_busy", "_send_busy")
 
     def __init__(self, transport: trio.abc.Stream, replay: bytes) -> None:
         self.transport = transport
