@@ -51,7 +51,7 @@ import trio
 from .config import Bind
 from .server import open_sockets
 
-__all__ = ["supervise", "watch_lifeline", "CONFIG_ERROR_EXIT", "RECYCLE_EXIT", "RequestBudget"]
+__all__ = ["CONFIG_ERROR_EXIT", "RECYCLE_EXIT", "RequestBudget", "supervise", "watch_lifeline"]
 
 log = logging.getLogger("trio_rack.error")
 
