@@ -431,3 +431,33 @@ async def test_workers_leave_when_the_supervisor_dies(project: Path, env: dict[s
         await server.exit_code()
         await wait_gone(workers)
     assert server.log().count("the supervisor is gone") == 2
+
+
+async def test_workers_refuse_new_connections_at_once_after_sigterm(project: Path, env: dict[str, str]) -> None:
+    """Stop accepting at once: while a held hijack keeps a worker draining, a new connection is
+    refused rather than queued in a backlog nobody accepts from (the supervisor drops its copy
+    of the listening socket when it starts stopping)."""
+    args = ["-n", "2", "-b", "http://127.0.0.1:0", "--graceful-timeout", "30"]
+    async with running(args, cwd=project, env=env) as server:
+        port = server.port("http")
+        await pids_until(server, port, lambda seen: len(seen) >= 1)
+        held = await trio.open_tcp_stream("127.0.0.1", port)
+        await held.send_all(b"GET /hijack HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(5):
+            assert await held.receive_some(100) == b"hijacked\n"
+        server.proc.send_signal(signal.SIGTERM)
+        await server.wait_for_log("stopping workers gracefully")
+        refused = False
+        with trio.fail_after(5):
+            while not refused:
+                try:
+                    probe = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    refused = True
+                else:
+                    await probe.aclose()
+                    await trio.sleep(0.05)
+        assert server.proc.returncode is None  # the worker holding the hijack is still draining
+        await held.aclose()
+        server.proc.send_signal(signal.SIGINT)  # second signal: stop at once
+        assert await server.exit_code() == 0

@@ -43,6 +43,7 @@ import logging
 import os
 import random
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -88,7 +89,7 @@ def supervise(
         supervisor = Supervisor(
             worker_command(fd_binds),
             count=count,
-            pass_fds=tuple(s.fileno() for _, s in opened),
+            sockets=[s for _, s in opened],
             lifeline=lifeline_read,
         )
         return trio.run(supervisor.run, functools.partial(announce, [b for b, _ in opened]))
@@ -102,10 +103,12 @@ def supervise(
 class Supervisor:
     """Keeps ``count`` workers running until stopped; see the module docstring."""
 
-    def __init__(self, command: list[str], *, count: int, pass_fds: tuple[int, ...], lifeline: int) -> None:
+    def __init__(self, command: list[str], *, count: int, sockets: list[socket.socket], lifeline: int) -> None:
         self.command = command
         self.count = count
-        self.pass_fds = pass_fds
+        self.sockets = sockets
+        self.pass_fds = tuple(s.fileno() for s in sockets)
+        self._starting = 0  # worker starts in flight (they still need the sockets' fds)
         self.lifeline = lifeline
         self.procs: dict[int, trio.Process] = {}
         self.stopping = trio.Event()
@@ -142,6 +145,19 @@ class Supervisor:
     def _stop(self) -> None:
         self.stopping.set()
         self._signal_all(signal.SIGTERM)
+        self._release_sockets()
+
+    def _release_sockets(self) -> None:
+        """Once stopping, drop our copies of the listening sockets.
+
+        The workers close theirs at once on SIGTERM; if we kept ours, the kernel would go on
+        queueing new connections that nobody accepts, and clients would hang until the last
+        worker exits and then be reset.  Closing them makes new connections fail fast instead.
+        Not while a worker start is in flight: its ``pass_fds`` still name these descriptors.
+        """
+        if self.stopping.is_set() and self._starting == 0:
+            for sock in self.sockets:
+                sock.close()
 
     def _signal_all(self, signum: int) -> None:
         for proc in list(self.procs.values()):
@@ -187,16 +203,21 @@ class Supervisor:
         SIGTERM, then SIGKILL after 5 s: no worker outlives the supervisor's nursery.
         """
         async with trio.open_nursery() as nursery:
-            proc: trio.Process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    self.command,
-                    check=False,
-                    stdin=self.lifeline,
-                    pass_fds=self.pass_fds,
-                    start_new_session=True,
+            self._starting += 1
+            try:
+                proc: trio.Process = await nursery.start(
+                    functools.partial(
+                        trio.run_process,
+                        self.command,
+                        check=False,
+                        stdin=self.lifeline,
+                        pass_fds=self.pass_fds,
+                        start_new_session=True,
+                    )
                 )
-            )
+            finally:
+                self._starting -= 1
+                self._release_sockets()
             self.procs[slot] = proc
             log.info("worker %d started (pid %d)", slot, proc.pid)
             task_status.started()
