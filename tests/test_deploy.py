@@ -356,3 +356,21 @@ async def test_request_budget_counts_calls_and_jitters() -> None:
     assert limits == set(range(10, 16))
     with pytest.raises(ValueError):
         RequestBudget(app, max_requests=0)
+
+
+async def test_unix_socket_in_use_is_refused_and_removed_on_exit(tmp_path: Path) -> None:
+    """A live server's socket file is never stolen; ours is removed when we stop."""
+    import trio_rack
+    from trio_rack.config import ConfigError
+
+    async def app(env):
+        return 200, {}, [b"ok"]
+
+    path = tmp_path / "live.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(trio_rack.serve, app, bind=f"unix:{path}"))
+        with pytest.raises(ConfigError, match="in use by a running server"):
+            await trio_rack.serve(app, bind=f"unix:{path}")
+        assert path.exists()
+        nursery.cancel_scope.cancel()
+    assert not path.exists()

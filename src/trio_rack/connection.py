@@ -110,6 +110,8 @@ class ServerState:
         self.active: set[HTTPConnection] = set()
         self.connections: set[HTTPConnection] = set()
         self.draining = False
+        #: Set when the last connection closes during a graceful shutdown.
+        self.all_closed = trio.Event()
 
 
 class _ReadPhase(enum.Enum):
@@ -217,8 +219,11 @@ class HTTPConnection:
                 await self._shutdown_transport()
         finally:
             self._in_scope = False
-            self.state.connections.discard(self)
-            self.state.active.discard(self)
+            state = self.state
+            state.connections.discard(self)
+            state.active.discard(self)
+            if state.draining and not state.connections:
+                state.all_closed.set()
 
     async def _serve_requests(self) -> bool:
         """The keep-alive loop.  Returns True if the connection was hijacked."""

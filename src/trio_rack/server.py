@@ -24,7 +24,6 @@ import socket
 import ssl
 import stat
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -93,10 +92,27 @@ def _bind_tcp(bind: Bind) -> list[tuple[Bind, socket.socket]]:
     return result
 
 
+def _socket_is_live(path: str) -> bool:
+    """Whether a server is accepting on the Unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        probe.close()
+
+
 def _bind_unix(bind: Bind) -> socket.socket:
+    """Bind a Unix socket; a stale socket file is replaced, a live one is an error."""
     path = bind.path
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
+            if _socket_is_live(path):
+                raise ConfigError(f"unix:{path} is in use by a running server")
             os.unlink(path)  # a stale socket from an earlier run
     except FileNotFoundError:
         pass
@@ -150,7 +166,20 @@ def open_sockets(binds: Sequence[Bind]) -> list[tuple[Bind, socket.socket]]:
     return opened
 
 
-def _resolve_tls(binds: Sequence[Bind], cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+def remove_unix_socket_files(binds: Sequence[Bind]) -> None:
+    """On exit, remove the socket files of the ``unix:`` binds this process created."""
+    for bind in binds:
+        if bind.kind == "unix":
+            try:
+                if stat.S_ISSOCK(os.stat(bind.path).st_mode):
+                    os.unlink(bind.path)
+            except OSError:
+                pass
+
+
+def _resolve_tls(
+    binds: Sequence[Bind], cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None
+) -> ssl.SSLContext | None:
     if (cert is None) != (key is None):
         raise ConfigError("--cert and --key go together: give both or neither")
     if not any(b.tls for b in binds):
@@ -196,13 +225,26 @@ async def serve(
     ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key)
     opened = open_sockets(binds)
     state = ServerState(app, limits, access_log=access_log, proxy=proxy)
-    connection_slots = trio.Semaphore(limits.max_connections)
     try:
         listeners = [(b, trio.SocketListener(trio.socket.from_stdlib_socket(s))) for b, s in opened]
     except BaseException:
         for _, s in opened:
             s.close()
         raise
+    try:
+        await _serve_listeners(listeners, state, ctx, shutdown_trigger, task_status)
+    finally:
+        remove_unix_socket_files(binds)
+
+
+async def _serve_listeners(
+    listeners: list[tuple[Bind, trio.SocketListener]],
+    state: ServerState,
+    ctx: ssl.SSLContext | None,
+    shutdown_trigger: trio.Event | None,
+    task_status: trio.TaskStatus[list[Bind]],
+) -> None:
+    connection_slots = trio.Semaphore(state.limits.max_connections)
     async with trio.open_nursery() as connections:
         connections.start_soon(run_liveness_sweeper, state)
         async with trio.open_nursery() as acceptors:
@@ -235,8 +277,8 @@ async def _drain(state: ServerState, connections: trio.Nursery) -> None:
     for conn in list(state.connections):
         conn.close_if_idle()
     with trio.move_on_after(state.limits.graceful_timeout):
-        while state.connections:
-            await trio.sleep(0.05)
+        if state.connections:
+            await state.all_closed.wait()
     if state.connections:
         log.info("graceful timeout: cancelling %d connection(s)", len(state.connections))
     connections.cancel_scope.cancel()

@@ -50,7 +50,7 @@ from typing import Any
 import trio
 
 from .config import Bind
-from .server import open_sockets
+from .server import open_sockets, remove_unix_socket_files
 
 __all__ = ["CONFIG_ERROR_EXIT", "RECYCLE_EXIT", "RequestBudget", "supervise", "watch_lifeline"]
 
@@ -98,6 +98,7 @@ def supervise(
         os.close(lifeline_write)
         for _, sock in opened:
             sock.close()
+        remove_unix_socket_files(binds)
 
 
 class Supervisor:
