@@ -1,0 +1,178 @@
+"""Server-Sent Events: a ``text/event-stream`` response built on the streaming body.
+
+::
+
+    from trio_rack import sse
+
+    async def app(env):
+        async def events(stream: sse.EventStream) -> None:
+            n = int(stream.last_event_id or 0)          # resume where the client left off
+            while True:
+                n += 1
+                await stream.send(f"tick {n}", event="tick", id=str(n))
+                await trio.sleep(1)
+        return sse.response(env, events, heartbeat=15, retry=2000)
+
+Design:
+
+* :func:`response` returns an ordinary ``(200, headers, body)`` triple whose body is a streaming
+  body, so the server frames it (chunked on HTTP/1.1, close-delimited on HTTP/1.0) and owns the
+  connection's life: when the client hangs up the server cancels the app (README, "When the
+  client goes away"), the handler sees ``trio.Cancelled``, its ``finally`` blocks run, and the
+  response ends quietly.  A write that finds the client gone (``BrokenResourceError``) also ends
+  the response quietly.  Returning from the handler ends the stream (the browser will reconnect
+  after ``retry`` ms unless the page closes its ``EventSource``).
+* The head goes out at once (an empty write), so ``EventSource.onopen`` fires before the first
+  event, and ``retry`` (if given) is sent first.
+* **Heartbeats**: a comment line (``: heartbeat``) after every ``heartbeat`` seconds without
+  output, so proxies and load balancers do not time the stream out.  It runs in a nursery next to
+  the handler; writes from both are serialized by one lock.
+* **Framing** (:func:`format_event`, pure): ``data`` is split on every line ending SSE knows
+  (CRLF, CR, LF) into one ``data:`` line each, so multi-line data arrives intact; ``event`` and
+  ``id`` must be single lines (``ValueError`` otherwise: a newline there would inject fields),
+  ``id`` must not contain NUL (browsers ignore such ids), ``retry`` is a non-negative int of ms.
+* ``Last-Event-ID`` (sent by a reconnecting ``EventSource``) is :attr:`EventStream.last_event_id`.
+* ``HEAD`` gets the headers and no body (the handler is not run).
+
+Resource handling: the server owns and closes the stream; the handler must not keep it after
+returning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+__all__ = ["EventStream", "format_comment", "format_event", "response"]
+
+_LINES = re.compile(r"\r\n|\r|\n")
+#: Headers every event stream gets.  ``x-accel-buffering: no`` stops nginx from buffering it.
+STREAM_HEADERS = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+
+
+def _single_line(name: str, value: str) -> str:
+    if _LINES.search(value):
+        raise ValueError(f"SSE {name} must be a single line, got {value!r:.60}")
+    return value
+
+
+def format_event(
+    data: str | None = None,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """One event's bytes (UTF-8), ending with the blank line that dispatches it."""
+    lines = []
+    if event is not None:
+        lines.append("event: " + _single_line("event", event))
+    if id is not None:
+        if "\0" in id:
+            raise ValueError("SSE id must not contain NUL")
+        lines.append("id: " + _single_line("id", id))
+    if retry is not None:
+        if type(retry) is not int or retry < 0:
+            raise ValueError(f"SSE retry must be a non-negative int of milliseconds, got {retry!r}")
+        lines.append(f"retry: {retry}")
+    if data is not None:
+        lines.extend("data: " + line for line in _LINES.split(data))
+    if not lines:
+        raise ValueError("an SSE event needs data, event, id or retry")
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def format_comment(text: str = "") -> bytes:
+    """A comment block (ignored by clients; keeps intermediaries from timing out)."""
+    return ("\n".join(":" + (" " + line if line else "") for line in _LINES.split(text)) + "\n\n").encode("utf-8")
+
+
+class EventStream:
+    """What the handler gets: send events and comments; ``last_event_id`` from the client."""
+
+    def __init__(self, stream: trio.abc.SendStream, last_event_id: str | None) -> None:
+        self._stream = stream
+        self._lock = trio.Lock()
+        self._wrote_at = trio.current_time()
+        #: The ``Last-Event-ID`` header of a reconnecting client, or None.
+        self.last_event_id = last_event_id
+
+    async def send(
+        self,
+        data: str | None = None,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> None:
+        """Send one event (see :func:`format_event`)."""
+        await self._write(format_event(data, event=event, id=id, retry=retry))
+
+    async def comment(self, text: str = "") -> None:
+        await self._write(format_comment(text))
+
+    async def _write(self, data: bytes) -> None:
+        async with self._lock:
+            await self._stream.send_all(data)
+            self._wrote_at = trio.current_time()
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await trio.sleep_until(self._wrote_at + interval)
+            if trio.current_time() >= self._wrote_at + interval:
+                await self.comment("heartbeat")
+
+
+Handler = Callable[[EventStream], Awaitable[None]]
+
+
+def response(
+    env: Mapping[str, Any],
+    handler: Handler,
+    *,
+    heartbeat: float | None = 15.0,
+    retry: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, Any], Any]:
+    """The ``(200, headers, body)`` triple of an event stream driven by ``handler(stream)``.
+
+    ``heartbeat``: seconds of silence before a comment is sent (None: never).  ``retry``: the
+    reconnection delay (ms) to send first.  ``headers``: extra response headers.
+    """
+    if heartbeat is not None and heartbeat <= 0:
+        raise ValueError("heartbeat must be positive seconds or None")
+    all_headers: dict[str, Any] = {**STREAM_HEADERS, **(headers or {})}
+    if env.get("REQUEST_METHOD") == "HEAD":
+        return 200, all_headers, []
+    last_event_id = env.get("HTTP_LAST_EVENT_ID")
+
+    async def body(stream: trio.abc.Stream) -> None:
+        events = EventStream(stream, last_event_id)
+        try:
+            await stream.send_all(b"")  # sends the head now: EventSource.onopen fires
+            if retry is not None:
+                await events.send(retry=retry)
+            async with trio.open_nursery() as nursery:
+                if heartbeat is not None:
+                    nursery.start_soon(events._heartbeat, heartbeat)
+                await handler(events)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery wraps the handler's exception; hand the server the exception itself.
+            _gone, rest = group.split((trio.BrokenResourceError, trio.ClosedResourceError))
+            if rest is None:
+                return  # the client left mid-write: not an error
+            if len(rest.exceptions) == 1 and not isinstance(rest.exceptions[0], BaseExceptionGroup):
+                raise rest.exceptions[0] from None
+            raise rest from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    return 200, all_headers, body
