@@ -112,6 +112,8 @@ class ServerState:
         self.draining = False
         #: Set when the last connection closes during a graceful shutdown.
         self.all_closed = trio.Event()
+        #: Set when a graceful shutdown begins; apps see it as ``env["trio_rack.shutdown"]``.
+        self.shutdown_started = trio.Event()
 
 
 class _ReadPhase(enum.Enum):
@@ -439,6 +441,7 @@ class HTTPConnection:
         env["rack.hijack"] = self._full_hijack
         env["rack.early_hints"] = self._early_hints
         env["rack.response_finished"] = []
+        env["trio_rack.shutdown"] = self.state.shutdown_started
         if self.state.proxy is not None:
             self.state.proxy.apply(env)
         return env
@@ -589,7 +592,9 @@ class HTTPConnection:
             headers.append((b"date", _date.get()))
         if b"server" not in names:
             headers.append(SERVER_HEADER)
-        if self._must_close or self.state.draining or self.h11.they_are_waiting_for_100_continue:
+        if prepared.hijack is None and (
+            self._must_close or self.state.draining or self.h11.they_are_waiting_for_100_continue
+        ):
             # A client still waiting for 100-continue will not send its body: close after.
             headers.append((b"connection", b"close"))
         return headers

@@ -274,6 +274,7 @@ def _proxy_policy(proxy_headers: bool | ProxyHeaders, allow: Sequence[str]) -> P
 
 async def _drain(state: ServerState, connections: trio.Nursery) -> None:
     state.draining = True
+    state.shutdown_started.set()
     for conn in list(state.connections):
         conn.close_if_idle()
     with trio.move_on_after(state.limits.graceful_timeout):

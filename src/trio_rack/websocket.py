@@ -47,9 +47,9 @@ Theory of operation
   A :class:`ConnectionClosed` of this websocket escaping the block is the peer's doing and is
   swallowed.  Whatever happens the stream is closed on exit (and the server closes it again).
 * **Server shutdown.**  Cancelling ``serve()`` cancels every connection task, so every open
-  websocket gets 1001.  A *graceful* shutdown (``shutdown_trigger``, SIGTERM) does not tell
-  hijacked connections that the server is draining: websockets stay open until
-  ``limits.graceful_timeout`` ends and the server cancels them, then they get 1001.
+  websocket gets 1001.  A *graceful* shutdown (``shutdown_trigger``, SIGTERM) sets the server's
+  ``env["trio_rack.shutdown"]`` event; each websocket watches it and closes with 1001 "server
+  shutting down" at once, so the app's loop ends and its block exits within the grace period.
 * **Dead peers.**  Every ``ping_interval`` seconds of silence the reader sends a ping; after
   ``idle_timeout`` seconds with nothing received while it was waiting for data it closes
   with 1011 "idle timeout".  A single frame that cannot be written within ``idle_timeout``
@@ -346,7 +346,9 @@ def accept(
     deflate = _negotiate_deflate(env, max_message_size) if compression else None
     head = _response_head(key, subprotocol, deflate[1] if deflate else None, headers or {})
     options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
-    return WebSocketContext(hijack, head, subprotocol, deflate[0] if deflate else None, options)
+    context = WebSocketContext(hijack, head, subprotocol, deflate[0] if deflate else None, options)
+    context.shutdown = env.get("trio_rack.shutdown")
+    return context
 
 
 def endpoint(
@@ -396,6 +398,9 @@ class WebSocketContext:
         self._options = options
         self._ws: WebSocket | None = None
         self._nursery_cm: Any = None
+        self._nursery: trio.Nursery | None = None
+        #: The server's "graceful shutdown has begun" event (``env["trio_rack.shutdown"]``).
+        self.shutdown: trio.Event | None = None
 
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
@@ -414,10 +419,21 @@ class WebSocketContext:
         else:
             started = True
         self._nursery_cm = trio.open_nursery()
-        nursery = await self._nursery_cm.__aenter__()
+        nursery = self._nursery = await self._nursery_cm.__aenter__()
         if started:
             nursery.start_soon(ws._reader)
+            if self.shutdown is not None:
+                nursery.start_soon(self._close_on_shutdown, ws, self.shutdown)
         return ws
+
+    @staticmethod
+    async def _close_on_shutdown(ws: WebSocket, shutdown: trio.Event) -> None:
+        """Graceful shutdown: say 1001 "going away" now, rather than when the grace period ends.
+
+        The app's ``get_message``/``async for`` then ends as for any close, and its block exits.
+        """
+        await shutdown.wait()
+        await ws._close(GOING_AWAY, "server shutting down")
 
     async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
@@ -432,7 +448,9 @@ class WebSocketContext:
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + ws._options.close_timeout + 1
             await ws._close(code, reason)
-        # The reader is done by now; the nursery only has to notice.
+        # The reader is done by now; the shutdown watcher may still be waiting.
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
         try:
             await self._nursery_cm.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
