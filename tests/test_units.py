@@ -149,3 +149,26 @@ def test_validated_header_cache_never_lets_hop_by_hop_through():
     prepare_response((101, {"upgrade": "websocket", "rack.hijack": hijack}, []))
     p = prepare_response((200, {"upgrade": "websocket"}, [b"x"]))
     assert not any(name == b"upgrade" for name, _ in p.headers)
+
+
+def test_max_connections_is_fitted_to_the_open_file_limit(caplog, monkeypatch):
+    import resource
+
+    from trio_rack.server import FD_RESERVE, _fit_connections_to_fd_limit
+
+    limit = {"soft": 200, "hard": 1000}
+
+    def setrlimit(which, value):
+        if value[0] > limit["hard"]:
+            raise ValueError("not allowed")
+        limit["soft"] = value[0]
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit["soft"], limit["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    # room to grow: the soft limit is raised and nothing is capped
+    assert _fit_connections_to_fd_limit(Limits(max_connections=500)).max_connections == 500
+    assert limit["soft"] == 500 + FD_RESERVE
+    # past the hard limit: capped, with a warning
+    fitted = _fit_connections_to_fd_limit(Limits(max_connections=10_000))
+    assert fitted.max_connections == 1000 - FD_RESERVE
+    assert "exceeds the open-file limit" in caplog.text

@@ -35,6 +35,7 @@ import enum
 import inspect
 import logging
 import math
+import re
 import time
 from email.utils import formatdate
 from typing import Any
@@ -43,6 +44,7 @@ import h11
 import trio
 
 from . import accesslog
+from ._h11_strict import tighten_chunk_extensions
 from .config import Limits
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
@@ -60,6 +62,8 @@ from .streams import HijackedStream, RequestBody, ResponseStream
 
 __all__ = ["HTTPConnection", "ServerState"]
 
+tighten_chunk_extensions()  # see _h11_strict: refuse NUL, bare CR, non-tokens in chunk-ext
+
 log = logging.getLogger("trio_rack.error")
 
 RECEIVE_SIZE = 64 * 1024
@@ -67,11 +71,28 @@ RECEIVE_SIZE = 64 * 1024
 WRITE_SLICE = 256 * 1024
 #: Small responses are coalesced into one send_all up to this size.
 COALESCE_LIMIT = 64 * 1024
+#: With ``max_body_size`` set, the bytes read for a body may exceed it by this much (chunk
+#: headers, trailers, the start of a pipelined request) before the body counts as too large:
+#: chunk extensions carry no body bytes but cost as much to read (Puma CVE-2024-21647).
+BODY_FRAMING_SLACK = 64 * 1024
 #: After a response, at most this much of an unread request body is drained to keep alive.
 DRAIN_LIMIT = 64 * 1024
 #: ... and for at most this long.
 DRAIN_TIMEOUT = 1.0
 SERVER_HEADER = (b"server", b"trio-rack")
+
+# Request-head strictness beyond h11 (each a request-smuggling vector; tests/test_smuggling.py).
+#: The end of a request head as h11 finds it (it also takes a bare-LF blank line).
+_HEAD_END_RE = re.compile(rb"\n\r?\n")
+#: In a head: an LF without its CR, a CR without its LF, a line starting with SP/HTAB (obs-fold).
+#: h11 accepts the first and the last (RFC 9112 §2.2 and §5.2 allow either), a proxy in front
+#: may not: waitress CVE-2019-16785, Puma CVE-2021-41136, llhttp CVE-2022-32214 and -32215.
+_LINE_BREAK_TRICK_RE = re.compile(rb"(?<!\r)\n|\r(?!\n)|\n[ \t]")
+#: Control bytes h11 lets through in field values (it refuses NUL, CR, LF, VT and FF itself).
+_VALUE_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: Host = uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986 §3.2.2): an IP-literal or a reg-name.
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_ABSOLUTE_FORM_RE = re.compile(rb"(?i:https?)://([^/?#]*)[^#]*")
 
 
 class _DateCache:
@@ -166,8 +187,8 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone",
         "_writing", "_write_waiters", "_scope", "_in_scope", "_read_deadline", "_read_phase",
         "_write_deadline", "_cancel_reason", "_started", "_finished", "_must_close",
-        "_abort_status", "_body_read", "_sent_bytes", "_head_only", "_prepared", "_hijacked",
-        "_request_body", "_response_stream",
+        "_abort_status", "_body_read", "_body_wire", "_sent_bytes", "_head_only", "_prepared",
+        "_hijacked", "_request_body", "_response_stream",
     )  # fmt: skip
 
     def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
@@ -199,6 +220,7 @@ class HTTPConnection:
         self._must_close = False
         self._abort_status: int | None = None
         self._body_read = 0
+        self._body_wire = 0  # bytes read from the transport while reading the body
         self._sent_bytes = 0
         self._head_only = False
         self._prepared: PreparedResponse | None = None
@@ -267,13 +289,14 @@ class HTTPConnection:
             log.debug("%s: %s timeout; closing", who, phase.value)
             await self._shutdown_transport()
 
-    async def _receive_into_h11(self) -> None:
-        """Read once from the transport into h11.  EOF and resets both become b"" (EOF)."""
+    async def _receive_into_h11(self) -> int:
+        """Read once from the transport into h11; how many bytes.  EOF and resets become b""."""
         try:
             data = await self.transport.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         self.h11.receive_data(data)
+        return len(data)
 
     async def _read_request(self, first: bool) -> h11.Request | None:
         """The next request head, or None when the connection should end (after any error reply).
@@ -292,7 +315,14 @@ class HTTPConnection:
             buffered = self.h11.trailing_data[0]
             if len(buffered) > limits.max_head_size and not _has_head_end(buffered, limits.max_head_size):
                 # h11's size limit only covers heads that arrive in pieces; this covers the rest.
-                await self._reject(431, "request head too large")
+                if self._request_line_too_long(buffered):
+                    await self._reject(414, "request line too long")
+                else:
+                    await self._reject(431, "request head too large")
+                return None
+            trick = _line_break_trick(buffered)
+            if trick is not None:
+                await self._reject(400, trick)
                 return None
             try:
                 event = self.h11.next_event()
@@ -335,11 +365,18 @@ class HTTPConnection:
         headers = request.headers
         if len(headers) > self.limits.max_header_count:
             return 431, "too many header fields"
+        problem = _target_problem(request.method, request.target)
+        if problem is not None:
+            return 400, problem
         hosts = 0
         has_te = has_cl = False
         for name, value in headers:
+            if _VALUE_CTL_RE.search(value):  # RFC 9110 §5.5: invalid; we refuse, not retain
+                return 400, "control character in a header field value"
             if name == b"host":
                 hosts += 1
+                if not _HOST_RE.fullmatch(value):  # RFC 9112 §3.2: MUST 400
+                    return 400, "invalid Host header"
             elif name == b"transfer-encoding":
                 has_te = True
             elif name == b"content-length":
@@ -468,6 +505,12 @@ class HTTPConnection:
             if error is None:
                 try:
                     prepared = self._prepared = prepare_response(result)
+                    if request.method == b"CONNECT" and 200 <= prepared.status < 300 and prepared.hijack is None:
+                        # h11 takes a 2xx to CONNECT as "tunnel open" and refuses any body: the
+                        # client would get nothing and the log a traceback (hypercorn #277).
+                        raise AppError(
+                            "a 2xx response to CONNECT opens a tunnel: the app must hijack (RFC 9110 §9.3.6)"
+                        )
                 except AppError as exc:
                     error = exc
                     log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
@@ -488,7 +531,14 @@ class HTTPConnection:
         except Exception as exc:
             # Failure while streaming the body after the head went out: abort visibly.
             error = exc
-            if self._started:
+            if self._abort_status is not None and isinstance(exc, trio.BrokenResourceError):
+                # A streaming body read a malformed, oversized or cut-off request body: the
+                # client's doing, not the app's — no traceback, and its status if still possible.
+                log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, exc)
+                if not self._started:
+                    status = self._abort_status
+                    await self._send_500(status)
+            elif self._started:
                 log.error("response aborted after the head was sent", exc_info=exc)
             else:
                 log.error("app failed", exc_info=exc)
@@ -719,6 +769,7 @@ class HTTPConnection:
     async def receive_body_data(self) -> bytes:
         """The next piece of the decoded request body, b"" at its end (for RequestBody)."""
         h = self.h11
+        limit = self.limits.max_body_size
         while True:
             if h.they_are_waiting_for_100_continue and not self._started:
                 await self._write(h.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
@@ -729,7 +780,6 @@ class HTTPConnection:
                 raise trio.BrokenResourceError(f"malformed request body: {exc}") from None
             if type(event) is h11.Data:
                 self._body_read += len(event.data)
-                limit = self.limits.max_body_size
                 if limit is not None and self._body_read > limit:
                     self._abort_status = 413
                     self._must_close = True
@@ -741,8 +791,12 @@ class HTTPConnection:
                 if h.their_state is not h11.SEND_BODY:
                     return b""
                 self._set_read_deadline(_ReadPhase.BODY, trio.current_time() + self.limits.body_timeout)
-                await self._receive_into_h11()  # cancelled on timeout: the phase says why
+                self._body_wire += await self._receive_into_h11()  # cancelled on timeout
                 self._set_read_deadline(_ReadPhase.APP, math.inf)
+                if limit is not None and self._body_wire > limit + BODY_FRAMING_SLACK:
+                    self._abort_status = 413
+                    self._must_close = True
+                    raise trio.BrokenResourceError(f"request body framing exceeds {limit} bytes")
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
@@ -785,6 +839,41 @@ class HTTPConnection:
         self.client_gone = True
         self._cancel_reason = "client went away; app cancelled"
         self._scope.cancel()
+
+
+def _line_break_trick(buffered: bytes) -> str | None:
+    """Why the request head at the start of ``buffered`` must be refused, or None.
+
+    Checked before h11 parses the head, on what has arrived so far: a bare CR in the blank
+    line would otherwise keep the head "incomplete" until the header timeout.
+    """
+    end = _HEAD_END_RE.search(buffered)
+    head = buffered[: end.end()] if end else buffered
+    match = _LINE_BREAK_TRICK_RE.search(head)
+    if match is None or (end is None and match.start() == len(head) - 1):
+        return None  # clean, or a CR (or LF) at the very end whose partner may come next
+    found = match.group()
+    if found == b"\n":
+        return "bare LF in the request head (RFC 9112 §2.2)"
+    if found.startswith(b"\r"):
+        return "bare CR in the request head (RFC 9112 §2.2)"
+    return "obsolete line folding (RFC 9112 §5.2)"
+
+
+def _target_problem(method: bytes, target: bytes) -> str | None:
+    """RFC 9112 §3.2: which request-target forms a method may use, or None if fine."""
+    if target.startswith(b"/"):
+        return "fragment in the request target" if b"#" in target else None
+    if target == b"*":
+        return None if method == b"OPTIONS" else "asterisk-form is only for OPTIONS"
+    if method == b"CONNECT":
+        return None if _HOST_RE.fullmatch(target) and b":" in target else "CONNECT needs host:port"
+    match = _ABSOLUTE_FORM_RE.fullmatch(target)
+    if match is None:
+        return "request target is neither origin-form nor absolute-form"
+    if not _HOST_RE.fullmatch(match.group(1)) or not match.group(1):
+        return "invalid authority in an absolute-form target"  # userinfo too (RFC 9110 §4.2.4)
+    return None
 
 
 def _has_head_end(buffered: bytes, limit: int) -> bool:

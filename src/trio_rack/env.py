@@ -71,7 +71,8 @@ def build_env(request: h11.Request, info: ConnInfo) -> dict[str, Any]:
     target = request.target.decode("latin-1")
     host = None
     if not target.startswith("/"):
-        if target.startswith(("http://", "https://")):  # absolute-form, RFC 9112 §3.2.2
+        # absolute-form, RFC 9112 §3.2.2; the scheme is case-insensitive (RFC 3986 §3.1)
+        if target[:8].lower().startswith(("http://", "https://")):
             rest = target.split("://", 1)[1]
             slash = rest.find("/")
             query = rest.find("?")

@@ -16,6 +16,7 @@ Shutdown:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -224,6 +225,7 @@ async def serve(
     proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
     ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key)
     opened = open_sockets(binds)
+    limits = _fit_connections_to_fd_limit(limits)
     state = ServerState(app, limits, access_log=access_log, proxy=proxy)
     try:
         listeners = [(b, trio.SocketListener(trio.socket.from_stdlib_socket(s))) for b, s in opened]
@@ -264,6 +266,43 @@ async def _serve_listeners(
                 acceptors.cancel_scope.cancel()
         # graceful shutdown: listeners are closed; let requests in flight finish
         await _drain(state, connections)
+
+
+#: File descriptors kept for everything that is not a client connection (listeners, logs, app).
+FD_RESERVE = 64
+
+
+def _fit_connections_to_fd_limit(limits: Limits) -> Limits:
+    """Make room for ``max_connections`` descriptors, or lower it to what the process may open.
+
+    At the fd limit ``accept()`` fails with EMFILE and the server can only pause and retry; with
+    the connection cap below the limit it stops accepting cleanly instead (the backlog queues).
+    So: raise the soft RLIMIT_NOFILE towards the hard one if needed, and if that is not enough,
+    cap ``max_connections`` with a warning.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to fit
+        return limits
+    needed = limits.max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(1, soft - FD_RESERVE)
+        log.warning(
+            "max_connections %d exceeds the open-file limit %d; serving at most %d connections",
+            limits.max_connections,
+            soft,
+            fitted,
+        )
+        return dataclasses.replace(limits, max_connections=fitted)
+    return limits
 
 
 def _proxy_policy(proxy_headers: bool | ProxyHeaders, allow: Sequence[str]) -> ProxyHeaders | None:
