@@ -320,7 +320,7 @@ class HTTPConnection:
                 else:
                     await self._reject(431, "request head too large")
                 return None
-            trick = _line_break_trick(buffered)
+            trick = _line_break_trick(buffered) if buffered else None
             if trick is not None:
                 await self._reject(400, trick)
                 return None
