@@ -37,7 +37,7 @@ import shlex
 import signal
 import sys
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -48,7 +48,7 @@ from .certs import DevCert, dev_certificate
 from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
 from .loader import DEFAULT_APP, load_app
 from .proxy import DEFAULT_TRUSTED, ProxyHeaders
-from .server import serve
+from .server import serve, watch_signals
 from .tls import make_server_context
 
 __all__ = ["main", "build_parser", "configure_logging"]
@@ -413,7 +413,7 @@ async def _serve_until_signalled(
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, signals, shutdown, nursery.cancel_scope)
+            nursery.start_soon(watch_signals, signals, shutdown, nursery.cancel_scope)
             if lifeline:
                 nursery.start_soon(workers.watch_lifeline, shutdown)
             if budget is not None:
@@ -438,17 +438,6 @@ async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Even
     await budget.exhausted.wait()
     if not shutdown.is_set():
         log.info("served %d requests (--max-requests): shutting down gracefully", budget.limit)
-        shutdown.set()
-
-
-async def _watch_signals(signals: AsyncIterator[int], shutdown: trio.Event, scope: trio.CancelScope) -> None:
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if shutdown.is_set():
-            log.info("%s again: stopping now", name)
-            scope.cancel()
-            return
-        log.info("%s: shutting down gracefully (again to stop at once)", name)
         shutdown.set()
 
 

@@ -24,7 +24,7 @@ import signal
 import socket
 import ssl
 import stat
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import trio
@@ -428,20 +428,23 @@ def run(app: Any, **kwargs: Any) -> None:
     trio.run(_run_until_signalled, app, kwargs)
 
 
+async def watch_signals(signals: AsyncIterator[int], shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    """The shutdown protocol shared by :func:`run` and the CLI: the first SIGINT/SIGTERM sets
+    ``shutdown`` (graceful), a second cancels ``scope`` (at once)."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if shutdown.is_set():
+            log.info("%s again: stopping now", name)
+            scope.cancel()
+            return
+        log.info("%s: shutting down gracefully (again to stop at once)", name)
+        shutdown.set()
+
+
 async def _run_until_signalled(app: Any, kwargs: dict[str, Any]) -> None:
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    if shutdown.is_set():
-                        log.info("second signal: shutting down now")
-                        nursery.cancel_scope.cancel()
-                        return
-                    log.info("%s: shutting down gracefully", signal.Signals(signum).name)
-                    shutdown.set()
-
-            nursery.start_soon(watch_signals)
+            nursery.start_soon(watch_signals, signals, shutdown, nursery.cancel_scope)
             await serve(app, shutdown_trigger=shutdown, **kwargs)
             nursery.cancel_scope.cancel()
