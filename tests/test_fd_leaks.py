@@ -11,6 +11,7 @@ started.
 from __future__ import annotations
 
 import functools
+import gc
 from typing import Any
 
 import pytest
@@ -65,6 +66,7 @@ async def test_cancelling_the_server_closes_every_stream_held_by_apps(scheme: st
     tls = tls_files if scheme == "https" else None
     entered: list[str] = []
     clients: list[trio.abc.Stream] = []
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
@@ -118,6 +120,8 @@ async def test_app_ending_closes_the_stream_it_was_given(
             return 200, {"rack.hijack": use}, []
         return 200, {}, use
 
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
+
     baseline = fd_count()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -145,6 +149,8 @@ async def test_server_cancelled_while_the_app_has_not_answered_yet_closes_the_co
     async def app(env: dict[str, Any]) -> Any:
         entered.set()
         await trio.sleep_forever()
+
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
 
     baseline = fd_count()
     with trio.fail_after(5):
@@ -187,6 +193,7 @@ async def test_graceful_shutdown_closes_idle_at_once_lets_responses_finish_then_
         return 200, {}, [b"ok"]
 
     grace = 0.5
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

@@ -10,6 +10,7 @@ margins (CI machines are slow); each test is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 from typing import Any
@@ -67,6 +68,7 @@ async def test_slowloris_gets_408_and_is_closed_at_the_header_timeout(
     head has not arrived within ``header_timeout`` — the deadline covers the head, not each
     read — with a 408 and a close."""
     bind = await start_server(nursery, hello, limits=Limits(header_timeout=1.0))
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(5):
         client = await open_client(bind)
@@ -95,6 +97,7 @@ async def test_slowloris_gets_408_and_is_closed_at_the_header_timeout(
 
 async def test_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout(nursery: trio.Nursery) -> None:
     bind = await start_server(nursery, hello, limits=Limits(keepalive_timeout=0.5, header_timeout=5))
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(5):
         client = await open_client(bind)
@@ -127,6 +130,7 @@ async def test_tls_handshake_that_never_completes_is_dropped_at_the_handshake_ti
     """Connect-and-say-nothing, and half a ClientHello: both cost the server one socket for
     at most ``handshake_timeout``; the server goes on serving TLS clients."""
     bind = await start_server(nursery, hello, tls=tls_files, limits=Limits(handshake_timeout=0.5))
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(5):
         silent = await trio.open_tcp_stream(bind.host, bind.port)
@@ -176,6 +180,7 @@ async def test_client_vanishing_mid_body_breaks_the_apps_read_and_leaves_nothing
         return 200, {}, [b"unreachable"]
 
     bind = await start_server(nursery, app)
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(5):
         client = await open_client(bind)
@@ -211,6 +216,7 @@ async def test_stalled_reader_is_dropped_at_the_write_timeout_and_the_app_stoppe
         return 200, {}, body
 
     bind = await start_server(nursery, app, limits=Limits(write_timeout=1.0))
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     with trio.fail_after(6):
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -285,6 +291,7 @@ async def test_declared_body_over_max_body_size_gets_413_at_once(nursery: trio.N
         return 200, {}, [b""]
 
     bind = await start_server(nursery, app, limits=Limits(max_body_size=1000))
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     sent = [0]
     with trio.fail_after(6):
@@ -317,6 +324,7 @@ async def test_chunked_body_over_max_body_size_gets_413_without_reading_the_rest
         return 200, {}, [b"read it all?"]
 
     bind = await start_server(nursery, app, limits=Limits(max_body_size=100_000))
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     sent = [0]
     with trio.fail_after(6):
@@ -352,6 +360,7 @@ async def test_bytes_after_connection_close_never_take_the_listener_down(
         return 200, {}, [b"ok"]
 
     bind = await start_server(nursery, app)
+    gc.collect()  # earlier tests\' garbage sockets stay out of the baseline
     baseline = fd_count()
     tails = [b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\xff" * 5000, b"GARBAGE\r\n\r\n", b"z" * 500_000]
     results: list[bytes] = []
