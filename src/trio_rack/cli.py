@@ -332,7 +332,9 @@ def _resolve_binds(given: Sequence[Bind | str] | None, activated: list[int]) -> 
         if isinstance(item, Bind):
             binds.append(item)
         elif not activated:
-            raise ConfigError("-b systemd: systemd passed no sockets (LISTEN_FDS/LISTEN_PID are not set for this process)")
+            raise ConfigError(
+                "-b systemd: systemd passed no sockets (LISTEN_FDS/LISTEN_PID are not set for this process)"
+            )
         else:
             binds.extend(systemd.listen_binds(activated))
             activated = []  # "-b systemd" twice adopts them once

@@ -400,7 +400,9 @@ async def _handle_connection(
     transport: trio.abc.Stream = stream
     try:
         if ctx is not None:
-            tls = await accept_tls(stream, ctx, timeout=state.limits.handshake_timeout, https_url=str(bind))
+            tls = await accept_tls(
+                stream, ctx, handshake_timeout=state.limits.handshake_timeout, https_url=str(bind)
+            )
             if tls is None:
                 return
             transport = tls

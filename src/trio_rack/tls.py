@@ -66,7 +66,7 @@ async def accept_tls(
     stream: trio.SocketStream,
     ctx: ssl.SSLContext,
     *,
-    timeout: float,
+    handshake_timeout: float,
     https_url: str,
 ) -> trio.SSLStream[trio.SocketStream] | None:
     """Handshake on an accepted TCP stream; None if the client spoke plain HTTP or failed.
@@ -74,7 +74,7 @@ async def accept_tls(
     Resource handling: never closes ``stream``; the caller does, in its ``finally``.
     """
     peer = _peer(stream)
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(handshake_timeout):
         try:
             first = await _peek_first_byte(stream)
         except OSError:
