@@ -45,7 +45,7 @@ async def main(bind: str, cert: str | None, key: str | None) -> None:
     printing the URLs once they are bound."""
     ca: str | None = None
     if cert is None:
-        from trio_rack.certs import dev_certificate
+        from trio_rack.server.certs import dev_certificate
 
         dev = await trio.to_thread.run_sync(dev_certificate)
         cert, key, ca = str(dev.cert), str(dev.key), str(dev.ca)

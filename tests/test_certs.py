@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_rack.certs import CA_FILE, CERT_FILE, KEY_FILE, DevCert, dev_certificate, state_dir
+from trio_rack.server.certs import CA_FILE, CERT_FILE, KEY_FILE, DevCert, dev_certificate, state_dir
 from trio_rack.config import ConfigError
-from trio_rack.tls import make_server_context
+from trio_rack.net.tls import make_server_context
 
 
 def _mode(path: Path) -> int:
@@ -101,7 +101,7 @@ def test_unusable_directory_is_one_clear_config_error(tmp_path: Path) -> None:
 
 async def test_processes_starting_at_once_share_one_certificate(tmp_path: Path) -> None:
     """Several processes race to create the files; the lock makes them agree on one CA."""
-    script = "from trio_rack.certs import dev_certificate; print(dev_certificate().ca.read_text())"
+    script = "from trio_rack.server.certs import dev_certificate; print(dev_certificate().ca.read_text())"
     env = {**os.environ, "TRIO_RACK_STATE_DIR": str(tmp_path / "shared")}
     outputs: list[bytes] = []
 

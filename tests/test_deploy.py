@@ -32,8 +32,8 @@ from e2e_support import curl
 
 import trio_rack
 from trio_rack import ConfigError
-from trio_rack.systemd import listen_binds, listen_fds
-from trio_rack.workers import RequestBudget
+from trio_rack.server.systemd import listen_binds, listen_fds
+from trio_rack.server.workers import RequestBudget
 
 START_TIMEOUT = 15
 STOP_TIMEOUT = 10

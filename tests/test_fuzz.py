@@ -42,8 +42,9 @@ import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 
 from trio_rack import Limits
-from trio_rack.connection import HTTPConnection, ServerState
-from trio_rack.env import ConnInfo
+from trio_rack.http1.connection import HTTPConnection
+from trio_rack.state import ServerState
+from trio_rack.app.env import ConnInfo
 
 MAX_EXAMPLES = int(os.environ.get("TRIO_RACK_FUZZ_EXAMPLES", "1500"))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from trio_rack.config import ConfigError
-from trio_rack.loader import load_app
+from trio_rack.cli.loader import load_app
 
 _package_numbers = itertools.count()
 

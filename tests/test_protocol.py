@@ -618,8 +618,9 @@ async def test_stalled_reader_is_dropped_after_write_timeout(autojump_clock):
         return 200, {}, body
 
     client_end, server_end = trio.testing.lockstep_stream_pair()
-    from trio_rack.connection import HTTPConnection, ServerState
-    from trio_rack.env import ConnInfo
+    from trio_rack.http1.connection import HTTPConnection
+    from trio_rack.state import ServerState
+    from trio_rack.app.env import ConnInfo
 
     state = ServerState(app, Limits(write_timeout=7), access_log=False)
     async with trio.open_nursery() as nursery:

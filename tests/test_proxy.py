@@ -15,9 +15,9 @@ import h11
 import pytest
 
 from trio_rack.config import ConfigError, Limits
-from trio_rack.connection import ServerState
-from trio_rack.env import ConnInfo, build_env
-from trio_rack.proxy import ProxyHeaders, parse_forwarded
+from trio_rack.state import ServerState
+from trio_rack.app.env import ConnInfo, build_env
+from trio_rack.app.proxy import ProxyHeaders, parse_forwarded
 from trio_rack.testing import memory_connection
 
 CLIENT = "198.51.100.2"  # the real client (TEST-NET-2)

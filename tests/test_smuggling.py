@@ -45,8 +45,8 @@ import pytest
 import trio
 
 from trio_rack import Limits
-from trio_rack.connection import ServerState
-from trio_rack.response import AppError
+from trio_rack.state import ServerState
+from trio_rack.app.response import AppError
 from trio_rack.testing import memory_connection
 
 HOST = b"Host: a\r\n"

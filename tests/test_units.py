@@ -5,10 +5,10 @@ from __future__ import annotations
 import h11
 import pytest
 
-from trio_rack.accesslog import escape
+from trio_rack.app.accesslog import escape
 from trio_rack.config import Bind, ConfigError, Limits, parse_bind
-from trio_rack.env import ConnInfo, build_env
-from trio_rack.response import AppError, BodyKind, prepare_response, serialize_head
+from trio_rack.app.env import ConnInfo, build_env
+from trio_rack.app.response import AppError, BodyKind, prepare_response, serialize_head
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_validated_header_cache_never_lets_hop_by_hop_through():
 def test_max_connections_is_fitted_to_the_open_file_limit(caplog, monkeypatch):
     import resource
 
-    from trio_rack.server import FD_RESERVE, _fit_connections_to_fd_limit
+    from trio_rack.server.serve import FD_RESERVE, _fit_connections_to_fd_limit
 
     limit = {"soft": 200, "hard": 1000}
 

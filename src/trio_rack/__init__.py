@@ -6,7 +6,7 @@ README and in :mod:`trio_rack.types`.
 """
 
 from .config import Bind, ConfigError, Limits
-from .server import run, serve
+from .server.serve import run, serve
 
 __all__ = ["Bind", "ConfigError", "Limits", "run", "serve", "__version__"]
 

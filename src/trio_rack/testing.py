@@ -21,9 +21,10 @@ import h11
 import trio
 import trio.testing
 
+from .app.env import ConnInfo
 from .config import Limits
-from .connection import HTTPConnection, ServerState
-from .env import ConnInfo
+from .http1.connection import HTTPConnection
+from .state import ServerState
 
 __all__ = ["memory_connection", "MemoryClient", "TestResponse", "read_until_closed"]
 

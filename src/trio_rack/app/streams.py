@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from .connection import HTTPConnection
+    from ..http1.connection import HTTPConnection
 
 __all__ = ["RequestBody", "ResponseStream", "HijackedStream", "Busy"]
 

@@ -14,12 +14,10 @@ its request counts as gone, as with Uvicorn and Hypercorn.
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING
 
 import trio
 
-if TYPE_CHECKING:
-    from .connection import ServerState
+from ..state import ServerState
 
 __all__ = ["sweep_once", "run_liveness_sweeper"]
 

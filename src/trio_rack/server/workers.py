@@ -49,8 +49,8 @@ from typing import Any
 
 import trio
 
-from .config import Bind
-from .server import open_sockets, remove_unix_socket_files
+from ..config import Bind
+from .serve import open_sockets, remove_unix_socket_files
 
 __all__ = ["CONFIG_ERROR_EXIT", "RECYCLE_EXIT", "RequestBudget", "supervise", "watch_lifeline"]
 

@@ -60,7 +60,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["DEFAULT_TRUSTED", "ProxyHeaders", "parse_forwarded", "parse_trusted"]
 

@@ -36,19 +36,15 @@ import inspect
 import logging
 import math
 import re
-import time
-from email.utils import formatdate
 from typing import Any
 
 import h11
 import trio
 
-from . import accesslog
-from ._h11_strict import tighten_chunk_extensions
-from .config import Limits
-from .env import ConnInfo, build_env
-from .errors_sink import ErrorsSink
-from .response import (
+from ..app import accesslog
+from ..app.env import ConnInfo, build_env
+from ..app.errors_sink import ErrorsSink
+from ..app.response import (
     REASONS,
     AppError,
     BodyKind,
@@ -58,9 +54,12 @@ from .response import (
     prepare_response,
     serialize_head,
 )
-from .streams import HijackedStream, RequestBody, ResponseStream
+from ..app.streams import HijackedStream, RequestBody, ResponseStream
+from ..config import Limits
+from ..state import SERVER_HEADER, ServerState, date_header
+from ._h11_patch import tighten_chunk_extensions
 
-__all__ = ["HTTPConnection", "ServerState"]
+__all__ = ["HTTPConnection"]
 
 tighten_chunk_extensions()  # see _h11_strict: refuse NUL, bare CR, non-tokens in chunk-ext
 
@@ -81,7 +80,6 @@ BODY_FRAMING_SLACK = 64 * 1024
 DRAIN_LIMIT = 64 * 1024
 #: ... and for at most this long.
 DRAIN_TIMEOUT = 1.0
-SERVER_HEADER = (b"server", b"trio-rack")
 
 # Request-head strictness beyond h11 (each a request-smuggling vector; tests/test_smuggling.py).
 #: The end of a request head as h11 finds it (it also takes a bare-LF blank line).
@@ -95,48 +93,6 @@ _VALUE_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Host = uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986 §3.2.2): an IP-literal or a reg-name.
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _ABSOLUTE_FORM_RE = re.compile(rb"(?i:https?)://([^/?#]*)[^#]*")
-
-
-class _DateCache:
-    """The ``date`` header value, formatted at most once a second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True).encode("ascii")
-        return self._value
-
-
-_date = _DateCache()
-
-
-class ServerState:
-    """What every connection of one server shares: config and the liveness registry.
-
-    ``active`` holds the connections whose app is producing a framed response; the liveness
-    sweeper polls their sockets.  ``draining`` is set on graceful shutdown.
-    """
-
-    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
-        self.app = app
-        self.limits = limits
-        self.access_log = access_log
-        #: Trusted-proxy policy (an object with ``apply(env)``), or None to ignore proxy headers.
-        self.proxy = proxy
-        self.active: set[HTTPConnection] = set()
-        self.connections: set[HTTPConnection] = set()
-        self.draining = False
-        #: Set when the last connection closes during a graceful shutdown.
-        self.all_closed = trio.Event()
-        #: Set when a graceful shutdown begins; apps see it as ``env["trio_rack.shutdown"]``.
-        self.shutdown_started = trio.Event()
 
 
 class _ReadPhase(enum.Enum):
@@ -406,7 +362,7 @@ class HTTPConnection:
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
-            (b"date", _date.get()),
+            (b"date", date_header()),
             SERVER_HEADER,
         ]
         if extra:
@@ -641,7 +597,7 @@ class HTTPConnection:
         headers = prepared.headers
         names = {name for name, _ in headers}
         if b"date" not in names:
-            headers.append((b"date", _date.get()))
+            headers.append((b"date", date_header()))
         if b"server" not in names:
             headers.append(SERVER_HEADER)
         if prepared.hijack is None and (

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import trustme
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["DevCert", "dev_certificate", "state_dir"]
 

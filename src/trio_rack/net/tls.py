@@ -23,7 +23,7 @@ from pathlib import Path
 import h11
 import trio
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["make_server_context", "accept_tls"]
 

@@ -43,13 +43,14 @@ from typing import Any, NoReturn
 
 import trio
 
-from . import __version__, systemd, workers
-from .certs import DevCert, dev_certificate
-from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from .. import __version__
+from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
+from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from ..net.tls import make_server_context
+from ..server import systemd, workers
+from ..server.certs import DevCert, dev_certificate
+from ..server.serve import serve, watch_signals
 from .loader import DEFAULT_APP, load_app
-from .proxy import DEFAULT_TRUSTED, ProxyHeaders
-from .server import serve, watch_signals
-from .tls import make_server_context
 
 __all__ = ["main", "build_parser", "configure_logging"]
 

@@ -30,7 +30,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-from .config import Bind, ConfigError
+from ..config import Bind, ConfigError
 
 __all__ = ["SD_LISTEN_FDS_START", "SYSTEMD_BIND", "listen_binds", "listen_fds"]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .config import ConfigError
+from ..config import ConfigError
 
 __all__ = ["load_app", "DEFAULT_APP"]
 

@@ -29,12 +29,13 @@ from typing import Any
 
 import trio
 
-from .config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
-from .connection import HTTPConnection, ServerState
-from .env import ConnInfo
+from ..app.env import ConnInfo
+from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
+from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from ..http1.connection import HTTPConnection
+from ..net.tls import accept_tls, make_server_context
+from ..state import ServerState
 from .liveness import run_liveness_sweeper
-from .proxy import DEFAULT_TRUSTED, ProxyHeaders
-from .tls import accept_tls, make_server_context
 
 __all__ = ["serve", "run", "open_sockets", "normalize_binds"]
 

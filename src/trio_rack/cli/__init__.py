@@ -1,0 +1,5 @@
+"""The ``trio-rack`` command line."""
+
+from .main import main
+
+__all__ = ["main"]

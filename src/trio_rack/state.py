@@ -1,0 +1,77 @@
+"""What every connection of one server shares, and what the server needs from a connection.
+
+:class:`ServerState` is created once per ``serve()`` and handed to every connection driver
+(HTTP/1 today); the liveness sweeper and the graceful drain see connections only through the
+:class:`ConnectionHandle` protocol, so they never import a driver.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any, Protocol
+
+import trio
+
+from .config import Limits
+
+__all__ = ["ConnectionHandle", "ServerState", "SERVER_HEADER", "date_header"]
+
+SERVER_HEADER = (b"server", b"trio-rack")
+
+
+class ConnectionHandle(Protocol):
+    """What the server (liveness sweeper, graceful drain) may do with a live connection."""
+
+    #: The OS socket, for the hang-up poll; None for in-memory transports.
+    fileno: int | None
+
+    def cancel_app(self) -> None:
+        """The client hung up while the app was running: cancel it."""
+
+    def close_if_idle(self) -> None:
+        """Graceful shutdown: end the connection now if it waits for a next request."""
+
+
+class _DateCache:
+    """The ``date`` header value, formatted at most once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+_date = _DateCache()
+#: The ``date`` header value for now (cached per second).
+date_header = _date.get
+
+
+class ServerState:
+    """What every connection of one server shares: config and the liveness registry.
+
+    ``active`` holds the connections whose app is producing a framed response; the liveness
+    sweeper polls their sockets.  ``draining`` is set on graceful shutdown.
+    """
+
+    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
+        self.app = app
+        self.limits = limits
+        self.access_log = access_log
+        #: Trusted-proxy policy (an object with ``apply(env)``), or None to ignore proxy headers.
+        self.proxy = proxy
+        self.active: set[ConnectionHandle] = set()
+        self.connections: set[ConnectionHandle] = set()
+        self.draining = False
+        #: Set when the last connection closes during a graceful shutdown.
+        self.all_closed = trio.Event()
+        #: Set when a graceful shutdown begins; apps see it as ``env["trio_rack.shutdown"]``.
+        self.shutdown_started = trio.Event()
