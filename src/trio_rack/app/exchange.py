@@ -103,6 +103,10 @@ class ResponseSink(Protocol):
 
     async def wait_send_all_might_not_block(self) -> None: ...
 
+    def write_blocked_since(self) -> float:
+        """When the write under way started (``math.inf`` if none): the sweeper enforces the write timeout."""
+        ...
+
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw connection, replaying ``leftover`` and whatever was read ahead."""
         ...
@@ -243,6 +247,13 @@ class Exchange:
     def cancel_app(self) -> None:
         """The liveness sweeper saw the client hang up while the app was running."""
         self.cancel("client went away; app cancelled", client_gone=True)
+
+    def write_blocked_since(self) -> float:
+        return self.sink.write_blocked_since()
+
+    def cancel_stalled_write(self) -> None:
+        """The liveness sweeper saw a write blocked past the write timeout."""
+        self.cancel("client stopped reading (write timeout); connection dropped", client_gone=True)
 
     async def _respond(self) -> Outcome:
         """Call the app and send what it returns; the app's failures end here."""

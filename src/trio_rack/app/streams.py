@@ -225,7 +225,7 @@ class HijackedStream(trio.abc.Stream):
                     return data[:max_bytes]
                 self._replay = b""
                 return data
-            return await self.transport.receive_some(max_bytes)
+            return bytes(await self.transport.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:

@@ -15,8 +15,9 @@ are parsed first) or closes.
   Outside the app only this task reads; while the app runs, reads happen only on its behalf
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
 * **One cancel scope per connection, moving deadlines** (:class:`~trio_rack.net.transport.Deadlines`):
-  idle, head, body and write timeouts end the connection; :meth:`HTTPConnection._after_cancel`
-  then says why and answers ``408`` where one is due.  The request has a scope of its own,
+  idle, head and body timeouts end the connection; :meth:`HTTPConnection._after_cancel`
+  then says why and answers ``408`` where one is due.  A write blocked past the write timeout
+  is found by the liveness sweeper, which cancels the request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own,
   inside the exchange: a vanished client (the liveness sweeper's poll) or a request deadline
   cancels the request, and the exchange records why.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
@@ -160,10 +161,6 @@ class HTTPConnection:
         who = f"{self.info.remote_addr}:{self.info.remote_port}"
         if self._cancel_reason is not None:
             log.info("%s: %s", who, self._cancel_reason)
-            return
-        if self.deadlines.write_timed_out():
-            self.client_gone = True
-            log.info("%s: client stopped reading (write timeout); connection dropped", who)
             return
         phase = self.deadlines.read_phase
         if phase is ReadPhase.HEAD:
@@ -321,7 +318,7 @@ class HTTPConnection:
         if not head_only:
             for chunk in body:
                 if chunk:
-                    pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)))
+                    pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
         pieces.append(h.send(h11.EndOfMessage()))
         if length <= COALESCE_LIMIT:
             await self.writer.write(b"".join(pieces))
@@ -333,7 +330,7 @@ class HTTPConnection:
     async def send_data(self, data: bytes) -> None:
         """Frame and write body bytes of a streamed response."""
         try:
-            pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
+            pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []
         except h11.LocalProtocolError as exc:
             raise AppError(f"response body does not match its framing: {exc}") from None
         if len(data) <= COALESCE_LIMIT:
@@ -368,6 +365,10 @@ class HTTPConnection:
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
+
+    def write_blocked_since(self) -> float:
+        """When the write under way started, ``math.inf`` if none (for the write-timeout sweep)."""
+        return self.writer.blocked_since
 
     def abort(self) -> None:
         """The response failed mid-body: the connection closes without finishing it."""
