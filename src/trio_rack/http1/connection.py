@@ -420,6 +420,9 @@ class HTTPConnection:
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
 
+    def discard_body(self) -> None:
+        """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
+
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""
         return HijackedStream(self.transport, leftover + self.h11.trailing_data[0])
