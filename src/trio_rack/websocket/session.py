@@ -1,25 +1,12 @@
-"""WebSockets (RFC 6455) for trio-rack apps, on the full hijack and wsproto.
+"""An accepted websocket: the reader task, the writer lock, size limits and the close path.
 
-::
-
-    from trio_rack import websocket
-
-    async def app(env):
-        try:
-            ws_context = websocket.accept(env, subprotocols=["chat.v1"])
-        except websocket.HandshakeError as exc:
-            return exc.response                  # 426 for plain HTTP, 400 for a bad handshake
-        async with ws_context as ws:
-            async for message in ws:             # str for text frames, bytes for binary
-                await ws.send_message(message)
-        return -1, {}, []                        # the full-hijack convention
-
-or, for an endpoint that is only a websocket, ``@websocket.endpoint(...)`` on
-``async def handler(ws, env)`` does the same three steps.
+:class:`WebSocketContext` (what :func:`trio_rack.websocket.accept` returns) hijacks the
+connection and sends the ``101`` that :mod:`.handshake` built; :class:`WebSocket` is the
+session the app talks to.
 
 Theory of operation
 -------------------
-* **Handshake without losing a byte.**  :func:`accept` checks the upgrade request from ``env``
+* **Handshake without losing a byte.**  :func:`~trio_rack.websocket.accept` checks the upgrade request from ``env``
   *before* touching the connection (a refusal is an ordinary response the app returns).
   Entering the ``async with`` calls ``env["rack.hijack"]()`` and writes the ``101`` itself.
   The hijacked stream replays whatever the server had read past the request head, so a frame
@@ -55,30 +42,18 @@ Theory of operation
   with 1011 "idle timeout".  A single frame that cannot be written within ``idle_timeout``
   (a peer that stopped reading) fails the send with :class:`ConnectionClosed` (1006).
 
-Refusals (why a 426 is a partial hijack): RFC 9110 requires ``upgrade`` in a 426, but the
-server drops hop-by-hop headers (``upgrade``, ``connection``) from ordinary responses.  A
-partial hijack is the one response whose head the app owns, so :func:`upgrade_required` sends
-``426`` with ``upgrade: websocket``, ``connection: upgrade, close`` and
-``sec-websocket-version: 13`` that way, with a close-delimited text body (the connection then
-closes).  A malformed upgrade (wrong method, HTTP/1.0, no ``connection: upgrade``, a bad
-``sec-websocket-key``) is an ordinary ``400``; an unsupported ``sec-websocket-version`` is a
-426 with ``sec-websocket-version: 13`` (RFC 6455 §4.4); a refused ``origin`` is a ``403``.
-
 Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
 ``_inbound_compressed``, ``_inbound_is_compressible``), present in wsproto 1.2 and 1.3.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import hashlib
 import logging
 import math
 import os
 import zlib
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -98,21 +73,10 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-__all__ = [
-    "ConnectionClosed",
-    "HandshakeError",
-    "WebSocket",
-    "WebSocketContext",
-    "accept",
-    "endpoint",
-    "is_websocket",
-    "upgrade_required",
-]
+__all__ = ["ConnectionClosed", "WebSocket", "WebSocketContext"]
 
 log = logging.getLogger("trio_rack.websocket")
 
-#: RFC 6455 §1.3: the fixed GUID hashed with the client's key into ``sec-websocket-accept``.
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: One read from the socket; also bounds what a single inflate step is fed.
 RECEIVE_SIZE = 64 * 1024
 #: Close codes trio-rack sends (RFC 6455 §7.4.1).
@@ -128,90 +92,6 @@ class ConnectionClosed(Exception):
         self.code = code
         self.reason = reason
         self.websocket = websocket
-
-
-class HandshakeError(Exception):
-    """The request is not an acceptable websocket upgrade.  ``response`` is the triple to return
-    (426, 400 or 403, with a text body saying why); ``status`` is its status."""
-
-    def __init__(self, status: int, message: str, response: tuple[int, dict[str, Any], Any]) -> None:
-        super().__init__(message)
-        self.status = status
-        self.response = response
-
-
-# ------------------------------------------------------------------------ handshake (pure)
-
-
-def _tokens(value: str | None) -> list[str]:
-    return [t.strip().lower() for t in (value or "").split(",") if t.strip()]
-
-
-def is_websocket(env: Mapping[str, Any]) -> bool:
-    """Whether the request asks for a websocket (``upgrade: websocket``); it may still be invalid."""
-    return "websocket" in _tokens(env.get("HTTP_UPGRADE"))
-
-
-def upgrade_required(env: Mapping[str, Any], message: str = "") -> tuple[int, dict[str, Any], Any]:
-    """A ``426 Upgrade Required`` for a plain HTTP request to a websocket endpoint.
-
-    Sent as a partial hijack so that ``upgrade``/``connection`` reach the wire (see the module
-    docstring); the body explains, and the connection closes after it.
-    """
-    text = (message or "This is a WebSocket endpoint: connect with a WebSocket client "
-            "(Upgrade: websocket, Sec-WebSocket-Version: 13).") + "\n"
-    body = text.encode("utf-8")
-    head_only = env.get("REQUEST_METHOD") == "HEAD"
-
-    async def write_body(stream: trio.abc.Stream) -> None:
-        if not head_only:
-            await stream.send_all(body)
-
-    headers = {
-        "upgrade": "websocket",
-        "connection": "upgrade, close",
-        "sec-websocket-version": "13",
-        "content-type": "text/plain; charset=utf-8",
-        "rack.hijack": write_body,
-    }
-    return 426, headers, []
-
-
-def _refuse(status: int, message: str, env: Mapping[str, Any]) -> HandshakeError:
-    if status == 426:
-        return HandshakeError(426, message, upgrade_required(env, message))
-    headers = {"content-type": "text/plain; charset=utf-8"}
-    return HandshakeError(status, message, (status, headers, [message.encode("utf-8") + b"\n"]))
-
-
-def _check_request(env: Mapping[str, Any], origins: Collection[str] | None) -> str:
-    """Validate the upgrade request; return the client's key or raise HandshakeError."""
-    if not is_websocket(env):
-        raise _refuse(426, "This is a WebSocket endpoint: plain HTTP requests are not served here.", env)
-    if env.get("REQUEST_METHOD") != "GET":
-        raise _refuse(400, "Bad WebSocket handshake: the method must be GET.", env)
-    if env.get("SERVER_PROTOCOL") != "HTTP/1.1":
-        raise _refuse(400, "Bad WebSocket handshake: HTTP/1.1 is required.", env)
-    if "upgrade" not in _tokens(env.get("HTTP_CONNECTION")):
-        raise _refuse(400, "Bad WebSocket handshake: 'Connection: Upgrade' is missing.", env)
-    if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
-        raise _refuse(426, "Unsupported WebSocket version: this server speaks version 13.", env)
-    key: str = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
-    try:
-        valid = len(base64.b64decode(key, validate=True)) == 16
-    except (binascii.Error, ValueError):
-        valid = False
-    if not valid:
-        raise _refuse(400, "Bad WebSocket handshake: Sec-WebSocket-Key must be 16 bytes in base64.", env)
-    if origins is not None and env.get("HTTP_ORIGIN") is not None and env["HTTP_ORIGIN"] not in origins:
-        raise _refuse(403, "WebSocket connection refused: origin not allowed.", env)
-    return key
-
-
-def _select_subprotocol(env: Mapping[str, Any], supported: Sequence[str]) -> str | None:
-    """The first of the server's ``supported`` subprotocols that the client offered (server's order)."""
-    offered = {p.strip() for p in env.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",")}
-    return next((p for p in supported if p in offered), None)
 
 
 class _BoundedDeflate(PerMessageDeflate):
@@ -266,115 +146,6 @@ class _BoundedDeflate(PerMessageDeflate):
             self._inflated = 0
         return result
 
-
-def _negotiate_deflate(env: Mapping[str, Any], max_size: int) -> tuple[_BoundedDeflate, str] | None:
-    deflate = _BoundedDeflate(max_size)
-    for offer in env.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "").split(","):
-        if offer.split(";", 1)[0].strip() == deflate.name:
-            params = deflate.accept(offer)
-            if params is not None and params is not False:
-                text = deflate.name if params in (True, "") else f"{deflate.name}; {params}"
-                return deflate, text
-    return None
-
-
-def _response_head(key: str, subprotocol: str | None, extension: str | None, headers: Mapping[str, str]) -> bytes:
-    accept_token = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "upgrade: websocket",
-        "connection: Upgrade",
-        f"sec-websocket-accept: {accept_token}",
-        "server: trio-rack",
-    ]
-    if subprotocol is not None:
-        lines.append(f"sec-websocket-protocol: {subprotocol}")
-    if extension is not None:
-        lines.append(f"sec-websocket-extensions: {extension}")
-    for name, value in headers.items():
-        if any(ord(c) < 32 or ord(c) == 127 for c in name + value) or ":" in name or name != name.lower():
-            raise ValueError(f"invalid extra header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-# ------------------------------------------------------------------------------ the API
-
-
-def accept(
-    env: dict[str, Any],
-    *,
-    subprotocols: Sequence[str] = (),
-    compression: bool = True,
-    max_message_size: int = 1024 * 1024,
-    max_queue: int = 4,
-    ping_interval: float | None = 20.0,
-    idle_timeout: float | None = 60.0,
-    close_timeout: float = 3.0,
-    origins: Collection[str] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> WebSocketContext:
-    """Check the upgrade request and return the ``async with`` that accepts it.
-
-    Raises :class:`HandshakeError` (with ``.response``, the triple to return) at once if the
-    request is not an acceptable upgrade; nothing has been written then.  Entering the returned
-    context hijacks the connection, sends ``101`` and yields a :class:`WebSocket`.
-
-    * ``subprotocols``: what the server speaks, in its order of preference; the first one the
-      client offered is selected (``ws.subprotocol``), else none (the client decides whether
-      that is acceptable, RFC 6455 §4.2.2).
-    * ``compression``: accept permessage-deflate when the client offers it.
-    * ``max_message_size``: bytes of one (inflated) message; larger ones close with 1009.
-    * ``max_queue``: received messages buffered for the app before reading stops.
-    * ``ping_interval``/``idle_timeout``: keepalive pings after that much silence; close with
-      1011 after ``idle_timeout`` seconds without a byte from the peer.  ``None`` disables.
-    * ``close_timeout``: how long a close handshake may take before the socket is just closed.
-    * ``origins``: if given, a request whose ``Origin`` is not in it gets 403 (cross-site
-      websocket hijacking protection for browser endpoints).
-    * ``headers``: extra lower-case headers for the ``101`` (``set-cookie``…).
-
-    Resource handling: the socket belongs to the context from entry on; leaving it closes the
-    websocket and the socket (and the server closes the hijacked stream again when the app ends).
-    """
-    if max_message_size < 1 or max_queue < 0 or close_timeout <= 0:
-        raise ValueError("max_message_size and close_timeout must be positive, max_queue >= 0")
-    key = _check_request(env, origins)
-    hijack = env.get("rack.hijack")
-    if not callable(hijack):
-        raise TypeError("websocket.accept needs a server that supports full hijack (env['rack.hijack'])")
-    subprotocol = _select_subprotocol(env, subprotocols)
-    deflate = _negotiate_deflate(env, max_message_size) if compression else None
-    head = _response_head(key, subprotocol, deflate[1] if deflate else None, headers or {})
-    options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
-    context = WebSocketContext(hijack, head, subprotocol, deflate[0] if deflate else None, options)
-    context.shutdown = env.get("trio_rack.shutdown")
-    return context
-
-
-def endpoint(
-    handler: Callable[[WebSocket, dict[str, Any]], Awaitable[None]] | None = None, /, **options: Any
-) -> Any:
-    """Make an app of ``async def handler(ws, env)``: refusals answered, then accept and run it.
-
-    Usable bare (``@endpoint``) or with :func:`accept`'s keyword options
-    (``@endpoint(subprotocols=["chat"])``).  The app returns ``(-1, {}, [])`` after the handler.
-    """
-
-    def wrap(handler: Callable[[WebSocket, dict[str, Any]], Awaitable[None]]) -> Any:
-        async def app(env: dict[str, Any]) -> Any:
-            try:
-                context = accept(env, **options)
-            except HandshakeError as exc:
-                return exc.response
-            async with context as ws:
-                await handler(ws, env)
-            return -1, {}, []
-
-        app.__qualname__ = getattr(handler, "__qualname__", "websocket_endpoint")
-        app.__doc__ = handler.__doc__
-        return app
-
-    return wrap if handler is None else wrap(handler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -779,3 +550,4 @@ class WebSocket:
                     if self.close_code is None:
                         self.close_code, self.close_reason = int(event.code), event.reason or ""
                     return
+
