@@ -81,6 +81,10 @@ log = logging.getLogger("trio_rack.websocket")
 RECEIVE_SIZE = 64 * 1024
 #: Close codes trio-rack sends (RFC 6455 §7.4.1).
 NORMAL, GOING_AWAY, MESSAGE_TOO_BIG, INTERNAL_ERROR, ABNORMAL = 1000, 1001, 1009, 1011, 1006
+#: Seconds a failed connection (a protocol error) stays open after its close frame and FIN,
+#: discarding input until the peer's FIN, so that closing does not RST our close frame away.
+#: Not a wait for the peer's close frame: the peer has seen the end of the stream already.
+FAIL_LINGER = 1.0
 
 
 class ConnectionClosed(Exception):
@@ -506,14 +510,28 @@ class WebSocket:
         await self._finish_close(code, reason)
 
     async def _finish_close(self, code: int, reason: str) -> None:
-        """The one close path; no other task may be reading.  Idempotent, bounded."""
+        """The one close path; no other task may be reading.  Idempotent, bounded.
+
+        * The peer closed first: reply with its code, then close the TCP connection.
+        * We close (the app, idleness, 1009): send our close frame, read until the peer's
+          reply (at most ``close_timeout``), then close the TCP connection.  The server
+          closes it first, as RFC 6455 §7.1.1 asks, so the TIME_WAIT is ours.
+        * We *fail* the connection (wsproto found a protocol error: 1002, 1007): send the
+          close frame and close the TCP connection at once, without waiting for a reply
+          (§7.1.7: nothing more from the peer is processed), see :meth:`_close_transport`.
+
+        The send goes through the send lock, so a close that comes while an app task is in
+        the middle of writing a message waits for that write and then goes out (§5.5.1: a
+        close frame is always answered); only a write that really broke mid-frame prevents it.
+        """
         if self._closing:
             await self._finished.wait()
             return
         self._closing = True
+        linger = 0.0
         try:
             with trio.move_on_after(self._options.close_timeout):
-                if not self._send_broken and not self._stream_closed:
+                if not self._stream_closed:
                     state = self._ws.state
                     if state is ConnectionState.OPEN or state is ConnectionState.REMOTE_CLOSING:
                         if state is ConnectionState.REMOTE_CLOSING:
@@ -523,7 +541,10 @@ class WebSocket:
                         except ConnectionClosed:
                             pass
                     if self._ws.state is ConnectionState.LOCAL_CLOSING:
-                        await self._await_close_reply()
+                        if self._parser_dead:
+                            linger = min(FAIL_LINGER, self._options.close_timeout)
+                        else:
+                            await self._await_close_reply()
         finally:
             if self.close_code is None:
                 self.close_code, self.close_reason = ABNORMAL, "no close frame received"
@@ -531,9 +552,50 @@ class WebSocket:
             self._messages_in.close()
             for waiter in self._pings.values():
                 waiter.set()
-            if not self._stream_closed:
-                self._stream_closed = True
-                await trio.aclose_forcefully(self._stream)
+            await self._close_transport(linger)
+
+    async def _close_transport(self, linger: float) -> None:
+        """Close the stream; with a ``linger``, close the TCP connection the careful way.
+
+        Closing a socket whose receive buffer holds unread bytes makes the kernel send a RST,
+        and a RST can destroy data still in flight to the peer: our close frame.  After a
+        protocol error the peer's bytes (the rest of its frames, its close reply) are exactly
+        what is unread.  So a failing close half-closes (FIN right behind the close frame: the
+        peer sees the end of the stream at once, and the server has closed first), discards
+        whatever still arrives until the peer's FIN or ``linger`` seconds, and then closes.
+        Over TLS (no half-close) the stream is closed at once.  Closed even if cancelled.
+        """
+        if self._stream_closed:
+            return
+        try:
+            if linger > 0 and not self._send_broken:
+                with trio.move_on_after(linger):
+                    if await self._half_close():
+                        while await self._receive():
+                            pass
+        finally:
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)
+
+    async def _half_close(self) -> bool:
+        """Send EOF (TCP FIN) if the transport can; whether it did.
+
+        The hijacked stream the server hands out is not half-closeable itself; its plain-TCP
+        transport is (``.transport``, a ``trio.SocketStream``); a TLS one is not.
+        """
+        target: object = self._stream
+        if not isinstance(target, trio.abc.HalfCloseableStream):
+            target = getattr(target, "transport", None)
+        if not isinstance(target, trio.abc.HalfCloseableStream):
+            return False
+        async with self._send_lock:
+            if self._send_broken:
+                return False
+            try:
+                await target.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                return False
+        return True
 
     async def _await_close_reply(self) -> None:
         """Read (discarding messages) until the peer's close frame or EOF."""
@@ -541,13 +603,12 @@ class WebSocket:
             data = await self._receive()
             if not data:
                 return
-            if self._parser_dead:
-                continue  # just drain until the peer closes
             self._ws.receive_data(data)
             for event in self._ws.events():
                 if type(event) is CloseConnection:
                     assert isinstance(event, CloseConnection)
+                    if self._ws.state is not ConnectionState.CLOSED:
+                        return  # not a close frame but a protocol error: stop reading
                     if self.close_code is None:
                         self.close_code, self.close_reason = int(event.code), event.reason or ""
                     return
-
