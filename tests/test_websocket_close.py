@@ -16,8 +16,10 @@ timeout when the client did not close.
 
 from __future__ import annotations
 
+import runpy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +36,7 @@ UPGRADE = (
     "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
 ).encode()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLOSE_TIMEOUT = 10.0  # long, so that waiting for it cannot pass for closing at once
 
 
@@ -228,3 +231,33 @@ async def test_failing_the_connection_does_not_wait_for_a_silent_peer(autojump_c
             await app.done.wait()  # the peer still has not closed anything
             assert app.done_at is not None and app.done_at - start <= websocket.session.FAIL_LINGER
             assert await peer.server_has_closed()
+
+
+# ------------------------------------------------------- the echo example's message limit
+
+
+@pytest.mark.parametrize("how", ["keyword", "environment"])
+async def test_echo_example_message_limit_is_overridable(how: str, monkeypatch: pytest.MonkeyPatch,
+                                                         autojump_clock: Any) -> None:
+    """``make_app(max_message_size=...)`` or ``WS_ECHO_MAX_MESSAGE_SIZE`` (what
+    ``tests/autobahn/run.py --max-message-size`` sets for the 16 MiB profile) sets the limit."""
+    if how == "keyword":
+        app = load_example("websocket_echo").make_app(max_message_size=16)
+    else:
+        monkeypatch.setenv("WS_ECHO_MAX_MESSAGE_SIZE", "16")
+        app = runpy.run_path(str(EXAMPLES / "websocket_echo.py"))["app"]
+    with trio.fail_after(CLOSE_TIMEOUT / 2):
+        async with memory_connection(app) as client:
+            peer = Peer(client.stream)
+            await peer.handshake()
+            await peer.send(peer.codec.send_data(b"x" * 16))
+            echo = await peer.next_frame()
+            assert echo is not None and echo.payload == b"x" * 16
+            await peer.send(peer.codec.send_data(b"y" * 17))
+            close = await peer.next_frame()
+            assert close is not None and close.opcode is Opcode.CLOSE and close.payload[0] == 1009
+
+
+def test_echo_example_default_limit_is_one_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WS_ECHO_MAX_MESSAGE_SIZE", raising=False)
+    assert runpy.run_path(str(EXAMPLES / "websocket_echo.py"))["MAX_MESSAGE_SIZE"] == 1024 * 1024

@@ -80,7 +80,7 @@ class MemoryClient:
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
-                self.h11.receive_data(await self.stream.receive_some(65536))
+                self.h11.receive_data(bytes(await self.stream.receive_some(65536)))
                 continue
             if type(event) is h11.InformationalResponse:
                 informational.append(event.status_code)

@@ -240,6 +240,10 @@ def problems(rows: list[dict[str, Any]], allow_failed: list[str]) -> list[str]:
     return bad
 
 
+def split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--cases", default=FAST_CASES,
@@ -256,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-failed", default="", help="case patterns exempt from the behaviour check")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-case rows here")
     args = parser.parse_args(argv)
-    split = lambda text: [part.strip() for part in text.split(",") if part.strip()]  # noqa: E731
 
     outdir = args.outdir or Path(tempfile.mkdtemp(prefix="trio-rack-autobahn-"))
     outdir.mkdir(parents=True, exist_ok=True)

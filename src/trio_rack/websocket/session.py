@@ -24,10 +24,16 @@ Theory of operation
   and the rest of that message is skipped uninflated (the parser stays in step, so the peer's
   close reply can still be read).
 * **Closing has one path** (``_finish_close``), run by whichever task stops the connection
-  once no other task is reading: send our close frame (or the reply to the peer's), read until
-  the peer's close frame or EOF (discarding messages; this also avoids the RST that closing a
-  socket with unread input causes, which could destroy our close frame in flight), then close
-  the stream.  Everything is bounded by ``close_timeout``.
+  once no other task is reading: send our close frame (or the reply to the peer's; through the
+  send lock, so a close that comes while the app is writing still gets its reply, RFC 6455
+  §5.5.1), read until the peer's close frame or EOF (discarding messages; this also avoids the
+  RST that closing a socket with unread input causes, which could destroy our close frame in
+  flight), then close the stream: the server closes the TCP connection first (§7.1.1).
+  Everything is bounded by ``close_timeout``.
+* **Failing the connection** (wsproto found a protocol error: 1002, or 1007 for bad UTF-8)
+  does not wait for the peer's close frame (§7.1.7: nothing more from the peer is processed):
+  close frame, FIN right behind it, then input is discarded until the peer's FIN for at most
+  ``FAIL_LINGER`` seconds (so that no RST overtakes the close frame), and the stream closes.
 * **Guaranteed close.**  Leaving the ``async with`` closes with 1000; an exception closes with
   1011 "internal error" and propagates; cancellation (server shutdown) closes with 1001
   "going away", shielded for at most ``close_timeout`` seconds, and ``Cancelled`` propagates.
