@@ -267,6 +267,31 @@ async def test_the_client_closing_ends_the_loop_and_is_echoed() -> None:
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_protocol_error_fails_the_connection_at_once(scheme: str, tls_files: TLSFiles) -> None:
+    """A reserved opcode: close 1002, then the server ends the TCP connection itself, at once
+    (RFC 6455 §7.1.1, §7.1.7), though this client neither replies nor closes; over TLS too."""
+    tls = tls_files if scheme == "wss" else None
+    app = Recorder()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, app, tls=tls)
+            raw = await raw_connect(bind, tls)
+            await raw.stream.send_all(RawClient.request())
+            assert (await raw.read_head())[0] == 101
+            await raw.stream.send_all(bytes([0x83, 0x80]) + b"\x00\x00\x00\x00")  # opcode 3, masked, empty
+            start = trio.current_time()
+            frame = await raw.next_frame()
+            assert frame is not None and frame.opcode is Opcode.CLOSE and frame.payload[0] == 1002
+            assert await raw.next_frame() is None  # the server's EOF
+            with trio.fail_after(2):  # within the 1 s linger; the close timeout is 3 s
+                await app.done.wait()
+            assert trio.current_time() - start < 2
+            assert app.sockets[0].close_code == 1002
+            await raw.stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
 async def test_oversize_message_closes_with_1009() -> None:
     app = Recorder()
     with trio.fail_after(5):
