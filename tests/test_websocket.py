@@ -21,6 +21,8 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
+
 from e2e_support import (
     TLSFiles,
     client_ssl_context,
@@ -32,8 +34,6 @@ from e2e_support import (
     split_head,
     start_server,
 )
-from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
-
 from trio_rack import Limits, websocket
 from trio_rack.websocket import HandshakeError, WebSocket
 
