@@ -154,7 +154,8 @@ async def test_echo_text_binary_large_and_subprotocol(scheme: str, tls_files: TL
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             bind = await start_server(nursery, app, tls=tls)
-            async with ws_connect(bind, "/echo", tls, subprotocols=["chat.v1", "chat.v2"], max_message_size=2**21) as client:
+            offered = ["chat.v1", "chat.v2"]
+            async with ws_connect(bind, "/echo", tls, subprotocols=offered, max_message_size=2**21) as client:
                 assert client.subprotocol == "chat.v2"  # the server's preference wins
                 await client.send_message("héllo ✓")
                 assert await client.get_message() == "héllo ✓"
@@ -237,7 +238,9 @@ async def test_server_ping_waits_for_the_pong() -> None:
 @pytest.mark.parametrize(
     ("path", "code"), [("/return", 1000), ("/raise", 1011), ("/close/4002", 4002)]
 )
-async def test_the_app_ending_sends_the_right_close_code(path: str, code: int, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_app_ending_sends_the_right_close_code(
+    path: str, code: int, caplog: pytest.LogCaptureFixture
+) -> None:
     app = Recorder()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
