@@ -176,4 +176,8 @@ async def memory_connection(
             yield MemoryClient(client)
         finally:
             nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(client)
+            # Shielded: a checkpoint in the now-cancelled scope would raise Cancelled, which
+            # would replace the exception the ``async with`` body raised (a failing assert),
+            # and the nursery would then swallow it.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(client)
