@@ -10,10 +10,11 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 REDIS_SERVER = shutil.which("redis-server") or shutil.which("valkey-server")
 
@@ -77,8 +78,16 @@ class RedisServer:
                     return rest[: int(head[1:])].decode().count("\n") - 1
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.02) -> None:
+    """Poll ``predicate`` (state owned by another process or library; bound it with fail_after)."""
+    while True:
+        if predicate():
+            return
+        await trio.sleep(poll)
+
+
+@pytest.fixture(name="redis_server")
+def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     server = RedisServer(tmp_path)

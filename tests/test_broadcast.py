@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from broadcast_support import REDIS_SERVER, RedisServer, free_port, redis_server  # noqa: F401 - a fixture
 
+from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixture
+    REDIS_SERVER,
+    RedisServer,
+    free_port,
+    redis_server_fixture,
+    wait_until,
+)
 from trio_rack import broadcast
 
 
@@ -157,8 +163,7 @@ async def test_redis_outage_publish_unavailable_subscribers_resume(
             with trio.fail_after(5):
                 with pytest.raises(broadcast.Unavailable, match="unreachable|did not answer"):
                     await bus.publish("c", "lost")
-                while bus._down is False:  # type: ignore[attr-defined]
-                    await trio.sleep(0.02)
+                await wait_until(lambda: bus._down)  # type: ignore[attr-defined]
             await trio.sleep(0.5)  # several reconnection attempts: still one log line
             redis_server.start()
             with trio.fail_after(10):
@@ -186,8 +191,7 @@ async def test_redis_down_at_start_opens_and_catches_up(tmp_path: Path) -> None:
                     with pytest.raises(broadcast.Unavailable):
                         await bus.publish("c", "x")
                     server.start()
-                    while bus._pubsub is None or b"c" not in bus._pubsub.channels:  # type: ignore[attr-defined]
-                        await trio.sleep(0.02)
+                    await wait_until(lambda: bus._pubsub is not None and b"c" in bus._pubsub.channels)  # type: ignore[attr-defined]
                     await bus.publish("c", "y")
                     assert await next_message(sub) == "y"
     finally:
@@ -212,8 +216,7 @@ async def test_no_connection_leaks(redis_server: RedisServer) -> None:
         assert during - baseline <= 3, (baseline, during)  # one pub/sub + a small pool
         assert not bus._hub.channels
     with trio.fail_after(5):
-        while redis_server.client_count() != baseline:
-            await trio.sleep(0.02)
+        await wait_until(lambda: redis_server.client_count() == baseline)
 
 
 async def test_unreachable_redis_for_publish_is_unavailable_not_a_hang() -> None:

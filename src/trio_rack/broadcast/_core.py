@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 Message = str | bytes
-#: A history entry: ``(id, message)``; ids are opaque strings that sort by :func:`id_key`.
+#: A history entry: ``(id, message)``.  Ids are ``"<milliseconds>-<sequence>"`` on both backends
+#: (Redis stream ids; the memory ring makes the same kind), so they grow across restarts.
 Entry = tuple[str, Message]
 
 #: Default per-subscription queue: enough for bursts, small enough to bound memory.
@@ -104,8 +105,8 @@ def decode(payload: bytes) -> Message:
 
 
 def id_key(entry_id: str) -> tuple[int, ...] | None:
-    """Sort key of a history id (``"17"`` in memory, ``"1712345678901-0"`` on Redis); None when
-    ``entry_id`` is not one (a stale or forged ``Last-Event-ID``)."""
+    """Sort key of a history id (``"1712345678901-0"``); None when ``entry_id`` is not one (a
+    forged ``Last-Event-ID``).  A bare ``"1712345678901"`` counts, as Redis takes it."""
     parts = entry_id.split("-")
     if not 1 <= len(parts) <= 2 or not all(p.isdigit() and len(p) <= 20 for p in parts):
         return None
@@ -164,10 +165,10 @@ class Subscription:
 class Follower:
     """The iterator of :meth:`Bus.follow`: the backlog, then live entries newer than it."""
 
-    def __init__(self, sub: Subscription, backlog: list[Entry], last: tuple[int, ...] | None) -> None:
+    def __init__(self, sub: Subscription, backlog: list[Entry]) -> None:
         self._sub = sub
         self._backlog = list(reversed(backlog))
-        self._last = last
+        self._last: tuple[int, ...] | None = None
 
     def __aiter__(self) -> Follower:
         return self
@@ -188,7 +189,7 @@ class Follower:
             key = id_key(entry_id)
             if self._last is not None and key is not None and key <= self._last:
                 continue  # already replayed from the history
-            self._last = key
+            self._last = None  # past the backlog: ids only grow from here
             return entry_id, message
 
 
@@ -279,7 +280,10 @@ class Bus:
         subscription; the history read may raise :class:`Unavailable`."""
         async with self.subscribe(channel, queue=queue) as sub:
             backlog = await self.history(channel, after=after) if after is not None else []
-            yield Follower(sub, backlog, id_key(after) if after is not None else None)
+            # Dedupe only against the backlog: live entries at or before its newest one were
+            # appended between SUBSCRIBE and the history read.  (Not against ``after`` itself: a
+            # stale or forged id must not hide live entries.)
+            yield Follower(sub, backlog)
 
     # -- backend hooks
     # -- backend hooks

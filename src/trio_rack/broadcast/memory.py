@@ -6,12 +6,15 @@ each other's messages; two processes (``-n 2`` workers, two hosts) never do: use
 for that.  ``publish`` delivers synchronously to every local subscription (never waits, never
 raises :class:`~._core.Unavailable`).
 
-History: per channel a ring of the newest ``maxlen`` entries with ids ``"1"``, ``"2"``, … counting
-up for the life of the process (lost when it exits).
+History: per channel a ring of the newest ``maxlen`` entries (lost when the process exits).  Ids
+are made as Redis makes stream ids, ``"<unix ms>-<seq>"``, never going backwards, so an
+``EventSource`` that reconnects after a restart with an old ``Last-Event-ID`` sees new entries
+as newer.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,7 +28,7 @@ __all__ = ["MemoryBus"]
 @dataclass
 class _Ring:
     entries: deque[tuple[str, bytes]] = field(default_factory=deque)
-    counter: int = 0
+    last: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -49,8 +52,9 @@ class MemoryBus(Bus):
 
     async def _append(self, channel: str, payload: bytes, maxlen: int) -> str:
         ring = self._space.rings.setdefault(channel, _Ring())
-        ring.counter += 1
-        entry_id = str(ring.counter)
+        ms = time.time_ns() // 1_000_000
+        ring.last = (ms, 0) if ms > ring.last[0] else (ring.last[0], ring.last[1] + 1)
+        entry_id = f"{ring.last[0]}-{ring.last[1]}"
         ring.entries.append((entry_id, payload))
         while len(ring.entries) > maxlen:
             ring.entries.popleft()
