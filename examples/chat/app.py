@@ -58,6 +58,9 @@ MAX_NAME = 32
 MAX_TEXT = 4096
 #: Bounds a ``leave`` announcement made while the session is being cancelled.
 LEAVE_TIMEOUT = 2.0
+#: How long a member cut off as too slow may take to drain its outbox before its connection is
+#: dropped (a client that stopped reading would otherwise hold its pump in a blocked write).
+SLOW_GRACE = 2.0
 
 
 class Member:
@@ -136,12 +139,14 @@ class Chat:
                 try:
                     await self._say(bus, ws, room, type="join", nick=nick)
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._relay, sub, member)
+                        nursery.start_soon(self._relay, sub, member, nursery.cancel_scope)
                         nursery.start_soon(self._pump, ws, member)
                         async for text in ws:
                             if isinstance(text, str) and text.strip():
                                 await self._say(bus, ws, room, type="message", nick=nick, text=text[:MAX_TEXT])
                         nursery.cancel_scope.cancel()
+                    if member.too_slow and not ws.closed:
+                        await ws.aclose(1008, "too slow: messages were piling up")
                 finally:
                     room.members.discard(member)
                     with trio.move_on_after(LEAVE_TIMEOUT, shield=True):
@@ -162,16 +167,20 @@ class Chat:
                 await ws.send_message(json.dumps(error))
 
     @staticmethod
-    async def _relay(sub: broadcast.Subscription, member: Member) -> None:
-        """Bus → outbox, never waiting: a full outbox (or subscription) cuts the member off."""
+    async def _relay(sub: broadcast.Subscription, member: Member, session: trio.CancelScope) -> None:
+        """Bus → outbox, never waiting: a full outbox (or subscription) cuts the member off; if
+        its pump has not finished ``SLOW_GRACE`` later, the session is ended (then 1008)."""
         try:
             async for payload in sub:
                 member.offer(payload if isinstance(payload, str) else payload.decode("utf-8", "replace"))
                 if member.too_slow:
-                    return
+                    break
         except broadcast.SlowSubscriber:
             member.too_slow = True
             member.outbox.close()
+        if member.too_slow:
+            await trio.sleep(SLOW_GRACE)
+            session.cancel()
 
     async def _pump(self, ws: websocket.WebSocket, member: Member) -> None:
         """Outbox → websocket.  Ends the connection when the member fell too far behind."""

@@ -17,9 +17,11 @@ Outages.  coredis' own silent retrying is switched off; this module does it, vis
   ``command_timeout`` seconds) while Redis cannot be reached: the message was not sent.
 * The listener logs **one** warning when the pub/sub connection is lost, reconnects with
   exponential backoff (0.05 s doubling to ``max_backoff``), resubscribes every channel, and logs
-  **one** line when it is back.  Subscriptions stay open across the outage and carry on; what
-  was published while this listener was disconnected is **not** delivered to it (Redis pub/sub
-  keeps nothing), so an outage is a gap, never a duplicate.  Event streams with a history
+  **one** line when it is back.  One per process and URL, not per bus: an app that opens a bus
+  per websocket (the chat example) still logs one line per outage and one on recovery.
+  Subscriptions stay open across the outage and carry on; what was published while this
+  listener was disconnected is **not** delivered to it (Redis pub/sub keeps nothing), so an
+  outage is a gap, never a duplicate.  Event streams with a history
   (:mod:`trio_rack.sse`) close that gap for clients that reconnect with ``Last-Event-ID``, as
   far as Redis kept the stream (not across a Redis restart without persistence).
 * ``subscribe`` during an outage returns at once; the channel is subscribed on reconnection.
@@ -58,6 +60,9 @@ redis.call('PUBLISH', ARGV[3], 'e' .. id .. '\\n' .. ARGV[2])
 return id
 """
 HISTORY_PREFIX = "trio-rack:history:"
+#: URL → buses of this process whose listener is disconnected: the first one in logs the
+#: outage, the last one out logs the recovery.
+_DOWN: dict[str, set[int]] = {}
 FIRST_BACKOFF = 0.05
 
 
@@ -151,6 +156,16 @@ class RedisBus(Bus):
                 except Exception as exc:  # noqa: BLE001 - a dying connection drops it anyway
                     log.debug("broadcast: UNSUBSCRIBE %r failed (%s)", channel, exc)
 
+    def _mark_up(self, *, closing: bool = False) -> None:
+        down = _DOWN.get(self.url)
+        if down is None or id(self) not in down:
+            return
+        down.discard(id(self))
+        if not down:
+            del _DOWN[self.url]
+            if not closing:
+                log.warning("broadcast: reconnected to Redis at %s", safe_url(self.url))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The listener: connect, subscribe, deliver; on failure back off and reconnect.
 
@@ -169,7 +184,7 @@ class RedisBus(Bus):
                     if self._down:
                         self._down = False
                         self.reconnections += 1
-                        log.warning("broadcast: reconnected to Redis at %s", safe_url(self.url))
+                        self._mark_up()
                     backoff = FIRST_BACKOFF
                     if not started:
                         started = True
@@ -184,10 +199,13 @@ class RedisBus(Bus):
                 self._pubsub = None
                 if not self._down:
                     self._down = True
-                    log.warning(
-                        "broadcast: lost Redis at %s (%s); reconnecting, messages published meanwhile are not"
-                        " delivered here", safe_url(self.url), _summary(exc)
-                    )
+                    down = _DOWN.setdefault(self.url, set())
+                    if not down:
+                        log.warning(
+                            "broadcast: lost Redis at %s (%s); reconnecting, messages published meanwhile are"
+                            " not delivered here", safe_url(self.url), _summary(exc)
+                        )
+                    down.add(id(self))
             self._pubsub = None
             if not started:
                 started = True
@@ -222,4 +240,5 @@ async def open_bus(
         try:
             yield bus
         finally:
+            bus._mark_up(closing=True)
             nursery.cancel_scope.cancel()
