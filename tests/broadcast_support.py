@@ -6,12 +6,19 @@ Not a test module; imported by ``tests/test_broadcast*.py`` as ``e2e_support`` i
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -96,3 +103,88 @@ def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ trio-rack processes
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+class ServeProcess:
+    """``python -m trio_rack serve`` of one app on 127.0.0.1:``port``, its log in a file."""
+
+    def __init__(self, app: Path, port: int, log: Path, *, bus_url: str, count: int = 1) -> None:
+        self.app, self.port, self.log_path, self.bus_url, self.count = app, port, log, bus_url, count
+        self.proc: trio.Process | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env["TRIO_RACK_BROADCAST"] = self.bus_url
+        argv = [sys.executable, "-m", "trio_rack", "serve", "-b", self.url, "-n", str(self.count),
+                "--no-access-log", str(self.app)]
+        with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - a local temp file, opened once
+            self.proc = await trio.lowlevel.open_process(
+                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=self.log_path.parent
+            )
+        with trio.fail_after(20):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"trio-rack serve exited: {self.log()[-2000:]}")
+                workers_up = self.count == 1 or len(_children(self.proc.pid)) >= self.count
+                if "listening on" in self.log() and workers_up:
+                    try:
+                        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                    except OSError:
+                        pass
+                    else:
+                        await stream.aclose()
+                        return
+                await trio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """SIGTERM by PID (graceful), then SIGKILL to whatever is left of it and its workers."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        workers = _children(proc.pid)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            await proc.wait()
+        for pid in [proc.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with trio.move_on_after(5):
+            await proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
+
+
+@asynccontextmanager
+async def serving(app: Path, directory: Path, *, bus_url: str, count: int = 1) -> AsyncIterator[ServeProcess]:
+    server = ServeProcess(app, free_port(), directory / f"serve-{free_port()}.log", bus_url=bus_url, count=count)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+async def run_client(script: str, *args: str, limit: float = 30) -> Any:
+    """Run an asyncio client script (the ``websockets`` library) and return its JSON stdout."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    with trio.fail_after(limit):
+        proc = await trio.run_process(
+            [sys.executable, "-c", script, *args], capture_stdout=True, capture_stderr=True, check=False,
+            env=env, stdin=subprocess.DEVNULL,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return json.loads(proc.stdout)

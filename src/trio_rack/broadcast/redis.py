@@ -195,23 +195,36 @@ class RedisBus(Bus):
                             name = message["channel"]
                             name = name.decode("utf-8") if isinstance(name, bytes) else name
                             self._hub.deliver(name, message["data"])
+            except BaseExceptionGroup as group:
+                cancelled, rest = group.split(trio.Cancelled)
+                if cancelled is not None:
+                    # Closing (the bus's owner was cancelled): coredis' shielded UNSUBSCRIBE on a
+                    # connection that is being torn down fails too; that is not an error.
+                    log.debug("broadcast: closing pub/sub: %s", rest and _summary(rest))
+                    raise cancelled from None
+                self._outage(group)
             except Exception as exc:  # noqa: BLE001 - any failure of the connection is an outage
-                self._pubsub = None
-                if not self._down:
-                    self._down = True
-                    down = _DOWN.setdefault(self.url, set())
-                    if not down:
-                        log.warning(
-                            "broadcast: lost Redis at %s (%s); reconnecting, messages published meanwhile are"
-                            " not delivered here", safe_url(self.url), _summary(exc)
-                        )
-                    down.add(id(self))
+                self._outage(exc)
             self._pubsub = None
             if not started:
                 started = True
                 task_status.started()
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
+
+    def _outage(self, exc: BaseException) -> None:
+        """The pub/sub connection failed: log it if it is news for this process and URL."""
+        self._pubsub = None
+        if self._down:
+            return
+        self._down = True
+        down = _DOWN.setdefault(self.url, set())
+        if not down:
+            log.warning(
+                "broadcast: lost Redis at %s (%s); reconnecting, messages published meanwhile are"
+                " not delivered here", safe_url(self.url), _summary(exc)
+            )
+        down.add(id(self))
 
 
 def _summary(exc: BaseException) -> str:
