@@ -80,6 +80,7 @@ async def client(i, barrier, results):
                     m = json.loads(await sock.recv())
                     if m["type"] == "message":
                         got.append(m["text"])
+                        members[m["nick"]] = m["members"]
         except TimeoutError:
             pass
         await barrier.wait()  # everybody has all they expect; now look for duplicates
@@ -93,10 +94,12 @@ async def client(i, barrier, results):
             pass
         await barrier.wait()
 
+members = {}  # sender -> members on the sender's server (worker)
+
 async def main():
     barrier, results = asyncio.Barrier(N), {}
     await asyncio.gather(*(client(i, barrier, results) for i in range(N)))
-    print(json.dumps(results))
+    print(json.dumps({"results": results, "members": members}))
 
 asyncio.run(main())
 '''
@@ -134,20 +137,49 @@ asyncio.run(main())
         assert await run_client(script, a.url, b.url) is None
 
 
+#: The chat example unchanged, plus ``GET /pid`` (which worker answered) for the -n test.
+CHAT_WITH_PID = f"""
+import importlib.util, os
+spec = importlib.util.spec_from_file_location("chat_example", {str(CHAT)!r})
+chat = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(chat)
+
+async def app(env):
+    if env["PATH_INFO"] == "/pid":
+        return 200, {{"content-type": "text/plain"}}, [str(os.getpid()).encode()]
+    return await chat.app(env)
+"""
+
+
 async def test_four_workers_eight_clients_every_message_exactly_once(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
+    """Eight clients on one port served by ``-n 4``: every member gets every message once, in
+    each sender's order.  Rounds repeat (at most 4) until the clients were spread over more than
+    one worker (the kernel picks the worker; ``members`` says how many shared the sender's)."""
     n, m = 8, 5
-    async with serving(CHAT, tmp_path, bus_url=redis_server.url, count=4) as server:
-        results = await run_client(EIGHT, server.url, str(n), str(m), limit=60)
-        logs = server.log()
+    app = tmp_path / "chat_pid.py"
+    app.write_text(CHAT_WITH_PID)
     expected = {f"c{i}:{k}" for i in range(n) for k in range(m)}
-    assert len(results) == n
-    for got in results.values():
-        assert len(got) == n * m and set(got) == expected  # every message, once
-        for i in range(n):  # and each sender's messages in the order sent
-            mine = [t for t in got if t.startswith(f"c{i}:")]
-            assert mine == [f"c{i}:{k}" for k in range(m)]
+    async with serving(app, tmp_path, bus_url=redis_server.url, count=4) as server:
+        pids: set[str] = set()
+        with trio.fail_after(20):
+            while len(pids) < 4:  # every worker is serving
+                pids.add((await curl("-sS", f"{server.url}/pid")).stdout.decode())
+        spreads = []
+        for _ in range(4):
+            out = await run_client(EIGHT, server.url, str(n), str(m), limit=60)
+            results, members = out["results"], out["members"]
+            assert len(results) == n
+            for got in results.values():
+                assert len(got) == n * m and set(got) == expected  # every message, once
+                for i in range(n):  # and each sender's messages in the order sent
+                    assert [t for t in got if t.startswith(f"c{i}:")] == [f"c{i}:{k}" for k in range(m)]
+            spreads.append(sorted(members.values()))
+            if max(members.values()) < n:
+                break
+        logs = server.log()
+    assert max(spreads[-1]) < n, f"all clients landed on one worker in every round: {spreads}"
     assert logs.count("started (pid") == 4
     assert "Traceback" not in logs and "ERROR" not in logs, logs[-3000:]
 
