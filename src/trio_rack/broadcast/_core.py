@@ -124,13 +124,13 @@ class Subscription:
             raise ValueError("queue must be at least 1")
         self.channel = channel
         self.queue = queue
-        self._send, self._receive = trio.open_memory_channel[bytes](queue)
+        self._send, self._receive = trio.open_memory_channel[tuple[str | None, Message]](queue)
         self.cut_off = False
 
-    def _offer(self, payload: bytes) -> bool:
+    def _offer(self, entry: tuple[str | None, Message]) -> bool:
         """Queue without waiting; False when full (the caller then cuts this subscription off)."""
         try:
-            self._send.send_nowait(payload)
+            self._send.send_nowait(entry)
         except trio.WouldBlock:
             self.cut_off = True
             self._send.close()
@@ -141,12 +141,11 @@ class Subscription:
 
     async def receive_entry(self) -> tuple[str | None, Message]:
         try:
-            payload = await self._receive.receive()
+            return await self._receive.receive()
         except trio.EndOfChannel:
             if self.cut_off:
                 raise SlowSubscriber(self.channel, self.queue) from None
             raise
-        return decode_entry(payload)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -217,9 +216,14 @@ class Hub:
         return False
 
     def deliver(self, channel: str, payload: bytes) -> None:
-        """Hand ``payload`` to every subscription of ``channel`` without waiting (see the policy)."""
-        for sub in list(self.channels.get(channel, ())):
-            if not sub._offer(payload):
+        """Hand ``payload`` to every subscription of ``channel`` without waiting (see the policy).
+        Decoded once here, not once per subscriber."""
+        subs = self.channels.get(channel)
+        if not subs:
+            return
+        entry = decode_entry(payload)
+        for sub in list(subs):
+            if not sub._offer(entry):
                 self.remove(sub)
 
 
