@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
 import trio
 import trio_websocket
@@ -17,6 +16,7 @@ import trio_websocket
 from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixture
     REDIS_SERVER,
     RedisServer,
+    SSEClient,
     redis_server_fixture,
     run_client,
     serving,
@@ -186,78 +186,6 @@ async def test_four_workers_eight_clients_every_message_exactly_once(
 
 
 # ------------------------------------------------------------------------------ the feed
-
-
-def parse_events(body: bytes) -> list[tuple[str, str]]:
-    """(id, data) of every complete event in a ``text/event-stream`` body (de-chunked)."""
-    out = []
-    complete = body.rpartition(b"\n\n")[0].decode()
-    for block in complete.split("\n\n"):
-        fields = [line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":")]
-        data = [value for name, value in fields if name == "data"]
-        if data:  # data lines join with newlines, as an EventSource joins them
-            out.append((next((value for name, value in fields if name == "id"), ""), "\n".join(data)))
-    return out
-
-
-class SSEClient:
-    """A raw-socket EventSource: GET /events (with Last-Event-ID); h11 de-chunks the body."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream, self.data, self.ended = stream, b"", False
-        self.h11 = h11.Connection(h11.CLIENT)
-
-    @classmethod
-    async def open(cls, port: int, last_event_id: str | None = None) -> SSEClient:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        client = cls(stream)
-        headers = [("host", "x"), ("accept", "text/event-stream")]
-        if last_event_id:
-            headers.append(("last-event-id", last_event_id))
-        await stream.send_all(client.h11.send(h11.Request(method="GET", target="/events", headers=headers)))
-        await stream.send_all(client.h11.send(h11.EndOfMessage()))
-        return client
-
-    async def _pump(self) -> None:
-        """Read once; append body bytes (the head is checked, then dropped)."""
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA:
-                chunk = await self.stream.receive_some(1 << 20)
-                self.h11.receive_data(chunk)
-                if not chunk:
-                    self.ended = True
-                    return
-                continue
-            if isinstance(event, h11.Response):
-                assert event.status_code == 200
-                return
-            if isinstance(event, h11.Data):
-                self.data += bytes(event.data)
-                return
-            if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                self.ended = True
-                return
-
-    async def events(self, count: int) -> list[tuple[str, str]]:
-        """At least ``count`` complete events (all received so far)."""
-        with trio.fail_after(10):
-            if count == 0:  # just the head
-                while self.h11.their_state is h11.SEND_RESPONSE:
-                    await self._pump()
-            while self.data.count(b"\n\n") < count or len(parse_events(self.data)) < count:
-                assert not self.ended, f"the stream ended: {self.data[-300:]!r}"
-                await self._pump()
-        return parse_events(self.data)
-
-    async def until_end(self) -> list[tuple[str, str]]:
-        with trio.fail_after(20):
-            while not self.ended:
-                await self._pump()
-        return parse_events(self.data)
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def publish(server: Any, text: str) -> str:

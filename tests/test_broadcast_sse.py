@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from broadcast_support import REDIS_SERVER, RedisServer
+from broadcast_support import REDIS_SERVER, RedisServer, SSEClient
 from e2e_support import curl, load_example, start_server
-from test_broadcast_e2e import SSEClient
 from trio_rack import broadcast, sse
 
 
