@@ -135,6 +135,19 @@ async def test_history_replays_after_an_id_then_follows_live(bus: broadcast.Bus)
         assert await next_message(plain) == b"live"  # plain subscribers see just the message
 
 
+async def test_a_future_or_forged_id_never_hides_live_entries(bus: broadcast.Bus) -> None:
+    """Dedupe is against the replayed backlog only: an id from the future (another clock, a
+    forged header) replays nothing and still gets every live entry."""
+    async with bus.follow("feed", after="99999999999999-0") as entries:
+        new = await bus.append("feed", "live", maxlen=10)
+        with trio.fail_after(5):
+            assert await entries.__anext__() == (new, "live")
+    async with bus.follow("feed", after=None) as entries:  # no id: live only, no replay
+        newer = await bus.append("feed", "again", maxlen=10)
+        with trio.fail_after(5):
+            assert await entries.__anext__() == (newer, "again")
+
+
 async def test_history_keeps_the_newest_maxlen(bus: broadcast.Bus) -> None:
     first = await bus.append("feed", "0", maxlen=3)
     for n in range(1, 6):
