@@ -136,3 +136,13 @@ async def memory_connection(
         finally:
             nursery.cancel_scope.cancel()
             await trio.aclose_forcefully(client)
+
+
+def __getattr__(name: str) -> Any:
+    # ``Transport`` (trio_rack.toolkit_transport) needs httpx, a test-only dependency: imported
+    # on first use, so memory_connection works without httpx installed.
+    if name == "Transport":
+        from .toolkit_transport import Transport
+
+        return Transport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
