@@ -16,9 +16,9 @@ import brotli
 import httpx
 import pytest
 import trio
-from e2e_support import make_tls_files, start_server
 
 import trio_rack
+from e2e_support import make_tls_files, start_server
 from trio_rack.builder import Builder
 from trio_rack.files import FileBody
 from trio_rack.static import Files, Static
@@ -167,7 +167,7 @@ async def test_precompressed_siblings_follow_accept_encoding(site, accept, encod
     assert r.headers["content-type"] == "text/css; charset=utf-8"
     assert r.content == CSS  # httpx decodes br and gzip
     expected = {"br": "app.css.br", "gzip": "app.css.gz", None: "app.css"}[encoding]
-    assert r.headers["content-length"] == str(os.path.getsize(site / "assets" / expected))
+    assert r.headers["content-length"] == str((site / "assets" / expected).stat().st_size)
 
 
 async def test_files_without_siblings_have_no_vary(site):
@@ -303,7 +303,6 @@ async def test_plain_tcp_file_bodies_go_through_os_sendfile(site, tmp_path):
     while it runs, so the deltas are its own.)
     """
     from e2e_support import curl
-
     from trio_rack import http1
 
     data = os.urandom(3 * 1024 * 1024 + 11)

@@ -52,14 +52,18 @@ from .types import App, Env, Response
 
 __all__ = ["Deflater", "DEFAULT_CONTENT_TYPES", "available_encodings"]
 
-try:
-    import brotli as _brotli
-except ImportError:  # pragma: no cover - optional
-    _brotli = None
-try:
-    import zstandard as _zstd
-except ImportError:  # pragma: no cover - optional
-    _zstd = None
+import importlib
+
+
+def _optional(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - optional
+        return None
+
+
+_brotli = _optional("brotli")
+_zstd = _optional("zstandard")
 
 DEFAULT_CONTENT_TYPES: tuple[str, ...] = (
     "text/*",
@@ -153,6 +157,10 @@ async def _close(body: Any) -> None:
             await result
 
 
+def _any(value: Any) -> Any:
+    return value
+
+
 class Deflater:
     """Compress ``app``'s responses; see the module docstring for when and how.
 
@@ -197,6 +205,7 @@ class Deflater:
 
     async def __call__(self, env: Env) -> Response:
         status, headers, body = await self.app(env)
+        body = _any(body)
         if not isinstance(headers, Mapping) or "rack.hijack" in headers or type(status) is not int:
             return status, headers, body  # hijacks (and broken triples, for the server to refuse)
         if not self.compressible(_header(headers, "content-type")):
@@ -316,7 +325,7 @@ class _CompressingStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self._stream.receive_some(max_bytes)
 
     async def finish(self) -> None:

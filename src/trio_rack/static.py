@@ -37,7 +37,7 @@ import os
 import stat as stat_module
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -284,16 +284,16 @@ class Files:
             except (TypeError, ValueError, IndexError):
                 return False
             if since.tzinfo is None:
-                since = since.replace(tzinfo=timezone.utc)
-            return datetime.fromtimestamp(int(st.st_mtime), timezone.utc) <= since
+                since = since.replace(tzinfo=UTC)
+            return datetime.fromtimestamp(int(st.st_mtime), UTC) <= since
         return False
 
     @staticmethod
     def _range_applies(env: Env, etag: str, last_modified: str) -> bool:
-        if_range = env.get("HTTP_IF_RANGE")
-        if if_range is None:
+        header = env.get("HTTP_IF_RANGE")
+        if header is None:
             return True
-        if_range = if_range.strip()
+        if_range = str(header).strip()
         if if_range.startswith(('"', "W/")):
             return if_range == etag  # strong comparison; a weak tag never matches
         return if_range == last_modified

@@ -101,7 +101,7 @@ class NetworkStream(trio.abc.Stream):
         self._replay = replay
         self._on_close = on_close
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._replay:
             await trio.lowlevel.checkpoint()
             n = len(self._replay) if max_bytes is None else max_bytes
@@ -121,11 +121,11 @@ class NetworkStream(trio.abc.Stream):
         finally:
             self._on_close()
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes | bytearray:  # noqa: ASYNC109 (httpcore's signature)
         with trio.fail_after(math.inf if timeout is None else timeout):
             return await self.receive_some(max_bytes)
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109 (httpcore's signature)
         with trio.fail_after(math.inf if timeout is None else timeout):
             await self.send_all(buffer)
 
@@ -184,7 +184,7 @@ class _Exchange:
                 data = await self.client.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            self.h11.receive_data(data)
+            self.h11.receive_data(bytes(data))
 
     async def finish(self, cancel: bool = False) -> None:
         """End the server side (cancelled if asked), then raise what the app did, if anything."""
