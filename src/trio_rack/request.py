@@ -417,7 +417,6 @@ class _MultipartReader:
                 "on_headers_finished": lambda: ev.append(("hdone", b"")),
             },
         )
-        form = FormData(self.items)
         stream = self.request.env["rack.input"]
         try:
             self.state = _PartState()
@@ -428,13 +427,13 @@ class _MultipartReader:
             await self._apply()
             if self.state.open:
                 raise RequestError(400, "malformed multipart body: it ends inside a part")
-        except MultipartParseError as exc:
-            await form.aclose()
-            raise RequestError(400, f"malformed multipart body: {exc}") from None
-        except BaseException:
-            await form.aclose()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):  # a failed parse leaves no temporary file behind
+                await FormData(self.items).aclose()
+            if isinstance(exc, MultipartParseError):
+                raise RequestError(400, f"malformed multipart body: {exc}") from None
             raise
-        return form
+        return FormData(self.items)
 
     def _count_small(self, n: int) -> None:
         self.small += n

@@ -11,7 +11,8 @@ hijacks all behave as under ``serve()``::
 
 Theory of operation
 -------------------
-* **One connection per request**, sent with ``connection: close``; the server task for it runs
+* **One connection per request**, over a stream pair whose upload direction is in lockstep
+  (the app's reads pace the test's writes, as a socket's buffer does), sent with ``connection: close``; the server task for it runs
   in the transport's nursery, which ``async with AsyncClient(...)`` opens (httpx enters its
   transport).  Streaming responses (``client.stream(...)``, endless SSE feeds) need that: the
   app keeps running while the test reads.  Closing the response cancels that request's server
@@ -136,7 +137,13 @@ class _Exchange:
     def __init__(self, transport: Transport, request: httpx.Request) -> None:
         self.transport = transport
         self.request = request
-        self.client, self.server = trio.testing.memory_stream_pair()
+        # Client to server in lockstep (a send waits for the server to read it, as a socket's
+        # buffer fills): an upload is never buffered whole between the test and the app.
+        # Server to client with a buffer, as a socket's receive buffer would hold a response.
+        upload_send, upload_receive = trio.testing.lockstep_stream_one_way_pair()
+        download_send, download_receive = trio.testing.memory_stream_one_way_pair()
+        self.client = trio.StapledStream(upload_send, download_receive)
+        self.server = trio.StapledStream(download_send, upload_receive)
         self.h11 = h11.Connection(h11.CLIENT)
         self.recorder = _Recorder()
         self.scope = trio.CancelScope()
