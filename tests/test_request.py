@@ -65,7 +65,7 @@ async def test_url_follows_the_scheme_and_host_the_client_used():
 async def test_bad_query_strings_are_a_400():
     async def app(env):
         try:
-            Request(env).query
+            _ = Request(env).query
         except RequestError as exc:
             return exc.response()
         return 200, {}, []
@@ -133,7 +133,10 @@ async def test_multipart_form_spools_big_files_to_disk_and_closes_them_after_the
         r = await c.post(
             "/",
             data={"title": "two files ✓"},
-            files={"small": ("note.txt", b"hello", "text/plain"), "big": ("../../etc/big.bin", BIG, "application/x-big")},
+            files={
+                "small": ("note.txt", b"hello", "text/plain"),
+                "big": ("../../etc/big.bin", BIG, "application/x-big"),
+            },
         )
     assert r.status_code == 200, r.text
     assert r.json() == {

@@ -12,8 +12,8 @@ hijacks all behave as under ``serve()``::
 Theory of operation
 -------------------
 * **One connection per request**, over a stream pair whose upload direction is in lockstep
-  (the app's reads pace the test's writes, as a socket's buffer does), sent with ``connection: close``; the server task for it runs
-  in the transport's nursery, which ``async with AsyncClient(...)`` opens (httpx enters its
+  (the app's reads pace the test's writes, as a socket's buffer does), sent with
+  ``connection: close``; the server task for it runs in the transport's nursery, which ``async with AsyncClient(...)`` opens (httpx enters its
   transport).  Streaming responses (``client.stream(...)``, endless SSE feeds) need that: the
   app keeps running while the test reads.  Closing the response cancels that request's server
   task.  A transport used without ``async with`` runs each request in a nursery of its own and
@@ -335,17 +335,24 @@ class Transport(httpx.AsyncBaseTransport):
             self._nursery.start_soon(exchange.send_request)
             return await exchange.response()
         # Not entered: run this request in a nursery of its own and buffer the whole response.
+        # Errors are carried out of the nursery so the test sees them bare, not in a group.
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(exchange.run_server)
             nursery.start_soon(exchange.send_request)
-            response = await exchange.response()
-            if response.status_code == 101:
+            try:
+                response = await exchange.response()
+                if response.status_code == 101:
+                    raise RuntimeError("a 101 upgrade needs the transport entered: async with httpx.AsyncClient(...)")
+                content = b"".join([chunk async for chunk in response.aiter_raw()])  # still encoded
+            except Exception as exc:
+                failure = exc
                 nursery.cancel_scope.cancel()
-                raise RuntimeError("a 101 upgrade needs the transport entered: async with httpx.AsyncClient(...)")
-            content = b"".join([chunk async for chunk in response.aiter_raw()])  # still encoded
+        if failure is not None:
+            raise failure
         return httpx.Response(
             status_code=response.status_code,
             headers=response.headers,
-            content=content,
+            stream=httpx.ByteStream(content),  # (content= would rewrite content-length)
             extensions=response.extensions,
         )
