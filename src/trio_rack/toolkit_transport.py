@@ -14,8 +14,9 @@ Theory of operation
 * **One connection per request**, over a stream pair whose upload direction is in lockstep
   (the app's reads pace the test's writes, as a socket's buffer does), sent with
   ``connection: close``; the server task for it runs in the transport's nursery, which
-  ``async with AsyncClient(...)`` opens (httpx enters its transport).  Streaming responses (``client.stream(...)``, endless SSE feeds) need that: the
-  app keeps running while the test reads.  Closing the response cancels that request's server
+  ``async with AsyncClient(...)`` opens (httpx enters its transport).  Streaming responses
+  (``client.stream(...)``, endless SSE feeds) need that: the app keeps running while the test
+  reads.  Closing the response cancels that request's server
   task.  A transport used without ``async with`` runs each request in a nursery of its own and
   reads the whole response before returning (fine for anything that ends).
 * **App errors reach the test.**  The connection loop turns an app exception into a 500 (or an
