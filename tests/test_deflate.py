@@ -263,3 +263,14 @@ async def test_partial_hijack_is_passed_through_untouched():
     r, raw = await raw_get(Deflater(app))
     assert "content-encoding" not in r.headers and "vary" not in r.headers
     assert raw == b"raw bytes " * 200
+
+
+async def test_file_bodies_keep_sendfile_unless_asked(tmp_path):
+    from trio_rack.static import Files
+
+    (tmp_path / "big.css").write_bytes(HTML)
+    r, raw = await raw_get(Deflater(Files(tmp_path)), path="/big.css")
+    assert "content-encoding" not in r.headers and raw == HTML
+    assert r.headers["vary"] == "accept-encoding"
+    r, raw = await raw_get(Deflater(Files(tmp_path), compress_files=True), path="/big.css")
+    assert r.headers["content-encoding"] == "gzip" and gzip.decompress(raw) == HTML

@@ -14,6 +14,9 @@ A response is compressed when all of these hold:
 * it is not already encoded (``content-encoding`` other than ``identity``), carries no
   ``cache-control: no-transform``, and is not a partial hijack (``rack.hijack``: the app
   speaks its own protocol) or a full one;
+* its body does not name a file (a ``path`` attribute, as :class:`~trio_rack.FileBody` has):
+  those go out with ``sendfile``, which compressing would defeat — precompress them instead
+  (``Files`` serves ``.br``/``.gz`` siblings) or pass ``compress_files=True``;
 * its size, when known (a buffered body, or the app's ``content-length``), is at least
   ``min_size`` (1 KiB by default; ``min_size=0`` compresses everything).  A streamed body of
   unknown size is compressed.
@@ -167,7 +170,8 @@ class Deflater:
     ``min_size``: smallest known size compressed; ``content_types``: compressible media types
     (wildcards allowed); ``encodings``: codings offered, in order of preference (those not
     installed are skipped); ``level``: gzip level (brotli quality 4 and zstd level 3 are
-    fixed: good ratios at streaming speeds).
+    fixed: good ratios at streaming speeds); ``compress_files``: compress bodies that name a
+    file too (they then lose ``sendfile``).
     """
 
     def __init__(
@@ -178,8 +182,10 @@ class Deflater:
         content_types: Iterable[str] = DEFAULT_CONTENT_TYPES,
         encodings: Iterable[str] | None = None,
         level: int = 6,
+        compress_files: bool = False,
     ) -> None:
         self.app = app
+        self.compress_files = compress_files
         self.min_size = min_size
         self.content_types = tuple(t.lower() for t in content_types)
         have = available_encodings()
@@ -221,6 +227,8 @@ class Deflater:
             or "no-transform" in cache_control
         ):
             return status, headers, body
+        if hasattr(body, "path") and not self.compress_files:
+            return status, headers, body  # sendfile beats compression; precompress files
         coding = choose_encoding(env.get("HTTP_ACCEPT_ENCODING"), self.encodings)
         if coding is None:
             return status, headers, body
