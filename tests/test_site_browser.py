@@ -17,9 +17,9 @@ from types import ModuleType
 import httpx
 import pytest
 import trio
+
 from cdp import chromium_available, launch_chromium
 from e2e_support import EXAMPLES, start_server
-
 from trio_rack.builder import Builder
 from trio_rack.testing import Transport
 
