@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -123,3 +127,26 @@ async def test_builder_app_is_served_from_an_app_py(tmp_path):
     app = load_app(str(tmp_path / "app.py"))
     async with client(app) as c:
         assert (await c.get("/hi/there")).text == "hello /hi"
+
+
+def _readme_block(start: str) -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    begin = readme.index("```python\n" + start) + len("```python\n")
+    return readme[begin : readme.index("```", begin)]
+
+
+async def test_the_readme_toolkit_app_and_its_test_run(tmp_path, monkeypatch):
+    """The README's complete app.py, and its pytest-trio example, exactly as printed."""
+    (tmp_path / "public" / "pages").mkdir(parents=True)
+    (tmp_path / "public" / "pages" / "index.html").write_text("<h1>home</h1>")
+    (tmp_path / "public" / "site.css").write_text("body {}")
+    monkeypatch.chdir(tmp_path)
+    module = types.ModuleType("app")
+    exec(compile(_readme_block("# app.py\nimport os"), "README app.py", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, "app", module)
+    namespace: dict[str, object] = {}
+    exec(compile(_readme_block("# test_app.py"), "README test_app.py", "exec"), namespace)
+    await namespace["test_notes_api"]()  # type: ignore[operator]
+    async with client(module.app) as c:
+        assert (await c.get("/")).text == "<h1>home</h1>"
+        assert (await c.get("/static/site.css")).headers["cache-control"] == "public, max-age=3600"
