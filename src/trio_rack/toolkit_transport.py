@@ -149,6 +149,7 @@ class _Exchange:
         self.recorder = _Recorder()
         self.scope = trio.CancelScope()
         self.done = trio.Event()
+        self.sent = trio.Event()  # the request is written (or writing it failed)
 
     async def run_server(self) -> None:
         _RECORDER.set(self.recorder)  # this task's context only (and its children's)
@@ -175,9 +176,13 @@ class _Exchange:
             async for chunk in request.stream:  # type: ignore[union-attr]
                 if chunk:
                     await self.client.send_all(self.h11.send(h11.Data(data=chunk)) or b"")
-            await self.client.send_all(self.h11.send(h11.EndOfMessage()) or b"")
+            end = self.h11.send(h11.EndOfMessage())
+            if end:
+                await self.client.send_all(end)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the server closed early (an error response): the reader reports it
+        finally:
+            self.sent.set()
 
     async def next_event(self) -> Any:
         while True:
@@ -221,6 +226,8 @@ class _Exchange:
             event = await self.next_event()
             if type(event) is h11.InformationalResponse:
                 if event.status_code == 101:
+                    # The raw stream is the test's now: the request writer must be out of it.
+                    await self.sent.wait()
                     return self._switched(event)
                 informational.append(event.status_code)
                 continue
