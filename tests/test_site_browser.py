@@ -23,7 +23,9 @@ from e2e_support import EXAMPLES, start_server
 from trio_rack.builder import Builder
 from trio_rack.testing import Transport
 
-needs_chromium = pytest.mark.skipif(not chromium_available(), reason="chromium is not installed (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    not chromium_available(), reason="chromium is not installed (apt-get install chromium)"
+)
 
 
 def load_site() -> ModuleType:

@@ -1,8 +1,8 @@
 """An ``httpx`` transport that runs the real request cycle in-process (``testing.Transport``).
 
 Like httpx's ``ASGITransport``, but what runs is trio-rack's own HTTP/1.1 connection loop
-(:class:`~trio_rack.http1.connection.HTTPConnection`) over a memory stream pair: the bytes the
-app's response becomes are the bytes a socket would carry, parsed back by h11.  So framing,
+(:func:`trio_rack.testing.serve_stream`, as under ``serve()``) over a memory stream pair: the
+bytes the app's response becomes are the bytes a socket would carry, parsed back by h11.  So framing,
 ``HEAD``, ``content-length`` checks, hop-by-hop stripping, 500s for contract breaches and
 hijacks all behave as under ``serve()``::
 
@@ -54,8 +54,8 @@ import trio.testing
 from .app.env import ConnInfo
 from .app.response import AppError
 from .config import Limits
-from .http1.connection import HTTPConnection
 from .state import ServerState
+from .testing import serve_stream
 
 __all__ = ["Transport", "NetworkStream"]
 
@@ -158,7 +158,7 @@ class _Exchange:
         info = ConnInfo(url.scheme, (url.host, port), self.transport.client)
         try:
             with self.scope:
-                await HTTPConnection(self.server, self.transport.state, info).run()
+                await serve_stream(self.server, self.transport.state, info=info)
         finally:
             await trio.aclose_forcefully(self.server)
             self.done.set()
