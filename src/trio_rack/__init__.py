@@ -5,9 +5,12 @@
 README and in :mod:`trio_rack.types`.
 """
 
+from .builder import Builder
 from .config import Bind, ConfigError, Limits
+from .files import FileBody
+from .request import Request
 from .server.serve import run, serve
 
-__all__ = ["Bind", "ConfigError", "Limits", "run", "serve", "__version__"]
+__all__ = ["Bind", "Builder", "ConfigError", "FileBody", "Limits", "Request", "run", "serve", "__version__"]
 
 __version__ = "0.1.0"

@@ -181,3 +181,14 @@ async def memory_connection(
             # and the nursery would then swallow it.
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(client)
+
+
+
+def __getattr__(name: str) -> Any:
+    # ``Transport`` (trio_rack.toolkit_transport) needs httpx, a test-only dependency: imported
+    # on first use, so memory_connection works without httpx installed.
+    if name == "Transport":
+        from .toolkit_transport import Transport
+
+        return Transport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
