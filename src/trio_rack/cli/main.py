@@ -147,6 +147,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="one Combined Log Format line per response on stderr (default: on)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # a worker's ready pipe
     _add_tls_flags(parser.add_argument_group("TLS and client certificates"))
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
@@ -341,6 +342,7 @@ def _certs_command(args: argparse.Namespace) -> int:
 
 def _serve_command(args: argparse.Namespace) -> int:
     activated = systemd.listen_fds()  # first: the app must not see (or pass on) LISTEN_*
+    notifier = systemd.Notifier.from_environ()  # likewise NOTIFY_SOCKET: the main process notifies
     configure_logging(args.log_level, access_log=args.access_log)
     app = load_app(args.app)  # in the supervisor too: a bad app is one error line, not a crash loop
     binds = _resolve_binds(args.bind, activated)
@@ -350,7 +352,14 @@ def _serve_command(args: argparse.Namespace) -> int:
     announce = functools.partial(_announce, dev=dev)
     if (args.count > 1 or args.max_requests) and not args.worker:
         command = functools.partial(_worker_command, args, cert=cert, key=key)
-        return workers.supervise(binds, count=args.count, worker_command=command, announce=announce)
+        return workers.supervise(
+            binds,
+            count=args.count,
+            worker_command=command,
+            announce=announce,
+            notifier=notifier,
+            backlog=limits.backlog,
+        )
     budget = None
     if args.max_requests:
         app = budget = workers.RequestBudget(app, max_requests=args.max_requests, jitter=args.max_requests_jitter)
@@ -368,9 +377,10 @@ def _serve_command(args: argparse.Namespace) -> int:
         functools.partial(
             _serve_until_signalled,
             serving,
-            announce=None if args.worker else announce,
+            announce=_worker_ready(args) if args.worker else announce,
             lifeline=args.worker,
             budget=budget,
+            notifier=notifier,
         )
     )
     return workers.RECYCLE_EXIT if budget is not None and budget.exhausted.is_set() else 0
@@ -462,15 +472,18 @@ async def _serve_until_signalled(
     announce: Callable[[list[Bind]], None] | None,
     lifeline: bool,
     budget: workers.RequestBudget | None = None,
+    notifier: systemd.Notifier | None = None,
 ) -> None:
     """Run ``serving`` (serve() with its arguments bound) until SIGINT/SIGTERM.
 
     The first signal shuts down gracefully, a second cancels everything (as
     :func:`trio_rack.server.run` does); ``announce`` gets the bound addresses once listening.
-    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.
+    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.  ``notifier``
+    (systemd) hears READY once listening and STOPPING at shutdown; SIGHUP is logged as
+    unsupported (only the supervisor of ``-n`` restarts).
     """
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, signals, shutdown, nursery.cancel_scope)
             if lifeline:
@@ -480,6 +493,8 @@ async def _serve_until_signalled(
             bound = await nursery.start(_serve_then_stop, serving, shutdown, nursery.cancel_scope)
             if announce is not None:
                 announce(bound)
+            if notifier is not None and notifier.enabled:
+                nursery.start_soon(notifier.run, shutdown)
 
 
 async def _serve_then_stop(
@@ -498,6 +513,15 @@ async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Even
     if not shutdown.is_set():
         log.info("served %d requests (--max-requests): shutting down gracefully", budget.limit)
         shutdown.set()
+
+
+def _worker_ready(args: argparse.Namespace) -> Callable[[list[Bind]], None] | None:
+    """A worker's "announce": tell the supervisor, through ``--ready-fd``, that it serves."""
+    fd = args.ready_fd
+    if fd is None:
+        return None
+    os.set_inheritable(fd, False)  # not for the app's children
+    return lambda _bound: workers.report_ready(fd)
 
 
 def _announce(bound: list[Bind], *, dev: DevCert | None) -> None:

@@ -471,9 +471,17 @@ def run(app: Any, **kwargs: Any) -> None:
 
 async def watch_signals(signals: AsyncIterator[int], shutdown: trio.Event, scope: trio.CancelScope) -> None:
     """The shutdown protocol shared by :func:`run` and the CLI: the first SIGINT/SIGTERM sets
-    ``shutdown`` (graceful), a second cancels ``scope`` (at once)."""
+    ``shutdown`` (graceful), a second cancels ``scope`` (at once).  A SIGHUP (if ``signals``
+    carries it: the CLI's single process) is logged as unsupported: only the supervisor of
+    ``-n`` restarts workers."""
     async for signum in signals:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.warning(
+                "SIGHUP: restarts are not supported in a single process (ignored); "
+                "run with -n 2 (or more) for zero-downtime rolling restarts on SIGHUP"
+            )
+            continue
         if shutdown.is_set():
             log.info("%s again: stopping now", name)
             scope.cancel()
