@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 import trio_rack
 from e2e_support import TLSFiles, curl, make_tls_files
-from trio_rack import ConfigError
-from trio_rack.config import TLSConfig
+from trio_rack import ConfigError, TLSConfig
 
 OPENSSL = "/usr/bin/openssl"
 TIMEOUT = 20

@@ -5,9 +5,9 @@
 README and in :mod:`trio_rack.types`.
 """
 
-from .config import Bind, ConfigError, Limits
+from .config import Bind, ConfigError, Limits, TLSConfig
 from .server.serve import run, serve
 
-__all__ = ["Bind", "ConfigError", "Limits", "run", "serve", "__version__"]
+__all__ = ["Bind", "ConfigError", "Limits", "TLSConfig", "run", "serve", "__version__"]
 
 __version__ = "0.1.0"
