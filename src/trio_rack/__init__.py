@@ -6,11 +6,22 @@ README and in :mod:`trio_rack.types`.
 """
 
 from .builder import Builder
-from .config import Bind, ConfigError, Limits
+from .config import Bind, ConfigError, Limits, TLSConfig
 from .files import FileBody
 from .request import Request
 from .server.serve import run, serve
 
-__all__ = ["Bind", "Builder", "ConfigError", "FileBody", "Limits", "Request", "run", "serve", "__version__"]
+__all__ = [
+    "Bind",
+    "Builder",
+    "ConfigError",
+    "FileBody",
+    "Limits",
+    "Request",
+    "TLSConfig",
+    "run",
+    "serve",
+    "__version__",
+]
 
 __version__ = "0.1.0"
