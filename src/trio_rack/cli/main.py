@@ -50,6 +50,7 @@ from ..net.tls import make_server_context
 from ..server import systemd, workers
 from ..server.certs import DevCert, dev_certificate
 from ..server.serve import serve, watch_signals
+from .certs_command import add_certs_flags
 from .loader import DEFAULT_APP, load_app
 
 __all__ = ["main", "build_parser", "configure_logging"]
@@ -76,7 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return USAGE_EXIT
         if _only(exc, KeyboardInterrupt) is not None:
             return 0  # Ctrl-C before the signal handlers were in place: nothing to clean up
+        if _only(exc, BrokenPipeError) is not None:
+            _silence_stdout()  # `trio-rack certs | head -1`: the reader had what it wanted
+            return 0
         raise
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot raise EPIPE again
+    (the recipe of the Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs = commands.add_parser(
         "certs",
-        help="print the development certificate's paths",
+        help="print the development certificate's paths; trust or export it",
         description="Print the paths of the development CA certificate, the server certificate "
-        "and its key, one a line, CA first; create them if missing.",
+        "and its key, one a line, CA first; create them if missing.  With --install/--uninstall, "
+        "add the CA to (remove it from) the browsers' NSS databases; with --out, copy the files.",
     )
-    certs.set_defaults(run=_certs_command)
+    add_certs_flags(certs)
     return parser
 
 
@@ -275,12 +290,6 @@ def _bind_arg(text: str) -> Bind | str:
 
 
 # -- commands ------------------------------------------------------------------------------------
-
-
-def _certs_command(args: argparse.Namespace) -> int:
-    dev = dev_certificate()
-    print(dev.ca, dev.cert, dev.key, sep="\n", flush=True)
-    return 0
 
 
 def _serve_command(args: argparse.Namespace) -> int:
