@@ -12,13 +12,15 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
 from cdp import chromium_available, launch_chromium
-from test_cli import command, running
+from e2e_support import EXAMPLES
+from test_cli import command, curl, running
 from trio_rack.cli import trust
 from trio_rack.cli.main import main
 
@@ -182,3 +184,30 @@ async def test_chromium_trusts_the_installed_ca(tmp_path: Path, home: Path, env:
                 assert await page.evaluate("location.protocol") == "https:"
 
 
+
+
+async def test_tls_demo_serves_the_certificate_from_a_certs_folder(tmp_path: Path, env: dict[str, str]) -> None:
+    """``trio-rack certs --out DIR`` then ``examples/tls_demo.py --certs DIR``: curl trusts DIR/ca.pem."""
+    folder = tmp_path / "certs"
+    assert certs("--out", str(folder), env=env).returncode == 0
+    demo = [sys.executable, str(EXAMPLES / "tls_demo.py"), "-b", "https://127.0.0.1:0", "--certs", str(folder)]
+    proc = await trio.lowlevel.open_process(demo, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        output = b""
+        with trio.fail_after(15):
+            while b"serving https://" not in output:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, output
+                output += chunk
+        lines = output.decode().splitlines()
+        assert lines[0] == f"certificate: {folder / 'localhost.pem'} (from {folder})"
+        port = int(next(line for line in lines if line.startswith("serving")).rsplit(":", 1)[1])
+        got = await curl("--cacert", str(folder / "ca.pem"), f"https://localhost:{port}/")
+        assert got.startswith("Hello over https!")
+    finally:
+        proc.kill()
+        with trio.move_on_after(5):
+            await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
