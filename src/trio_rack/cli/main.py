@@ -228,10 +228,11 @@ def _add_limit_flags(group: argparse._ArgumentGroup) -> None:
         kind: type = float if hints[field.name] is float else int
         default = "unlimited" if field.default is None else field.default
         doc = docs.get(field.name, field.name.replace("_", " ")).rstrip(".")
+        convert = _positive(kind) if field.default is not None else _unlimited_or(_positive(kind))
         group.add_argument(
             _flag(field),
             dest=field.name,
-            type=_positive(kind),
+            type=convert,
             default=None,
             metavar="SECONDS" if kind is float else "N",
             help=f"{doc} (default: {default})".replace("%", "%%"),
@@ -278,6 +279,20 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
     convert.__name__ = kind.__name__
     return convert
+
+
+#: What the help's "(default: unlimited)" invites for a limit whose default is None.
+UNLIMITED_WORDS = ("unlimited", "none")
+
+
+def _unlimited_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``--max-body-size unlimited`` (or ``None``) is the default spelled out: no limit."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in UNLIMITED_WORDS else convert(text)
+
+    parse.__name__ = convert.__name__
+    return parse
 
 
 def _bind_arg(text: str) -> Bind | str:

@@ -121,10 +121,14 @@ def _bind_unix(bind: Bind) -> socket.socket:
     """Bind a Unix socket; a stale socket file is replaced, a live one is an error."""
     path = bind.path
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
+        mode = os.stat(path).st_mode
+        if stat.S_ISSOCK(mode):
             if _socket_is_live(path):
                 raise ConfigError(f"unix:{path} is in use by a running server")
             os.unlink(path)  # a stale socket from an earlier run
+        else:  # bind() would say "Address already in use", which sends users looking for a server
+            kind = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
+            raise ConfigError(f"cannot listen on unix:{path}: {kind} is in the way (never replaced); remove it")
     except FileNotFoundError:
         pass
     except OSError as exc:
