@@ -50,6 +50,7 @@ from ..net.tls import make_server_context
 from ..server import systemd, workers
 from ..server.certs import DevCert, dev_certificate
 from ..server.serve import serve, watch_signals
+from . import config_sources, hints
 from .certs_command import add_certs_flags
 from .loader import DEFAULT_APP, load_app
 
@@ -67,7 +68,11 @@ _LOCAL_HOSTS = {"127.0.0.1", "::1", "0.0.0.0", "::"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trio-rack`` console script and ``python -m trio_rack``."""
-    args = build_parser().parse_args(argv)
+    try:  # flags, then TRIO_RACK_* variables, then --config FILE, then defaults
+        args = config_sources.parse_args(build_parser(), argv)
+    except ConfigError as bad:
+        _print_error(str(bad))
+        return USAGE_EXIT
     try:
         return int(args.run(args))
     except BaseException as exc:
@@ -97,6 +102,13 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``trio-rack: error:`` line like every other error."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            known = [o for action in self._actions for o in action.option_strings]
+            for sub in self._subparsers._group_actions if self._subparsers else []:
+                for choice in getattr(sub, "choices", {}).values():
+                    known += [o for action in choice._actions for o in action.option_strings]
+            hint = hints.flag_hint(message.split(": ", 1)[1].split(), known)
+            message += f"; {hint}" if hint else ""
         _print_error(message)
         raise SystemExit(USAGE_EXIT)
 
@@ -162,6 +174,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="one Combined Log Format line per response on stderr (default: on)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    config_sources.add_config_flags(parser)
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
     parser.set_defaults(run=_serve_command)
@@ -301,7 +314,8 @@ def _bind_arg(text: str) -> Bind | str:
     try:
         return parse_bind(text)
     except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        hint = hints.bind_hint(text)
+        raise argparse.ArgumentTypeError(f"{exc}; {hint}" if hint else str(exc)) from None
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -403,6 +417,8 @@ def _worker_command(
 ) -> list[str]:
     """The argv of one worker: this command, on inherited sockets, without a banner."""
     argv = [sys.executable, "-m", "trio_rack", "serve", args.app, "--worker", "--log-level", args.log_level]
+    if args.config:  # what the flags below do not carry; they win over it
+        argv += ["--config", str(args.config)]
     argv.append("--access-log" if args.access_log else "--no-access-log")
     for bind in fd_binds:
         argv += ["-b", str(bind)]
