@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from .. import __version__
+from .. import __version__, logs
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
 from ..net.tls import make_server_context
@@ -173,6 +173,21 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="one Combined Log Format line per response on stderr (default: on)",
     )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text lines, or one JSON object a line (time, level, logger, message; access lines add "
+        "remote_addr, method, path, query, protocol, status, bytes, duration_ms, referer, user_agent)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--access-log-format", metavar="FORMAT", default=logs.COMBINED,
+        help="Apache LogFormat tokens for access lines: %%h %%l %%u %%t %%r %%m %%U %%q %%H %%s %%b %%B %%D %%T "
+        "%%{Referer}i %%{User-agent}i (default: the Combined Log Format)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-config", metavar="FILE",
+        help="configure logging from FILE instead: logging.config.dictConfig from .json or .toml, "
+        "fileConfig from .ini",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     config_sources.add_config_flags(parser)
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
@@ -323,7 +338,11 @@ def _bind_arg(text: str) -> Bind | str:
 
 def _serve_command(args: argparse.Namespace) -> int:
     activated = systemd.listen_fds()  # first: the app must not see (or pass on) LISTEN_*
-    configure_logging(args.log_level, access_log=args.access_log)
+    configure_logging(
+        args.log_level, access_log=args.access_log, log_format=args.log_format, access_log_format=args.access_log_format
+    )
+    if args.log_config:
+        logs.load_log_config(args.log_config)
     app = load_app(args.app)  # in the supervisor too: a bad app is one error line, not a crash loop
     binds = _resolve_binds(args.bind, activated)
     limits = Limits(**_given_limits(args))
@@ -420,6 +439,9 @@ def _worker_command(
     if args.config:  # what the flags below do not carry; they win over it
         argv += ["--config", str(args.config)]
     argv.append("--access-log" if args.access_log else "--no-access-log")
+    argv += ["--log-format", args.log_format, "--access-log-format", args.access_log_format]
+    if args.log_config:
+        argv += ["--log-config", str(args.log_config)]
     for bind in fd_binds:
         argv += ["-b", str(bind)]
     if args.proxy_headers:
@@ -496,25 +518,19 @@ def _announce(bound: list[Bind], *, dev: DevCert | None) -> None:
         print(f"{PROG}: try: curl --cacert {shlex.quote(str(dev.ca))} {url}", flush=True)
 
 
-def configure_logging(level: str, *, access_log: bool, stream: Any = None) -> None:
+def configure_logging(
+    level: str,
+    *,
+    access_log: bool,
+    stream: Any = None,
+    log_format: str = "text",
+    access_log_format: str = logs.COMBINED,
+) -> None:
     """Send the ``trio_rack`` loggers to stderr: the error log at ``level``, and the access
-    log (``trio_rack.access``, bare Combined Log Format lines) on or off regardless of level."""
-    stream = stream if stream is not None else sys.stderr
-    errors = logging.getLogger("trio_rack")
-    errors.handlers[:] = [_handler(stream, "%(asctime)s [%(process)d] %(levelname)s: %(message)s")]
-    errors.setLevel(level.upper())
-    errors.propagate = False
-    access = logging.getLogger("trio_rack.access")
-    access.handlers[:] = [_handler(stream, "%(message)s")]
-    access.setLevel(logging.INFO)
-    access.propagate = False
-    access.disabled = not access_log
-
-
-def _handler(stream: Any, fmt: str) -> logging.Handler:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(fmt))
-    return handler
+    log (``trio_rack.access``) on or off regardless of level (:func:`trio_rack.logs.configure`)."""
+    logs.configure(
+        level, access_log=access_log, log_format=log_format, access_log_format=access_log_format, stream=stream
+    )
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -33,6 +33,7 @@ from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
 from ..http1.connection import HTTPConnection
+from ..logs import ensure_default_logging
 from ..net.tls import accept_tls, make_server_context
 from ..state import ServerState
 from .liveness import run_liveness_sweeper
@@ -234,6 +235,7 @@ async def serve(
     :class:`~trio_rack.proxy.ProxyHeaders` instance sets the whole policy instead (e.g. RFC 7239
     ``Forwarded``).  See :mod:`trio_rack.proxy`.
     """
+    ensure_default_logging()  # a script that configured no logging still sees our log on stderr
     binds = normalize_binds(bind)
     limits = limits or Limits()
     proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
@@ -272,6 +274,8 @@ async def _serve_listeners(
                     connection_slots,
                     connections,
                 )
+            for bound, _ in listeners:
+                log.info("listening on %s", bound)
             task_status.started([b for b, _ in listeners])
             if shutdown_trigger is not None:
                 await shutdown_trigger.wait()
