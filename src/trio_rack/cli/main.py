@@ -50,7 +50,7 @@ from ..net.tls import make_server_context
 from ..server import systemd, workers
 from ..server.certs import DevCert, dev_certificate
 from ..server.serve import serve, watch_signals
-from . import config_sources, hints
+from . import config_sources, hints, reload
 from .certs_command import add_certs_flags
 from .loader import DEFAULT_APP, load_app
 
@@ -190,6 +190,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     config_sources.add_config_flags(parser)
+    reload.add_reload_flags(parser)
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
     parser.set_defaults(run=_serve_command)
@@ -349,6 +350,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     proxy = _proxy_policy(args)
     cert, key, dev = _tls_files(args, binds)
     announce = functools.partial(_announce, dev=dev)
+    if args.reload and not args.worker:  # the reloader holds the sockets and runs one worker at a time
+        command = functools.partial(_worker_command, args, cert=cert, key=key)
+        return reload.run_reloading(args, binds, worker_command=command, announce=announce)
     if (args.count > 1 or args.max_requests) and not args.worker:
         command = functools.partial(_worker_command, args, cert=cert, key=key)
         return workers.supervise(binds, count=args.count, worker_command=command, announce=announce)
@@ -370,7 +374,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         functools.partial(
             _serve_until_signalled,
             serving,
-            announce=None if args.worker else announce,
+            announce=reload.ready_announcer() if args.worker else announce,
             lifeline=args.worker,
             budget=budget,
         )
