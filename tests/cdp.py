@@ -142,7 +142,7 @@ async def launch_chromium(profile: Path, *, home: Path | None = None) -> AsyncIt
     Resource handling: on exit the CDP websocket closes and the browser process is terminated
     (killed if it lingers) and reaped.
     """
-    profile.mkdir(parents=True, exist_ok=True)
+    profile.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a local temp directory, once, before any task)
     argv = [
         CHROMIUM,
         "--headless",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trio_rack.config import ConfigError
 from trio_rack.cli.loader import load_app
+from trio_rack.config import ConfigError
 
 _package_numbers = itertools.count()
 
