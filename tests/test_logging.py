@@ -213,3 +213,28 @@ def test_access_fields_parse_the_escaped_line() -> None:
     record.access = {**fields, "duration_ms": 12.5}  # what the server passes once it measures
     line = logs.AccessFormatter("%s %D %T").format(record)
     assert line == "404 12500 0"
+
+
+async def test_workers_log_in_the_same_format(project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """-n 2: the supervisor hands --log-format and the --config file on to its workers."""
+    config = tmp_path / "settings.toml"
+    config.write_text('access_log_format = "W %m %U %s"\n')
+    args = ["-b", "http://127.0.0.1:0", "-n", "2", "--log-format", "json", "--config", str(config)]
+    async with running(args, cwd=project, env=env) as server:
+        await http_get(server.port("http"), "/from-a-worker")
+        await server.wait_for_log('"logger": "trio_rack.access"')
+    records = [json.loads(line) for line in server.log().splitlines()]
+    assert any(r["message"].startswith("worker 1 started") for r in records)
+    access = [r for r in records if r["logger"] == "trio_rack.access"]
+    assert len(access) == 1 and access[0]["path"] == "/from-a-worker" and access[0]["status"] == 200
+
+
+async def test_workers_use_the_access_log_format_of_the_config_file(
+    project: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('access_log_format = "W %m %U %s"\ncount = 2\n')
+    async with running(["-b", "http://127.0.0.1:0", "--config", str(config)], cwd=project, env=env) as server:
+        await http_get(server.port("http"), "/fmt")
+        await server.wait_for_log("W GET /fmt 200")
+    assert "supervisor" in server.log() and "started 2 workers" in server.log()

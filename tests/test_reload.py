@@ -168,3 +168,34 @@ def test_reload_with_an_app_that_does_not_import_exits_2(project: Path, env: dic
         "trio-rack: error: importing app 'app.py' failed: ModuleNotFoundError: No module named "
         f"'nowhere_to_be_found' ({project / 'app.py'}, line 1)"
     ]
+
+
+async def test_reload_dir_watches_only_the_given_directories(project: Path, env: dict[str, str]) -> None:
+    lib = project / "lib"
+    lib.mkdir()
+    (lib / "version.py").write_text('VERSION = b"lib1"\n')
+    (project / "app.py").write_text(
+        "import sys, pathlib\nsys.path.insert(0, str(pathlib.Path(__file__).parent / 'lib'))\n"
+        "from version import VERSION\nasync def app(env):\n    return 200, {}, [VERSION]\n"
+    )
+    args = ["app.py", "-b", "http://127.0.0.1:0", "--reload", "--no-access-log", "--reload-dir", "lib"]
+    async with running(args, cwd=project, env=env) as server:
+        client = Client(server.port("http"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.run)
+            await client.wait_for(b"lib1")
+            (project / "other.py").write_text("x = 1\n")  # outside lib/: not watched
+            (lib / "version.py").write_text('VERSION = b"lib2"\n')
+            await client.wait_for(b"lib2")
+            nursery.cancel_scope.cancel()
+    assert server.log().count("starting a new worker") == 1
+    assert client.failures == []
+
+
+def test_reload_dir_must_exist(project: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        command("serve", "-b", "http://127.0.0.1:0", "--reload", "--reload-dir", "nope"),
+        cwd=project, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["trio-rack: error: --reload-dir nope: not a directory"]
