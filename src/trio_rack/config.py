@@ -116,7 +116,8 @@ def _positive(name: str, value: float | None, *, allow_none: bool = False) -> No
 class Limits:
     """Per-connection limits and timeouts (seconds, bytes).  The README explains each default.
 
-    ``None`` for ``max_body_size`` means unlimited.
+    ``None`` for ``max_body_size`` and ``limit_concurrency`` means unlimited, for
+    ``request_timeout`` off.
     """
 
     #: Request line plus headers, in bytes; over it: 431 (h11's max_incomplete_event_size).
@@ -145,11 +146,17 @@ class Limits:
     liveness_interval: float = 1.0
     #: Listen backlog: connections the kernel queues for accept() (capped by net.core.somaxconn).
     backlog: int = 2048
+    #: Longest an app may take to finish its framed response; then 503 (or an abort).
+    request_timeout: float | None = None
+    #: Slowest request body accepted, bytes a second over 5 s; slower: 408, dropped.
+    min_body_rate: int = 1024
+    #: Requests in flight per worker; beyond it 503 with retry-after.
+    limit_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            _positive(field.name, value, allow_none=field.name == "max_body_size")
+            _positive(field.name, value, allow_none=field.default is None)
             if field.type in ("int", "int | None") and value is not None and not isinstance(value, int):
                 raise ConfigError(f"{field.name} must be a whole number, got {value!r}")
 

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from email.utils import formatdate
 from typing import Any, Protocol
@@ -72,6 +74,7 @@ class ServerState:
     ``active`` holds the requests whose app is producing a framed response (several may share a
     socket on HTTP/2); the liveness sweeper polls their sockets.  ``connections`` holds every open
     connection, for the graceful drain.  ``draining`` is set on graceful shutdown.
+    ``in_flight`` counts the exchanges running their app (``--limit-concurrency``).
     """
 
     def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
@@ -82,6 +85,14 @@ class ServerState:
         self.access_log = access_log
         #: Trusted-proxy policy (an object with ``apply(env)``), or None to ignore proxy headers.
         self.proxy = proxy
+        #: Seconds an exchange may take (``--request-timeout``), or None: read once per request.
+        self.request_timeout = limits.request_timeout
+        #: Exchanges running now (not counting hijacked ones) and the most allowed
+        #: (``--limit-concurrency``; unlimited is a bound never reached, so the check stays one
+        #: int comparison), and when the last "over the limit" line was logged.
+        self.in_flight = 0
+        self.max_in_flight = limits.limit_concurrency or sys.maxsize
+        self.overload_logged_at = -math.inf
         self.active: set[LiveRequest] = set()
         self.connections: set[ConnectionHandle] = set()
         self.draining = False

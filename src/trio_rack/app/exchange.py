@@ -41,6 +41,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import math
 from typing import Any, Protocol
 
 import trio
@@ -48,6 +49,7 @@ import trio
 from ..errors import AppError, ClientGone
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import accesslog
+from .accesslog import escape
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
 from .head import RequestHead
@@ -59,6 +61,8 @@ __all__ = ["Exchange", "Outcome", "ResponseSink", "ResponseState"]
 log = logging.getLogger("trio_rack.error")
 
 Headers = list[tuple[bytes, bytes]]
+#: ``retry-after`` of a 503 over ``--limit-concurrency``, seconds (RFC 9110 §10.2.3).
+OVERLOAD_RETRY_AFTER = "1"
 
 
 class ResponseSink(Protocol):
@@ -149,7 +153,7 @@ class Exchange:
     __slots__ = (
         "state", "sink", "head", "info", "env", "fileno", "cancel_reason", "client_gone",
         "_scope", "_response", "_prepared", "_head_only", "_sent", "_status", "_headers", "_result",
-        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected",
+        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected", "_deadline",
     )  # fmt: skip
 
     def __init__(self, state: ServerState, sink: ResponseSink, head: RequestHead, info: ConnInfo) -> None:
@@ -175,6 +179,8 @@ class Exchange:
         self._response_stream: ResponseStream | None = None
         self._hijacked: trio.abc.Stream | None = None
         self._disconnected: trio.Event | None = None
+        #: The request deadline the server set (``--request-timeout``); ``math.inf`` if none.
+        self._deadline = math.inf
         self.env = self._make_env()
 
     @property
@@ -202,19 +208,57 @@ class Exchange:
         """Serve the request; never raises for the app's failures, only for outer cancellation."""
         state = self.state
         state.active.add(self)
+        state.in_flight += 1  # given back in the finally, or at a hijack (_hand_over)
         outcome = Outcome.CLOSE
         try:
-            if state.request_nursery:
+            if state.in_flight > state.max_in_flight:
+                outcome = await self._overloaded()
+            elif state.request_nursery:
                 outcome = await self._respond_in_nursery()
             else:
+                if state.request_timeout is not None:
+                    self._arm_deadline(state.request_timeout)
                 with self._scope:
                     outcome = await self._respond()
             if self._scope.cancelled_caught:
                 outcome = await self._after_cancel()
         finally:
+            if self._response is not ResponseState.HIJACKED:
+                state.in_flight -= 1
             state.active.discard(self)
             await self._finish()
         return outcome
+
+    def _arm_deadline(self, timeout: float) -> None:
+        """``--request-timeout``: the request's scope gets a deadline the app may move."""
+        self._deadline = self._scope.deadline = trio.current_time() + timeout
+
+    async def _overloaded(self) -> Outcome:
+        """``--limit-concurrency`` reached: 503 with ``retry-after``; the app is not called.
+
+        The answer goes out as an ordinary buffered response (so the connection may stay open:
+        reconnecting would cost an overloaded server more than the 503 does).
+        """
+        state = self.state
+        now = trio.current_time()
+        if now - state.overload_logged_at >= 1.0:
+            state.overload_logged_at = now
+            log.warning(
+                "concurrency limit reached: %d requests in flight; answering 503 (logged at most once a second)",
+                state.max_in_flight,
+            )
+        result = self._result = (
+            503,
+            {"content-type": "text/plain; charset=utf-8", "retry-after": OVERLOAD_RETRY_AFTER},
+            [b"503 Service Unavailable: server busy, retry later\n"],
+        )
+        prepared = self._prepared = prepare_response(result)
+        self._status, self._headers = prepared.status, result[1]
+        try:
+            return await self._send_response(prepared)
+        except ClientGone as exc:
+            self._error = exc
+            return Outcome.CLOSE
 
     async def _respond_in_nursery(self) -> Outcome:
         outcome = Outcome.CLOSE
@@ -222,6 +266,8 @@ class Exchange:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = self.env["trio_rack.cancel_scope"] = nursery.cancel_scope
+                if self.state.request_timeout is not None:
+                    self._arm_deadline(self.state.request_timeout)
                 self.env["trio_rack.nursery"] = nursery
                 outcome = await self._respond()
         except Exception as exc:  # a task of the app's failed (the adapter should catch its own)
@@ -230,12 +276,24 @@ class Exchange:
         return outcome
 
     async def _after_cancel(self) -> Outcome:
-        """:meth:`cancel` ended the request: log why; the connection goes on only if intact."""
+        """:meth:`cancel` or the request's deadline ended the request: log why, answer 503 to a
+        deadline when nothing was sent yet; the connection goes on only if intact."""
+        timed_out = self.cancel_reason is None and self._scope.deadline <= trio.current_time()
+        if timed_out:
+            # The deadline is the only other way this scope is cancelled: record it here, where
+            # it is known (the app may have moved it, so say which one passed).
+            self.cancel_reason = (
+                f"request deadline passed ({_deadline_origin(self)}): "
+                f"{escape(self.head.method.decode('latin-1'))} {escape(self.head.path.decode('latin-1'))}; "
+                "app cancelled"
+            )
         log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, self.cancel_reason)
         if self._hijacked is not None:
             return Outcome.HIJACKED
         if self._response is ResponseState.STREAMING:
             self.sink.abort()
+        elif timed_out and self._response is ResponseState.PENDING:
+            await self._send_error(503)  # the sink adds connection: close
         return Outcome.CLOSE
 
     def cancel(self, reason: str, *, client_gone: bool = False) -> None:
@@ -442,6 +500,12 @@ class Exchange:
         leftover = self._request_body.take_leftover()
         self._request_body.close()
         self.state.active.discard(self)  # the app owns the stream now: no liveness sweeps
+        self.state.in_flight -= 1  # a long-lived connection (a websocket) holds no request slot
+        if self._deadline != math.inf and self._scope.deadline == self._deadline:
+            # Hijacked connections are exempt from --request-timeout: the server's deadline is
+            # lifted.  An app opts in by setting the scope's deadline itself after the hijack
+            # (or keeps one it set before: only the server's own deadline is lifted).
+            self._scope.deadline = math.inf
         return leftover
 
     async def _partial_hijack(self, prepared: PreparedResponse) -> Outcome:
@@ -509,6 +573,13 @@ async def _close_body(body: Any) -> None:
                 await ret
     except Exception:
         log.exception("closing the response body failed")
+
+
+def _deadline_origin(exchange: Exchange) -> str:
+    timeout = exchange.state.request_timeout
+    if timeout is not None and exchange._scope.deadline == exchange._deadline:
+        return f"--request-timeout {timeout:g}s"
+    return "set by the app"
 
 
 def _app_name(app: Any) -> str:

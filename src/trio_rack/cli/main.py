@@ -307,12 +307,16 @@ def _flag(field: dataclasses.Field[Any]) -> str:
     return "--" + field.name.replace("_", "-")
 
 
+#: Limit flags whose value is neither seconds nor a count.
+_LIMIT_METAVARS = {"min_body_rate": "BYTES_PER_SECOND"}
+
+
 def _add_limit_flags(group: argparse._ArgumentGroup) -> None:
     hints = typing.get_type_hints(Limits)
     docs = _field_docs(Limits)
     for field in dataclasses.fields(Limits):
-        kind: type = float if hints[field.name] is float else int
-        default = "unlimited" if field.default is None else field.default
+        kind: type = float if hints[field.name] in (float, float | None) else int
+        default = ("off" if kind is float else "unlimited") if field.default is None else field.default
         doc = docs.get(field.name, field.name.replace("_", " ")).rstrip(".")
         convert = _positive(kind) if field.default is not None else _unlimited_or(_positive(kind))
         group.add_argument(
@@ -320,7 +324,7 @@ def _add_limit_flags(group: argparse._ArgumentGroup) -> None:
             dest=field.name,
             type=convert,
             default=None,
-            metavar="SECONDS" if kind is float else "N",
+            metavar=_LIMIT_METAVARS.get(field.name, "SECONDS" if kind is float else "N"),
             help=f"{doc} (default: {default})".replace("%", "%%"),
         )
 
@@ -368,7 +372,7 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 
 #: What the help's "(default: unlimited)" invites for a limit whose default is None.
-UNLIMITED_WORDS = ("unlimited", "none")
+UNLIMITED_WORDS = ("unlimited", "none", "off")
 
 
 def _unlimited_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -57,6 +57,7 @@ from ..net.transport import (
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
 from ._h11_patch import tighten_chunk_extensions
+from .body_rate import BodyRate
 from .wire import serialize_head
 
 __all__ = ["HTTPConnection"]
@@ -93,6 +94,7 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only",
+        "_body_rate",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
@@ -118,6 +120,7 @@ class HTTPConnection:
         self._body_read = 0
         self._body_wire = 0  # bytes read from the transport while reading the body
         self._head_only = False
+        self._body_rate: BodyRate | None = None  # made at the first wait for body bytes
 
     # ----------------------------------------------------------------------------- main loop
 
@@ -199,6 +202,7 @@ class HTTPConnection:
         self.deadlines.set_read(
             ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
         )
+        skipped = 0  # empty lines ignored before this request line
         while True:
             buffered = self.h11.trailing_data[0]
             if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
@@ -215,6 +219,16 @@ class HTTPConnection:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
+                # h11 refuses an empty line before the request line; RFC 9112 §2.2 says ignore
+                # at least one.  Checked only here, so the hot path pays nothing for it.
+                skip = strict.leading_empty_lines(buffered, strict.MAX_LEADING_EMPTY_LINES - skipped)
+                if skip:
+                    skipped += skip // 2
+                    # h11 has no way to drop bytes it buffered, and is in its ERROR state now:
+                    # a fresh one (equal to a reset one between keep-alive requests) gets the rest.
+                    self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
+                    self.h11.receive_data(buffered[skip:])
+                    continue
                 await self._reject(exc.error_status_hint, str(exc))
                 return None
             if event is h11.NEED_DATA:
@@ -411,8 +425,25 @@ class HTTPConnection:
             if event is h11.NEED_DATA:
                 if h.their_state is not h11.SEND_BODY:
                     return b""
-                self.deadlines.set_read(ReadPhase.BODY, trio.current_time() + self.limits.body_timeout)
-                self._body_wire += await self._receive_into_h11()  # cancelled on timeout
+                rate = self._body_rate
+                if rate is None:
+                    rate = self._body_rate = BodyRate(self.limits.min_body_rate)
+                now = trio.current_time()
+                self.deadlines.set_read(ReadPhase.BODY, now + self.limits.body_timeout)
+                left = rate.time_left()
+                if left < self.limits.body_timeout:
+                    # --min-body-rate would fail before the body timeout: wait only that long.
+                    with trio.move_on_after(max(left, 0.0)) as slow:
+                        received = await self._receive_into_h11()  # cancelled on body timeout too
+                    if slow.cancelled_caught:
+                        self._must_close = True
+                        raise RequestBodyError(
+                            408, f"request body slower than {rate.min_rate:g} bytes a second (--min-body-rate)"
+                        )
+                else:
+                    received = await self._receive_into_h11()  # cancelled on timeout
+                rate.record(trio.current_time() - now, received)
+                self._body_wire += received
                 self.deadlines.set_read(ReadPhase.APP, math.inf)
                 if limit is not None and self._body_wire > limit + BODY_FRAMING_SLACK:
                     self._must_close = True

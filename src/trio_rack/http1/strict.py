@@ -22,6 +22,7 @@ from ..config import Limits
 __all__ = [
     "check_request",
     "has_head_end",
+    "leading_empty_lines",
     "line_break_trick",
     "request_head",
     "request_line_too_long",
@@ -37,6 +38,24 @@ _LINE_BREAK_TRICK_RE = re.compile(rb"(?<!\r)\n|\r(?!\n)|\n[ \t]")
 #: Control bytes h11 lets through in field values (it refuses NUL, CR, LF, VT and FF itself).
 _VALUE_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _ABSOLUTE_FORM_RE = re.compile(rb"(?i:https?)://([^/?#]*)[^#]*")
+#: Empty lines ignored before one request line.  RFC 9112 §2.2 asks for "at least one" (clients
+#: that end a POST body with an extra CRLF); this many is lenient and still bounded, and more is
+#: not a buggy client: 400.
+MAX_LEADING_EMPTY_LINES = 8
+
+
+def leading_empty_lines(buffered: bytes, allowed: int = MAX_LEADING_EMPTY_LINES) -> int:
+    """How many bytes of empty lines (CRLF, nothing else) at the start of ``buffered`` to ignore.
+
+    RFC 9112 §2.2: "a server that is expecting to receive and parse a request-line SHOULD
+    ignore at least one empty line (CRLF) received prior to the request-line".  Only complete
+    CRLF pairs, at most ``allowed`` of them: a bare LF or CR stays for :func:`line_break_trick`
+    (and h11) to refuse.
+    """
+    count = 0
+    while count < allowed and buffered.startswith(b"\r\n", 2 * count):
+        count += 1
+    return 2 * count
 
 
 def line_break_trick(buffered: bytes) -> str | None:
