@@ -14,6 +14,7 @@ from trio_rack import Limits
 from trio_rack.http1.strict import (
     check_request,
     has_head_end,
+    leading_empty_lines,
     line_break_trick,
     request_head,
     request_line_too_long,
@@ -72,6 +73,27 @@ def test_target_forms(method: bytes, target: bytes, verdict: str | None) -> None
         assert found is None
     else:
         assert found is not None and verdict in found
+
+
+@pytest.mark.parametrize(
+    ("data", "allowed", "skip"),
+    [
+        (b"GET / HTTP/1.1\r\n", 8, 0),
+        (b"\r\nGET / HTTP/1.1\r\n", 8, 2),  # RFC 9112 §2.2: SHOULD ignore at least one
+        (b"\r\n\r\n\r\nGET / HTTP/1.1\r\n", 8, 6),
+        (b"\r\n", 8, 2),  # all that arrived so far
+        (b"\r\n\r", 8, 2),  # a CR whose LF is still on its way stays
+        (b"\r", 8, 0),
+        (b"\nGET / HTTP/1.1\r\n", 8, 0),  # a bare LF is not an empty line: refused as before
+        (b"\r\r\nGET / HTTP/1.1\r\n", 8, 0),  # nor a bare CR
+        (b"\r\n \r\nGET / HTTP/1.1\r\n", 8, 2),  # whitespace is not empty: its line is h11's to refuse
+        (b"\r\n" * 12 + b"GET", 8, 16),  # bounded: the rest is a 400
+        (b"\r\n\r\nGET", 1, 2),  # what is left of the per-request allowance
+        (b"\r\nGET", 0, 0),
+    ],
+)
+def test_leading_empty_lines(data: bytes, allowed: int, skip: int) -> None:
+    assert leading_empty_lines(data, allowed) == skip
 
 
 def test_head_end_and_request_line_length() -> None:

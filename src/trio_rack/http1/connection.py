@@ -221,13 +221,21 @@ class HTTPConnection:
             except h11.RemoteProtocolError as exc:
                 # h11 refuses an empty line before the request line; RFC 9112 §2.2 says ignore
                 # at least one.  Checked only here, so the hot path pays nothing for it.
-                skip = strict.leading_empty_lines(buffered, strict.MAX_LEADING_EMPTY_LINES - skipped)
-                if skip:
+                allowed = strict.MAX_LEADING_EMPTY_LINES - skipped
+                skip = strict.leading_empty_lines(buffered, allowed)
+                rest = buffered[skip:]
+                if skip or (rest == b"\r" and allowed > 0):
                     skipped += skip // 2
                     # h11 has no way to drop bytes it buffered, and is in its ERROR state now:
                     # a fresh one (equal to a reset one between keep-alive requests) gets the rest.
                     self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
-                    self.h11.receive_data(buffered[skip:])
+                    if rest == b"\r":  # h11 refuses a lone CR that may begin another empty line
+                        if not await self._receive_into_h11():
+                            return None
+                        rest += self.h11.trailing_data[0]
+                        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
+                    if rest:  # (receive_data(b"") would mean end of file)
+                        self.h11.receive_data(rest)
                     continue
                 await self._reject(exc.error_status_hint, str(exc))
                 return None
