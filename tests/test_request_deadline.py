@@ -204,3 +204,40 @@ async def test_deadline_is_set_only_when_the_flag_is_on(autojump_clock):
     async with memory_connection(app, limits=Limits(request_timeout=7)) as client:
         await client.request("GET", "/")
     assert deadlines[0] == math.inf and 6.9 < deadlines[1] <= 7.0
+
+
+async def test_a_deadline_the_app_set_before_a_hijack_is_kept(autojump_clock):
+    """Only the server's own deadline is lifted at a hijack."""
+    ended: list[float] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        env["trio_rack.cancel_scope"].deadline = trio.current_time() + 4  # its own, then hijack
+
+        async def hijack(stream: Any) -> None:
+            try:
+                await trio.sleep(10)
+            finally:
+                ended.append(trio.current_time() - start)
+
+        return 101, {"upgrade": "x", "connection": "upgrade", "rack.hijack": hijack}, []
+
+    async with memory_connection(app, limits=TIMEOUT) as client:
+        start = trio.current_time()
+        await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
+        data = await read_until_closed(client.stream)
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert len(ended) == 1 and 4.0 <= ended[0] < 4.5
+
+
+async def test_an_app_cancelling_its_own_scope_is_logged_as_such(caplog):
+    caplog.set_level(logging.INFO, logger="trio_rack")
+
+    async def app(env: dict[str, Any]) -> Any:
+        env["trio_rack.cancel_scope"].cancel()
+        await trio.sleep(1)
+        return 200, {}, [b""]
+
+    async with memory_connection(app, limits=TIMEOUT) as client:
+        await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert await read_until_closed(client.stream) == b""  # not a 503: no deadline passed
+    assert any("the app cancelled its request scope" in r.getMessage() for r in caplog.records)

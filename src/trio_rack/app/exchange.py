@@ -34,6 +34,19 @@ ASGI adapter) gets ``env["trio_rack.nursery"]``, opened around the app call and 
 a task it starts may keep producing the response after ``app(env)`` returned; the exchange waits
 for those tasks, and they are cancelled with the request.  With it comes
 ``env["trio_rack.disconnected"]``, set when the client is known to be gone.
+
+Deadline (``--request-timeout``): when configured, :meth:`Exchange.run` sets the request
+scope's deadline as the app is called — only then, so the hot path without it pays one
+``is not None``.  The app may move it (``env["trio_rack.cancel_scope"].deadline``).  When the
+scope was cancelled and no :meth:`cancel` reason was recorded, a passed deadline is the cause:
+:meth:`_after_cancel` records it, logs method and path, and answers 503 (the sink adds
+``connection: close``) or aborts.  A hijack lifts the server's deadline if the app had not
+moved it; a deadline set after the hijack is the app's opt-in and stands.
+
+Overload (``--limit-concurrency``): ``ServerState.in_flight`` counts running exchanges
+(given back at a hijack, so websockets do not hold a slot); past ``max_in_flight`` the app is
+not called and a buffered 503 with ``retry-after`` goes out instead (one int comparison per
+request; unlimited is ``sys.maxsize``).
 """
 
 from __future__ import annotations
@@ -287,6 +300,8 @@ class Exchange:
                 f"{escape(self.head.method.decode('latin-1'))} {escape(self.head.path.decode('latin-1'))}; "
                 "app cancelled"
             )
+        elif self.cancel_reason is None:
+            self.cancel_reason = "the app cancelled its request scope"
         log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, self.cancel_reason)
         if self._hijacked is not None:
             return Outcome.HIJACKED
