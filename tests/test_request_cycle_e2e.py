@@ -1,0 +1,102 @@
+"""Issue 9's request-cycle points end to end: a real ``trio_rack.serve`` on 127.0.0.1 over real
+TLS, curl and raw sockets as clients (``--request-timeout``, ``--limit-concurrency``, an empty
+line before a request).  The protocol details are in test_request_deadline.py and
+test_slow_clients.py; here the point is that they hold on real sockets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from e2e_support import TLSFiles, curl, make_tls_files, open_client, read_until, read_until_eof, split_head, start_server
+from trio_rack import Limits
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(Path(tmp_path_factory.mktemp("tls")))
+
+
+def url(bind: Any, path: str) -> str:
+    return f"https://localhost:{bind.port}{path}"
+
+
+async def test_request_timeout_gives_503_and_other_requests_are_served(tls: TLSFiles) -> None:
+    cancelled = trio.Event()
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/slow":
+            try:
+                await trio.sleep(30)
+            finally:
+                cancelled.set()
+        return 200, {}, [b"fast"]
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, app, tls=tls, limits=Limits(request_timeout=0.5))
+            resolve = f"localhost:{bind.port}:127.0.0.1"
+            results: dict[str, Any] = {}
+
+            async def get(path: str) -> None:
+                results[path] = await curl("-i", "--cacert", tls.ca_pem, "--resolve", resolve, url(bind, path))
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(get, "/slow")
+                clients.start_soon(get, "/fast")
+            status, headers, body = results["/slow"].response()
+            assert status == 503 and headers["connection"] == ["close"]
+            assert cancelled.is_set()
+            status, _, body = results["/fast"].response()
+            assert status == 200 and body == b"fast"
+            nursery.cancel_scope.cancel()
+
+
+async def test_limit_concurrency_answers_503_with_retry_after(tls: TLSFiles) -> None:
+    release = trio.Event()
+    holding = trio.Event()
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/hold":
+            holding.set()
+            await release.wait()
+        return 200, {}, [env["PATH_INFO"].encode()]
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, app, tls=tls, limits=Limits(limit_concurrency=1))
+            resolve = f"localhost:{bind.port}:127.0.0.1"
+            held = await open_client(bind, tls)
+            await held.send_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            await holding.wait()
+            status, headers, _ = (await curl("-i", "--cacert", tls.ca_pem, "--resolve", resolve, url(bind, "/x"))).response()
+            assert status == 503 and headers["retry-after"] == ["1"]
+            release.set()
+            data, _ = await read_until_eof(held)
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"/hold")
+            await held.aclose()
+            status, _, body = (await curl("-i", "--cacert", tls.ca_pem, "--resolve", resolve, url(bind, "/y"))).response()
+            assert status == 200 and body == b"/y"
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_empty_line_before_a_request_is_ignored_over_tls(tls: TLSFiles) -> None:
+    async def app(env: dict[str, Any]) -> Any:
+        return 200, {}, [env["PATH_INFO"].encode()]
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, app, tls=tls)
+            stream = await open_client(bind, tls)
+            await stream.send_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz\r\n")
+            first = await read_until(stream, b"\r\n\r\n/a")
+            await stream.send_all(b"\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            rest, _ = await read_until_eof(stream)
+            assert split_head(first)[0] == 200
+            status, _, body = split_head(rest)
+            assert status == 200 and body == b"/b"
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
