@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 import trio
 
-from e2e_support import TLSFiles, curl, make_tls_files, open_client, read_until, read_until_eof, split_head, start_server
+from e2e_support import (
+    TLSFiles,
+    curl,
+    make_tls_files,
+    open_client,
+    read_until,
+    read_until_eof,
+    split_head,
+    start_server,
+)
 from trio_rack import Limits
 
 
@@ -22,6 +31,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
 
 def url(bind: Any, path: str) -> str:
     return f"https://localhost:{bind.port}{path}"
+
+
+async def get(tls: TLSFiles, bind: Any, path: str) -> tuple[int, dict[str, list[str]], bytes]:
+    resolve = f"localhost:{bind.port}:127.0.0.1"
+    return (await curl("-i", "--cacert", tls.ca_pem, "--resolve", resolve, url(bind, path))).response()
 
 
 async def test_request_timeout_gives_503_and_other_requests_are_served(tls: TLSFiles) -> None:
@@ -68,17 +82,16 @@ async def test_limit_concurrency_answers_503_with_retry_after(tls: TLSFiles) -> 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             bind = await start_server(nursery, app, tls=tls, limits=Limits(limit_concurrency=1))
-            resolve = f"localhost:{bind.port}:127.0.0.1"
             held = await open_client(bind, tls)
             await held.send_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             await holding.wait()
-            status, headers, _ = (await curl("-i", "--cacert", tls.ca_pem, "--resolve", resolve, url(bind, "/x"))).response()
+            status, headers, _ = await get(tls, bind, "/x")
             assert status == 503 and headers["retry-after"] == ["1"]
             release.set()
             data, _ = await read_until_eof(held)
             assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"/hold")
             await held.aclose()
-            status, _, body = (await curl("-i", "--cacert", tls.ca_pem, "--resolve", resolve, url(bind, "/y"))).response()
+            status, _, body = await get(tls, bind, "/y")
             assert status == 200 and body == b"/y"
             nursery.cancel_scope.cancel()
 
