@@ -113,3 +113,34 @@ async def test_an_empty_line_before_a_request_is_ignored_over_tls(tls: TLSFiles)
             assert status == 200 and body == b"/b"
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow  # the window is 5 s of real time
+async def test_a_trickling_body_over_tls_gets_408(tls: TLSFiles) -> None:
+    async def app(env: dict[str, Any]) -> Any:
+        body = await env["rack.input"].read_all()
+        return 200, {}, [str(len(body)).encode()]
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, app, tls=tls, limits=Limits(min_body_rate=1000))
+            stream = await open_client(bind, tls)
+            await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            start = trio.current_time()
+
+            async def trickle() -> None:
+                try:
+                    while True:
+                        await stream.send_all(b"x" * 50)  # 200 B/s
+                        await trio.sleep(0.25)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            nursery.start_soon(trickle)
+            data, _ = await read_until_eof(stream)
+            elapsed = trio.current_time() - start
+            status, headers, _ = split_head(data)
+            assert status == 408 and headers["connection"] == ["close"]
+            assert 5.0 <= elapsed < 8.0
+            nursery.cancel_scope.cancel()
+        await stream.aclose()  # after the trickle task has stopped
