@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import h11
 import trio
 import trustme
+from wsproto.frame_protocol import Frame, FrameProtocol
 
 import trio_rack
 from trio_rack import Bind, Limits
@@ -41,8 +43,11 @@ __all__ = [
     "client_ssl_context",
     "curl",
     "fd_count",
+    "free_port",
+    "free_ports",
     "load_example",
     "make_tls_files",
+    "next_frame",
     "open_client",
     "read_until",
     "read_until_eof",
@@ -68,6 +73,29 @@ def load_example(name: str) -> ModuleType:
 def fd_count() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different ports free on ``host`` (127.0.0.1 or ::1) right now, for a server
+    started outside this process (redis-server, nginx) that cannot report a port-0 bind back.
+    All are bound at once, so they differ; the child binds them a moment later, so a clash with
+    another process is possible (and is the caller's to retry)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family)
+            sock.bind((host, 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port free on ``host`` right now (see :func:`free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 # ------------------------------------------------------------------------------- TLS
@@ -157,6 +185,21 @@ async def read_until_eof(stream: trio.abc.ReceiveStream) -> tuple[bytes, str]:
     except trio.BrokenResourceError:
         return b"".join(parts), "reset"
     return b"".join(parts), "eof"
+
+
+async def next_frame(stream: trio.abc.ReceiveStream, codec: FrameProtocol) -> Frame | None:
+    """The next websocket frame ``codec`` (wsproto's frame codec, driven by hand) parses off
+    ``stream``, or None at EOF (the peer closed, half-closed or reset its side)."""
+    while True:
+        for frame in codec.received_frames():
+            return frame
+        try:
+            data = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            data = b""
+        if not data:
+            return None
+        codec.receive_bytes(data)
 
 
 def split_head(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:

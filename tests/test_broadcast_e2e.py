@@ -13,11 +13,10 @@ import pytest
 import trio
 import trio_websocket
 
-from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixture
+from broadcast_support import (
     REDIS_SERVER,
     RedisServer,
     SSEClient,
-    redis_server_fixture,
     run_client,
     serving,
     wait_until,

@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 import trio
+
 from cdp import chromium_available, launch_chromium
 from e2e_support import EXAMPLES, start_server
 

@@ -16,17 +16,12 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_support import TLSFiles, fd_count, make_tls_files, open_client, read_until, read_until_eof, start_server
 
 import trio_rack
+from e2e_support import TLSFiles, fd_count, open_client, read_until, read_until_eof, start_server
 
 N = 20
 KINDS = ("full", "partial", "streaming")
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 async def settles_at(expected: int, *, within: float = 2) -> None:

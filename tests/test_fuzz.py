@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis.strategies as st
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, example, given, settings

@@ -17,25 +17,19 @@ from typing import Any
 
 import pytest
 import trio
+
 from e2e_support import (
     TLSFiles,
     fd_count,
-    make_tls_files,
     open_client,
     read_until,
     read_until_eof,
     split_head,
     start_server,
 )
-
 from trio_rack import Limits
 
 pytestmark = pytest.mark.filterwarnings("ignore::trio.TrioDeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 async def settles_at(expected: int, *, within: float = 2.0) -> None:

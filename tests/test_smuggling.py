@@ -45,9 +45,8 @@ import pytest
 import trio
 
 from trio_rack import Limits
-from trio_rack.testing import ServerState
 from trio_rack.app.response import AppError
-from trio_rack.testing import memory_connection
+from trio_rack.testing import ServerState, memory_connection
 
 HOST = b"Host: a\r\n"
 

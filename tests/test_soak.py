@@ -24,16 +24,15 @@ from typing import Any
 
 import pytest
 import trio
+
 from e2e_support import (
     TLSFiles,
     fd_count,
-    make_tls_files,
     open_client,
     read_until,
     read_until_eof,
     start_server,
 )
-
 from trio_rack import Bind, Limits
 
 pytestmark = pytest.mark.slow
@@ -189,11 +188,6 @@ MIX: list[tuple[Scenario, int, bool]] = [
     (partial_hijack_abandoned, 1, True),
     (vanish_mid_response, 1, True),
 ]
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 def tasks_living() -> int:
