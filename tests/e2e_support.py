@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +39,7 @@ __all__ = [
     "CURL",
     "EXAMPLES",
     "Curl",
+    "RawResponse",
     "Response",
     "ResponseReader",
     "TLSFiles",
@@ -49,6 +52,7 @@ __all__ = [
     "make_tls_files",
     "next_frame",
     "open_client",
+    "parse_responses",
     "read_until",
     "read_until_eof",
     "split_head",
@@ -213,6 +217,83 @@ def split_head(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     return status, headers, rest
+
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) [^\r\n]*")
+_HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    head: bytes  # the status line and the header lines as sent, without the blank line
+    headers: dict[bytes, list[bytes]]  # names and values lower-cased, for comparisons
+    body: bytes  # de-chunked
+    aborted: bool = False  # a chunked body cut off by the close (it is then the last response)
+
+
+def parse_responses(data: bytes, methods: Sequence[str] = ()) -> list[RawResponse]:
+    """Split a server's raw output into its responses; AssertionError on anything malformed,
+    truncated or left over.
+
+    Strict on purpose (it checks our own server): a status line ``HTTP/1.1 NNN reason``, header
+    lines ``Name: value``.  A body is framed by chunking, by ``content-length``, or (HTTP/1.0
+    streaming) by the close, which needs ``connection: close`` and makes it the last response;
+    1xx, 204 and 304 responses have none.  The n-th final response answers the n-th request the
+    app saw (``methods``): a response to HEAD has no body whatever its ``content-length`` says.
+    A chunked body that stops short exactly at the close is ``aborted``, visible to the client
+    as an error as the README promises, and must be the last.
+    """
+    responses = []
+    finals = 0
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n\r\n", pos)
+        assert end >= 0, f"truncated head at {pos}: {data[pos:pos + 200]!r}"
+        head = data[pos:end]
+        lines = head.split(b"\r\n")
+        match = _STATUS_LINE.fullmatch(lines[0])
+        assert match, f"bad status line {lines[0]!r}"
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b": ")
+            assert sep and _HEADER_NAME.fullmatch(name), f"bad header line {line!r}"
+            headers.setdefault(name.lower(), []).append(value.lower())
+        pos = end + 4
+        status = int(match.group(1))
+        head_only = status >= 200 and finals < len(methods) and methods[finals] == "HEAD"
+        finals += status >= 200
+        body = b""
+        if head_only or status < 200 or status in (204, 304):
+            pass
+        elif b"transfer-encoding" in headers:
+            assert headers[b"transfer-encoding"] == [b"chunked"]
+            chunks = []
+            while True:
+                line_end = data.find(b"\r\n", pos)
+                if line_end < 0 and pos == len(data):
+                    responses.append(RawResponse(status, head, headers, b"".join(chunks), aborted=True))
+                    return responses
+                assert line_end >= 0, "truncated chunk header"
+                size = int(data[pos:line_end], 16)
+                chunks.append(data[line_end + 2 : line_end + 2 + size])
+                pos = line_end + 2 + size
+                assert data[pos : pos + 2] == b"\r\n", "bad chunk end"
+                pos += 2
+                if size == 0:
+                    break
+            body = b"".join(chunks)
+        elif b"content-length" in headers:
+            (length,) = headers[b"content-length"]
+            body = data[pos : pos + int(length)]
+            pos += int(length)
+            assert pos <= len(data), "truncated body"
+        else:
+            assert headers.get(b"connection") == [b"close"], "close-delimited body without connection: close"
+            body = data[pos:]
+            pos = len(data)
+        responses.append(RawResponse(status, head, headers, body))
+    return responses
 
 
 @dataclass

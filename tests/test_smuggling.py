@@ -44,6 +44,7 @@ from typing import Any
 import pytest
 import trio
 
+from e2e_support import parse_responses
 from trio_rack import Limits
 from trio_rack.app.response import AppError
 from trio_rack.testing import ServerState, memory_connection
@@ -78,27 +79,8 @@ class Seen:
         return 200, {"content-type": "text/plain"}, [b"saw:" + env["PATH_INFO"].encode() + b":" + body]
 
 
-_STATUS_RE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) ")
-
-
-def split_responses(data: bytes) -> list[tuple[int, bytes, bytes]]:
-    """(status, head, body) for each response in ``data``; content-length framing only (the
-    responses of these tests are buffered or errors).  Asserts nothing is left over."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\r\n\r\n", pos)
-        head = data[pos:end]
-        match = _STATUS_RE.match(head)
-        assert match, f"not a status line at {pos}: {data[pos:pos + 80]!r}"
-        length = re.search(rb"(?im)^content-length: *([0-9]+)\r?$", head)
-        status = int(match.group(1))
-        body_len = int(length.group(1)) if length and status >= 200 else 0
-        body = data[end + 4 : end + 4 + body_len]
-        assert len(body) == body_len, "truncated body"
-        out.append((status, head, body))
-        pos = end + 4 + body_len
-    return out
+def statuses(data: bytes) -> list[int]:
+    return [r.status for r in parse_responses(data)]
 
 
 async def exchange(
@@ -130,9 +112,9 @@ async def exchange(
 
 def assert_rejected(data: bytes, closed: bool, status: int) -> bytes:
     """Exactly one response, with ``status`` and ``connection: close``, then the close."""
-    responses = split_responses(data)
-    assert [s for s, _, _ in responses] == [status], data[:300]
-    _, head, body = responses[0]
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [status], data[:300]
+    head, body = responses[0].head, responses[0].body
     assert re.search(rb"(?im)^connection: close\r?$", head), head
     assert closed, "the server must close the connection after rejecting a request"
     return body
@@ -400,7 +382,7 @@ async def test_vectors_rfc9112_allows_are_served_with_one_framing(raw: bytes, bo
     app = Seen()
     follow_up = b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     data, closed = await exchange(raw + follow_up, app=app)
-    assert [s for s, _, _ in split_responses(data)] == [200, 200]
+    assert statuses(data) == [200, 200]
     assert [c["body"] for c in app.calls] == [body, b""]
     assert app.calls[1]["path"] == "/next" and closed
     assert_no_error_logs(caplog)
@@ -415,7 +397,7 @@ async def test_http_1_0_with_transfer_encoding_is_closed_after_the_response(capl
         b"1\r\nx\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         app=app,
     )
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert [c["path"] for c in app.calls] == ["/"]
     assert_no_error_logs(caplog)
 
@@ -432,7 +414,7 @@ async def test_lower_case_method_is_passed_to_the_app_verbatim(autojump_clock: A
 
     data, _ = await exchange([b"head / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"], app=app)
     assert seen == ["head"]
-    assert split_responses(data)[0][2] == b"no"  # a body: "head" is not HEAD
+    assert parse_responses(data)[0].body == b"no"  # a body: "head" is not HEAD
 
 
 # ---------------------------------------------------- absolute-form targets (RFC 9112 §3.2.2)
@@ -461,7 +443,7 @@ async def test_absolute_form_targets_are_answered_not_404(target: bytes, path: s
         return 200, {}, [b"ok"]
 
     data, closed = await exchange(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n", app=app)
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     (env,) = seen
     assert (env["PATH_INFO"], env["QUERY_STRING"], env["HTTP_HOST"]) == (path, query, host)
 
@@ -477,8 +459,8 @@ async def test_connect_answered_2xx_without_hijack_gets_one_response_and_no_trac
         return 200, {"content-type": "text/plain"}, [b"catch-all"]
 
     data, closed = await exchange(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n", app=app)
-    responses = split_responses(data)
-    assert len(responses) == 1 and responses[0][0] >= 400 and closed
+    responses = parse_responses(data)
+    assert len(responses) == 1 and responses[0].status >= 400 and closed
     # an app contract breach may be logged (one line), but without a traceback
     assert not [r for r in caplog.records if r.name.startswith("trio_rack") and r.exc_info]
 
@@ -488,7 +470,7 @@ async def test_connect_answered_with_an_error_is_one_response(autojump_clock: An
         return 405, {"allow": "GET"}, [b"no tunnels here"]
 
     data, _ = await exchange(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\nConnection: close\r\n\r\n", app=app)
-    assert [s for s, _, _ in split_responses(data)] == [405]
+    assert statuses(data) == [405]
 
 
 # ------------------------------------------------- bytes after "Connection: close" (issue 3)
@@ -541,18 +523,18 @@ async def test_bytes_after_connection_close_get_no_second_response(extra: bytes,
         with trio.fail_after(30):
             while chunk := await client.stream.receive_some(65536):
                 data += chunk
-    assert [s for s, _, _ in split_responses(data)] == [200]
+    assert statuses(data) == [200]
     assert calls == ["/slow"]
     # the same server state serves the next connection
     data, closed = await exchange(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", state=state)
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert_no_error_logs(caplog)
 
 
 async def test_http_1_0_request_followed_by_another_gets_one_response(autojump_clock: Any) -> None:
     app = Seen()
     data, closed = await exchange(b"GET / HTTP/1.0\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n", app=app)
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert [c["path"] for c in app.calls] == ["/"]
 
 
@@ -564,15 +546,11 @@ async def test_body_of_a_closing_request_is_never_parsed_as_a_request(autojump_c
         req(b"Content-Length: %d\r\nConnection: close\r\n" % len(smuggled), smuggled) + b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
         app=app,
     )
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert app.calls == [{"path": "/", "body": smuggled, "host": "a"}]
 
 
 # ------------------------------------------------------------ Expect (RFC 9110 §10.1.1)
-
-
-def statuses(data: bytes) -> list[int]:
-    return [s for s, _, _ in split_responses(data)]
 
 
 async def test_expect_100_continue_from_http_1_0_is_ignored(autojump_clock: Any) -> None:
