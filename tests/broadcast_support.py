@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -80,14 +80,6 @@ class RedisServer:
                 head, sep, rest = data.partition(b"\r\n")
                 if sep and head.startswith(b"$") and len(rest) >= int(head[1:]):
                     return rest[: int(head[1:])].decode().count("\n") - 1
-
-
-async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.02) -> None:
-    """Poll ``predicate`` (state owned by another process or library; bound it with fail_after)."""
-    while True:
-        if predicate():
-            return
-        await trio.sleep(poll)
 
 
 # ------------------------------------------------------------------ trio-rack processes

@@ -17,7 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +46,7 @@ __all__ = [
     "client_ssl_context",
     "curl",
     "fd_count",
+    "fds_settle_at",
     "free_port",
     "free_ports",
     "load_example",
@@ -57,12 +58,14 @@ __all__ = [
     "read_until_eof",
     "split_head",
     "start_server",
+    "wait_until",
 ]
 
 
 def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module of its own (examples/ is not a package)."""
-    path = EXAMPLES / f"{name}.py"
+    """Import ``examples/<name>.py``, or ``examples/<name>/app.py`` for an example that is a
+    folder (chat, site), as a module of its own, once (examples/ is not a package)."""
+    path = EXAMPLES / name / "app.py" if (EXAMPLES / name).is_dir() else EXAMPLES / f"{name}.py"
     module_name = f"_trio_rack_example_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
@@ -77,6 +80,23 @@ def load_example(name: str) -> ModuleType:
 def fd_count() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.02) -> None:
+    """Poll ``predicate`` until it is true: for state that has no event to wait on (another
+    process's file or PID, the fd table, a library's internals).  The caller bounds it with
+    ``trio.fail_after`` / ``move_on_after``; never a stand-in for an event we own."""
+    while not predicate():  # noqa: ASYNC110 (nothing to await: the state is not ours to signal)
+        await trio.sleep(poll)
+
+
+async def fds_settle_at(expected: int, *, within: float = 2) -> None:
+    """Wait until this process's fd count is ``expected``.  A close has no event to wait on, so
+    this polls; it is bounded, and only used where the server legitimately closes a moment later
+    (after its half-close drain), never as a stand-in for an event."""
+    with trio.move_on_after(within):
+        await wait_until(lambda: fd_count() == expected, poll=0.01)
+    assert fd_count() == expected
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

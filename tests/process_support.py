@@ -25,6 +25,8 @@ from pathlib import Path
 
 import trio
 
+from e2e_support import wait_until
+
 __all__ = [
     "CURL",
     "START_TIMEOUT",
@@ -80,6 +82,8 @@ class Server:
     banner: list[str] = field(default_factory=list)  # every stdout line read so far
     buffer: bytes = b""
     pids: set[int] = field(default_factory=set)  # worker PIDs seen, killed in the finally
+    start_timeout: float = START_TIMEOUT  # bounds each wait for a stdout line
+    stop_timeout: float = STOP_TIMEOUT  # bounds each wait for the log, the exit, the rest of stdout
 
     @property
     def urls(self) -> list[str]:
@@ -102,8 +106,8 @@ class Server:
         return line.decode()
 
     async def line_with(self, text: str) -> str:
-        """The next stdout line that contains ``text`` (within START_TIMEOUT)."""
-        with trio.fail_after(START_TIMEOUT):
+        """The next stdout line that contains ``text`` (within ``start_timeout``)."""
+        with trio.fail_after(self.start_timeout):
             while text not in (line := await self.read_line()):
                 pass
             return line
@@ -117,7 +121,7 @@ class Server:
 
     async def rest_of_stdout(self) -> list[str]:
         assert self.proc.stdout is not None
-        with trio.fail_after(STOP_TIMEOUT):
+        with trio.fail_after(self.stop_timeout):
             data = self.buffer
             while chunk := await self.proc.stdout.receive_some(4096):
                 data += chunk
@@ -127,13 +131,11 @@ class Server:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     async def wait_for_log(self, text: str, count: int = 1) -> None:
-        with trio.fail_after(STOP_TIMEOUT):
-            # another process's log file: nothing to await but time
-            while self.log().count(text) < count:  # noqa: ASYNC110
-                await trio.sleep(0.02)
+        with trio.fail_after(self.stop_timeout):
+            await wait_until(lambda: self.log().count(text) >= count)  # another process's file
 
     async def exit_code(self) -> int:
-        with trio.fail_after(STOP_TIMEOUT):
+        with trio.fail_after(self.stop_timeout):
             return await self.proc.wait()
 
 
@@ -215,8 +217,7 @@ def is_gone(pid: int) -> bool:
 async def wait_gone(pids: set[int]) -> None:
     with trio.fail_after(STOP_TIMEOUT):
         # not our children (they were the supervisor's): no exit to await, so poll
-        while not all(is_gone(pid) for pid in pids):  # noqa: ASYNC110
-            await trio.sleep(0.05)
+        await wait_until(lambda: all(is_gone(pid) for pid in pids), poll=0.05)
 
 
 # ------------------------------------------------------------------------------- clients

@@ -13,9 +13,8 @@ import trio
 from broadcast_support import (
     REDIS_SERVER,
     RedisServer,
-    wait_until,
 )
-from e2e_support import free_port
+from e2e_support import free_port, wait_until
 from trio_rack import broadcast
 
 

@@ -126,7 +126,13 @@ async def test_unix_socket_serves_curl(sockets_dir: Path, nursery: trio.Nursery)
     assert body == {"remote": "", "port": "0", "scheme": "http"}
     # a unix socket peer counts as a trusted proxy: it is this host's proxy, gated by file modes
     body = await get_json(
-        "http://localhost/", "--unix-socket", str(path), "-H", "X-Forwarded-For: 198.51.100.2", "-H", "X-Forwarded-Proto: https"
+        "http://localhost/",
+        "--unix-socket",
+        str(path),
+        "-H",
+        "X-Forwarded-For: 198.51.100.2",
+        "-H",
+        "X-Forwarded-Proto: https",
     )
     assert body == {"remote": "198.51.100.2", "port": "0", "scheme": "https"}
 

@@ -131,7 +131,7 @@ class Plan:
 def plans(draw: st.DrawFn) -> Plan:
     data = draw(requests_bytes)
     cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=4))))
-    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)]) if b > a]
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if b > a]
     pauses = [draw(st.sampled_from([0, 0, 0, 0.5, 3, 6, 12])) for _ in pieces]
     return Plan(pieces, pauses, draw(st.booleans()), draw(st.sampled_from(APP_KINDS)))
 
@@ -207,7 +207,7 @@ async def drive(plan: Plan, outcome: Outcome) -> None:
 
     async def send() -> None:
         try:
-            for piece, pause in zip(plan.pieces, plan.pauses):
+            for piece, pause in zip(plan.pieces, plan.pauses, strict=True):
                 await trio.sleep(pause)
                 await client.send_all(piece)
             if plan.half_close:
@@ -294,7 +294,12 @@ def test_mutated_requests_never_crash_hang_or_double_answer(plan: Plan) -> None:
 )
 @given(plans().map(lambda plan: dataclasses.replace(plan, app_kind="streaming-echo")))
 @example(  # found by this test (a malformed chunk read by a streaming body); kept as a regression
-    Plan([b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\n5\r\nhello\r\n0\r\n\r\n"], [0], False, "streaming-echo")
+    Plan(
+        [b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        [0],
+        False,
+        "streaming-echo",
+    )
 )
 def test_streaming_echo_of_mutated_uploads_never_logs_a_traceback(plan: Plan) -> None:
     """The same properties with a streaming body that reads the request body itself: a

@@ -39,7 +39,9 @@ def make_env(*headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "
     return env
 
 
-def applied(policy: ProxyHeaders, *headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "http") -> dict[str, Any]:
+def applied(
+    policy: ProxyHeaders, *headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "http"
+) -> dict[str, Any]:
     env = make_env(*headers, peer=peer, scheme=scheme)
     policy.apply(env)
     return env

@@ -32,6 +32,7 @@ from e2e_support import (
     read_until,
     read_until_eof,
     start_server,
+    wait_until,
 )
 from trio_rack import Bind, Limits
 
@@ -196,8 +197,7 @@ def tasks_living() -> int:
 
 async def back_to(fds: int, tasks: int, *, within: float) -> None:
     with trio.move_on_after(within):
-        while fd_count() != fds or tasks_living() != tasks:
-            await trio.sleep(0.02)
+        await wait_until(lambda: fd_count() == fds and tasks_living() == tasks)
     assert (fd_count(), tasks_living()) == (fds, tasks), "fds/tasks did not return to baseline"
 
 
