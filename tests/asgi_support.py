@@ -1,0 +1,88 @@
+"""Shared helpers for the ASGI/WSGI tests (not a test module).
+
+``install_request_nursery_shim()``: until the protocol-neutral request cycle
+(``trio_rack.app.exchange``) is on this branch, the HTTP/1 connection does not give apps the
+request-scoped nursery the adapters ask for with ``trio_rack_request_nursery``.  The shim
+patches :class:`~trio_rack.http1.connection.HTTPConnection` in-process to provide exactly the
+documented contract — ``env["trio_rack.nursery"]`` (opened around the app call and the
+response, waited for after it), ``env["trio_rack.disconnected"]`` (set when the liveness
+sweeper cancels the request), plus ``trio_rack.request_head``, ``trio_rack.conn_info`` and
+``trio_rack.tls``.  Once the exchange exists the shim does nothing: the tests then run on the
+server's own implementation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+_installed = False
+
+
+@dataclass(slots=True)
+class _Head:
+    method: bytes
+    path: bytes
+    query: bytes
+    http_version: str
+    headers: list[tuple[bytes, bytes]]
+
+
+def server_has_request_nursery() -> bool:
+    return importlib.util.find_spec("trio_rack.app.exchange") is not None
+
+
+def install_request_nursery_shim() -> None:
+    global _installed
+    if _installed or server_has_request_nursery():
+        return
+    _installed = True
+    from trio_rack.http1.connection import HTTPConnection
+
+    nurseries: dict[int, trio.Nursery] = {}
+    events: dict[int, trio.Event] = {}
+    serve_request = HTTPConnection._serve_request
+    make_env = HTTPConnection._make_env
+    cancel_app = HTTPConnection.cancel_app
+
+    async def _serve_request(self: Any, request: Any) -> Any:
+        if not getattr(self.state.app, "trio_rack_request_nursery", False):
+            return await serve_request(self, request)
+        async with trio.open_nursery() as nursery:
+            nurseries[id(self)] = nursery
+            events[id(self)] = trio.Event()
+            try:
+                return await serve_request(self, request)
+            finally:
+                del nurseries[id(self)]
+                events.pop(id(self), None)
+
+    def _make_env(self: Any, request: Any) -> dict[str, Any]:
+        env: dict[str, Any] = make_env(self, request)
+        nursery = nurseries.get(id(self))
+        if nursery is not None:
+            env["trio_rack.nursery"] = nursery
+            env["trio_rack.disconnected"] = events[id(self)]
+            target = request.target
+            path, _, query = target.partition(b"?")
+            if not target.startswith(b"/"):
+                path = env["PATH_INFO"].encode("latin-1")
+            headers = [(bytes(n).lower(), bytes(v)) for n, v in request.headers.raw_items()]
+            env["trio_rack.request_head"] = _Head(request.method, path, query, request.http_version.decode(), headers)
+            env["trio_rack.conn_info"] = self.info
+            if isinstance(self.transport, trio.SSLStream):
+                env["trio_rack.tls"] = self.transport
+        return env
+
+    def _cancel_app(self: Any) -> None:
+        event = events.get(id(self))
+        if event is not None:
+            event.set()
+        cancel_app(self)
+
+    HTTPConnection._serve_request = _serve_request  # type: ignore[method-assign]
+    HTTPConnection._make_env = _make_env  # type: ignore[method-assign]
+    HTTPConnection.cancel_app = _cancel_app  # type: ignore[method-assign]
