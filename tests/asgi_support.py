@@ -13,7 +13,10 @@ server's own implementation.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,3 +89,25 @@ def install_request_nursery_shim() -> None:
     HTTPConnection._serve_request = _serve_request  # type: ignore[method-assign]
     HTTPConnection._make_env = _make_env  # type: ignore[method-assign]
     HTTPConnection.cancel_app = _cancel_app  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------ serving in-process
+
+
+@asynccontextmanager
+async def serving(app: Any, *, tls: Any = None, **kwargs: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with ``trio_rack.serve`` on 127.0.0.1 (a free port); yield the base URL.
+
+    The server is cancelled when the block ends; ``kwargs`` go to ``serve`` (interface=...).
+    """
+    import trio_rack
+
+    install_request_nursery_shim()
+    scheme = "https" if tls is not None else "http"
+    options: dict[str, Any] = {"bind": f"{scheme}://127.0.0.1:0", "access_log": False, **kwargs}
+    if tls is not None:
+        options.update(cert=tls.cert_pem, key=tls.key_pem)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(functools.partial(trio_rack.serve, app, **options))
+        yield str(binds[0])
+        nursery.cancel_scope.cancel()

@@ -186,7 +186,9 @@ class _ErrorStream:
             self._partial = ""
 
 
-_SKIP = frozenset({"rack.input", "rack.errors", "rack.hijack", "rack.hijack?", "rack.early_hints", "rack.response_finished"})
+_SKIP = frozenset(
+    {"rack.input", "rack.errors", "rack.hijack", "rack.hijack?", "rack.early_hints", "rack.response_finished"}
+)
 
 
 def build_environ(env: dict[str, Any], *, root_path: str = "") -> dict[str, Any]:
@@ -240,7 +242,9 @@ class _Response:
 
     # ---------------------------------------------------------------- in the thread
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.head_sent:
