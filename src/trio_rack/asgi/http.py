@@ -134,6 +134,7 @@ class HTTPCycle:
             or (self._body_left is None and "HTTP_TRANSFER_ENCODING" not in env and scope["http_version"] != "2")
         )
         self._body_error: BaseException | None = None
+        self._request_sent = False
         self._wake = trio.Event()  # head ready, hijacked, or the app ended
         self._head: tuple[int, dict[str, Any]] | None = None
         self._done = False  # the final body message (more_body False) was sent
@@ -172,7 +173,12 @@ class HTTPCycle:
     async def receive(self) -> dict[str, Any]:
         if self._complete.is_set() or self._disconnected.is_set():
             return {"type": "http.disconnect"}  # no checkpoint: see the module docstring
+        if self._body_done and not self._request_sent:  # a request without a body: one empty message
+            self._request_sent = True
+            await trio.lowlevel.checkpoint()
+            return {"type": "http.request", "body": b"", "more_body": False}
         if not self._body_done:
+            self._request_sent = True
             try:
                 data = await self._input.receive_some(RECEIVE_SIZE)
             except trio.BrokenResourceError as exc:  # bad, oversized or cut-off request body
