@@ -98,7 +98,8 @@ def install_request_nursery_shim() -> None:
 async def serving(app: Any, *, tls: Any = None, **kwargs: Any) -> AsyncIterator[str]:
     """Serve ``app`` with ``trio_rack.serve`` on 127.0.0.1 (a free port); yield the base URL.
 
-    The server is cancelled when the block ends; ``kwargs`` go to ``serve`` (interface=...).
+    When the block ends the server shuts down gracefully (unless the caller passed its own
+    ``shutdown_trigger``: then it is cancelled); ``kwargs`` go to ``serve`` (interface=...).
     """
     import trio_rack
 
@@ -107,7 +108,14 @@ async def serving(app: Any, *, tls: Any = None, **kwargs: Any) -> AsyncIterator[
     options: dict[str, Any] = {"bind": f"{scheme}://127.0.0.1:0", "access_log": False, **kwargs}
     if tls is not None:
         options.update(cert=tls.cert_pem, key=tls.key_pem)
+    own_trigger = options.get("shutdown_trigger") is None
+    if own_trigger:
+        options["shutdown_trigger"] = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(functools.partial(trio_rack.serve, app, **options))
         yield str(binds[0])
-        nursery.cancel_scope.cancel()
+        if own_trigger:  # a graceful shutdown, so that lifespan shutdown runs too
+            options["shutdown_trigger"].set()
+            nursery.cancel_scope.deadline = trio.current_time() + 15
+        else:
+            nursery.cancel_scope.cancel()

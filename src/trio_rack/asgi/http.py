@@ -85,6 +85,16 @@ def asyncio_failure(exc: BaseException) -> bool:
     return False
 
 
+def _caused_by_disconnect(exc: BaseException) -> bool:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, ClientDisconnected):
+            return True
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return False
+
+
 def _rack_headers(raw: Iterable[Any], *, where: str) -> dict[str, Any]:
     """ASGI header pairs (bytes) as a trio-rack headers dict (str; repeats as lists)."""
     headers: dict[str, Any] = {}
@@ -160,9 +170,15 @@ class HTTPCycle:
         try:
             await app(self.scope, self.receive, self.send)
         except Exception as exc:
-            self._error = exc
-            if self._complete.is_set() or (self._done and self._taken):
-                log.error("ASGI app raised after its response was complete", exc_info=exc)
+            if _caused_by_disconnect(exc):
+                # The client's doing, not a bug: neither logged nor kept, since the traceback
+                # would keep the app's frames (a streaming generator whose ``finally`` should
+                # run now) alive.
+                self._error = ClientDisconnected("the client disconnected")
+            else:
+                self._error = exc
+                if self._complete.is_set() or (self._done and self._taken):
+                    log.error("ASGI app raised after its response was complete", exc_info=exc)
         finally:
             self._app_done.set()
             self._send_ch.close()
