@@ -74,6 +74,8 @@ def asyncio_failure(exc: BaseException) -> bool:
         text = str(current)
         if isinstance(current, RuntimeError) and ("no running event loop" in text or "no current event loop" in text):
             return True
+        if isinstance(current, TypeError) and "unrecognized yield message" in text:  # an asyncio future
+            return True
         if type(current).__name__ == "AsyncLibraryNotFoundError":
             return True
         tb = current.__traceback__
