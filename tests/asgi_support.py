@@ -119,3 +119,11 @@ async def serving(app: Any, *, tls: Any = None, **kwargs: Any) -> AsyncIterator[
             nursery.cancel_scope.deadline = trio.current_time() + 15
         else:
             nursery.cancel_scope.cancel()
+
+
+async def eventually(condition: Any) -> None:
+    """Wait until ``condition()`` holds (state set by an app, a thread or a framework's hook,
+    which the test cannot hand an Event to); fail after 5 seconds."""
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - the condition belongs to code we do not control
+            await trio.sleep(0.01)

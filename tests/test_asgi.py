@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from asgi_support import serving as _serving
-from e2e_support import client_ssl_context, make_tls_files, read_until, read_until_eof
 
 import trio_rack
+from asgi_support import eventually
+from asgi_support import serving as _serving
+from e2e_support import client_ssl_context, make_tls_files, read_until, read_until_eof
 from trio_rack.asgi import LifespanFailure
 from trio_rack.config import ConfigError
 from trio_rack.interface import detect
@@ -182,7 +183,8 @@ async def test_request_body_is_read_on_demand_not_ahead() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         first = await receive()
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": first["body"] + b"|%d" % first["more_body"], "more_body": True})
+        echo = first["body"] + b"|%d" % first["more_body"]
+        await send({"type": "http.response.body", "body": echo, "more_body": True})
         second = await receive()
         await send({"type": "http.response.body", "body": b"|" + second["body"] + b"|%d" % second["more_body"]})
 
@@ -452,9 +454,7 @@ async def test_lifespan_startup_state_and_shutdown_after_the_drain() -> None:
             first = await client.get(url + "/")
             second = await client.get(url + "/")
         shutdown.set()
-        with trio.fail_after(5):
-            while "shutdown" not in events:
-                await trio.sleep(0.01)
+        await eventually(lambda: "shutdown" in events)
     assert first.text == second.text == "connected"
     assert events == ["startup", "request ['db']", "request ['db']", "shutdown"]
 

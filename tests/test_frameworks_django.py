@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from asgi_support import serving
 
 pytest.importorskip("django")
@@ -25,7 +26,8 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 def echo(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"method": request.method, "body": request.body.decode(), "script": request.META["SCRIPT_NAME"]})
+    body = request.body.decode()
+    return JsonResponse({"method": request.method, "body": body, "script": request.META["SCRIPT_NAME"]})
 
 
 urlpatterns = [path("", index), path("echo/", echo)]

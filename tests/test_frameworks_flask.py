@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
 from asgi_support import serving
 from e2e_support import client_ssl_context, make_tls_files
 

@@ -8,10 +8,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
 from asgi_support import serving
 
 pytest.importorskip("quart_trio")
 
+import trio.lowlevel
 from quart import request, websocket  # noqa: E402
 from quart_trio import QuartTrio  # noqa: E402
 
@@ -33,7 +35,7 @@ def make_app() -> QuartTrio:
 
     @app.route("/hello/<name>")
     async def hello(name: str) -> str:
-        await trio.sleep(0)  # Trio, not asyncio
+        await trio.lowlevel.checkpoint()  # Trio, not asyncio
         return f"quart hello {name}"
 
     @app.route("/sum", methods=["POST"])

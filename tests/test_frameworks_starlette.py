@@ -13,12 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from asgi_support import serving
+
+from asgi_support import eventually, serving
 from e2e_support import client_ssl_context, make_tls_files, read_until
 
 pytest.importorskip("starlette")
 pytest.importorskip("fastapi")
 
+import trio.lowlevel
 from fastapi import BackgroundTasks, FastAPI  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -108,7 +110,9 @@ def scheme(request: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def starlette_server(tmp_path: Path, scheme: str, **kwargs: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient, Any]]:
+async def starlette_server(
+    tmp_path: Path, scheme: str, **kwargs: Any
+) -> AsyncIterator[tuple[str, httpx.AsyncClient, Any]]:
     EVENTS.clear()
     (tmp_path / "file.bin").write_bytes(b"0123456789" * 50_000)
     tls = make_tls_files(tmp_path) if scheme == "https" else None
@@ -128,7 +132,7 @@ async def test_starlette_routes_json_streams_files_and_errors(tmp_path: Path, sc
         async def body() -> AsyncIterator[bytes]:
             for _ in range(8):
                 yield b"x" * 100_000
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         upload = await client.post(url + "/upload", content=body())
         assert upload.json()["total"] == 800_000
@@ -156,9 +160,7 @@ async def test_starlette_streaming_is_incremental_and_stops_when_the_client_leav
             got = await read_until(stream, b"tick 2\n", buffer=got)
         left = trio.current_time()
         await stream.aclose()
-        with trio.fail_after(5):
-            while "stream_finally" not in EVENTS:
-                await trio.sleep(0.02)
+        await eventually(lambda: "stream_finally" in EVENTS)
         assert EVENTS["stream_finally"] - left < 1.6  # within about a second (the liveness poll)
 
 
@@ -186,9 +188,7 @@ async def test_starlette_websockets_subprotocols_and_close_codes(tmp_path: Path,
     async with starlette_server(tmp_path, scheme) as (url, _client, context):
         ws_url = url.replace("http", "ws", 1)
         result = await trio.to_thread.run_sync(_websocket_session, ws_url, context)
-        with trio.fail_after(5):
-            while "ws_close_code" not in EVENTS:
-                await trio.sleep(0.02)
+        await eventually(lambda: "ws_close_code" in EVENTS)
     assert result["subprotocol"] == "echo.v2"
     assert result["text"] == "echo hello"
     assert result["bytes"] == b"cba"
@@ -268,9 +268,7 @@ async def test_fastapi_json_path_params_and_background_tasks(scheme: str, tmp_pa
                 url + "/items", content=json.dumps({"name": "widget"}), headers={"content-type": "application/json"}
             )
             assert created.json() == {"created": "widget"}
-            with trio.fail_after(5):
-                while "background" not in EVENTS:
-                    await trio.sleep(0.01)
+            await eventually(lambda: "background" in EVENTS)
             assert EVENTS["background"] == "widget"
             assert (await client.get(url + "/sync")).json() == {"sync": "ok"}
             bad = await client.post(url + "/items", content=b"not json")

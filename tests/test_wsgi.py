@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
 from asgi_support import serving
 from e2e_support import read_until, read_until_eof
 

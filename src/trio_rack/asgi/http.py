@@ -54,7 +54,9 @@ RECEIVE_SIZE = 64 * 1024
 #: Read size for ``http.response.pathsend``.
 FILE_CHUNK = 256 * 1024
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 
 class ASGIMessageError(RuntimeError):
@@ -292,7 +294,7 @@ class HTTPCycle:
         path = message.get("path")
         if not isinstance(path, str):
             raise ASGIMessageError(f"'http.response.pathsend': 'path' must be a str, got {type(path).__name__}")
-        if not os.path.isfile(path):
+        if not await trio.Path(path).is_file():
             raise ASGIMessageError(f"'http.response.pathsend': {path!r} is not a file")
         self._done = True
         if not self._taken:

@@ -92,7 +92,7 @@ class Lifespan:
             raise LifespanFailure(f"ASGI lifespan startup failed: {type(self._error).__name__}: {self._error}")
         raise LifespanFailure(f"ASGI lifespan startup failed: {self._message or 'the app returned during startup'}")
 
-    async def shutdown(self, *, timeout: float = 10.0) -> None:
+    async def shutdown(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the grace period, passed on
         """Send ``lifespan.shutdown`` and wait (at most ``timeout``) for the answer."""
         if self._phase is not _Phase.STARTED:
             return

@@ -123,13 +123,17 @@ class WebSocketCycle:
             if kind == "websocket.http.response.start":
                 status = message.get("status")
                 if type(status) is not int:
-                    raise ASGIMessageError(f"'websocket.http.response.start': 'status' must be an int, got {status!r:.40}")
+                    raise ASGIMessageError(
+                        f"'websocket.http.response.start': 'status' must be an int, got {status!r:.40}"
+                    )
                 self.denial_status = status
                 self.denial_headers = _rack_headers(message.get("headers", ()), where="'websocket.http.response.start'")
                 self._decide(_Decision.DENY)
                 await trio.lowlevel.checkpoint()
                 return
-            raise ASGIMessageError(f"{kind!r} before 'websocket.accept' (or websocket.close / websocket.http.response.start)")
+            raise ASGIMessageError(
+                f"{kind!r} before 'websocket.accept' (or websocket.close / websocket.http.response.start)"
+            )
         if self.decision is _Decision.DENY:
             if kind != "websocket.http.response.body" or self.denial_done.is_set():
                 raise ASGIMessageError(f"{kind!r} during (or after) a websocket.http.response denial")
@@ -152,7 +156,7 @@ class WebSocketCycle:
                 if self._closed or ws.closed:
                     raise ClientDisconnected("cannot send 'websocket.send': the websocket is closed")
                 try:
-                    await ws.send_message(text if text is not None else data)
+                    await ws.send_message(text if text is not None else bytes(data))
                 except websocket.ConnectionClosed:
                     raise ClientDisconnected("cannot send 'websocket.send': the websocket is closed") from None
                 return
