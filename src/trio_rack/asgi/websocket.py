@@ -156,7 +156,7 @@ class WebSocketCycle:
                 if self._closed or ws.closed:
                     raise ClientDisconnected("cannot send 'websocket.send': the websocket is closed")
                 try:
-                    await ws.send_message(text if text is not None else bytes(data))
+                    await ws.send_message(str(text) if text is not None else bytes(data or b""))
                 except websocket.ConnectionClosed:
                     raise ClientDisconnected("cannot send 'websocket.send': the websocket is closed") from None
                 return
