@@ -206,7 +206,7 @@ def prepare(
         except Exception as exc:
             log.debug("the app factory raised", exc_info=True)
             raise ConfigError(f"--factory: calling the app factory failed: {type(exc).__name__}: {exc}") from None
-        if hasattr(app, "__aenter__") and hasattr(app, "__aexit__") and not callable(app):
+        if hasattr(app, "__aenter__") and hasattr(app, "__aexit__"):  # (asynccontextmanager objects are callable)
             context, app = app, None
     served = ServedApp(app, interface, root_path.rstrip("/"), threads, lifespan, context)
     served.check()
