@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from asgi_support import server_has_request_nursery
 from e2e_support import curl
 
