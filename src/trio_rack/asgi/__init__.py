@@ -25,7 +25,7 @@ from typing import Any
 from .. import websocket as _websocket
 from .http import ASGIApp, ASGIMessageError, ClientDisconnected, HTTPCycle
 from .lifespan import LIFESPAN_MODES, Lifespan, LifespanFailure
-from .scope import http_scope, tls_extension, websocket_scope
+from .scope import http_scope, tls_extension, tls_stream, websocket_scope
 from .websocket import serve_websocket
 
 __all__ = [
@@ -61,7 +61,7 @@ class ASGIAdapter:
         shutdown = env.get("trio_rack.shutdown")
         if shutdown is not None:
             extensions["trio_rack.shutdown"] = shutdown
-        tls = env.get("trio_rack.tls")
+        tls = tls_stream(env)
         if tls is not None:
             info = tls_extension(tls)
             if info is not None:

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import trio
+
 __all__ = ["ASGI_VERSION", "http_scope", "request_headers", "decode_path", "websocket_scope"]
 
 #: ASGI 3.0, HTTP/WebSocket spec 2.4 (2.4 adds: send() after a disconnect raises OSError).
@@ -30,9 +32,41 @@ _WS_ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 _CGI_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 
 
+def _exchange(env: Mapping[str, Any]) -> Any:
+    """The server's exchange for this request, found through a bound method it put in ``env``.
+
+    A stopgap: the scope needs the request head (raw headers in order), the listening address
+    and the TLS stream, which the CGI keys lose.  The exchange should put them in ``env`` as
+    ``trio_rack.request_head``, ``trio_rack.conn_info`` and ``trio_rack.tls`` (those keys win
+    when present); until then they are read from the exchange object itself.
+    """
+    return getattr(env.get("rack.early_hints"), "__self__", None)
+
+
+def request_head(env: Mapping[str, Any]) -> Any:
+    """The driver's ``RequestHead`` (method, path, query, http_version, headers), or None."""
+    head = env.get("trio_rack.request_head")
+    return head if head is not None else getattr(_exchange(env), "head", None)
+
+
+def conn_info(env: Mapping[str, Any]) -> Any:
+    """The connection's ``ConnInfo`` (scheme, listening and peer addresses), or None."""
+    info = env.get("trio_rack.conn_info")
+    return info if info is not None else getattr(_exchange(env), "info", None)
+
+
+def tls_stream(env: Mapping[str, Any]) -> Any:
+    """The connection's ``trio.SSLStream`` (or ssl object) on https binds, else None."""
+    tls = env.get("trio_rack.tls")
+    if tls is not None:
+        return tls
+    transport = getattr(getattr(_exchange(env), "sink", None), "transport", None)
+    return transport if isinstance(transport, trio.SSLStream) else None
+
+
 def request_headers(env: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     """The request's header lines as ``(name, value)`` byte pairs, names lower-case."""
-    head = env.get("trio_rack.request_head")
+    head = request_head(env)
     if head is not None:
         return list(head.headers)
     headers: list[tuple[bytes, bytes]] = []
@@ -58,7 +92,7 @@ def decode_path(raw: bytes) -> str:
 
 
 def _http_version(env: Mapping[str, Any]) -> str:
-    head = env.get("trio_rack.request_head")
+    head = request_head(env)
     if head is not None:
         return str(head.http_version)
     protocol = str(env.get("SERVER_PROTOCOL", "HTTP/1.1"))
@@ -70,8 +104,8 @@ def _addresses(env: Mapping[str, Any]) -> tuple[tuple[str, int] | None, tuple[st
     client: tuple[str, int] | None = None
     if env.get("REMOTE_ADDR"):
         client = (str(env["REMOTE_ADDR"]), int(env.get("REMOTE_PORT") or 0))
-    info = env.get("trio_rack.conn_info")
-    if info is not None:
+    info = conn_info(env)
+    if info is not None and info.server_port:
         return client, (info.server_name, int(info.server_port))
     try:
         port: int | None = int(env.get("SERVER_PORT") or 0)
@@ -82,7 +116,7 @@ def _addresses(env: Mapping[str, Any]) -> tuple[tuple[str, int] | None, tuple[st
 
 
 def _paths(env: Mapping[str, Any], root_path: str) -> tuple[str, bytes]:
-    head = env.get("trio_rack.request_head")
+    head = request_head(env)
     if head is not None and head.path.startswith(b"/"):
         raw = bytes(head.path)
     else:
