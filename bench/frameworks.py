@@ -72,7 +72,7 @@ CONFIGS = (
 )
 
 
-def bench_frameworks(run: Any, config: FrameworkConfig, record: dict[str, Any], *, venv: Any, cpus: str) -> None:
+def bench_frameworks(run: Any, config: FrameworkConfig, record: dict[str, Any], venv: Any, cpus: str) -> None:
     """One round of one configuration: start, check, warm, measure hello keep-alive, stop."""
     port = free_port()
     server = ServerProcess(config.label, port)

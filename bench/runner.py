@@ -908,8 +908,7 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
             for config, fw_record in zip(configs, fw_records, strict=True):
                 run.log(f"frameworks round {rnd + 1}/{plan.rounds}: {config.label}")
                 _guarded(
-                    run, SPECS[config.server], config.label, bench_frameworks, run, config, fw_record,
-                    venv=VENV, cpus=SERVER_CPU,
+                    run, SPECS[config.server], config.label, bench_frameworks, run, config, fw_record, VENV, SERVER_CPU
                 )  # fmt: skip
     if "workers" not in skip:
         available = {s.name for s in specs}

@@ -242,3 +242,16 @@ async def test_app_raising_before_the_head_gets_500(caplog: Any) -> None:
             response = await client.get(url + "/")
     assert response.status_code == 500
     assert "wsgi boom" in caplog.text
+
+
+async def test_header_values_are_latin_1_and_server_port_a_str_on_the_wire() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        assert isinstance(environ["SERVER_PORT"], str)
+        start_response("200 OK", [("X-Name", "café"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+        return [b"ok"]
+
+    async with serving(app, interface="wsgi") as url:
+        data = await _raw(url, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"x-name: caf\xe9" in head  # latin-1 on the wire, not UTF-8
+    assert b"set-cookie: a=1" in head and b"set-cookie: b=2" in head

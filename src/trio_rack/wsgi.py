@@ -202,8 +202,8 @@ def build_environ(env: dict[str, Any], *, root_path: str = "") -> dict[str, Any]
     for key, value in env.items():
         if key.isupper():
             environ[key] = value
-        elif key.startswith("trio_rack.") or (key.startswith("rack.") and key not in _SKIP):
-            environ[key] = value
+        elif key == "trio_rack.shutdown" or (key.startswith("rack.") and key not in _SKIP):
+            environ[key] = value  # not the request's nursery or cancel scope: loop objects, not for threads
     path = unquote_to_bytes(str(env.get("PATH_INFO", ""))).decode("latin-1")
     if root_path:
         if path == root_path or path.startswith(root_path + "/"):
@@ -332,8 +332,10 @@ class WSGIAdapter:
                     await trio.to_thread.run_sync(response.run, self.app, environ, limiter=self.limiter)
             except Exception as exc:
                 response.error = exc
-                if response.head_sent and not isinstance(exc, ClientDisconnected):
-                    log.error("WSGI app failed after its response started", exc_info=exc)
+                if response.finished and not isinstance(exc, ClientDisconnected):
+                    # the body was complete: only close() failed, which the server's log of an
+                    # aborted response would not show (before that, the body raises and is logged)
+                    log.error("WSGI app's close() failed", exc_info=exc)
             finally:
                 done.set()
                 response.head_ready.set()  # wakes the rack call when the app ended without a head
