@@ -140,7 +140,8 @@ class HTTPCycle:
         self._input = env["rack.input"]
         disconnected = env.get("trio_rack.disconnected")
         self._disconnected: trio.Event = disconnected if disconnected is not None else trio.Event()
-        self._complete = trio.Event()
+        self._complete = False  # the response is over: receive() says http.disconnect
+        self._complete_event: trio.Event | None = None  # created only when someone waits
         length = env.get("CONTENT_LENGTH")
         self._body_left: int | None = int(length) if length and length.isdigit() else None
         self._body_done = (
@@ -153,12 +154,15 @@ class HTTPCycle:
         self._head: tuple[int, dict[str, Any]] | None = None
         self._done = False  # the final body message (more_body False) was sent
         self._taken = False
-        self._taken_event = trio.Event()
+        self._taken_event: trio.Event | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._pathsend: _PathSend | None = None
-        self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | _PathSend](0)
-        self._app_done = trio.Event()
+        # the channel to the streaming body: made only for a streamed response (see response())
+        self._send_ch: trio.MemorySendChannel[bytes | _PathSend] | None = None
+        self._recv_ch: trio.MemoryReceiveChannel[bytes | _PathSend] | None = None
+        self._app_finished = False
+        self._app_done: trio.Event | None = None
         self._error: BaseException | None = None
         self._hijacked = False
         self.trailers_allowed = False
@@ -181,17 +185,20 @@ class HTTPCycle:
                 self._error = ClientDisconnected("the client disconnected")
             else:
                 self._error = exc
-                if self._complete.is_set() or (self._done and self._taken):
+                if self._complete or (self._done and self._taken):
                     log.error("ASGI app raised after its response was complete", exc_info=exc)
         finally:
-            self._app_done.set()
-            self._send_ch.close()
+            self._app_finished = True
+            if self._app_done is not None:
+                self._app_done.set()
+            if self._send_ch is not None:
+                self._send_ch.close()
             self._wake.set()
 
     # ------------------------------------------------------------------------------ receive
 
     async def receive(self) -> dict[str, Any]:
-        if self._complete.is_set() or self._disconnected.is_set():
+        if self._complete or self._disconnected.is_set():
             return {"type": "http.disconnect"}  # no checkpoint: see the module docstring
         if self._body_done and not self._request_sent:  # a request without a body: one empty message
             self._request_sent = True
@@ -225,7 +232,9 @@ class HTTPCycle:
                 await event.wait()
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(wait, self._complete)
+            if self._complete_event is None:
+                self._complete_event = trio.Event()
+            nursery.start_soon(wait, self._complete_event)
             nursery.start_soon(wait, self._disconnected)
 
     # --------------------------------------------------------------------------------- send
@@ -279,8 +288,11 @@ class HTTPCycle:
                 self._pending.append(body)
                 self._pending_size += len(body)
             if more and self._pending_size > PENDING_LIMIT:
+                if self._taken_event is None:
+                    self._taken_event = trio.Event()
                 await self._taken_event.wait()  # the server takes the head, then the pending bytes
             return
+        assert self._send_ch is not None  # taken and not done: a streamed response
         try:
             if body:
                 await self._send_ch.send(body)
@@ -300,6 +312,7 @@ class HTTPCycle:
         if not self._taken:
             self._pathsend = _PathSend(path)
             return
+        assert self._send_ch is not None
         try:
             await self._send_ch.send(_PathSend(path))
             self._send_ch.close()
@@ -312,7 +325,9 @@ class HTTPCycle:
         """Wait for the head and return the trio-rack triple (see the module docstring)."""
         await self._wake.wait()
         if self._hijacked:
-            await self._app_done.wait()
+            if not self._app_finished:
+                self._app_done = trio.Event()
+                await self._app_done.wait()
             if self._error is not None:
                 log.error("ASGI app failed after trio_rack.hijack", exc_info=self._error)
             return -1, {}, []
@@ -333,15 +348,20 @@ class HTTPCycle:
             raise error
         status, headers = self._head
         self._taken = True
-        self._taken_event.set()
+        if self._taken_event is not None:
+            self._taken_event.set()
         if self._done:
-            self._complete.set()
+            self._mark_complete()
             if self._pathsend is not None:
                 return status, headers, _file_chunks(self._pathsend.path)
             return status, headers, self._pending
+        self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | _PathSend](0)
+        if self._app_finished:  # ended between its head and its end: the body will say so
+            self._send_ch.close()
         return status, headers, self._stream_body
 
     async def _stream_body(self, stream: trio.abc.Stream) -> None:
+        assert self._recv_ch is not None
         with self._recv_ch:
             pending, self._pending = self._pending, []
             for chunk in pending:
@@ -356,10 +376,15 @@ class HTTPCycle:
             if self._error is not None:
                 raise AppError(f"ASGI app raised after starting its response: {self._error!r}") from self._error
             raise AppError("ASGI app returned before ending its response (no body message with more_body=False)")
-        self._complete.set()
+        self._mark_complete()
 
     def _response_finished(self, env: Any, status: Any, headers: Any, error: Any) -> None:
-        self._complete.set()
+        self._mark_complete()
+
+    def _mark_complete(self) -> None:
+        self._complete = True
+        if self._complete_event is not None:
+            self._complete_event.set()
 
     def _hijack(self) -> trio.abc.Stream:
         """``scope["extensions"]["trio_rack.hijack"]()``: the raw connection (HTTP/1 only)."""

@@ -64,9 +64,10 @@ def tls_stream(env: Mapping[str, Any]) -> Any:
     return transport if isinstance(transport, trio.SSLStream) else None
 
 
-def request_headers(env: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+def request_headers(env: Mapping[str, Any], head: Any = None) -> list[tuple[bytes, bytes]]:
     """The request's header lines as ``(name, value)`` byte pairs, names lower-case."""
-    head = request_head(env)
+    if head is None:
+        head = request_head(env)
     if head is not None:
         return list(head.headers)
     headers: list[tuple[bytes, bytes]] = []
@@ -91,8 +92,7 @@ def decode_path(raw: bytes) -> str:
     return unquote_to_bytes(raw).decode("utf-8", "replace")
 
 
-def _http_version(env: Mapping[str, Any]) -> str:
-    head = request_head(env)
+def _http_version(env: Mapping[str, Any], head: Any) -> str:
     if head is not None:
         return str(head.http_version)
     protocol = str(env.get("SERVER_PROTOCOL", "HTTP/1.1"))
@@ -115,8 +115,7 @@ def _addresses(env: Mapping[str, Any]) -> tuple[tuple[str, int] | None, tuple[st
     return client, (name, port)
 
 
-def _paths(env: Mapping[str, Any], root_path: str) -> tuple[str, bytes]:
-    head = request_head(env)
+def _paths(env: Mapping[str, Any], root_path: str, head: Any) -> tuple[str, bytes]:
     if head is not None and head.path.startswith(b"/"):
         raw = bytes(head.path)
     else:
@@ -131,19 +130,20 @@ def http_scope(
     env: Mapping[str, Any], *, root_path: str = "", state: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The ``http`` scope for ``env``; ``state`` (the lifespan's) is copied shallowly."""
+    head = request_head(env)
     client, server = _addresses(env)
-    path, raw = _paths(env, root_path)
+    path, raw = _paths(env, root_path, head)
     return {
         "type": "http",
         "asgi": dict(ASGI_VERSION),
-        "http_version": _http_version(env),
+        "http_version": _http_version(env, head),
         "method": str(env["REQUEST_METHOD"]),
         "scheme": "https" if env.get("rack.url_scheme") in ("https", "wss") else "http",
         "path": path,
         "raw_path": raw,
         "query_string": str(env.get("QUERY_STRING", "")).encode("latin-1"),
         "root_path": root_path,
-        "headers": request_headers(env),
+        "headers": request_headers(env, head),
         "client": client,
         "server": server,
         "state": dict(state) if state is not None else {},
