@@ -28,11 +28,20 @@ import trio
 
 from .config import ConfigError
 
-__all__ = ["INTERFACES", "ServedApp", "detect", "prepare", "wrap"]
+__all__ = ["INTERFACES", "LIFESPAN_MODES", "LifespanFailure", "ServedApp", "detect", "prepare", "wrap"]
 
 log = logging.getLogger("trio_rack.error")
 
 INTERFACES = ("auto", "rack", "asgi", "wsgi")
+LIFESPAN_MODES = ("auto", "on", "off")
+
+
+class LifespanFailure(Exception):
+    """The app's ASGI lifespan startup failed: the server must not serve (exit status 3).
+
+    Defined here, not in :mod:`trio_rack.asgi`, so that the command line can catch it without
+    importing the ASGI machinery (a native app's worker starts faster without it).
+    """
 
 
 def _describe(app: Any) -> str:
@@ -140,7 +149,7 @@ class ServedApp:
 
     def check(self) -> str:
         """Validate the configuration now (one ConfigError), and say which interface is served."""
-        if self.lifespan not in ("auto", "on", "off"):
+        if self.lifespan not in LIFESPAN_MODES:
             raise ConfigError(f"lifespan must be one of auto, on, off, not {self.lifespan!r}")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")

@@ -25,19 +25,13 @@ from typing import Any
 import trio
 
 from ..config import ConfigError
+from ..interface import LIFESPAN_MODES, LifespanFailure
 from .http import ASGIApp, ASGIMessageError, asyncio_failure
 from .scope import ASGI_VERSION
 
 __all__ = ["Lifespan", "LifespanFailure", "LIFESPAN_MODES"]
 
 log = logging.getLogger("trio_rack.error")
-
-LIFESPAN_MODES = ("auto", "on", "off")
-
-
-class LifespanFailure(Exception):
-    """The app's lifespan startup failed: the server must not serve (exit status 3)."""
-
 
 class _Phase(enum.Enum):
     STARTING = "starting"

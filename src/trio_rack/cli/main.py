@@ -45,9 +45,8 @@ import trio
 
 from .. import __version__
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
-from ..asgi.lifespan import LIFESPAN_MODES, LifespanFailure
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
-from ..interface import INTERFACES, ServedApp, prepare
+from ..interface import INTERFACES, LIFESPAN_MODES, LifespanFailure, ServedApp, prepare
 from ..net.tls import make_server_context
 from ..server import systemd, workers
 from ..server.certs import DevCert, dev_certificate
