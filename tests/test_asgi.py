@@ -490,3 +490,28 @@ async def test_lifespan_auto_serves_an_app_that_refuses_it(caplog: Any) -> None:
 async def test_serve_refuses_a_bad_interface_value() -> None:
     with pytest.raises(ConfigError, match="interface"):
         await trio_rack.serve(_asgi, bind="http://127.0.0.1:0", interface="cgi")
+
+
+async def test_send_after_the_client_left_raises_oserror() -> None:
+    """ASGI 2.4: a send() once the client is gone raises an OSError (here from a shielded
+    loop, which the request's cancellation cannot interrupt)."""
+    raised: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            try:
+                while True:
+                    await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                    await trio.sleep(0.05)
+            except OSError as exc:
+                raised.append(exc)
+
+    async with serving(app) as url:
+        host, port = _split(url)
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_until(stream, b"tick")
+        await stream.aclose()
+        await eventually(lambda: raised)
+    assert isinstance(raised[0], OSError)
