@@ -43,6 +43,9 @@ app = FastAPI(lifespan=lifespan)
 @app.get("/items/{name}")
 async def item(name: str):
     return {"name": name, "pid": os.getpid()}
+
+def create_app():
+    return app
 """
 
 FLASK_APP = """
@@ -242,10 +245,18 @@ async def test_flask_with_interface_wsgi_and_two_workers_each_with_a_lifespan(
         cwd=project,
         env=env,
     ) as server:
-        assert "trio-rack: serving an WSGI app (--interface wsgi)" in server.banner
+        assert "trio-rack: serving a WSGI app (--interface wsgi)" in server.banner
         got = (await curl("-d", "abc", f"http://127.0.0.1:{server.port()}/f/")).stdout
         assert got == b"flask POST 3 /f"
     async with running(["main:app", "-b", "http://127.0.0.1:0", "-n", "2"], cwd=project, env=env) as server:
         with trio.fail_after(10):
             while server.log().count("lifespan startup") < 2:  # noqa: ASYNC110 - another process's log
                 await trio.sleep(0.05)
+
+
+@needs_request_nursery
+async def test_factory_returning_an_asgi_app(project: Path, env: dict[str, str]) -> None:
+    async with running(["main:create_app", "--factory", "-b", "http://127.0.0.1:0"], cwd=project, env=env) as server:
+        assert "trio-rack: serving an ASGI 3 app (--interface asgi)" in server.banner
+        body = (await curl(f"http://127.0.0.1:{server.port()}/items/x")).stdout
+    assert b'"name":"x"' in body

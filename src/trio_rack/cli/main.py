@@ -407,7 +407,7 @@ def _worker_command(
 
 # -- ASGI and WSGI (trio_rack.interface) ------------------------------------------------------
 
-_INTERFACE_NAMES = {"asgi": "ASGI 3", "wsgi": "WSGI"}
+_INTERFACE_NAMES = {"asgi": "an ASGI 3", "wsgi": "a WSGI"}
 
 
 @typing.overload
@@ -520,7 +520,7 @@ async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Even
 def _announce(bound: list[Bind], *, dev: DevCert | None, interface: str = "rack") -> None:
     """The start banner on stdout: each URL, then how to trust the development certificate."""
     if interface != "rack":  # native apps keep the banner they always had
-        print(f"{PROG}: serving an {_INTERFACE_NAMES[interface]} app (--interface {interface})", flush=True)
+        print(f"{PROG}: serving {_INTERFACE_NAMES[interface]} app (--interface {interface})", flush=True)
     for bind in bound:
         print(f"{PROG}: listening on {bind}", flush=True)
     https = [b for b in bound if b.tls]
