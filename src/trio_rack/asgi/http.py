@@ -165,7 +165,6 @@ class HTTPCycle:
         self._app_done: trio.Event | None = None
         self._error: BaseException | None = None
         self._hijacked = False
-        self.trailers_allowed = False
         self.hijack: Callable[[], trio.abc.Stream] | None = None
         if callable(env.get("rack.hijack")):
             self.hijack = self._hijack
