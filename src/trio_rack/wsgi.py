@@ -15,10 +15,13 @@ The thread talks to the loop only through ``trio.from_thread``:
   body's end whatever the framing (chunked uploads included).
 * The response head is held until the first non-empty body item (or ``write()``, or the end
   of the iterable), as PEP 3333 asks, so ``start_response(..., exc_info)`` can still replace
-  it.  Then the head goes to the loop and :meth:`WSGIAdapter.__call__` returns; body items go
-  through an unbuffered memory channel to the streaming body, whose ``send_all`` is the
-  back-pressure: a thread writing to a slow client waits.  An iterable that is a list or
-  tuple goes out whole, with ``content-length``.
+  it.  Then the head goes to the loop and :meth:`WSGIAdapter.__call__` returns.  Items the
+  thread produces before the loop has taken the head are put aside (at most
+  :data:`PENDING_LIMIT` bytes) without the thread waiting: if the iterable has ended by then
+  — a list, or Werkzeug's one-chunk responses — the response goes out whole, with
+  ``content-length``, and the thread is already free.  Later items go through an unbuffered
+  memory channel to the streaming body, whose ``send_all`` is the back-pressure: a thread
+  writing to a slow client waits.  Nothing waits for a later item to send an earlier one.
 * A client that leaves makes the thread's next write raise :class:`ClientDisconnected` (an
   ``OSError``); a thread cannot be cancelled, so a request stuck elsewhere (a ``sleep``, a
   database call) runs to its end before its thread is free, and shutdown waits for it.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -48,6 +52,8 @@ log = logging.getLogger("trio_rack.error")
 
 #: The largest piece of request body one read from the loop fetches.
 READ_SIZE = 64 * 1024
+#: Body bytes put aside for the loop before the rack call has taken the response head.
+PENDING_LIMIT = 64 * 1024
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -238,7 +244,16 @@ class _Response:
         self.head_ready = trio.Event()
         self.whole: list[bytes] | None = None
         self.error: BaseException | None = None
-        self.finished = False
+        self.finished = False  # (thread side) the iterable ended normally
+        # Shared with the thread, under ``lock`` (held for a few list operations only): body
+        # chunks put aside before the rack call took the head, whether it has, and whether the
+        # iterable had ended by then (then the response goes out whole).
+        self.lock = threading.Lock()
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.taken = False
+        self.complete = False
+        self.token = trio.lowlevel.current_trio_token()
 
     # ---------------------------------------------------------------- in the thread
 
@@ -260,21 +275,36 @@ class _Response:
         self.status, self.headers = status, list(headers)
         return self.write
 
-    def _send_head(self) -> None:
+    def _commit_head(self) -> None:
         if self.status is None:
             raise AssertionError("the WSGI app sent body data before calling start_response")
-        if not self.head_sent:
-            self.head_sent = True
-            trio.from_thread.run_sync(self.head_ready.set)
+        self.head_sent = True  # from now on start_response(exc_info) re-raises
 
     def write(self, data: bytes) -> None:
+        """``write()``, and each item of the iterable: hand ``data`` to the loop.
+
+        Until the rack call has taken the head, a chunk is only put aside (no waiting for the
+        client; at most PENDING_LIMIT bytes); after that it goes through the channel, waiting
+        for the client to take it (back-pressure).
+        """
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"WSGI body data must be bytes, got {type(data).__name__}")
-        self._send_head()
+        self._commit_head()
         if not data:
             return
+        data = bytes(data)
+        with self.lock:
+            stashed = not self.taken and self.pending_size < PENDING_LIMIT
+            if stashed:
+                self.pending.append(data)
+                self.pending_size += len(data)
+                first = len(self.pending) == 1
         try:
-            trio.from_thread.run(self.send.send, bytes(data))
+            if stashed:
+                if first:  # wake the rack call without waiting for the loop
+                    self.token.run_sync_soon(self.head_ready.set)
+                return
+            trio.from_thread.run(self.send.send, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled, trio.RunFinishedError) as exc:
             raise ClientDisconnected("the client went away") from exc
 
@@ -285,15 +315,16 @@ class _Response:
                 chunks = [bytes(c) for c in result]
                 if self.status is None:
                     raise AssertionError("the WSGI app returned without calling start_response")
-                self.whole = chunks
+                self.whole = chunks  # returning wakes the rack call
                 self.head_sent = True
-                trio.from_thread.run_sync(self.head_ready.set)
                 return
             for item in result:
                 if item:
                     self.write(item)
-            self._send_head()
+            self._commit_head()
             self.finished = True
+            with self.lock:
+                self.complete = True  # returning wakes the rack call
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -342,7 +373,11 @@ class WSGIAdapter:
 
         nursery.start_soon(run_in_thread)
         await response.head_ready.wait()
-        if not response.head_sent:
+        with response.lock:
+            response.taken = True
+            pending, response.pending = response.pending, []
+            complete = response.complete
+        if response.whole is None and not pending and not complete:
             if response.error is not None:
                 raise response.error
             raise RuntimeError("the WSGI app returned without a response")
@@ -355,9 +390,13 @@ class WSGIAdapter:
         status = _status_code(response.status)
         if response.whole is not None:
             return status, headers, response.whole
+        if complete:  # the iterable ended before the head was taken: send it whole
+            return status, headers, pending
 
         async def body(stream: trio.abc.Stream) -> None:
             with receive:
+                for chunk in pending:
+                    await stream.send_all(chunk)
                 async for chunk in receive:
                     await stream.send_all(chunk)
             await done.wait()
