@@ -176,4 +176,19 @@ async def memory_connection(
             yield MemoryClient(client)
         finally:
             nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(client)
+            # Shielded: a checkpoint in the now-cancelled scope would raise Cancelled, which
+            # would replace the exception the ``async with`` body raised (a failing assert),
+            # and the nursery would then swallow it.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(client)
+
+
+
+def __getattr__(name: str) -> Any:
+    # ``Transport`` (trio_rack.toolkit_transport) needs httpx, a test-only dependency: imported
+    # on first use, so memory_connection works without httpx installed.
+    if name == "Transport":
+        from .toolkit_transport import Transport
+
+        return Transport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,6 +77,10 @@ class ResponseSink(Protocol):
         """The next piece of the decoded request body, ``b""`` at its end (RequestBodyError)."""
         ...
 
+    def discard_body(self) -> None:
+        """The app closed ``rack.input``; the rest of the body is not wanted."""
+        ...
+
     async def send_informational(self, status: int, headers: Headers) -> None:
         """A 1xx before the final response (103 Early Hints); a no-op where unsupported."""
         ...
@@ -363,7 +367,10 @@ class Exchange:
             await prepared.body(stream)
             if not stream.closed:
                 stream.close_from_server()
-                await self.end()
+            if stream.aborted:  # closed while a send was half done: it cannot end cleanly
+                self.sink.abort()
+                return Outcome.CLOSE
+            await self.end()
         elif kind is BodyKind.ASYNC_ITERABLE:
             async for chunk in prepared.body:
                 await self.send_data(check_chunk(chunk))

@@ -45,7 +45,7 @@ import trio
 
 from .. import __version__
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
-from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from ..config import CLIENT_CERT_MODES, DEFAULT_BIND, TLS_VERSIONS, Bind, ConfigError, Limits, TLSConfig, parse_bind
 from ..interface import INTERFACES, LIFESPAN_MODES, LifespanFailure, ServedApp, prepare
 from ..net.tls import make_server_context
 from ..server import systemd, workers
@@ -152,6 +152,8 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="one Combined Log Format line per response on stderr (default: on)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # a worker's ready pipe
+    _add_tls_flags(parser.add_argument_group("TLS and client certificates"))
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _interface_flags(parser.add_argument_group("ASGI and WSGI apps"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
@@ -193,6 +195,61 @@ def _add_deployment_flags(group: argparse._ArgumentGroup) -> None:
         help="add a random 0..N to each worker's --max-requests, so that workers do not restart "
         "together (default: 0)",
     )
+
+
+def _add_tls_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--key-password-file",
+        metavar="FILE",
+        help="file holding the password of an encrypted --key (a trailing newline is ignored; "
+        "never give the password itself on the command line)",
+    )
+    group.add_argument("--ca-certs", metavar="FILE", help="PEM file of the CAs trusted for client certificates")
+    group.add_argument(
+        "--client-cert",
+        choices=CLIENT_CERT_MODES,
+        default="none",
+        help="ask for a client certificate (optional) or refuse handshakes without a valid one "
+        "(required); needs --ca-certs (default: none)",
+    )
+    group.add_argument("--ssl-ciphers", metavar="CIPHERS", help="OpenSSL cipher string for TLS 1.2")
+    group.add_argument(
+        "--ssl-min-version", choices=TLS_VERSIONS, default="TLSv1.2", help="lowest TLS version (default: TLSv1.2)"
+    )
+
+
+def _tls_options(args: argparse.Namespace, cert: Path | str | None, key: Path | str | None) -> TLSConfig:
+    """The TLSConfig of the TLS flags; reads ``--key-password-file`` (one error line if it can't)."""
+    password = None
+    if args.key_password_file is not None:
+        try:
+            password = Path(args.key_password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"cannot read --key-password-file {args.key_password_file!r}: {reason}") from None
+        password = password.removesuffix("\n").removesuffix("\r")
+    return TLSConfig(
+        cert=cert,
+        key=key,
+        key_password=password,
+        ca_certs=args.ca_certs,
+        client_cert=args.client_cert,
+        ciphers=args.ssl_ciphers,
+        min_version=args.ssl_min_version,
+    )
+
+
+def _tls_worker_args(args: argparse.Namespace) -> list[str]:
+    """The TLS flags again, for a worker (the password by file name only, never by value)."""
+    argv = ["--client-cert", args.client_cert, "--ssl-min-version", args.ssl_min_version]
+    for flag, value in (
+        ("--key-password-file", args.key_password_file),
+        ("--ca-certs", args.ca_certs),
+        ("--ssl-ciphers", args.ssl_ciphers),
+    ):
+        if value is not None:
+            argv.append(f"{flag}={os.path.abspath(value) if flag != '--ssl-ciphers' else value}")
+    return argv
 
 
 def _non_negative_int(text: str) -> int:
@@ -291,6 +348,7 @@ def _certs_command(args: argparse.Namespace) -> int:
 
 def _serve_command(args: argparse.Namespace) -> int:
     activated = systemd.listen_fds()  # first: the app must not see (or pass on) LISTEN_*
+    notifier = systemd.Notifier.from_environ()  # likewise NOTIFY_SOCKET: the main process notifies
     configure_logging(args.log_level, access_log=args.access_log)
     app = _interface_flags(args, load_app(args.app))  # in the supervisor too: one error line, not a crash loop
     binds = _resolve_binds(args.bind, activated)
@@ -300,7 +358,14 @@ def _serve_command(args: argparse.Namespace) -> int:
     announce = functools.partial(_announce, dev=dev, interface=app.chosen)
     if (args.count > 1 or args.max_requests) and not args.worker:
         command = functools.partial(_worker_command, args, cert=cert, key=key)
-        return workers.supervise(binds, count=args.count, worker_command=command, announce=announce)
+        return workers.supervise(
+            binds,
+            count=args.count,
+            worker_command=command,
+            announce=announce,
+            notifier=notifier,
+            backlog=limits.backlog,
+        )
     budget = None
     if args.max_requests:
         budget = workers.RequestBudget(app.target, max_requests=args.max_requests, jitter=args.max_requests_jitter)
@@ -310,8 +375,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         serve,
         app,
         bind=binds,
-        cert=cert,
-        key=key,
+        tls=_tls_options(args, cert, key),
         limits=limits,
         access_log=args.access_log,
         proxy_headers=proxy or False,
@@ -320,9 +384,10 @@ def _serve_command(args: argparse.Namespace) -> int:
         functools.partial(
             _serve_until_signalled,
             serving,
-            announce=None if args.worker else announce,
+            announce=_worker_ready(args) if args.worker else announce,
             lifeline=args.worker,
             budget=budget,
+            notifier=notifier,
         )
     )
     return workers.RECYCLE_EXIT if budget is not None and budget.exhausted.is_set() else 0
@@ -377,7 +442,7 @@ def _tls_files(
     if args.cert is None:
         dev = dev_certificate()
         return dev.cert, dev.key, dev
-    make_server_context(args.cert, args.key)
+    make_server_context(_tls_options(args, args.cert, args.key))
     return Path(args.cert), Path(args.key), None
 
 
@@ -398,6 +463,7 @@ def _worker_command(
         argv += ["--max-requests-jitter", str(args.max_requests_jitter)]
     if cert is not None and key is not None:
         argv += ["--cert", str(cert), "--key", str(key)]
+    argv += _tls_worker_args(args)
     for field in dataclasses.fields(Limits):
         value = getattr(args, field.name)
         if value is not None:
@@ -479,15 +545,18 @@ async def _serve_until_signalled(
     announce: Callable[[list[Bind]], None] | None,
     lifeline: bool,
     budget: workers.RequestBudget | None = None,
+    notifier: systemd.Notifier | None = None,
 ) -> None:
     """Run ``serving`` (serve() with its arguments bound) until SIGINT/SIGTERM.
 
     The first signal shuts down gracefully, a second cancels everything (as
     :func:`trio_rack.server.run` does); ``announce`` gets the bound addresses once listening.
-    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.
+    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.  ``notifier``
+    (systemd) hears READY once listening and STOPPING at shutdown; SIGHUP is logged as
+    unsupported (only the supervisor of ``-n`` restarts).
     """
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, signals, shutdown, nursery.cancel_scope)
             if lifeline:
@@ -497,6 +566,8 @@ async def _serve_until_signalled(
             bound = await nursery.start(_serve_then_stop, serving, shutdown, nursery.cancel_scope)
             if announce is not None:
                 announce(bound)
+            if notifier is not None and notifier.enabled:
+                nursery.start_soon(notifier.run, shutdown)
 
 
 async def _serve_then_stop(
@@ -515,6 +586,15 @@ async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Even
     if not shutdown.is_set():
         log.info("served %d requests (--max-requests): shutting down gracefully", budget.limit)
         shutdown.set()
+
+
+def _worker_ready(args: argparse.Namespace) -> Callable[[list[Bind]], None] | None:
+    """A worker's "announce": tell the supervisor, through ``--ready-fd``, that it serves."""
+    fd = args.ready_fd
+    if fd is None:
+        return None
+    os.set_inheritable(fd, False)  # not for the app's children
+    return lambda _bound: workers.report_ready(fd)
 
 
 def _announce(bound: list[Bind], *, dev: DevCert | None, interface: str = "rack") -> None:

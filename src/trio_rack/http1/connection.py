@@ -14,12 +14,13 @@ are parsed first) or closes.
 * **One writer, one reader.**  Every write goes through one :class:`~trio_rack.net.transport.Writer`.
   Outside the app only this task reads; while the app runs, reads happen only on its behalf
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
-* **One cancel scope per connection, moving deadlines** (:class:`~trio_rack.net.transport.Deadlines`):
-  idle, head and body timeouts end the connection; :meth:`HTTPConnection._after_cancel`
-  then says why and answers ``408`` where one is due.  A write blocked past the write timeout
-  is found by the liveness sweeper, which cancels the request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own,
-  inside the exchange: a vanished client (the liveness sweeper's poll) or a request deadline
-  cancels the request, and the exchange records why.
+* **One cancel scope per connection, moving deadlines**
+  (:class:`~trio_rack.net.transport.Deadlines`): idle, head and body timeouts end the
+  connection; :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one
+  is due.  A write blocked past the write timeout is found by the liveness sweeper, which
+  cancels the request (see :mod:`trio_rack.net.transport`).  The request has a scope of its
+  own, inside the exchange: a vanished client or a request deadline cancels the request, and
+  the exchange records why.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
@@ -419,6 +420,9 @@ class HTTPConnection:
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
+
+    def discard_body(self) -> None:
+        """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
 
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""
