@@ -65,7 +65,7 @@ async def app(scope, receive, send):
 """
 
 AMBIGUOUS = """
-def app(one, two, three):
+async def app(one, two):
     pass
 """
 
@@ -260,3 +260,14 @@ async def test_factory_returning_an_asgi_app(project: Path, env: dict[str, str])
         assert "trio-rack: serving an ASGI 3 app (--interface asgi)" in server.banner
         body = (await curl(f"http://127.0.0.1:{server.port()}/items/x")).stdout
     assert b'"name":"x"' in body
+
+
+async def test_a_plain_wsgi_function_is_served_not_refused(project: Path, env: dict[str, str]) -> None:
+    (project / "plainwsgi.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('content-type', 'text/plain')])\n"
+        "    return [b'plain wsgi']\n"
+    )
+    async with running(["plainwsgi.py", "-b", "http://127.0.0.1:0"], cwd=project, env=env) as server:
+        assert "trio-rack: serving a WSGI app (--interface wsgi)" in server.banner
+        assert (await curl(f"http://127.0.0.1:{server.port()}/")).stdout == b"plain wsgi"

@@ -32,7 +32,11 @@ Design:
   ``id`` must be single lines (``ValueError`` otherwise: a newline there would inject fields),
   ``id`` must not contain NUL (browsers ignore such ids), ``retry`` is a non-negative int of ms.
 * ``Last-Event-ID`` (sent by a reconnecting ``EventSource``) is :attr:`EventStream.last_event_id`.
-* ``HEAD`` gets the headers and no body (the handler is not run).
+* ``HEAD`` gets GET's headers (the head of a streamed, so chunked, response) and no body; the
+  handler is not run.
+* **Graceful shutdown** ends the stream at once: the body watches ``env["trio_rack.shutdown"]``
+  and, when it is set, cancels the handler (its ``finally`` blocks run) and ends the response
+  cleanly, so the server need not wait out its grace period (as websockets close with 1001).
 
 **Resumable streams** (:class:`History`): events published through the bus
 (:mod:`trio_rack.broadcast`) are kept with ids — a bounded ring on ``memory://``, a Redis
@@ -174,8 +178,13 @@ def response(
         raise ValueError("heartbeat must be positive seconds or None")
     all_headers: dict[str, Any] = {**STREAM_HEADERS, **(headers or {})}
     if env.get("REQUEST_METHOD") == "HEAD":
-        return 200, all_headers, []
+
+        async def head_only(stream: trio.abc.Stream) -> None:
+            await stream.send_all(b"")  # a streamed head, as GET's: the server frames HEAD alike
+
+        return 200, all_headers, head_only
     last_event_id = env.get("HTTP_LAST_EVENT_ID")
+    shutdown: trio.Event | None = env.get("trio_rack.shutdown")
 
     async def body(stream: trio.abc.Stream) -> None:
         events = EventStream(stream, last_event_id)
@@ -186,6 +195,8 @@ def response(
             async with trio.open_nursery() as nursery:
                 if heartbeat is not None:
                     nursery.start_soon(events._heartbeat, heartbeat)
+                if shutdown is not None:
+                    nursery.start_soon(_end_on_shutdown, shutdown, nursery.cancel_scope)
                 await handler(events)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -271,3 +282,6 @@ def _unpack(message: broadcast.Message) -> tuple[str, str | None]:
         event = fields.get("event")
         return fields["data"], event if isinstance(event, str) else None
     return text, None
+async def _end_on_shutdown(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    await shutdown.wait()
+    scope.cancel()  # the handler sees Cancelled; the body returns, so the response ends cleanly

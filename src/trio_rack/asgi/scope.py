@@ -56,7 +56,8 @@ def conn_info(env: Mapping[str, Any]) -> Any:
 
 
 def tls_stream(env: Mapping[str, Any]) -> Any:
-    """The connection's ``trio.SSLStream`` (or ssl object) on https binds, else None."""
+    """What the connection knows of its TLS on https binds, else None: the server's
+    ``env["trio_rack.tls"]`` mapping (``trio_rack.net.tls.tls_info``), or the ``SSLStream``."""
     tls = env.get("trio_rack.tls")
     if tls is not None:
         return tls
@@ -168,14 +169,38 @@ def websocket_scope(
 _TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
+_CIPHER_IDS: dict[str, int] = {}
+
+
+def _cipher_id(name: str | None) -> int | None:
+    """The IANA number of an OpenSSL cipher name (from OpenSSL's own table, read once)."""
+    if not name:
+        return None
+    if not _CIPHER_IDS:
+        import ssl
+
+        for entry in ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).get_ciphers():
+            _CIPHER_IDS[entry["name"]] = int(entry["id"]) & 0xFFFF
+    return _CIPHER_IDS.get(name)
+
+
 def tls_extension(tls: Any) -> dict[str, Any] | None:
-    """The ``tls`` extension for a connection's ``ssl.SSLObject`` (or ``trio.SSLStream``).
+    """The ``tls`` extension from what :func:`tls_stream` found.
 
     ``tls_version`` and ``cipher_suite`` are the IANA numbers the spec asks for (the cipher's
-    number comes from the context's cipher table, by name); certificates are PEM text.
+    number from OpenSSL's cipher table, by name); certificates are PEM text.
     """
     import ssl
 
+    if isinstance(tls, Mapping):  # the server's tls_info mapping
+        return {
+            "server_cert": None,
+            "client_cert_chain": list(tls.get("client_cert_chain") or ()),
+            "client_cert_name": tls.get("client_subject"),
+            "client_cert_error": None,
+            "tls_version": _TLS_VERSIONS.get(tls.get("version") or ""),
+            "cipher_suite": _cipher_id(tls.get("cipher")),
+        }
     try:
         version = tls.version()
         cipher = tls.cipher()

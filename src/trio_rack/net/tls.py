@@ -40,6 +40,7 @@ import h11
 import trio
 
 from ..config import ConfigError, TLSConfig
+from ..state import SERVER_HEADER, date_header
 
 __all__ = ["make_server_context", "accept_tls", "tls_info"]
 
@@ -257,7 +258,9 @@ async def _answer_plain_http(stream: trio.SocketStream, https_url: str) -> None:
         b"HTTP/1.1 400 Bad Request\r\n"
         b"content-type: text/plain; charset=utf-8\r\n"
         b"content-length: %d\r\n"
-        b"connection: close\r\n\r\n" % len(body)
+        b"connection: close\r\n"
+        b"date: %s\r\n"
+        b"%s: %s\r\n\r\n" % (len(body), date_header(), *SERVER_HEADER)  # as on every other response
     )
     log.info("%s: plain HTTP on a TLS port; told to use %s", _peer(stream), url)
     try:

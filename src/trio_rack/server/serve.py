@@ -35,6 +35,7 @@ from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
 from ..http1.connection import HTTPConnection
 from ..interface import prepare as prepare_app
+from ..logs import ensure_default_logging
 from ..net.tls import accept_tls, make_server_context, tls_info
 from ..state import ServerState
 from .liveness import run_liveness_sweeper
@@ -126,10 +127,14 @@ def _bind_unix(bind: Bind, backlog: int = BACKLOG) -> socket.socket:
     """Bind a Unix socket; a stale socket file is replaced, a live one is an error."""
     path = bind.path
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
+        mode = os.stat(path).st_mode
+        if stat.S_ISSOCK(mode):
             if _socket_is_live(path):
                 raise ConfigError(f"unix:{path} is in use by a running server")
             os.unlink(path)  # a stale socket from an earlier run
+        else:  # bind() would say "Address already in use", which sends users looking for a server
+            kind = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
+            raise ConfigError(f"cannot listen on unix:{path}: {kind} is in the way (never replaced); remove it")
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -254,6 +259,7 @@ async def serve(
     ``"auto"``/``"on"``/``"off"`` for ASGI apps: startup runs before any listener accepts
     (a failure raises :class:`~trio_rack.asgi.LifespanFailure`), shutdown after the drain.
     """
+    ensure_default_logging()  # a script that configured no logging still sees our log on stderr
     served = prepare_app(
         app, interface=interface, root_path=root_path, threads=threads, lifespan=lifespan
     )
@@ -296,6 +302,8 @@ async def _serve_listeners(
                     connection_slots,
                     connections,
                 )
+            for bound, _ in listeners:
+                log.info("listening on %s", bound)
             task_status.started([b for b, _ in listeners])
             if shutdown_trigger is not None:
                 await shutdown_trigger.wait()

@@ -191,7 +191,8 @@ class Supervisor:
                 async with trio.open_nursery() as keepers:
                     for slot in range(1, self.count + 1):
                         await keepers.start(self._keep_worker, slot)
-                    log.info("supervisor (pid %d) started %d workers", os.getpid(), self.count)
+                    plural = "" if self.count == 1 else "s"
+                    log.info("supervisor (pid %d) started %d worker%s", os.getpid(), self.count, plural)
                     if await self._all_ready():
                         announce()
                         self.notifier.ready()
