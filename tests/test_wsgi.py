@@ -255,3 +255,16 @@ async def test_header_values_are_latin_1_and_server_port_a_str_on_the_wire() -> 
     head = data.split(b"\r\n\r\n", 1)[0].lower()
     assert b"x-name: caf\xe9" in head  # latin-1 on the wire, not UTF-8
     assert b"set-cookie: a=1" in head and b"set-cookie: b=2" in head
+
+
+async def test_file_wrapper_over_a_non_file_is_iterated() -> None:
+    import io
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"in memory " * 1000), 4096)
+
+    async with serving(app, interface="wsgi") as url:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(url + "/")
+    assert response.content == b"in memory " * 1000

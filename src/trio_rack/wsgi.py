@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import trio
+
+from .files import FileBody
 
 __all__ = ["ClientDisconnected", "FileWrapper", "InputStream", "WSGIAdapter", "build_environ"]
 
@@ -154,7 +157,10 @@ class InputStream(io.RawIOBase):
 
 
 class FileWrapper:
-    """``wsgi.file_wrapper``: iterate a file in blocks (in the thread), close it with the response."""
+    """``wsgi.file_wrapper``: a file the server sends from its path (as a
+    :class:`~trio_rack.files.FileBody`, ``sendfile`` where the driver does it) when it is a
+    regular file opened by name in binary mode; otherwise iterated in blocks in the thread.
+    Closed with the response either way."""
 
     def __init__(self, filelike: Any, block_size: int = 256 * 1024) -> None:
         self.filelike = filelike
@@ -166,6 +172,24 @@ class FileWrapper:
     def __iter__(self) -> Iterator[bytes]:
         while block := self.filelike.read(self.block_size):
             yield block
+
+
+def _file_path(result: Any) -> tuple[str, int] | None:
+    """(path, offset) when ``result`` is our FileWrapper over a regular file opened by name."""
+    if type(result) is not FileWrapper:
+        return None
+    filelike = result.filelike
+    name = getattr(filelike, "name", None)
+    if not isinstance(name, str) or "b" not in getattr(filelike, "mode", ""):
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(filelike.fileno()).st_mode):
+            return None
+        return name, filelike.tell()
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class _ErrorStream:
@@ -242,7 +266,7 @@ class _Response:
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
         self.head_ready = trio.Event()
-        self.whole: list[bytes] | None = None
+        self.whole: list[bytes] | FileBody | None = None
         self.error: BaseException | None = None
         self.finished = False  # (thread side) the iterable ended normally
         # Shared with the thread, under ``lock`` (held for a few list operations only): body
@@ -311,6 +335,13 @@ class _Response:
     def run(self, app: WSGIApp, environ: dict[str, Any]) -> None:
         result = app(environ, self.start_response)
         try:
+            path = _file_path(result) if not self.head_sent else None
+            if path is not None:  # wsgi.file_wrapper over a real file: let the server send it
+                if self.status is None:
+                    raise AssertionError("the WSGI app returned without calling start_response")
+                self.whole = FileBody(*path)
+                self.head_sent = True
+                return
             if isinstance(result, (list, tuple)) and not self.head_sent:
                 chunks = [bytes(c) for c in result]
                 if self.status is None:

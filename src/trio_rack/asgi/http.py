@@ -51,8 +51,6 @@ log = logging.getLogger("trio_rack.error")
 PENDING_LIMIT = 64 * 1024
 #: The largest piece of request body one ``http.request`` message carries.
 RECEIVE_SIZE = 64 * 1024
-#: Read size for ``http.response.pathsend``.
-FILE_CHUNK = 256 * 1024
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -125,10 +123,12 @@ class _PathSend:
         self.path = path
 
 
-async def _file_chunks(path: str) -> AsyncIterator[bytes]:
-    async with await trio.open_file(path, "rb") as file:
-        while chunk := await file.read(FILE_CHUNK):
-            yield chunk
+def _file_chunks(path: str) -> AsyncIterator[bytes]:
+    """The file as a :class:`~trio_rack.files.FileBody`: read off the loop in slices, and sent
+    with ``sendfile`` wherever the driver does that for bodies that name a file."""
+    from ..files import FileBody
+
+    return FileBody(path).__aiter__()
 
 
 class HTTPCycle:
@@ -352,7 +352,9 @@ class HTTPCycle:
         if self._done:
             self._mark_complete()
             if self._pathsend is not None:
-                return status, headers, _file_chunks(self._pathsend.path)
+                from ..files import FileBody
+
+                return status, headers, FileBody(self._pathsend.path)
             return status, headers, self._pending
         self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | _PathSend](0)
         if self._app_finished:  # ended between its head and its end: the body will say so
