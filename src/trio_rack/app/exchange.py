@@ -192,6 +192,9 @@ class Exchange:
         env["rack.response_finished"] = []
         env["trio_rack.shutdown"] = self.state.shutdown_started
         env["trio_rack.cancel_scope"] = self._scope
+        # for adapters that need the request as the wire gave it (ASGI's ordered raw headers)
+        env["trio_rack.request_head"] = self.head
+        env["trio_rack.conn_info"] = self.info
         if self.state.proxy is not None:
             self.state.proxy.apply(env)
         return env
