@@ -47,6 +47,7 @@ import trio
 
 from ..errors import AppError, ClientGone
 from ..state import SERVER_HEADER, ServerState, date_header
+from ..types import Env
 from . import accesslog
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
@@ -181,7 +182,7 @@ class Exchange:
     def response_started(self) -> bool:
         return self._response is not ResponseState.PENDING
 
-    def _make_env(self) -> dict[str, Any]:
+    def _make_env(self) -> Env:
         env = build_env(self.head, self.info)
         env["rack.input"] = self._request_body
         env["rack.errors"] = ErrorsSink()

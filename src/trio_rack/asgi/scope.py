@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import trio
-
 __all__ = ["ASGI_VERSION", "http_scope", "request_headers", "decode_path", "websocket_scope"]
 
 #: ASGI 3.0, HTTP/WebSocket spec 2.4 (2.4 adds: send() after a disconnect raises OSError).
@@ -32,37 +30,19 @@ _WS_ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 _CGI_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 
 
-def _exchange(env: Mapping[str, Any]) -> Any:
-    """The server's exchange for this request, found through a bound method it put in ``env``.
-
-    A stopgap: the scope needs the request head (raw headers in order), the listening address
-    and the TLS stream, which the CGI keys lose.  The exchange should put them in ``env`` as
-    ``trio_rack.request_head``, ``trio_rack.conn_info`` and ``trio_rack.tls`` (those keys win
-    when present); until then they are read from the exchange object itself.
-    """
-    return getattr(env.get("rack.early_hints"), "__self__", None)
-
-
 def request_head(env: Mapping[str, Any]) -> Any:
     """The driver's ``RequestHead`` (method, path, query, http_version, headers), or None."""
-    head = env.get("trio_rack.request_head")
-    return head if head is not None else getattr(_exchange(env), "head", None)
+    return env.get("trio_rack.request_head")
 
 
 def conn_info(env: Mapping[str, Any]) -> Any:
     """The connection's ``ConnInfo`` (scheme, listening and peer addresses), or None."""
-    info = env.get("trio_rack.conn_info")
-    return info if info is not None else getattr(_exchange(env), "info", None)
+    return env.get("trio_rack.conn_info")
 
 
 def tls_stream(env: Mapping[str, Any]) -> Any:
-    """What the connection knows of its TLS on https binds, else None: the server's
-    ``env["trio_rack.tls"]`` mapping (``trio_rack.net.tls.tls_info``), or the ``SSLStream``."""
-    tls = env.get("trio_rack.tls")
-    if tls is not None:
-        return tls
-    transport = getattr(getattr(_exchange(env), "sink", None), "transport", None)
-    return transport if isinstance(transport, trio.SSLStream) else None
+    """What the connection knows of its TLS on https binds (``trio_rack.net.tls.tls_info``), else None."""
+    return env.get("trio_rack.tls")
 
 
 def request_headers(env: Mapping[str, Any], head: Any = None) -> list[tuple[bytes, bytes]]:
