@@ -146,6 +146,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="one Combined Log Format line per response on stderr (default: on)",
     )
+    parser.add_argument(
+        "--no-http2",
+        dest="http2",
+        action="store_false",
+        help="serve HTTP/1.1 only: no ALPN h2 on https binds, no prior-knowledge HTTP/2 on http binds",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
@@ -308,6 +314,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         limits=limits,
         access_log=args.access_log,
         proxy_headers=proxy or False,
+        http2=args.http2,
     )
     trio.run(
         functools.partial(
@@ -380,6 +387,8 @@ def _worker_command(
     """The argv of one worker: this command, on inherited sockets, without a banner."""
     argv = [sys.executable, "-m", "trio_rack", "serve", args.app, "--worker", "--log-level", args.log_level]
     argv.append("--access-log" if args.access_log else "--no-access-log")
+    if not args.http2:
+        argv.append("--no-http2")
     for bind in fd_binds:
         argv += ["-b", str(bind)]
     if args.proxy_headers:

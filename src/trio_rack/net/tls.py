@@ -35,7 +35,7 @@ _HOST_RE = re.compile(rb"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]
 
 
 def make_server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
-    """A server context for ``cert`` (a PEM chain) and ``key``, offering ALPN http/1.1.
+    """A server context for ``cert`` (a PEM chain) and ``key``, offering ALPN h2, then http/1.1.
 
     Raises :class:`ConfigError` with one line naming the file when either cannot be loaded.
     """
@@ -53,7 +53,7 @@ def make_server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
         ctx.load_cert_chain(str(cert), str(key))
     except (ssl.SSLError, ValueError, OSError) as exc:
         raise ConfigError(f"cannot load certificate {str(cert)!r} with key {str(key)!r}: {exc}") from None
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
 
 

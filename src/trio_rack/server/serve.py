@@ -32,7 +32,7 @@ import trio
 from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
-from ..http1.connection import HTTPConnection
+from ..net.dispatch import serve_connection
 from ..net.tls import accept_tls, make_server_context
 from ..state import ServerState
 from .liveness import run_liveness_sweeper
@@ -215,6 +215,7 @@ async def serve(
     proxy_headers: bool | ProxyHeaders = False,
     forwarded_allow_ips: Sequence[str] = DEFAULT_TRUSTED,
     shutdown_trigger: trio.Event | None = None,
+    http2: bool = True,
     task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled (or until ``shutdown_trigger`` is set, gracefully).
@@ -229,18 +230,23 @@ async def serve(
     networks, ``"*"``; Unix-socket peers always count); a
     :class:`~trio_rack.proxy.ProxyHeaders` instance sets the whole policy instead (e.g. RFC 7239
     ``Forwarded``).  See :mod:`trio_rack.proxy`.
+
+    ``http2=False`` turns HTTP/2 off: ``https`` binds offer only ALPN ``http/1.1`` and a
+    prior-knowledge preface on ``http`` binds gets HTTP/1's answer to a bad version.
     """
     binds = normalize_binds(bind)
     limits = limits or Limits()
     proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
     ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key)
+    if ctx is not None and not http2:
+        ctx.set_alpn_protocols(["http/1.1"])
     opened = open_sockets(binds)
     limits = _fit_connections_to_fd_limit(limits)
     state = ServerState(app, limits, access_log=access_log, proxy=proxy)
     try:
         for _, sock in opened:
             sock.setblocking(False)
-        await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status)
+        await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status, http2=http2)
     finally:
         for _, sock in opened:
             sock.close()
@@ -253,6 +259,8 @@ async def _serve_listeners(
     ctx: ssl.SSLContext | None,
     shutdown_trigger: trio.Event | None,
     task_status: trio.TaskStatus[list[Bind]],
+    *,
+    http2: bool = True,
 ) -> None:
     connection_slots = trio.Semaphore(state.limits.max_connections)
     async with trio.open_nursery() as connections:
@@ -267,6 +275,7 @@ async def _serve_listeners(
                     ctx if actual.tls else None,
                     connection_slots,
                     connections,
+                    http2,
                 )
             task_status.started([b for b, _ in listeners])
             if shutdown_trigger is not None:
@@ -339,6 +348,7 @@ async def _accept_loop(
     ctx: ssl.SSLContext | None,
     slots: trio.Semaphore,
     nursery: trio.Nursery,
+    http2: bool = True,
 ) -> None:
     """Accept until cancelled.  At ``max_connections`` it stops accepting (the backlog queues).
 
@@ -373,7 +383,7 @@ async def _accept_loop(
                     slots.release()
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots)
+                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2)
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
                 continue
@@ -396,6 +406,7 @@ async def _handle_connection(
     state: ServerState,
     ctx: ssl.SSLContext | None,
     slots: trio.Semaphore,
+    http2: bool = True,
 ) -> None:
     """One connection's task.  Whatever happens, the socket is closed and the slot released."""
     transport: trio.abc.Stream = stream
@@ -412,7 +423,7 @@ async def _handle_connection(
         except OSError:
             return  # gone before we looked
         server = (bind.host, bind.port) if bind.kind == "tcp" else None
-        await HTTPConnection(transport, state, ConnInfo(bind.scheme, server, peer)).run()
+        await serve_connection(transport, state, ConnInfo(bind.scheme, server, peer), http2=http2)
     except Exception:
         log.exception("connection from %s crashed; closing it", bind)
     finally:
