@@ -113,6 +113,7 @@ class H2Connection:
         self._out_lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
         self._read_scope = trio.CancelScope()
+        self._read_deadline = math.inf
         self._nursery: trio.Nursery | None = None
         self._gone: str | None = None  # the transport failed: why
         self._ending: str | None = None  # the connection is being ended by us: why
@@ -179,13 +180,13 @@ class H2Connection:
                 await self._drain_lot.park()  # the writer (and its write timeout) lets us go on
                 continue
             data = b""
-            with self._read_scope:
+            with trio.CancelScope(deadline=self._read_deadline) as scope:
+                self._read_scope = scope
                 try:
                     data = await self.transport.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
-            if self._read_scope.cancelled_caught:
-                self._read_scope = trio.CancelScope()
+            if scope.cancelled_caught:
                 if self._ending is None and self._gone is None and not self.streams:
                     self._goaway(ErrorCodes.NO_ERROR, "idle" if self._served_any else "no request", log_level=logging.DEBUG)
                 continue
@@ -399,14 +400,14 @@ class H2Connection:
     def _update_idle(self, first: bool = False) -> None:
         """Set the reader's deadline: none while streams are open, else the idle timeout."""
         if self.streams:
-            self._read_scope.deadline = math.inf
+            self._read_deadline = self._read_scope.deadline = math.inf
             return
         if self._draining and self._last_stream_id is not None or self._peer_goaway:
             self._goaway(ErrorCodes.NO_ERROR, "drained", log_level=logging.DEBUG)
             return
         limits = self.limits
         timeout = limits.header_timeout if first else limits.keepalive_timeout
-        self._read_scope.deadline = trio.current_time() + timeout
+        self._read_deadline = self._read_scope.deadline = trio.current_time() + timeout
 
     # ------------------------------------------------------------------------------ output
 
