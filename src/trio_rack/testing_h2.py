@@ -63,6 +63,7 @@ class H2MemoryClient:
         self.closed = False
         self.events: list[Any] = []
         self._started = False
+        self._buffer = b""
         self._settings = settings or {}
         #: Set when the server's connection task has returned (memory_h2_connection).
         self.server_done = trio.Event()
@@ -160,9 +161,17 @@ class H2MemoryClient:
         if not data:
             self.closed = True
             return
-        for event in self.h2.receive_data(data):
-            self.events.append(event)
-            self._handle(event)
+        # One frame at a time, so that a GOAWAY's effect on h2's state (see _handle) is undone
+        # before the frames after it in the same read.
+        self._buffer += data
+        while len(self._buffer) >= 9:
+            end = 9 + int.from_bytes(self._buffer[:3], "big")
+            if len(self._buffer) < end:
+                break
+            frame, self._buffer = bytes(self._buffer[:end]), self._buffer[end:]
+            for event in self.h2.receive_data(frame):
+                self.events.append(event)
+                self._handle(event)
         await self.flush()
 
     def _handle(self, event: Any) -> None:
@@ -189,6 +198,9 @@ class H2MemoryClient:
             result.reset = int(event.error_code)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event
+            # h2 (as a client) takes any GOAWAY as the end of the connection; RFC 9113 §6.8 lets
+            # the streams up to last_stream_id complete, so the harness keeps reading them.
+            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
 
     async def read_stream(self, sid: int) -> StreamResult:
         """Read until ``sid`` ended or was reset, or the connection closed."""
@@ -226,14 +238,19 @@ async def memory_h2_connection(
     scheme: str = "http",
     state: ServerState | None = None,
     settings: dict[int, int] | None = None,
+    lockstep: bool = False,
 ) -> AsyncIterator[H2MemoryClient]:
     """Run one :class:`~trio_rack.http2.connection.H2Connection` for ``app`` over a memory pair.
+
+    ``lockstep=True`` uses an unbuffered pair: a write waits until the other side reads, as a
+    socket with full buffers does (for tests of clients that stop reading).
 
     Resource handling: on exit the connection task is cancelled and both ends are closed.
     """
     from .http2.connection import H2Connection
 
-    client, server = trio.testing.memory_stream_pair()
+    pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+    client, server = pair()
     state = state or ServerState(app, limits or Limits(), access_log=False)
     info = ConnInfo(scheme, ("testserver", 80), ("127.0.0.1", 12345))
     h2client = H2MemoryClient(client, settings=settings)
@@ -250,5 +267,7 @@ async def memory_h2_connection(
         try:
             yield h2client
         finally:
-            nursery.cancel_scope.cancel()
+            # Close first, cancel last: an await after cancel() would raise Cancelled here,
+            # which replaces the body's exception (a failed assert) and the nursery absorbs it.
             await trio.aclose_forcefully(client)
+            nursery.cancel_scope.cancel()

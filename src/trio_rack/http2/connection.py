@@ -207,6 +207,9 @@ class H2Connection:
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued the GOAWAY with the error's code (PROTOCOL_ERROR, COMPRESSION_ERROR...)
             log.info("%s: HTTP/2 protocol error: %s; GOAWAY", self._who, exc)
+            if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                # (a bad preface fails before h2 queues its GOAWAY)
+                self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
             self._ending = f"protocol error: {exc}"
             self.flush()
             return

@@ -184,9 +184,9 @@ class H2Stream:
         if empty:
             await trio.lowlevel.checkpoint()
             return
-        for chunk in body:
-            if chunk:
-                await self._send(chunk)
+        chunks = [chunk for chunk in body if chunk]
+        for i, chunk in enumerate(chunks):
+            await self._send(chunk, end_stream=i == len(chunks) - 1)
         self.sent = length
         self._end_stream()
 
@@ -266,17 +266,23 @@ class H2Stream:
             self.ended = True
             self.conn.end_stream(self.stream_id)
 
-    async def _send(self, data: bytes) -> None:
-        """DATA frames under flow control; waits for window, raises ClientGone when reset."""
+    async def _send(self, data: bytes, *, end_stream: bool = False) -> None:
+        """DATA frames under flow control; waits for window, raises ClientGone when reset.
+
+        With ``end_stream`` the last frame carries END_STREAM (no empty frame after it).
+        """
         view = memoryview(data)
         pos = 0
         while pos < len(view):
             window = await self.conn.wait_window(self)
             size = min(window, self.conn.max_frame_size(), len(view) - pos)
+            last = end_stream and pos + size == len(view)
             try:
-                self.conn.h2.send_data(self.stream_id, view[pos : pos + size].tobytes())
+                self.conn.h2.send_data(self.stream_id, view[pos : pos + size].tobytes(), end_stream=last)
             except H2Error as exc:
                 raise ClientGone(f"stream {self.stream_id} can no longer be written: {exc}") from None
+            if last:
+                self.ended = True
             self.conn.flush()
             pos += size
 
