@@ -487,6 +487,7 @@ class H2Connection:
         from ..errors import ClientGone
 
         deadline = trio.current_time() + self.limits.write_timeout
+        await trio.lowlevel.checkpoint()  # first: the window read below must be used at once
         while True:
             if stream.broken is not None:
                 raise ClientGone(stream.broken)
@@ -495,8 +496,7 @@ class H2Connection:
             except h2.exceptions.H2Error as exc:
                 raise ClientGone(f"stream {stream.stream_id} is closed: {exc}") from None
             if window > 0 and self._out_size <= HIGH_WATER:
-                await trio.lowlevel.checkpoint()
-                return int(window)
+                return int(window)  # no await before the caller sends: another stream may not take it
             with trio.move_on_at(deadline):
                 if window > 0:
                     await self._drain_lot.park()

@@ -280,6 +280,8 @@ class H2Stream:
             try:
                 self.conn.h2.send_data(self.stream_id, view[pos : pos + size].tobytes(), end_stream=last)
             except H2Error as exc:
+                if self.broken is None:  # not the client's doing: h2 refused what we computed
+                    log.exception("stream %d: h2 refused DATA", self.stream_id)
                 raise ClientGone(f"stream {self.stream_id} can no longer be written: {exc}") from None
             if last:
                 self.ended = True
