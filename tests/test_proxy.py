@@ -17,6 +17,7 @@ import pytest
 from trio_rack.config import ConfigError, Limits
 from trio_rack.state import ServerState
 from trio_rack.app.env import ConnInfo, build_env
+from trio_rack.http1.strict import request_head
 from trio_rack.app.proxy import ProxyHeaders, parse_forwarded
 from trio_rack.testing import memory_connection
 
@@ -32,7 +33,7 @@ def make_env(*headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "
     """
     request = h11.Request(method="GET", target="/", headers=[("host", "app.example")])
     remote = (peer, 40000) if peer else None
-    env = build_env(request, ConnInfo(scheme, ("127.0.0.1", 8000), remote))
+    env = build_env(request_head(request), ConnInfo(scheme, ("127.0.0.1", 8000), remote))
     for name, value in headers:
         key = "HTTP_" + name.upper().replace("-", "_")
         env[key] = value if key not in env else env[key] + ", " + value

@@ -8,7 +8,9 @@ import pytest
 from trio_rack.app.accesslog import escape
 from trio_rack.config import Bind, ConfigError, Limits, parse_bind
 from trio_rack.app.env import ConnInfo, build_env
-from trio_rack.app.response import AppError, BodyKind, prepare_response, serialize_head
+from trio_rack.http1.strict import request_head
+from trio_rack.app.response import AppError, BodyKind, prepare_response
+from trio_rack.http1.wire import serialize_head
 
 
 @pytest.mark.parametrize(
@@ -113,7 +115,7 @@ def test_partial_hijack_keeps_hop_by_hop_and_skips_length():
 
 
 def _request(target: bytes, headers=(("host", "h"),), method=b"GET", version=b"1.1"):
-    return h11.Request(method=method, target=target, headers=list(headers), http_version=version)
+    return request_head(h11.Request(method=method, target=target, headers=list(headers), http_version=version))
 
 
 def test_build_env_basics_and_ipv6_host():

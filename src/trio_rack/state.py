@@ -15,19 +15,23 @@ import trio
 
 from .config import Limits
 
-__all__ = ["ConnectionHandle", "ServerState", "SERVER_HEADER", "date_header"]
+__all__ = ["ConnectionHandle", "LiveRequest", "ServerState", "SERVER_HEADER", "date_header"]
 
 SERVER_HEADER = (b"server", b"trio-rack")
 
 
-class ConnectionHandle(Protocol):
-    """What the server (liveness sweeper, graceful drain) may do with a live connection."""
+class LiveRequest(Protocol):
+    """A request whose app is producing a response; the liveness sweeper polls its socket."""
 
     #: The OS socket, for the hang-up poll; None for in-memory transports.
     fileno: int | None
 
     def cancel_app(self) -> None:
         """The client hung up while the app was running: cancel it."""
+
+
+class ConnectionHandle(Protocol):
+    """What the graceful drain may do with an open connection."""
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: end the connection now if it waits for a next request."""
@@ -58,17 +62,20 @@ date_header = _date.get
 class ServerState:
     """What every connection of one server shares: config and the liveness registry.
 
-    ``active`` holds the connections whose app is producing a framed response; the liveness
-    sweeper polls their sockets.  ``draining`` is set on graceful shutdown.
+    ``active`` holds the requests whose app is producing a framed response (several may share a
+    socket on HTTP/2); the liveness sweeper polls their sockets.  ``connections`` holds every open
+    connection, for the graceful drain.  ``draining`` is set on graceful shutdown.
     """
 
     def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
         self.app = app
+        #: The app asks for a request-scoped nursery (the ASGI adapter): see app/exchange.py.
+        self.request_nursery = bool(getattr(app, "trio_rack_request_nursery", False))
         self.limits = limits
         self.access_log = access_log
         #: Trusted-proxy policy (an object with ``apply(env)``), or None to ignore proxy headers.
         self.proxy = proxy
-        self.active: set[ConnectionHandle] = set()
+        self.active: set[LiveRequest] = set()
         self.connections: set[ConnectionHandle] = set()
         self.draining = False
         #: Set when the last connection closes during a graceful shutdown.

@@ -1,11 +1,11 @@
-"""Build the CGI-style part of a request's ``env`` from an h11 ``Request``.  No I/O.
+"""Build the CGI-style part of a request's ``env`` from a :class:`RequestHead`.  No I/O.
 
 Decisions worth knowing (the README's spec repeats them):
 
 * ``PATH_INFO`` and ``QUERY_STRING`` are the raw, still percent-encoded target pieces, as in
   Rack; decoding is the app's (or its router's) business.
-* An absolute-form target (``GET http://host/path``, RFC 9112 §3.2.2) is split: its path goes
-  to ``PATH_INFO`` and its authority wins over the ``Host`` header.
+* An absolute-form target's authority (``GET http://host/path``, RFC 9112 §3.2.2; the HTTP/1
+  driver splits it off) and HTTP/2's ``:authority`` win over the ``Host`` header.
 * Repeated headers are joined with ", "; repeated ``Cookie`` headers with "; " (RFC 6265 §5.4).
 * Header names containing "_" are dropped: after the ``-`` → ``_`` mapping they would be
   indistinguishable from their dashed twins (``X-Auth_User`` vs ``X-Auth-User``), a known
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import h11
+from .head import RequestHead
 
-__all__ = ["ConnInfo", "build_env"]
+__all__ = ["ConnInfo", "build_env", "split_host"]
 
 #: Precomputed env keys for the headers every browser sends, to skip string work per request.
 _KEY_CACHE: dict[bytes, str | None] = {}
@@ -57,7 +57,8 @@ class ConnInfo:
         self.remote_addr, self.remote_port = remote or ("", 0)
 
 
-def _split_host(host: str, default_port: int) -> tuple[str, str]:
+def split_host(host: str, default_port: int) -> tuple[str, str]:
+    """``host[:port]`` (an IPv6 literal in brackets) as (name, port), the port as text."""
     if host.startswith("["):  # IPv6 literal
         end = host.find("]")
         name, rest = host[: end + 1], host[end + 1 :]
@@ -66,35 +67,20 @@ def _split_host(host: str, default_port: int) -> tuple[str, str]:
     return name, port if sep else str(default_port)
 
 
-def build_env(request: h11.Request, info: ConnInfo) -> dict[str, Any]:
-    """The CGI keys of ``env`` for ``request``; the connection adds the ``rack.*`` keys."""
-    target = request.target.decode("latin-1")
-    host = None
-    if not target.startswith("/"):
-        # absolute-form, RFC 9112 §3.2.2; the scheme is case-insensitive (RFC 3986 §3.1)
-        if target[:8].lower().startswith(("http://", "https://")):
-            rest = target.split("://", 1)[1]
-            slash = rest.find("/")
-            query = rest.find("?")
-            cut = min(i for i in (slash, query, len(rest)) if i >= 0)
-            host, target = rest[:cut], rest[cut:]
-            if not target.startswith("/"):
-                target = "/" + target
-        elif target == "*":  # asterisk-form (OPTIONS *)
-            pass
-    path, _, query = target.partition("?")
+def build_env(head: RequestHead, info: ConnInfo) -> dict[str, Any]:
+    """The CGI keys of ``env`` for ``head``; the request cycle adds the ``rack.*`` keys."""
     env: dict[str, Any] = {
-        "REQUEST_METHOD": request.method.decode("ascii"),
+        "REQUEST_METHOD": head.method.decode("ascii"),
         "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
+        "PATH_INFO": head.path.decode("latin-1"),
+        "QUERY_STRING": head.query.decode("latin-1"),
+        "SERVER_PROTOCOL": "HTTP/" + head.http_version,
         "REMOTE_ADDR": info.remote_addr,
         "REMOTE_PORT": str(info.remote_port),
         "rack.url_scheme": info.scheme,
     }
     cookies: list[str] | None = None
-    for name, value in request.headers:
+    for name, value in head.headers:
         key = _env_key(name)
         if key is None:
             continue
@@ -109,13 +95,14 @@ def build_env(request: h11.Request, info: ConnInfo) -> dict[str, Any]:
         env[key] = text if old is None else old + ", " + text
     if cookies is not None:
         env["HTTP_COOKIE"] = "; ".join(cookies)
-    if host is not None:
-        env["HTTP_HOST"] = host
+    host: str | None
+    if head.authority is not None:
+        host = env["HTTP_HOST"] = head.authority.decode("latin-1")
     else:
         host = env.get("HTTP_HOST")
     default_port = 443 if info.scheme == "https" else 80
     if host:
-        env["SERVER_NAME"], env["SERVER_PORT"] = _split_host(host, default_port)
+        env["SERVER_NAME"], env["SERVER_PORT"] = split_host(host, default_port)
     else:
         env["SERVER_NAME"], env["SERVER_PORT"] = info.server_name, str(info.server_port)
     return env

@@ -60,6 +60,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..authority import is_safe_host
 from ..config import ConfigError
 
 __all__ = ["DEFAULT_TRUSTED", "ProxyHeaders", "parse_forwarded", "parse_trusted"]
@@ -74,8 +75,6 @@ _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 #: RFC 7239 §6.3 obfuscated node or port identifiers.
 _OBFUSCATED_RE = re.compile(r"_[A-Za-z0-9._-]+")
-#: A host[:port] fit for ``Host``: a reg-name or IPv4 (RFC 3986), or a bracketed IPv6 literal.
-_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=%-]+)(?::[0-9]{1,5})?")
 #: One Forwarded pair: a token name, "=", then a quoted string or a bare value.  Bare values are
 #: leniently wider than RFC 7230 tokens (``for=192.0.2.1:80`` unquoted is common): a value must
 #: still parse as an address, a scheme or a host before it is used.
@@ -186,7 +185,7 @@ class ProxyHeaders:
             scheme = _SCHEMES.get(proto.lower())
             if scheme is not None:
                 _set_scheme(env, scheme)
-        if host is not None and self.forwarded_host and _HOST_RE.fullmatch(host):
+        if host is not None and self.forwarded_host and is_safe_host(host):
             _set_host(env, host)
 
     def _walk(self, hops: list[_Hop | None]) -> tuple[_Hop | None, int]:

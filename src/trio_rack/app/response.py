@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from ..errors import AppError
+
 __all__ = [
     "AppError",
     "BodyKind",
     "PreparedResponse",
     "encode_headers",
     "prepare_response",
-    "serialize_head",
     "REASONS",
 ]
 
@@ -47,10 +48,6 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 #: that reach the wire unchanged are cached (not rack.*, hop-by-hop or content-length).
 _VALID_PAIRS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 _VALID_PAIRS_MAX = 4096
-
-
-class AppError(Exception):
-    """The app broke the trio-rack contract; the message says how, naming the header or type."""
 
 
 class BodyKind(enum.Enum):
@@ -199,15 +196,3 @@ def prepare_response(result: Any) -> PreparedResponse:
         if hijack is None:
             wire.append((b"content-length", str(length).encode("ascii")))
     return PreparedResponse(status, wire, kind, body, chunks, length, hijack, app_length)
-
-
-def serialize_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Bytes of an HTTP/1.1 status line and header block, for the partial hijack.
-
-    The headers were validated by :func:`prepare_response`, so they can be joined as they are.
-    """
-    reason = REASONS.get(status, b"")
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    parts.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-    parts.append(b"\r\n")
-    return b"".join(parts)

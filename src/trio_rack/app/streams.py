@@ -1,7 +1,8 @@
 """The three streams an app can hold: request body, streaming response body, hijacked socket.
 
-Each is a thin view onto its connection (:mod:`trio_rack.connection`), which owns the real
-transport and h11.  The views exist so that the app gets plain ``trio.abc`` streams with trio's
+Each is a thin view onto what lies beneath it, typed by the small protocols below (what it needs:
+read body data; send data, end) rather than by any wire protocol's class, so the same streams
+serve HTTP/1 and HTTP/2.  The views exist so that the app gets plain ``trio.abc`` streams with trio's
 error vocabulary — ``ClosedResourceError`` after close, ``BusyResourceError`` on concurrent use
 of one direction, ``BrokenResourceError`` when the client is gone — and so that the server can
 close each of them when the app is done, whatever the app did with them.
@@ -13,14 +14,31 @@ when the app returns, raises or is cancelled.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from ..http1.connection import HTTPConnection
+from ..errors import RequestBodyError
 
-__all__ = ["RequestBody", "ResponseStream", "HijackedStream", "Busy"]
+__all__ = ["BodySink", "BodySource", "Busy", "HijackedStream", "RequestBody", "ResponseStream"]
+
+
+class BodySource(Protocol):
+    """Where a request body comes from (the wire protocol's driver)."""
+
+    async def receive_body(self) -> bytes:
+        """The next piece of the decoded body, ``b""`` at its end; RequestBodyError on the client's fault."""
+        ...
+
+
+class BodySink(Protocol):
+    """Where a streamed response body goes (the request cycle, which frames it through the driver)."""
+
+    async def send_data(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+    async def wait_send_all_might_not_block(self) -> None: ...
 
 
 class Busy:
@@ -51,10 +69,13 @@ class RequestBody(trio.abc.ReceiveStream):
     error propagate before it has started its response.
     """
 
-    __slots__ = ("_conn", "_leftover", "_eof", "_closed", "_busy")
+    __slots__ = ("_source", "_leftover", "_eof", "_closed", "_busy", "failure")
 
-    def __init__(self, conn: HTTPConnection) -> None:
-        self._conn = conn
+    def __init__(self, source: BodySource) -> None:
+        self._source = source
+        #: The RequestBodyError a read raised, if any: the request cycle answers with its status
+        #: if the app lets the error (or one it caused) escape before its response started.
+        self.failure: RequestBodyError | None = None
         self._leftover = b""
         self._eof = False
         self._closed = False
@@ -70,7 +91,11 @@ class RequestBody(trio.abc.ReceiveStream):
                 if self._eof:
                     await trio.lowlevel.checkpoint()
                     return b""
-                data = await self._conn.receive_body_data()
+                try:
+                    data = await self._source.receive_body()
+                except RequestBodyError as exc:
+                    self.failure = exc
+                    raise
                 if not data:
                     self._eof = True
                     return b""
@@ -115,10 +140,10 @@ class ResponseStream(trio.abc.Stream):
     response, after which the connection may serve the next request.
     """
 
-    __slots__ = ("_conn", "_input", "_closed", "_busy")
+    __slots__ = ("_sink", "_input", "_closed", "_busy")
 
-    def __init__(self, conn: HTTPConnection, request_body: RequestBody) -> None:
-        self._conn = conn
+    def __init__(self, sink: BodySink, request_body: RequestBody) -> None:
+        self._sink = sink
         self._input = request_body
         self._closed = False
         self._busy = Busy("sending on this stream")
@@ -131,12 +156,12 @@ class ResponseStream(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("the response stream is closed")
         with self._busy:
-            await self._conn.send_body_data(bytes(data) if type(data) is not bytes else data)
+            await self._sink.send_data(bytes(data) if type(data) is not bytes else data)
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the response stream is closed")
-        await self._conn.transport.wait_send_all_might_not_block()
+        await self._sink.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
@@ -148,7 +173,7 @@ class ResponseStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
-        await self._conn.end_body()
+        await self._sink.end()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         """``async with stream:`` ends the response only if the block succeeded.

@@ -1,29 +1,27 @@
-"""The connection loop: one task drives one client connection through h11 and the app.
+"""The HTTP/1.1 driver: one task drives one client connection through h11 and the exchange.
 
 Theory of operation
 -------------------
-One task owns the transport.  It reads a request head (h11 parses it), builds ``env``, awaits
-the app *in the same task* (no task per request on the keep-alive hot path), validates the
-returned triple and writes the response.  Then it either starts the next cycle (keep-alive,
-pipelining: bytes of the next request already buffered in h11 are parsed first) or closes.
+One task owns the transport.  It reads a request head (h11 parses it, :mod:`.strict` refuses
+what h11 would let through), turns it into a protocol-neutral
+:class:`~trio_rack.app.head.RequestHead`, and runs one :class:`~trio_rack.app.exchange.Exchange`
+*in the same task* (no task per request on the keep-alive hot path), acting as its
+:class:`~trio_rack.app.exchange.ResponseSink`: this class frames what the exchange sends
+(content-length, chunked, close-delimited for HTTP/1.0, ``connection: close``).  Then it either
+starts the next cycle (keep-alive, pipelining: bytes of the next request already buffered in h11
+are parsed first) or closes.
 
-* **One writer.**  Every write goes through :meth:`HTTPConnection._write` under one lock, so an
-  error response can never race an app response on the stream.
-* **One reader.**  Outside the app, only this task reads.  While the app runs, reads happen
-  only on the app's behalf (``rack.input`` / the streaming body), so a pipelined request is
-  never consumed behind its back and nothing limits back-pressure but the socket itself.
-* **One cancel scope, moving deadlines.**  The whole connection runs in one cancel scope whose
-  deadline is the nearer of a read deadline (idle, head, body) and a write deadline.  Entering
-  a scope per read, per write and per app call cost more than h11's parsing; moving one
-  deadline costs little.  Every reason to cancel — a timeout, a vanished client, shutdown —
-  ends the connection anyway; :meth:`HTTPConnection._after_cancel` then says why and answers
-  ``408`` where one is due.
-* **Client gone.**  The server does not read to notice a vanished client: the liveness
-  sweeper (:mod:`trio_rack.liveness`) polls the socket for a hang-up about once a second and
-  cancels the connection's scope.  No reads, no extra task per connection.
-* **Hijack.**  The app gets a :class:`~trio_rack.streams.HijackedStream` over the transport,
+* **One writer, one reader.**  Every write goes through one :class:`~trio_rack.net.transport.Writer`.
+  Outside the app only this task reads; while the app runs, reads happen only on its behalf
+  (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
+* **One cancel scope per connection, moving deadlines** (:class:`~trio_rack.net.transport.Deadlines`):
+  idle, head, body and write timeouts end the connection; :meth:`HTTPConnection._after_cancel`
+  then says why and answers ``408`` where one is due.  The request has a scope of its own,
+  inside the exchange: a vanished client (the liveness sweeper's poll) or a request deadline
+  cancels the request, and the exchange records why.
+* **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
-  the connection ends when the app does; the stream is closed in a ``finally``.
+  the connection ends when the app does; the exchange closes the stream in a ``finally``.
 * **Aborts are visible.**  If the app fails after the head went out, the connection is closed
   without the terminating chunk (or short of ``content-length``): clients see a truncated
   response as an error, never as a complete one.
@@ -31,47 +29,39 @@ pipelining: bytes of the next request already buffered in h11 are parsed first) 
 
 from __future__ import annotations
 
-import enum
-import inspect
 import logging
 import math
-import re
-from typing import Any
 
 import h11
 import trio
 
-from ..app import accesslog
-from ..app.env import ConnInfo, build_env
-from ..app.errors_sink import ErrorsSink
-from ..app.response import (
-    REASONS,
-    AppError,
-    BodyKind,
-    PreparedResponse,
-    check_chunk,
-    encode_headers,
-    prepare_response,
-    serialize_head,
-)
-from ..app.streams import HijackedStream, RequestBody, ResponseStream
+from ..app.env import ConnInfo
+from ..app.exchange import Exchange, Outcome
+from ..app.response import REASONS
+from ..app.streams import HijackedStream
 from ..config import Limits
+from ..errors import AppError, ClientGone, RequestBodyError
+from ..net.transport import (
+    COALESCE_LIMIT,
+    RECEIVE_SIZE,
+    Deadlines,
+    ReadPhase,
+    Writer,
+    end_sending,
+    shutdown_transport,
+    socket_fileno,
+)
 from ..state import SERVER_HEADER, ServerState, date_header
+from . import strict
 from ._h11_patch import tighten_chunk_extensions
+from .wire import serialize_head
 
 __all__ = ["HTTPConnection"]
 
-tighten_chunk_extensions()  # see _h11_strict: refuse NUL, bare CR, non-tokens in chunk-ext
+tighten_chunk_extensions()  # see _h11_patch: refuse NUL, bare CR, non-tokens in chunk-ext
 
 log = logging.getLogger("trio_rack.error")
 
-RECEIVE_SIZE = 64 * 1024
-#: Writes larger than this are split, so the write timeout bounds a stall, not a slow link: one
-#: slice must go out within ``write_timeout`` (1 MiB in 30 s: clients slower than 35 KB/s are
-#: dropped).  Smaller slices cost throughput: 256 KiB gave 80% of a bare Trio loop, 1 MiB 98%.
-WRITE_SLICE = 1024 * 1024
-#: Small responses are coalesced into one send_all up to this size.
-COALESCE_LIMIT = 64 * 1024
 #: With ``max_body_size`` set, the bytes read for a body may exceed it by this much (chunk
 #: headers, trailers, the start of a pipelined request) before the body counts as too large:
 #: chunk extensions carry no body bytes but cost as much to read (Puma CVE-2024-21647).
@@ -80,57 +70,7 @@ BODY_FRAMING_SLACK = 64 * 1024
 DRAIN_LIMIT = 64 * 1024
 #: ... and for at most this long.
 DRAIN_TIMEOUT = 1.0
-
-# Request-head strictness beyond h11 (each a request-smuggling vector; tests/test_smuggling.py).
-#: The end of a request head as h11 finds it (it also takes a bare-LF blank line).
-_HEAD_END_RE = re.compile(rb"\n\r?\n")
-#: In a head: an LF without its CR, a CR without its LF, a line starting with SP/HTAB (obs-fold).
-#: h11 accepts the first and the last (RFC 9112 §2.2 and §5.2 allow either), a proxy in front
-#: may not: waitress CVE-2019-16785, Puma CVE-2021-41136, llhttp CVE-2022-32214 and -32215.
-_LINE_BREAK_TRICK_RE = re.compile(rb"(?<!\r)\n|\r(?!\n)|\n[ \t]")
-#: Control bytes h11 lets through in field values (it refuses NUL, CR, LF, VT and FF itself).
-_VALUE_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-#: Host = uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986 §3.2.2): an IP-literal or a reg-name.
-_HOST_RE = re.compile(rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-_ABSOLUTE_FORM_RE = re.compile(rb"(?i:https?)://([^/?#]*)[^#]*")
-
-
-class _ReadPhase(enum.Enum):
-    """What the connection is waiting for; tells, when a deadline passes, what timed out."""
-
-    IDLE = "keep-alive idle"  # before the first byte of a request
-    HEAD = "request head"
-    APP = "app"  # no read deadline while the app runs, except around body reads
-    BODY = "request body"
-    DRAIN = "unread body drain"
-
-
-class Outcome(enum.Enum):
-    KEEP_ALIVE = "keep-alive"
-    CLOSE = "close"
-    HIJACKED = "hijacked"
-
-
-class _ClientGone(trio.BrokenResourceError):
-    """The transport broke, or stalled past the write timeout, while writing a response.
-
-    A subclass of ``trio.BrokenResourceError``, so a streaming body sees trio's usual error.
-    """
-
-
-def socket_fileno(stream: trio.abc.Stream) -> int | None:
-    """The OS socket under ``stream`` (through TLS), or None for in-memory streams."""
-    while True:
-        sock = getattr(stream, "socket", None)
-        if sock is not None:
-            try:
-                return int(sock.fileno())
-            except Exception:
-                return None
-        inner = getattr(stream, "transport_stream", None)
-        if inner is None:
-            return None
-        stream = inner
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
 
 class HTTPConnection:
@@ -142,12 +82,13 @@ class HTTPConnection:
 
     # Slots: one of these lives per open connection; at 10,000 streams every byte counts.
     __slots__ = (
-        "transport", "state", "info", "limits", "h11", "fileno", "client_gone",
-        "_writing", "_write_waiters", "_scope", "_in_scope", "_read_deadline", "_read_phase",
-        "_write_deadline", "_cancel_reason", "_started", "_finished", "_must_close",
-        "_abort_status", "_body_read", "_body_wire", "_sent_bytes", "_head_only", "_prepared",
-        "_hijacked", "_request_body", "_response_stream",
+        "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
+        "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
+        "_body_wire", "_head_only",
     )  # fmt: skip
+
+    #: A full hijack hands over the raw connection (ResponseSink capability).
+    can_full_hijack = True
 
     def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
         self.transport = transport
@@ -156,54 +97,38 @@ class HTTPConnection:
         self.limits: Limits = state.limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
-        # One writer at a time, without a lock's extra trip through the scheduler when uncontended.
-        self._writing = False
-        self._write_waiters = trio.lowlevel.ParkingLot()
-        # One cancel scope for the whole connection; its deadline is the nearer of the read and
-        # write deadlines below.  Cheaper than a scope per read, write and app call, and every
-        # reason to cancel (a timeout, a vanished client, shutdown) ends the connection anyway.
-        self._scope = trio.CancelScope()
-        self._in_scope = False
-        self._read_deadline = math.inf
-        self._read_phase = _ReadPhase.IDLE
-        self._write_deadline = math.inf
+        self.deadlines = Deadlines()
+        self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
+        self.exchange: Exchange | None = None
         self._cancel_reason: str | None = None
         self.client_gone = False
-        # per-request state, reset by _reset_request
         self._reset_request()
 
     def _reset_request(self) -> None:
         self._started = False  # response head sent
-        self._finished = False  # response complete (EndOfMessage sent)
         self._must_close = False
-        self._abort_status: int | None = None
         self._body_read = 0
         self._body_wire = 0  # bytes read from the transport while reading the body
-        self._sent_bytes = 0
         self._head_only = False
-        self._prepared: PreparedResponse | None = None
-        self._hijacked: HijackedStream | None = None
-        self._request_body: RequestBody | None = None
-        self._response_stream: ResponseStream | None = None
 
     # ----------------------------------------------------------------------------- main loop
 
     async def run(self) -> None:
-        self.state.connections.add(self)
+        state = self.state
+        state.connections.add(self)
+        deadlines = self.deadlines
         try:
-            with self._scope:
-                self._in_scope = True
+            with deadlines.scope:
+                deadlines.in_scope = True
                 hijacked = await self._serve_requests()
-            self._in_scope = False
-            if self._scope.cancelled_caught:
+            deadlines.in_scope = False
+            if deadlines.scope.cancelled_caught:
                 await self._after_cancel()
             elif not hijacked and not self.client_gone:
-                await self._shutdown_transport()
+                await shutdown_transport(self.transport)
         finally:
-            self._in_scope = False
-            state = self.state
+            deadlines.in_scope = False
             state.connections.discard(self)
-            state.active.discard(self)
             if state.draining and not state.connections:
                 state.all_closed.set()
 
@@ -215,18 +140,20 @@ class HTTPConnection:
             first = False
             if request is None:
                 return False
-            outcome = await self._serve_request(request)
+            self._head_only = request.method == b"HEAD"
+            exchange = self.exchange = Exchange(self.state, self, strict.request_head(request), self.info)
+            try:
+                outcome = await exchange.run()
+            finally:
+                self.exchange = None
+                if exchange.client_gone or self.writer.broken:
+                    self.client_gone = True
             if outcome is Outcome.HIJACKED:
                 return True
-            if outcome is Outcome.CLOSE or self.state.draining:
+            if outcome is Outcome.CLOSE or self.state.draining or self.client_gone:
                 return False
             if not await self._prepare_next_cycle():
                 return False
-
-    def _set_read_deadline(self, phase: _ReadPhase, deadline: float) -> None:
-        self._read_phase = phase
-        self._read_deadline = deadline
-        self._scope.deadline = min(deadline, self._write_deadline)
 
     async def _after_cancel(self) -> None:
         """The connection's scope was cancelled: say why, and answer 408 where one is due."""
@@ -234,18 +161,18 @@ class HTTPConnection:
         if self._cancel_reason is not None:
             log.info("%s: %s", who, self._cancel_reason)
             return
-        if self._write_deadline <= trio.current_time():
+        if self.deadlines.write_timed_out():
             self.client_gone = True
             log.info("%s: client stopped reading (write timeout); connection dropped", who)
             return
-        phase = self._read_phase
-        if phase is _ReadPhase.HEAD:
+        phase = self.deadlines.read_phase
+        if phase is ReadPhase.HEAD:
             await self._reject(408, "timed out reading the request head")
-        elif phase is _ReadPhase.BODY and not self._started:
+        elif phase is ReadPhase.BODY and not self._started:
             await self._reject(408, "timed out waiting for the request body")
         else:
             log.debug("%s: %s timeout; closing", who, phase.value)
-            await self._shutdown_transport()
+            await shutdown_transport(self.transport)
 
     async def _receive_into_h11(self) -> int:
         """Read once from the transport into h11; how many bytes.  EOF and resets become b""."""
@@ -253,9 +180,8 @@ class HTTPConnection:
             data = await self.transport.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
-        self.h11.receive_data(data)
+        self.h11.receive_data(bytes(data))
         return len(data)
-
     async def _read_request(self, first: bool) -> h11.Request | None:
         """The next request head, or None when the connection should end (after any error reply).
 
@@ -266,19 +192,19 @@ class HTTPConnection:
         limits = self.limits
         now = trio.current_time()
         head_deadline = now + limits.header_timeout
-        self._set_read_deadline(
-            _ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
+        self.deadlines.set_read(
+            ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
         )
         while True:
             buffered = self.h11.trailing_data[0]
-            if len(buffered) > limits.max_head_size and not _has_head_end(buffered, limits.max_head_size):
+            if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
                 # h11's size limit only covers heads that arrive in pieces; this covers the rest.
-                if self._request_line_too_long(buffered):
+                if strict.request_line_too_long(buffered, limits.max_request_line):
                     await self._reject(414, "request line too long")
                 else:
                     await self._reject(431, "request head too large")
                 return None
-            trick = _line_break_trick(buffered) if buffered else None
+            trick = strict.line_break_trick(buffered) if buffered else None
             if trick is not None:
                 await self._reject(400, trick)
                 return None
@@ -289,63 +215,24 @@ class HTTPConnection:
                 return None
             if event is h11.NEED_DATA:
                 if buffered:
-                    if self._request_line_too_long(buffered):
+                    if strict.request_line_too_long(buffered, limits.max_request_line):
                         await self._reject(414, "request line too long")
                         return None
-                    if self._read_phase is _ReadPhase.IDLE:
-                        self._set_read_deadline(_ReadPhase.HEAD, head_deadline)
+                    if self.deadlines.read_phase is ReadPhase.IDLE:
+                        self.deadlines.set_read(ReadPhase.HEAD, head_deadline)
                 elif self.state.draining:
                     return None  # graceful shutdown: no new request on this connection
                 await self._receive_into_h11()
                 continue
             if type(event) is h11.Request:
-                self._set_read_deadline(_ReadPhase.APP, math.inf)
-                problem = self._check_request(event)
+                self.deadlines.set_read(ReadPhase.APP, math.inf)
+                problem = strict.check_request(event, limits)
                 if problem is not None:
                     await self._reject(*problem)
                     return None
                 return event
             # ConnectionClosed, or PAUSED after a Connection: close exchange: we are done.
             return None
-
-    def _request_line_too_long(self, buffered: bytes) -> bool:
-        end = buffered.find(b"\n")
-        if end < 0:
-            end = len(buffered)
-        return end > self.limits.max_request_line
-
-    def _check_request(self, request: h11.Request) -> tuple[int, str] | None:
-        """RFC 9112 MUSTs and our limits that h11 leaves to the server."""
-        if request.http_version not in (b"1.1", b"1.0"):
-            return 505, "unsupported HTTP version"
-        if len(request.target) > self.limits.max_request_line:
-            return 414, "request target too long"
-        headers = request.headers
-        if len(headers) > self.limits.max_header_count:
-            return 431, "too many header fields"
-        problem = _target_problem(request.method, request.target)
-        if problem is not None:
-            return 400, problem
-        hosts = 0
-        has_te = has_cl = False
-        for name, value in headers:
-            if _VALUE_CTL_RE.search(value):  # RFC 9110 §5.5: invalid; we refuse, not retain
-                return 400, "control character in a header field value"
-            if name == b"host":
-                hosts += 1
-                if not _HOST_RE.fullmatch(value):  # RFC 9112 §3.2: MUST 400
-                    return 400, "invalid Host header"
-            elif name == b"transfer-encoding":
-                has_te = True
-            elif name == b"content-length":
-                has_cl = True
-                if self.limits.max_body_size is not None and int(value) > self.limits.max_body_size:
-                    return 413, "request body too large"
-        if hosts > 1:  # RFC 9112 §3.2: more than one Host is a 400
-            return 400, "more than one Host header"
-        if has_te and has_cl:  # RFC 9112 §6.1: a smuggling vector; refuse it outright
-            return 400, "both Transfer-Encoding and Content-Length"
-        return None
 
     async def _reject(self, status: int, reason: str) -> None:
         """Answer a protocol error with ``status`` and close, if the state allows an answer."""
@@ -374,10 +261,9 @@ class HTTPConnection:
             else:
                 data += self.h11.send(h11.Data(data=body)) or b""
                 data += self.h11.send(h11.EndOfMessage()) or b""
-            self._started = self._finished = True
-            self._sent_bytes = len(body)
-            await self._write(data)
-        except (h11.LocalProtocolError, _ClientGone):
+            self._started = True
+            await self.writer.write(data)
+        except (h11.LocalProtocolError, ClientGone):
             pass
 
     async def _prepare_next_cycle(self) -> bool:
@@ -394,8 +280,8 @@ class HTTPConnection:
             except h11.RemoteProtocolError:
                 return False
             if event is h11.NEED_DATA:
-                if self._read_phase is not _ReadPhase.DRAIN:
-                    self._set_read_deadline(_ReadPhase.DRAIN, trio.current_time() + DRAIN_TIMEOUT)
+                if self.deadlines.read_phase is not ReadPhase.DRAIN:
+                    self.deadlines.set_read(ReadPhase.DRAIN, trio.current_time() + DRAIN_TIMEOUT)
                 await self._receive_into_h11()
             elif type(event) is h11.Data:
                 drained += len(event.data)
@@ -408,454 +294,133 @@ class HTTPConnection:
         self._reset_request()
         return True
 
-    async def _shutdown_transport(self) -> None:
-        """Half-close (where the transport can) so the client reads our last bytes before EOF.
 
-        Closing a TCP socket with unread input in the kernel makes it send RST, which can destroy
-        our error response in flight; sending FIN first and draining briefly avoids that.
-        """
-        send_eof = getattr(self.transport, "send_eof", None)
-        if send_eof is None:
-            return
-        with trio.move_on_after(1):
-            try:
-                await send_eof()
-                while await self.transport.receive_some(RECEIVE_SIZE):
-                    pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                pass
+    # ------------------------------------------------------------------ ResponseSink (one request)
 
-    # ------------------------------------------------------------------------- one request
-
-    def _make_env(self, request: h11.Request) -> dict[str, Any]:
-        env = build_env(request, self.info)
-        body = self._request_body = RequestBody(self)
-        env["rack.input"] = body
-        env["rack.errors"] = ErrorsSink()
-        env["rack.hijack?"] = True
-        env["rack.hijack"] = self._full_hijack
-        env["rack.early_hints"] = self._early_hints
-        env["rack.response_finished"] = []
-        env["trio_rack.shutdown"] = self.state.shutdown_started
-        if self.state.proxy is not None:
-            self.state.proxy.apply(env)
-        return env
-
-    async def _serve_request(self, request: h11.Request) -> Outcome:
-        """Call the app and send what it returns.  Cancellation (timeouts, a vanished client,
-        shutdown) propagates to :meth:`run`; the clean-up in ``finally`` happens regardless."""
-        env = self._make_env(request)
-        self._head_only = request.method == b"HEAD"
-        status: int | None = None
-        headers: Any = None
-        error: BaseException | None = None
-        result: Any = None
-        self.state.active.add(self)
-        try:
-            try:
-                result = await self.state.app(env)
-            except Exception as exc:
-                error = exc
-            if self._hijacked is not None:
-                if error is not None:
-                    log.error("app failed after a full hijack", exc_info=error)
-                return Outcome.HIJACKED
-            if error is None:
-                try:
-                    prepared = self._prepared = prepare_response(result)
-                    if request.method == b"CONNECT" and 200 <= prepared.status < 300 and prepared.hijack is None:
-                        # h11 takes a 2xx to CONNECT as "tunnel open" and refuses any body: the
-                        # client would get nothing and the log a traceback (hypercorn #277).
-                        raise AppError(
-                            "a 2xx response to CONNECT opens a tunnel: the app must hijack (RFC 9110 §9.3.6)"
-                        )
-                except AppError as exc:
-                    error = exc
-                    log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
-                else:
-                    status, headers = prepared.status, result[1]
-                    return await self._send_response(prepared)
-            elif self._abort_status is not None:
-                # the request body was bad or too large; the app just let the error through
-                log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, error)
-            else:
-                log.error("app raised before the response started", exc_info=error)
-            status = self._abort_status or 500
-            await self._send_500(status)
-            return Outcome.CLOSE
-        except _ClientGone as exc:
-            error = error or exc
-            return Outcome.CLOSE
-        except Exception as exc:
-            # Failure while streaming the body after the head went out: abort visibly.
-            error = exc
-            if self._abort_status is not None and isinstance(exc, trio.BrokenResourceError):
-                # A streaming body read a malformed, oversized or cut-off request body: the
-                # client's doing, not the app's — no traceback, and its status if still possible.
-                log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, exc)
-                if not self._started:
-                    status = self._abort_status
-                    await self._send_500(status)
-            elif self._started:
-                log.error("response aborted after the head was sent", exc_info=exc)
-            else:
-                log.error("app failed", exc_info=exc)
-                status = self._abort_status or 500
-                await self._send_500(status)
-            return Outcome.CLOSE
-        except BaseException as exc:  # cancelled: timeout, client gone or shutdown
-            error = exc
-            raise
-        finally:
-            self.state.active.discard(self)
-            await self._finish_request(env, result, status, headers, error)
-
-    async def _send_500(self, status: int) -> None:
-        if self._started:
-            return
-        phrase = REASONS.get(status, b"").decode()
-        await self._send_error_response(status, f"{status} {phrase}\n".encode())
-
-    async def _finish_request(
-        self,
-        env: dict[str, Any],
-        result: Any,
-        status: int | None,
-        headers: Any,
-        error: BaseException | None,
-    ) -> None:
-        """Close everything the app was given, then run ``rack.response_finished`` callbacks.
-
-        Runs in a ``finally`` and may run while cancelled: closing must still happen, so every
-        step here is either synchronous or shielded with a short deadline.
-        """
-        if self._request_body is not None:
-            self._request_body.close()
-        if self._response_stream is not None:
-            self._response_stream.close_from_server()
-        body = result[2] if isinstance(result, (tuple, list)) and len(result) == 3 else None
-        callbacks = env["rack.response_finished"]
-        if self._hijacked is not None or callbacks or hasattr(body, "close") or hasattr(body, "aclose"):
-            # Async clean-up: shielded (it must happen even when we are being cancelled) but
-            # bounded.  The common case — a list body, no callbacks — never gets here.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
-                if self._hijacked is not None:
-                    await self._hijacked.aclose()
-                await _close_body(body)
-                for callback in reversed(list(callbacks)):
-                    try:
-                        ret = callback(env, status, headers, error)
-                        if inspect.isawaitable(ret):
-                            await ret
-                    except Exception:
-                        log.exception("rack.response_finished callback %r failed", callback)
-        if self.state.access_log:
-            accesslog.log_response(env, status, self._sent_bytes, hijacked=self._hijacked is not None)
-
-    # ------------------------------------------------------------------------------ output
-
-    async def _write(self, data: bytes | memoryview) -> None:
-        """The one way bytes reach the transport.  A stalled client raises _ClientGone.
-
-        Writes are serialised (an app may read ``rack.input`` — which can send ``100 Continue``
-        — in one task while its streaming body writes in another); large ones are sliced so the
-        write timeout bounds a stall rather than a slow link.
-        """
-        while self._writing:  # another task of this connection is mid-write: queue behind it
-            await self._write_waiters.park()
-        self._writing = True
-        view = memoryview(data) if len(data) > WRITE_SLICE else None
-        try:
-            if not self._in_scope:  # after the connection's scope (e.g. a 408 after a timeout)
-                with trio.move_on_after(self.limits.write_timeout) as scope:
-                    await self.transport.send_all(data)
-                if scope.cancelled_caught:
-                    raise _ClientGone("client stopped reading (write timeout)")
-            elif view is None:
-                self._set_write_deadline(trio.current_time() + self.limits.write_timeout)
-                await self.transport.send_all(data)
-            else:
-                for offset in range(0, len(view), WRITE_SLICE):
-                    self._set_write_deadline(trio.current_time() + self.limits.write_timeout)
-                    await self.transport.send_all(view[offset : offset + WRITE_SLICE])
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.client_gone = True
-            raise _ClientGone(str(exc)) from None
-        else:
-            if self._in_scope:
-                self._set_write_deadline(math.inf)
-        finally:
-            # (a cancelled write keeps its deadline: _after_cancel reads it to say why)
-            self._writing = False
-            self._write_waiters.unpark()
-
-    def _set_write_deadline(self, deadline: float) -> None:
-        self._write_deadline = deadline
-        self._scope.deadline = min(deadline, self._read_deadline)
-
-    def _final_headers(self, prepared: PreparedResponse) -> list[tuple[bytes, bytes]]:
-        headers = prepared.headers
-        names = {name for name, _ in headers}
-        if b"date" not in names:
-            headers.append((b"date", date_header()))
-        if b"server" not in names:
-            headers.append(SERVER_HEADER)
-        if prepared.hijack is None and (
-            self._must_close or self.state.draining or self.h11.they_are_waiting_for_100_continue
-        ):
+    def _framed_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if self._must_close or self.state.draining or self.h11.they_are_waiting_for_100_continue:
             # A client still waiting for 100-continue will not send its body: close after.
             headers.append((b"connection", b"close"))
         return headers
 
-    def _head_event(self, prepared: PreparedResponse) -> h11.Response:
-        return h11.Response(
-            status_code=prepared.status,
-            headers=self._final_headers(prepared),
-            reason=REASONS.get(prepared.status, b""),
-        )
+    def _head_event(self, status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
+        return h11.Response(status_code=status, headers=self._framed_headers(headers), reason=REASONS.get(status, b""))
 
-    async def _send_response(self, prepared: PreparedResponse) -> Outcome:
-        if prepared.hijack is not None:
-            return await self._partial_hijack(prepared)
-        no_body = self._head_only or prepared.status in (204, 304)
-        kind = prepared.kind
-        if kind is BodyKind.BUFFERED:
-            pieces = [self.h11.send(self._head_event(prepared))]
-            self._started = True
-            if not no_body:
-                for chunk in prepared.chunks:
-                    if chunk:
-                        pieces.extend(self.h11.send_with_data_passthrough(h11.Data(data=chunk)))
-                self._sent_bytes = prepared.length
-            pieces.append(self.h11.send(h11.EndOfMessage()))
-            self._finished = True
-            if prepared.length <= COALESCE_LIMIT:
-                await self._write(b"".join(pieces))
-            else:
-                for piece in pieces:
-                    if piece:
-                        await self._write(piece)
-        elif no_body:
-            await self._start_streamed()
-            await self.end_body()
-        elif kind is BodyKind.STREAMING:
-            stream = self._response_stream = ResponseStream(self, self._request_body)  # type: ignore[arg-type]
-            await prepared.body(stream)
-            if not stream.closed:
-                stream.close_from_server()
-                await self.end_body()
-        elif kind is BodyKind.ASYNC_ITERABLE:
-            async for chunk in prepared.body:
-                await self.send_body_data(check_chunk(chunk))
-            await self.end_body()
-        else:
-            for chunk in prepared.body:
-                await self.send_body_data(check_chunk(chunk))
-            await self.end_body()
-        return Outcome.KEEP_ALIVE if self.h11.our_state is h11.DONE else Outcome.CLOSE
-
-    async def _start_streamed(self) -> None:
-        """Send the head of a streamed response (framing chosen by h11)."""
-        if self._started:
-            return
-        assert self._prepared is not None
+    async def send_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The head of a streamed response (framing chosen by h11: chunked, or close-delimited)."""
         self._started = True
-        await self._write(self.h11.send(self._head_event(self._prepared)))
+        await self.writer.write(self.h11.send(self._head_event(status, headers)))
 
-    async def send_body_data(self, data: bytes) -> None:
-        """Frame and write response body bytes (used by streamed bodies and ResponseStream)."""
-        if self._finished:
-            raise trio.ClosedResourceError("the response is already complete")
-        if not self._started:
-            await self._start_streamed()
-        if not data:
-            return
-        if self._head_only:
-            return  # HEAD: same head, no body
+    async def send_whole(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: list[bytes], length: int, head_only: bool
+    ) -> None:
+        """A buffered response, coalesced into one write when small."""
+        h = self.h11
+        pieces = [h.send(self._head_event(status, headers))]
+        self._started = True
+        if not head_only:
+            for chunk in body:
+                if chunk:
+                    pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)))
+        pieces.append(h.send(h11.EndOfMessage()))
+        if length <= COALESCE_LIMIT:
+            await self.writer.write(b"".join(pieces))
+        else:
+            for piece in pieces:
+                if piece:
+                    await self.writer.write(piece)
+
+    async def send_data(self, data: bytes) -> None:
+        """Frame and write body bytes of a streamed response."""
         try:
             pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
         except h11.LocalProtocolError as exc:
             raise AppError(f"response body does not match its framing: {exc}") from None
-        self._sent_bytes += len(data)
         if len(data) <= COALESCE_LIMIT:
-            await self._write(b"".join(pieces))
+            await self.writer.write(b"".join(pieces))
         else:
             for piece in pieces:
-                await self._write(piece)
+                await self.writer.write(piece)
 
-    async def end_body(self) -> None:
-        """Finish the response.  A body that never wrote gets ``content-length: 0``."""
-        if self._finished:
-            await trio.lowlevel.checkpoint()
-            return
-        if not self._started and self._prepared is not None and not self._prepared.app_length:
-            if not self._head_only:
-                self._prepared.headers.append((b"content-length", b"0"))
-        await self._start_streamed()
+    async def end(self) -> None:
+        """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""
         try:
             data = self.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise AppError(f"response ended short of its content-length: {exc}") from None
-        self._finished = True
         if data:
-            await self._write(data)
+            await self.writer.write(data)
         if self.h11.our_state is h11.MUST_CLOSE:
             # Close-delimited (HTTP/1.0) body: the response ends only when the sending side does.
-            await self._end_sending()
+            if not await end_sending(self.transport):
+                self.client_gone = True
 
-    async def _end_sending(self) -> None:
-        send_eof = getattr(self.transport, "send_eof", None)
-        try:
-            if send_eof is not None:
-                await send_eof()
-            else:
-                await self.transport.aclose()  # TLS has no half-close
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.client_gone = True
-
-    async def _early_hints(self, headers: dict[str, Any]) -> None:
-        """``env["rack.early_hints"]``: send a 103 before the final response (HTTP/1.1 only)."""
-        if self._started or self._hijacked is not None:
-            raise RuntimeError("early hints must come before the response")
+    async def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx (103 Early Hints) before the final response; HTTP/1.0 clients get none."""
         if self.h11.their_http_version != b"1.1":
             return
-        wire = encode_headers(headers)
-        await self._write(
-            self.h11.send(h11.InformationalResponse(status_code=103, headers=wire, reason=b"Early Hints"))
-        )
+        event = h11.InformationalResponse(status_code=status, headers=headers, reason=REASONS.get(status, b""))
+        await self.writer.write(self.h11.send(event))
 
-    async def receive_body_data(self) -> bytes:
-        """The next piece of the decoded request body, b"" at its end (for RequestBody)."""
+    async def send_error(self, status: int, body: bytes) -> None:
+        """A plain-text error response with ``connection: close``, if the state allows one."""
+        await self._send_error_response(status, body)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    def abort(self) -> None:
+        """The response failed mid-body: the connection closes without finishing it."""
+        self._must_close = True
+
+    async def receive_body(self) -> bytes:
+        """The next piece of the decoded request body, b"" at its end (for ``rack.input``)."""
         h = self.h11
         limit = self.limits.max_body_size
         while True:
             if h.they_are_waiting_for_100_continue and not self._started:
-                await self._write(h.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
+                await self.writer.write(h.send(_CONTINUE))
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:
-                self._abort_status = exc.error_status_hint
-                raise trio.BrokenResourceError(f"malformed request body: {exc}") from None
+                raise RequestBodyError(exc.error_status_hint, f"malformed request body: {exc}") from None
             if type(event) is h11.Data:
                 self._body_read += len(event.data)
                 if limit is not None and self._body_read > limit:
-                    self._abort_status = 413
                     self._must_close = True
-                    raise trio.BrokenResourceError(f"request body exceeds {limit} bytes")
+                    raise RequestBodyError(413, f"request body exceeds {limit} bytes")
                 return bytes(event.data)
             if type(event) is h11.EndOfMessage:
                 return b""
             if event is h11.NEED_DATA:
                 if h.their_state is not h11.SEND_BODY:
                     return b""
-                self._set_read_deadline(_ReadPhase.BODY, trio.current_time() + self.limits.body_timeout)
+                self.deadlines.set_read(ReadPhase.BODY, trio.current_time() + self.limits.body_timeout)
                 self._body_wire += await self._receive_into_h11()  # cancelled on timeout
-                self._set_read_deadline(_ReadPhase.APP, math.inf)
+                self.deadlines.set_read(ReadPhase.APP, math.inf)
                 if limit is not None and self._body_wire > limit + BODY_FRAMING_SLACK:
-                    self._abort_status = 413
                     self._must_close = True
-                    raise trio.BrokenResourceError(f"request body framing exceeds {limit} bytes")
+                    raise RequestBodyError(413, f"request body framing exceeds {limit} bytes")
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
 
-    # ------------------------------------------------------------------------------ hijack
+    def take_stream(self, leftover: bytes) -> HijackedStream:
+        """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""
+        return HijackedStream(self.transport, leftover + self.h11.trailing_data[0])
 
-    def _take_transport(self) -> HijackedStream:
-        assert self._request_body is not None
-        replay = self._request_body.take_leftover() + self.h11.trailing_data[0]
-        self._request_body.close()
-        self.state.active.discard(self)  # the app owns the stream now: no liveness sweeps
-        self._hijacked = HijackedStream(self.transport, replay)
-        return self._hijacked
-
-    def _full_hijack(self) -> HijackedStream:
-        """``env["rack.hijack"]()``: hand the raw connection to the app; the server writes nothing."""
-        if self._hijacked is not None:
-            raise RuntimeError("the connection is already hijacked")
-        if self._started:
-            raise RuntimeError("cannot hijack: the response has started")
-        return self._take_transport()
-
-    async def _partial_hijack(self, prepared: PreparedResponse) -> Outcome:
-        """Send the head as the app wrote it (no body framing), then await ``hijack(stream)``."""
-        head = serialize_head(prepared.status, self._final_headers(prepared))
+    async def start_partial_hijack(
+        self, status: int, headers: list[tuple[bytes, bytes]], leftover: bytes
+    ) -> HijackedStream:
+        """Send the head as the app wrote it (no body framing), then hand over the transport."""
         self._started = True
-        await self._write(head)
-        stream = self._take_transport()
-        await prepared.hijack(stream)
-        return Outcome.HIJACKED
+        await self.writer.write(serialize_head(status, headers))
+        return self.take_stream(leftover)
+
+    # ----------------------------------------------------------------------- server hooks
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: end the connection now if it is waiting for a next request."""
-        if self._read_phase is _ReadPhase.IDLE and self._in_scope:
+        if self.deadlines.read_phase is ReadPhase.IDLE and self.deadlines.in_scope:
             self._cancel_reason = "closed while idle: server shutting down"
-            self._scope.cancel()
-
-    def cancel_app(self) -> None:
-        """Called by the liveness sweeper when the client hung up while the app was running."""
-        self.client_gone = True
-        self._cancel_reason = "client went away; app cancelled"
-        self._scope.cancel()
-
-
-def _line_break_trick(buffered: bytes) -> str | None:
-    """Why the request head at the start of ``buffered`` must be refused, or None.
-
-    Checked before h11 parses the head, on what has arrived so far: a bare CR in the blank
-    line would otherwise keep the head "incomplete" until the header timeout.
-    """
-    end = _HEAD_END_RE.search(buffered)
-    head = buffered[: end.end()] if end else buffered
-    match = _LINE_BREAK_TRICK_RE.search(head)
-    if match is None or (end is None and match.start() == len(head) - 1):
-        return None  # clean, or a CR (or LF) at the very end whose partner may come next
-    found = match.group()
-    if found == b"\n":
-        return "bare LF in the request head (RFC 9112 §2.2)"
-    if found.startswith(b"\r"):
-        return "bare CR in the request head (RFC 9112 §2.2)"
-    return "obsolete line folding (RFC 9112 §5.2)"
-
-
-def _target_problem(method: bytes, target: bytes) -> str | None:
-    """RFC 9112 §3.2: which request-target forms a method may use, or None if fine."""
-    if target.startswith(b"/"):
-        return "fragment in the request target" if b"#" in target else None
-    if target == b"*":
-        return None if method == b"OPTIONS" else "asterisk-form is only for OPTIONS"
-    if method == b"CONNECT":
-        return None if _HOST_RE.fullmatch(target) and b":" in target else "CONNECT needs host:port"
-    match = _ABSOLUTE_FORM_RE.fullmatch(target)
-    if match is None:
-        return "request target is neither origin-form nor absolute-form"
-    if not _HOST_RE.fullmatch(match.group(1)) or not match.group(1):
-        return "invalid authority in an absolute-form target"  # userinfo too (RFC 9110 §4.2.4)
-    return None
-
-
-def _has_head_end(buffered: bytes, limit: int) -> bool:
-    """Whether a complete request head ends within the first ``limit`` bytes."""
-    return buffered.find(b"\r\n\r\n", 0, limit + 4) >= 0 or buffered.find(b"\n\n", 0, limit + 2) >= 0
-
-
-async def _close_body(body: Any) -> None:
-    """Call the body's ``aclose()`` or ``close()`` (once), logging failures."""
-    if body is None:
-        return
-    try:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
-            return
-        close = getattr(body, "close", None)
-        if close is not None:
-            ret = close()
-            if inspect.isawaitable(ret):
-                await ret
-    except Exception:
-        log.exception("closing the response body failed")
-
-
-def _app_name(app: Any) -> str:
-    return getattr(app, "__qualname__", None) or type(app).__name__
+            self.deadlines.scope.cancel()

@@ -17,7 +17,7 @@ import select
 
 import trio
 
-from ..state import ServerState
+from ..state import LiveRequest, ServerState
 
 __all__ = ["sweep_once", "run_liveness_sweeper"]
 
@@ -25,8 +25,11 @@ _HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
 
 def sweep_once(state: ServerState) -> int:
-    """Poll every active connection once; cancel the apps of vanished clients.  Returns how many."""
-    by_fd = {conn.fileno: conn for conn in state.active if conn.fileno is not None}
+    """Poll every active request's socket once; cancel the apps of vanished clients.  Returns how many."""
+    by_fd: dict[int, list[LiveRequest]] = {}
+    for request in state.active:
+        if request.fileno is not None:
+            by_fd.setdefault(request.fileno, []).append(request)
     if not by_fd:
         return 0
     poller = select.poll()
@@ -35,9 +38,8 @@ def sweep_once(state: ServerState) -> int:
     gone = 0
     for fd, events in poller.poll(0):
         if events & _HANGUP:
-            conn = by_fd.get(fd)
-            if conn is not None:
-                conn.cancel_app()
+            for request in by_fd.get(fd, ()):
+                request.cancel_app()
                 gone += 1
     return gone
 

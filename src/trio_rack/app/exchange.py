@@ -1,0 +1,497 @@
+"""One request/response cycle of the trio-rack spec, whatever the wire protocol ("the exchange").
+
+Theory of operation
+-------------------
+A protocol driver (HTTP/1 today, one request at a time per connection; HTTP/2, one per stream)
+parses a request head into a :class:`~trio_rack.app.head.RequestHead` and hands it, with a
+:class:`ResponseSink` — its side of the seam — to :meth:`Exchange.run`.  The exchange:
+
+1. builds ``env`` (the CGI keys from the head, then the ``rack.*`` keys; ``rack.hijack`` only
+   where the sink can hand over the raw connection);
+2. awaits the app under the request's **own cancel scope** (``env["trio_rack.cancel_scope"]``):
+   :meth:`Exchange.cancel` ends this request — a vanished client, an HTTP/2 stream reset, a
+   request deadline — and records why, without touching the connection's other work;
+3. validates the triple (:func:`~trio_rack.app.response.prepare_response`) and dispatches on the
+   body kind: a buffered body goes out in one :meth:`ResponseSink.send_whole`; iterables and
+   streaming bodies through :meth:`send_data`/:meth:`end`, which start the head lazily;
+   a ``rack.hijack`` header sends the head and awaits the app's callable on the stream the
+   sink returns;
+4. in a ``finally``, closes every stream it handed out (``rack.input``, the streaming body's
+   stream, a hijacked stream), closes the body, runs ``rack.response_finished`` in reverse, and
+   writes the access-log line.
+
+The exchange never imports h11 or h2 and never touches a socket: framing (chunked, END_STREAM,
+``connection: close``) is the sink's business.  The response's progress is one
+:class:`ResponseState`; every decision about what may still be sent reads it.
+
+Errors: an app exception before the head went out becomes a 500 (or the status a failed
+``rack.input`` read carries, :class:`~trio_rack.errors.RequestBodyError`); after it, the response
+is aborted visibly (:meth:`ResponseSink.abort`).  Cancellation from outside the request
+(connection timeouts, server shutdown) propagates to the driver after the clean-up.
+
+Request-scoped nursery: an app object with a true ``trio_rack_request_nursery`` attribute (the
+ASGI adapter) gets ``env["trio_rack.nursery"]``, opened around the app call and the response, so
+a task it starts may keep producing the response after ``app(env)`` returned; the exchange waits
+for those tasks, and they are cancelled with the request.  With it comes
+``env["trio_rack.disconnected"]``, set when the client is known to be gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+from typing import Any, Protocol
+
+import trio
+
+from ..errors import AppError, ClientGone
+from ..state import SERVER_HEADER, ServerState, date_header
+from . import accesslog
+from .env import ConnInfo, build_env
+from .errors_sink import ErrorsSink
+from .head import RequestHead
+from .response import REASONS, BodyKind, PreparedResponse, check_chunk, encode_headers, prepare_response
+from .streams import HijackedStream, RequestBody, ResponseStream
+
+__all__ = ["Exchange", "Outcome", "ResponseSink", "ResponseState"]
+
+log = logging.getLogger("trio_rack.error")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ResponseSink(Protocol):
+    """The wire beneath one exchange: the HTTP/1 connection (one request at a time), an HTTP/2 stream.
+
+    Header lists given to it are validated, lower-case, and carry ``date`` and ``server``; the
+    sink adds its own framing.  Every send may raise :class:`~trio_rack.errors.ClientGone`.
+    """
+
+    #: Whether ``env["rack.hijack"]`` may hand over the raw connection (not on a multiplexed one).
+    can_full_hijack: bool
+    #: The socket the liveness sweeper polls for a hang-up; None for in-memory transports.
+    fileno: int | None
+
+    async def receive_body(self) -> bytes:
+        """The next piece of the decoded request body, ``b""`` at its end (RequestBodyError)."""
+        ...
+
+    async def send_informational(self, status: int, headers: Headers) -> None:
+        """A 1xx before the final response (103 Early Hints); a no-op where unsupported."""
+        ...
+
+    async def send_head(self, status: int, headers: Headers) -> None:
+        """The head of a streamed response."""
+        ...
+
+    async def send_whole(self, status: int, headers: Headers, body: list[bytes], length: int, head_only: bool) -> None:
+        """A buffered response: head (with ``content-length``), body and end, coalesced."""
+        ...
+
+    async def send_data(self, data: bytes) -> None:
+        """Body bytes of a streamed response; AppError past a declared ``content-length``."""
+        ...
+
+    async def end(self) -> None:
+        """The end of a streamed response; AppError if short of a declared ``content-length``."""
+        ...
+
+    async def send_error(self, status: int, body: bytes) -> None:
+        """A plain-text error response, if none has started (and the protocol state allows one)."""
+        ...
+
+    async def wait_send_all_might_not_block(self) -> None: ...
+
+    def take_stream(self, leftover: bytes) -> HijackedStream:
+        """Full hijack: the raw connection, replaying ``leftover`` and whatever was read ahead."""
+        ...
+
+    async def start_partial_hijack(self, status: int, headers: Headers, leftover: bytes) -> trio.abc.Stream:
+        """Send the head as the app wrote it (no body framing) and return the stream to hand over."""
+        ...
+
+    def abort(self) -> None:
+        """The response failed after its head went out: make the failure visible to the client."""
+        ...
+
+
+class Outcome(enum.Enum):
+    """How an exchange left the connection."""
+
+    KEEP_ALIVE = "keep-alive"  # the response is complete; the driver decides about the next one
+    CLOSE = "close"  # the connection must not carry another request
+    HIJACKED = "hijacked"  # the app owned the connection; it is closed
+
+
+class ResponseState(enum.Enum):
+    PENDING = "no response sent yet"
+    STREAMING = "head sent, body under way"
+    DONE = "response complete"
+    HIJACKED = "connection handed to the app"
+
+
+class Exchange:
+    """Run one request through the app and its response through a :class:`ResponseSink`.
+
+    Resource handling: every stream the app is given is closed before :meth:`run` returns or
+    raises; the sink (and the transport below it) stays the driver's.
+    """
+
+    __slots__ = (
+        "state", "sink", "head", "info", "env", "fileno", "cancel_reason", "client_gone",
+        "_scope", "_response", "_prepared", "_head_only", "_sent", "_status", "_headers", "_result",
+        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected",
+    )  # fmt: skip
+
+    def __init__(self, state: ServerState, sink: ResponseSink, head: RequestHead, info: ConnInfo) -> None:
+        self.state = state
+        self.sink = sink
+        self.head = head
+        self.info = info
+        self.fileno = sink.fileno
+        #: Why :meth:`cancel` ended this request (None if it was not cancelled from inside).
+        self.cancel_reason: str | None = None
+        #: Set when the client is known to be gone (the driver then skips its orderly close).
+        self.client_gone = False
+        self._scope = trio.CancelScope()
+        self._response = ResponseState.PENDING
+        self._prepared: PreparedResponse | None = None
+        self._head_only = head.method == b"HEAD"
+        self._sent = 0
+        self._status: int | None = None
+        self._headers: Any = None
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._request_body = RequestBody(sink)
+        self._response_stream: ResponseStream | None = None
+        self._hijacked: trio.abc.Stream | None = None
+        self._disconnected: trio.Event | None = None
+        self.env = self._make_env()
+
+    @property
+    def response_started(self) -> bool:
+        return self._response is not ResponseState.PENDING
+
+    def _make_env(self) -> dict[str, Any]:
+        env = build_env(self.head, self.info)
+        env["rack.input"] = self._request_body
+        env["rack.errors"] = ErrorsSink()
+        env["rack.hijack?"] = True
+        if self.sink.can_full_hijack:
+            env["rack.hijack"] = self._full_hijack
+        env["rack.early_hints"] = self._early_hints
+        env["rack.response_finished"] = []
+        env["trio_rack.shutdown"] = self.state.shutdown_started
+        env["trio_rack.cancel_scope"] = self._scope
+        if self.state.proxy is not None:
+            self.state.proxy.apply(env)
+        return env
+
+    # ---------------------------------------------------------------------------- the cycle
+
+    async def run(self) -> Outcome:
+        """Serve the request; never raises for the app's failures, only for outer cancellation."""
+        state = self.state
+        state.active.add(self)
+        outcome = Outcome.CLOSE
+        try:
+            if state.request_nursery:
+                outcome = await self._respond_in_nursery()
+            else:
+                with self._scope:
+                    outcome = await self._respond()
+            if self._scope.cancelled_caught:
+                outcome = await self._after_cancel()
+        finally:
+            state.active.discard(self)
+            await self._finish()
+        return outcome
+
+    async def _respond_in_nursery(self) -> Outcome:
+        outcome = Outcome.CLOSE
+        self._disconnected = self.env["trio_rack.disconnected"] = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = self.env["trio_rack.cancel_scope"] = nursery.cancel_scope
+                self.env["trio_rack.nursery"] = nursery
+                outcome = await self._respond()
+        except Exception as exc:  # a task of the app's failed (the adapter should catch its own)
+            self._error = exc
+            outcome = await self._fail(exc)
+        return outcome
+
+    async def _after_cancel(self) -> Outcome:
+        """:meth:`cancel` ended the request: log why; the connection goes on only if intact."""
+        log.info("%s:%s: %s", self.info.remote_addr, self.info.remote_port, self.cancel_reason)
+        if self._hijacked is not None:
+            return Outcome.HIJACKED
+        if self._response is ResponseState.STREAMING:
+            self.sink.abort()
+        return Outcome.CLOSE
+
+    def cancel(self, reason: str, *, client_gone: bool = False) -> None:
+        """End this request only (its app sees ``trio.Cancelled``); ``reason`` is logged."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if client_gone:
+            self.client_gone = True
+            if self._disconnected is not None:
+                self._disconnected.set()
+        self._scope.cancel()
+
+    def cancel_app(self) -> None:
+        """The liveness sweeper saw the client hang up while the app was running."""
+        self.cancel("client went away; app cancelled", client_gone=True)
+
+    async def _respond(self) -> Outcome:
+        """Call the app and send what it returns; the app's failures end here."""
+        try:
+            try:
+                result = await self.state.app(self.env)
+            except Exception as exc:
+                self._error = exc
+                if self._hijacked is not None:
+                    log.error("app failed after a full hijack", exc_info=exc)
+                    return Outcome.HIJACKED
+                return await self._fail(exc)
+            self._result = result  # its body is closed in _finish, valid or not
+            if self._hijacked is not None:
+                return Outcome.HIJACKED
+            try:
+                prepared = self._prepared = prepare_response(result)
+                if self.head.method == b"CONNECT" and 200 <= prepared.status < 300 and prepared.hijack is None:
+                    # A 2xx to CONNECT opens a tunnel and carries no body: without a hijack the
+                    # client would get nothing (and h11 a traceback: hypercorn #277).
+                    raise AppError("a 2xx response to CONNECT opens a tunnel: the app must hijack (RFC 9110 §9.3.6)")
+            except AppError as exc:
+                self._error = exc
+                log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
+                await self._send_error(500)
+                return Outcome.CLOSE
+            self._status, self._headers = prepared.status, result[1]
+            return await self._send_response(prepared)
+        except ClientGone as exc:  # the driver knows, and logs nothing more: the client left
+            self._error = self._error or exc
+            return Outcome.CLOSE
+        except Exception as exc:
+            self._error = exc
+            return await self._fail(exc)
+        except BaseException as exc:  # cancelled: this request, its connection or the server
+            self._error = exc
+            raise
+
+    async def _fail(self, exc: BaseException) -> Outcome:
+        """The app (or its body) raised: a 500 or the request body's status, else a visible abort."""
+        failure = self._request_body.failure
+        who = f"{self.info.remote_addr}:{self.info.remote_port}"
+        pending = self._response is ResponseState.PENDING
+        if failure is not None and (pending or isinstance(exc, trio.BrokenResourceError)):
+            # A malformed, oversized or cut-off request body: the client's doing, not the app's:
+            # no traceback, and its status while one can still be sent.
+            log.info("%s: %s", who, exc)
+            status = failure.status
+        elif pending:
+            log.error("app raised before the response started", exc_info=exc)
+            status = 500
+        else:
+            log.error("response aborted after the head was sent", exc_info=exc)
+            status = 0
+        if self._response is ResponseState.PENDING:
+            await self._send_error(status)
+        elif self._response is ResponseState.STREAMING:
+            self.sink.abort()
+        return Outcome.CLOSE
+
+    async def _send_error(self, status: int) -> None:
+        if self._response is not ResponseState.PENDING:
+            return
+        self._status = status
+        self._response = ResponseState.DONE
+        body = f"{status} {REASONS.get(status, b'').decode()}\n".encode()
+        try:
+            await self.sink.send_error(status, body)
+        except ClientGone:
+            return
+        self._sent = len(body)
+
+    # ----------------------------------------------------------------------- the response
+
+    def _final_headers(self, prepared: PreparedResponse) -> Headers:
+        headers = prepared.headers
+        has_date = has_server = False
+        for name, _ in headers:
+            if name == b"date":
+                has_date = True
+            elif name == b"server":
+                has_server = True
+        if not has_date:
+            headers.append((b"date", date_header()))
+        if not has_server:
+            headers.append(SERVER_HEADER)
+        return headers
+
+    async def _send_response(self, prepared: PreparedResponse) -> Outcome:
+        if prepared.hijack is not None:
+            return await self._partial_hijack(prepared)
+        no_body = self._head_only or prepared.status in (204, 304)
+        kind = prepared.kind
+        if kind is BodyKind.BUFFERED:
+            self._response = ResponseState.STREAMING
+            await self.sink.send_whole(
+                prepared.status, self._final_headers(prepared), prepared.chunks, prepared.length, no_body
+            )
+            self._response = ResponseState.DONE
+            if not no_body:
+                self._sent = prepared.length
+        elif no_body:
+            await self._start()
+            await self.end()
+        elif kind is BodyKind.STREAMING:
+            stream = self._response_stream = ResponseStream(self, self._request_body)
+            await prepared.body(stream)
+            if not stream.closed:
+                stream.close_from_server()
+                await self.end()
+        elif kind is BodyKind.ASYNC_ITERABLE:
+            async for chunk in prepared.body:
+                await self.send_data(check_chunk(chunk))
+            await self.end()
+        else:
+            for chunk in prepared.body:
+                await self.send_data(check_chunk(chunk))
+            await self.end()
+        return Outcome.KEEP_ALIVE
+
+    async def _start(self) -> None:
+        """Send the head of a streamed response, once."""
+        if self._response is not ResponseState.PENDING:
+            return
+        prepared = self._prepared
+        assert prepared is not None
+        self._response = ResponseState.STREAMING
+        await self.sink.send_head(prepared.status, self._final_headers(prepared))
+
+    # BodySink, for ResponseStream and the iterable bodies
+    async def send_data(self, data: bytes) -> None:
+        """Write response body bytes (the sink frames them); the head goes out first."""
+        if self._response is ResponseState.PENDING:
+            await self._start()
+        elif self._response is not ResponseState.STREAMING:
+            raise trio.ClosedResourceError("the response is already complete")
+        if not data or self._head_only:
+            return  # HEAD: same head, no body
+        await self.sink.send_data(data)
+        self._sent += len(data)
+
+    async def end(self) -> None:
+        """Finish the response.  A body that never wrote gets ``content-length: 0``."""
+        if self._response is ResponseState.PENDING:
+            prepared = self._prepared
+            if prepared is not None and not prepared.app_length and not self._head_only:
+                prepared.headers.append((b"content-length", b"0"))
+            await self._start()
+        elif self._response is not ResponseState.STREAMING:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.sink.end()
+        self._response = ResponseState.DONE
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.sink.wait_send_all_might_not_block()
+
+    async def _early_hints(self, headers: dict[str, Any]) -> None:
+        """``env["rack.early_hints"]``: a 103 before the final response (where the protocol has one)."""
+        if self._response is not ResponseState.PENDING or self._hijacked is not None:
+            raise RuntimeError("early hints must come before the response")
+        await self.sink.send_informational(103, encode_headers(headers))
+
+    # --------------------------------------------------------------------------- hijacks
+
+    def _full_hijack(self) -> trio.abc.Stream:
+        """``env["rack.hijack"]()``: hand the raw connection to the app; the server writes nothing."""
+        if self._hijacked is not None:
+            raise RuntimeError("the connection is already hijacked")
+        if self._response is not ResponseState.PENDING:
+            raise RuntimeError("cannot hijack: the response has started")
+        leftover = self._hand_over()
+        stream = self._hijacked = self.sink.take_stream(leftover)
+        return stream
+
+    def _hand_over(self) -> bytes:
+        """The app takes the connection: no more liveness polls; unread body bytes go with it."""
+        self._response = ResponseState.HIJACKED
+        leftover = self._request_body.take_leftover()
+        self._request_body.close()
+        self.state.active.discard(self)  # the app owns the stream now: no liveness sweeps
+        return leftover
+
+    async def _partial_hijack(self, prepared: PreparedResponse) -> Outcome:
+        """Send the head as the app wrote it (no body framing), then await ``hijack(stream)``."""
+        headers = self._final_headers(prepared)
+        self._response = ResponseState.STREAMING
+        stream = await self.sink.start_partial_hijack(prepared.status, headers, self._hand_over())
+        self._hijacked = stream
+        await prepared.hijack(stream)
+        return Outcome.HIJACKED
+
+    # --------------------------------------------------------------------------- clean-up
+
+    async def _finish(self) -> None:
+        """Close everything the app was given, then run ``rack.response_finished`` callbacks.
+
+        Runs in a ``finally`` and may run while cancelled: closing must still happen, so every
+        step here is either synchronous or shielded with a short deadline.
+        """
+        self._request_body.close()
+        if self._response_stream is not None:
+            self._response_stream.close_from_server()
+        env = self.env
+        body = _body_of(self._result)
+        callbacks = env["rack.response_finished"]
+        if self._hijacked is not None or callbacks or hasattr(body, "close") or hasattr(body, "aclose"):
+            # Async clean-up: shielded (it must happen even when we are being cancelled) but
+            # bounded.  The common case — a list body, no callbacks — never gets here.
+            headers = self._headers if self._prepared is not None else None
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
+                if self._hijacked is not None:
+                    await self._hijacked.aclose()
+                await _close_body(body)
+                for callback in reversed(list(callbacks)):
+                    try:
+                        ret = callback(env, self._status, headers, self._error)
+                        if inspect.isawaitable(ret):
+                            await ret
+                    except Exception:
+                        log.exception("rack.response_finished callback %r failed", callback)
+        if self.state.access_log:
+            accesslog.log_response(env, self._status, self._sent, hijacked=self._hijacked is not None)
+
+
+def _body_of(result: Any) -> Any:
+    """The body of an app's return value that was never validated (for closing it)."""
+    if isinstance(result, (tuple, list)) and len(result) == 3:
+        return result[2]
+    return None
+
+
+async def _close_body(body: Any) -> None:
+    """Call the body's ``aclose()`` or ``close()`` (once), logging failures."""
+    if body is None:
+        return
+    try:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(body, "close", None)
+        if close is not None:
+            ret = close()
+            if inspect.isawaitable(ret):
+                await ret
+    except Exception:
+        log.exception("closing the response body failed")
+
+
+def _app_name(app: Any) -> str:
+    return getattr(app, "__qualname__", None) or type(app).__name__
