@@ -273,20 +273,28 @@ class H2Stream:
         """
         view = memoryview(data)
         pos = 0
+        conn = self.conn
+        send_data = conn.h2.send_data
         while pos < len(view):
-            window = await self.conn.wait_window(self)
-            size = min(window, self.conn.max_frame_size(), len(view) - pos)
-            last = end_stream and pos + size == len(view)
+            # as many frames as the window allows in one go (no await between them: the window
+            # read is ours until the next checkpoint), then one flush to the writer
+            budget = min(await conn.wait_window(self), len(view) - pos)
+            frame_size = conn.max_frame_size()
             try:
-                self.conn.h2.send_data(self.stream_id, view[pos : pos + size].tobytes(), end_stream=last)
+                while budget > 0:
+                    size = min(budget, frame_size)
+                    last = end_stream and pos + size == len(view)
+                    send_data(self.stream_id, view[pos : pos + size].tobytes(), end_stream=last)
+                    pos += size
+                    budget -= size
+                    if last:
+                        self.ended = True
             except H2Error as exc:
                 if self.broken is None:  # not the client's doing: h2 refused what we computed
                     log.exception("stream %d: h2 refused DATA", self.stream_id)
                 raise ClientGone(f"stream {self.stream_id} can no longer be written: {exc}") from None
-            if last:
-                self.ended = True
-            self.conn.flush()
-            pos += size
+            finally:
+                conn.flush()
 
 
 class TunnelStream(trio.abc.Stream):
