@@ -266,6 +266,12 @@ class H2Connection:
                 self._final_goaway()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._peer_goaway = True
+            if event.error_code != ErrorCodes.NO_ERROR:
+                self._lost(f"client sent GOAWAY {event.error_code!r}")
+                return
+            # A client's GOAWAY NO_ERROR: no new streams, but the ones open may finish (RFC 9113
+            # §6.8).  h2 closes its state machine on any GOAWAY received; reopen it for them.
+            self.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
             self._update_idle()
 
     def _on_request(self, event: h2.events.RequestReceived, started: list[Any]) -> None:
@@ -445,7 +451,16 @@ class H2Connection:
             self._drain_lot.unpark_all()
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False) -> None:
-        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        from ..errors import ClientGone
+
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.StreamClosedError as exc:
+            raise ClientGone(f"stream {stream_id} is closed: {exc}") from None
+        except h2.exceptions.ProtocolError as exc:
+            if self._ending or self._gone or self.h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                raise ClientGone(f"the connection is closing: {exc}") from None
+            raise
         self.flush()
 
     def end_stream(self, stream_id: int) -> None:
