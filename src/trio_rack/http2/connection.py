@@ -99,10 +99,13 @@ class H2Connection:
             initial_values={
                 codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
                 codes.MAX_HEADER_LIST_SIZE: limits.max_head_size,
-                codes.INITIAL_WINDOW_SIZE: limits.stream_window_size,
+                codes.INITIAL_WINDOW_SIZE: max(limits.stream_window_size, 65535),
                 codes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
+        # Until it sees our SETTINGS the client may fill RFC 9113's default window (65535): a
+        # smaller window takes effect only when it acknowledges a SETTINGS frame of its own.
+        self._smaller_window = limits.stream_window_size if limits.stream_window_size < 65535 else None
         # h2's HPACK decoder limits the decoded header list itself (an HPACK bomb stops there).
         self.h2.decoder.max_header_list_size = limits.max_head_size
         self.guard = FrameGuard(max_header_block=limits.max_head_size, max_control_frames=limits.max_control_frames)
@@ -148,6 +151,8 @@ class H2Connection:
         state.connections.add(self)
         try:
             self.h2.initiate_connection()
+            if self._smaller_window is not None:
+                self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self._smaller_window})
             # Lift h2's own stream cap (a connection error); ours refuses with REFUSED_STREAM.
             self.h2.local_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque(
                 [_MAX_STREAM_ID]
