@@ -106,7 +106,8 @@ def idle_rss(server: ServerProcess) -> float:
     import hpack
     from hyperframe.frame import HeadersFrame
 
-    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", "/")])
+    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", "/")]
+    block = hpack.Encoder().encode(fields)
     request = HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
     socks = []
     try:
@@ -124,6 +125,24 @@ def idle_rss(server: ServerProcess) -> float:
         for sock in socks:
             sock.close()
     return (after - before) / IDLE_CONNECTIONS
+
+
+def run_scenario(key: str, server: ServerProcess, duration: int) -> float:
+    if key == "rss":
+        return idle_rss(server)
+    if key == "hello":
+        return hello(server.port, duration)
+    return big(server.port)
+
+
+def cell(row: dict[str, float], base: dict[str, float] | None, key: str, fmt: str) -> str:
+    """One table cell: the figure, and its ratio to trio-rack's (``base``)."""
+    if key not in row:
+        return "failed"
+    text = format(row[key], fmt)
+    if base is not None and row is not base and base.get(key):
+        text += f" ({row[key] / base[key]:.2f}×)"
+    return text
 
 
 def main() -> int:
@@ -148,10 +167,9 @@ def main() -> int:
         row = rows[name] = {}
         try:
             # RSS first, on the fresh process: after the load runs, freed memory is reused
-            for key, scenario in (("rss", lambda: idle_rss(server)), ("hello", lambda: hello(server.port, args.duration)),
-                                  ("big", lambda: big(server.port))):
+            for key in ("rss", "hello", "big"):
                 try:
-                    row[key] = scenario()  # noqa: B023 (called at once)
+                    row[key] = run_scenario(key, server, args.duration)
                 except (ServerError, subprocess.TimeoutExpired) as exc:
                     first = str(exc).strip().splitlines()
                     notes.append(f"{name}, {key}: failed ({first[0] if first else exc})")
@@ -167,15 +185,8 @@ def main() -> int:
     print("| server | hello, -c 16 -m 16 (req/s) | 256 MiB, one stream (MB/s) | RSS per idle h2 connection (KiB) |")
     print("|---|---|---|---|")
     for name, row in rows.items():
-        def cell(key: str, fmt: str) -> str:
-            if key not in row:  # noqa: B023
-                return "failed"
-            text = format(row[key], fmt)  # noqa: B023
-            if base is not None and name != "trio-rack" and base.get(key):
-                text += f" ({row[key] / base[key]:.2f}×)"  # noqa: B023
-            return text
-
-        print(f"| {SPECS[name].label} | {cell('hello', ',.0f')} | {cell('big', ',.0f')} | {cell('rss', '.1f')} |")
+        cells = [cell(row, base, "hello", ",.0f"), cell(row, base, "big", ",.0f"), cell(row, base, "rss", ".1f")]
+        print(f"| {SPECS[name].label} | " + " | ".join(cells) + " |")
     for note in notes:
         print(f"\n{note}")
     return 0

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import trio
-from cdp import chromium_available, launch_chromium
-from e2e_support import TLSFiles, curl, fd_count, load_example, make_tls_files, read_until_eof
 
 import trio_rack
+from cdp import chromium_available, launch_chromium
+from e2e_support import EXAMPLES, TLSFiles, curl, fd_count, load_example, make_tls_files, read_until_eof
 from trio_rack import Bind, Limits
 from trio_rack.testing_h2 import H2MemoryClient
 
@@ -136,19 +136,16 @@ async def _nghttp(*args: str) -> tuple[int, str, str]:
 
 
 @needs_nghttp
-async def test_nghttp_multiplexes_many_streams_and_respects_small_windows() -> None:
+async def test_nghttp_multiplexes_many_streams_and_respects_small_windows(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         bind = await start(nursery, proto_app, limits=Limits(stream_window_size=16 * 1024))
         base = f"http://127.0.0.1:{bind.port}"
         # 20 streams on one connection, with a 2**10-byte client window for each and the connection
         code, out, err = await _nghttp("-n", "-v", "-w", "10", "-W", "12", *[f"{base}/big?{i}" for i in range(20)])
         # an upload larger than the server's stream window
-        upload = Path(os.environ.get("TMPDIR", "/tmp")) / f"trio-rack-upload-{os.getpid()}"
-        upload.write_bytes(b"x" * 500_000)
-        try:
-            ucode, uout, uerr = await _nghttp("-d", str(upload), f"{base}/upload")
-        finally:
-            upload.unlink()
+        upload = trio.Path(tmp_path / "upload.bin")
+        await upload.write_bytes(b"x" * 500_000)
+        ucode, uout, uerr = await _nghttp("-d", str(upload), f"{base}/upload")
         nursery.cancel_scope.cancel()
     assert code == 0, err
     assert out.count(":status: 200") == 20
@@ -268,7 +265,7 @@ async def _cli_port(proc: trio.Process) -> int:
 async def test_cli_serves_http2_unless_no_http2(flag: list[str], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["TRIO_RACK_STATE_DIR"] = str(tmp_path / "state")
-    hello = str(Path(__file__).resolve().parent.parent / "examples" / "hello.py")
+    hello = str(EXAMPLES / "hello.py")
     argv = [sys.executable, "-m", "trio_rack", "serve", hello, "-b", "http://127.0.0.1:0", "--no-access-log", *flag]
     proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:

@@ -52,12 +52,9 @@ from hyperframe.frame import GoAwayFrame
 from ..app.env import ConnInfo
 from ..app.head import RequestHead
 from ..config import Limits
-try:
-    from ..net.transport import socket_fileno
-except ImportError:  # before the request-cycle restructuring
-    from ..http1.connection import socket_fileno  # type: ignore[no-redef]
+from ..net.transport import socket_fileno
 from ..state import ServerState
-from .guard import FrameGuard, Flood, TokenBucket
+from .guard import Flood, FrameGuard, TokenBucket
 from .stream import H2Stream
 
 __all__ = ["H2Connection"]
@@ -184,7 +181,7 @@ class H2Connection:
             if self._out_size > HIGH_WATER:
                 await self._drain_lot.park()  # the writer (and its write timeout) lets us go on
                 continue
-            data = b""
+            data: bytes | bytearray = b""
             with trio.CancelScope(deadline=self._read_deadline) as scope:
                 self._read_scope = scope
                 try:
@@ -193,13 +190,14 @@ class H2Connection:
                     data = b""
             if scope.cancelled_caught:
                 if self._ending is None and self._gone is None and not self.streams:
-                    self._goaway(ErrorCodes.NO_ERROR, "idle" if self._served_any else "no request", log_level=logging.DEBUG)
+                    why = "idle" if self._served_any else "no request"
+                    self._goaway(ErrorCodes.NO_ERROR, why, log_level=logging.DEBUG)
                 continue
             if not data:
                 if self._gone is None:
                     self._lost("client closed the connection")
                 return
-            self._receive(data)
+            self._receive(bytes(data))
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -381,7 +379,8 @@ class H2Connection:
         self.flush()
         debug = reason.encode("ascii", "replace")[:256] if code != ErrorCodes.NO_ERROR else None
         last = self._last_stream_id if self._last_stream_id is not None else self.h2.highest_inbound_stream_id
-        self._queue_raw(GoAwayFrame(stream_id=0, last_stream_id=last, error_code=code, additional_data=debug or b"").serialize())
+        frame = GoAwayFrame(stream_id=0, last_stream_id=last, error_code=code, additional_data=debug or b"")
+        self._queue_raw(frame.serialize())
         self._read_scope.cancel()
         for stream in list(self.streams.values()):
             stream.on_broken(f"connection closing: {reason}")
@@ -526,9 +525,15 @@ class H2Connection:
             if window > 0:
                 continue  # the writer's own write timeout handles a stalled socket
             if self.h2.outbound_flow_control_window <= 0:
-                self._goaway(ErrorCodes.FLOW_CONTROL_ERROR, "connection flow-control window stayed shut past the write timeout")
+                self._goaway(
+                    ErrorCodes.FLOW_CONTROL_ERROR, "connection flow-control window stayed shut past the write timeout"
+                )
             else:
-                log.info("%s: stream %d: flow-control window stayed shut past the write timeout; reset", self._who, stream.stream_id)
+                log.info(
+                    "%s: stream %d: flow-control window stayed shut past the write timeout; reset",
+                    self._who,
+                    stream.stream_id,
+                )
                 stream.ended = True
                 self.reset(stream.stream_id, ErrorCodes.CANCEL)
                 stream.on_broken("flow-control window stayed shut (write timeout)")

@@ -130,11 +130,11 @@ class H2Stream:
 
     # ---------------------------------------------------------------------- ResponseSink
 
-    async def receive_body(self, *, timeout: bool = True) -> bytes:
+    async def receive_body(self, *, bounded: bool = True) -> bytes:
         if self.expect_continue and not self.head_sent:
             self.expect_continue = False
             self.conn.send_headers(self.stream_id, [(b":status", b"100")])
-        deadline = trio.current_time() + self.conn.limits.body_timeout if timeout else float("inf")
+        deadline = trio.current_time() + self.conn.limits.body_timeout if bounded else float("inf")
         while not self.chunks:
             if self.too_large:
                 raise RequestBodyError(413, f"request body exceeds {self.conn.limits.max_body_size} bytes")
@@ -331,7 +331,7 @@ class TunnelStream(trio.abc.Stream):
         with self._receive_busy:
             if not self._leftover:
                 try:
-                    self._leftover = await self._sink.receive_body(timeout=False)
+                    self._leftover = await self._sink.receive_body(bounded=False)
                 except RequestBodyError as exc:
                     raise trio.BrokenResourceError(str(exc)) from None
                 if not self._leftover:

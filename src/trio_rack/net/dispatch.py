@@ -43,13 +43,13 @@ async def serve_connection(
         await HTTPConnection(transport, state, info).run()
 
 
-async def _speaks_h2(transport: trio.abc.Stream, timeout: float) -> bool:
+async def _speaks_h2(transport: trio.abc.Stream, patience: float) -> bool:
     if isinstance(transport, trio.SSLStream):
         return bool(transport.selected_alpn_protocol() == "h2")
     sock = getattr(transport, "socket", None)
     if sock is None:
         return False  # not a socket (tests pick the driver themselves)
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(patience):
         while True:
             try:
                 first = await sock.recv(len(PREFACE_START), socket.MSG_PEEK)
