@@ -409,7 +409,9 @@ async def test_settings_advertise_the_limits() -> None:
         assert remote.max_concurrent_streams == 7
         assert remote.max_header_list_size == 20_000
         assert remote.initial_window_size == 100_000
-        assert remote.enable_connect_protocol == 1
+        from trio_rack.http2.connection import extended_connect_supported
+
+        assert remote.enable_connect_protocol == int(extended_connect_supported())
 
 
 async def test_streams_beyond_max_concurrent_are_refused() -> None:
@@ -691,3 +693,53 @@ async def test_garbage_after_the_preface_never_crashes_the_connection(
         await reader.until_closed()  # a GOAWAY, or the idle timeout if the junk looks like a frame
         assert goaway_of(reader.frames) is not None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ------------------------------------------------------------------ WebSockets over HTTP/2
+
+
+def _exchange_has_tunnel() -> bool:
+    from trio_rack.app.exchange import Exchange
+
+    return hasattr(Exchange, "_tunnel")
+
+
+@pytest.mark.skipif(not _exchange_has_tunnel(), reason="needs env['trio_rack.tunnel'] from the exchange (RFC 8441)")
+async def test_websocket_over_extended_connect_rfc_8441() -> None:
+    """The echo example over HTTP/2: extended CONNECT with :protocol websocket gets 200 (not
+    101) and the frames travel as DATA on that one stream; the connection's other streams go on."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    from e2e_support import load_example
+
+    echo = load_example("websocket_echo").app
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/plain":
+            return 200, {}, [b"plain"]
+        return await echo(env)
+
+    async with memory_h2_connection(app) as client:
+        await client.read_until(lambda: client.h2.remote_settings.enable_connect_protocol == 1)
+        sid = await client.start_request(
+            "CONNECT", "/echo", protocol="websocket", headers=[("sec-websocket-version", "13")], end_stream=False
+        )
+        with trio.fail_after(5):
+            await client.read_until(lambda: client.results[sid].status is not None)
+        assert client.results[sid].status == 200
+        frames = FrameProtocol(client=True, extensions=[])
+        await client.send_body(sid, frames.send_data("hello over h2", fin=True))
+        with trio.fail_after(5):
+            await client.read_until(lambda: client.results[sid].chunks)
+            assert (await client.request("GET", "/plain")).body == b"plain"  # multiplexed beside it
+            frames.receive_bytes(b"".join(client.results[sid].chunks))
+            got = list(frames.received_frames())
+        assert [(f.opcode, f.payload) for f in got] == [(Opcode.TEXT, "hello over h2")]
+        client.results[sid].chunks.clear()
+        await client.send_body(sid, frames.close(1000, "bye"))
+        with trio.fail_after(5):
+            result = await client.read_stream(sid)
+        frames.receive_bytes(b"".join(result.chunks))
+        closing = list(frames.received_frames())
+        assert closing and closing[0].opcode == Opcode.CLOSE
+        assert result.ended and result.reset is None  # the tunnel ended with END_STREAM

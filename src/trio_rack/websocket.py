@@ -148,8 +148,13 @@ def _tokens(value: str | None) -> list[str]:
 
 
 def is_websocket(env: Mapping[str, Any]) -> bool:
-    """Whether the request asks for a websocket (``upgrade: websocket``); it may still be invalid."""
-    return "websocket" in _tokens(env.get("HTTP_UPGRADE"))
+    """Whether the request asks for a websocket (``upgrade: websocket``, or on HTTP/2 an extended
+    CONNECT with ``:protocol websocket``, RFC 8441); it may still be invalid."""
+    return "websocket" in _tokens(env.get("HTTP_UPGRADE")) or _is_extended_connect(env)
+
+
+def _is_extended_connect(env: Mapping[str, Any]) -> bool:
+    return str(env.get("trio_rack.protocol", "")).lower() == "websocket"
 
 
 def upgrade_required(env: Mapping[str, Any], message: str = "") -> tuple[int, dict[str, Any], Any]:
@@ -188,6 +193,15 @@ def _check_request(env: Mapping[str, Any], origins: Collection[str] | None) -> s
     """Validate the upgrade request; return the client's key or raise HandshakeError."""
     if not is_websocket(env):
         raise _refuse(426, "This is a WebSocket endpoint: plain HTTP requests are not served here.", env)
+    if _is_extended_connect(env):
+        # RFC 8441 §5: CONNECT with :protocol, no key and no accept token; version 13 still.
+        if env.get("REQUEST_METHOD") != "CONNECT":
+            raise _refuse(400, "Bad WebSocket handshake: :protocol needs the CONNECT method.", env)
+        if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+            raise _refuse(426, "Unsupported WebSocket version: this server speaks version 13.", env)
+        if origins is not None and env.get("HTTP_ORIGIN") is not None and env["HTTP_ORIGIN"] not in origins:
+            raise _refuse(403, "WebSocket connection refused: origin not allowed.", env)
+        return ""
     if env.get("REQUEST_METHOD") != "GET":
         raise _refuse(400, "Bad WebSocket handshake: the method must be GET.", env)
     if env.get("SERVER_PROTOCOL") != "HTTP/1.1":
@@ -278,6 +292,16 @@ def _negotiate_deflate(env: Mapping[str, Any], max_size: int) -> tuple[_BoundedD
     return None
 
 
+def _tunnel_headers(subprotocol: str | None, extension: str | None, headers: Mapping[str, str]) -> dict[str, str]:
+    """The response headers of an RFC 8441 websocket (HTTP/2: no upgrade, no accept token)."""
+    result = dict(headers)
+    if subprotocol is not None:
+        result["sec-websocket-protocol"] = subprotocol
+    if extension is not None:
+        result["sec-websocket-extensions"] = extension
+    return result
+
+
 def _response_head(key: str, subprotocol: str | None, extension: str | None, headers: Mapping[str, str]) -> bytes:
     accept_token = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
     lines = [
@@ -339,14 +363,30 @@ def accept(
     if max_message_size < 1 or max_queue < 0 or close_timeout <= 0:
         raise ValueError("max_message_size and close_timeout must be positive, max_queue >= 0")
     key = _check_request(env, origins)
-    hijack = env.get("rack.hijack")
-    if not callable(hijack):
-        raise TypeError("websocket.accept needs a server that supports full hijack (env['rack.hijack'])")
     subprotocol = _select_subprotocol(env, subprotocols)
     deflate = _negotiate_deflate(env, max_message_size) if compression else None
-    head = _response_head(key, subprotocol, deflate[1] if deflate else None, headers or {})
     options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
-    context = WebSocketContext(hijack, head, subprotocol, deflate[0] if deflate else None, options)
+    extension = deflate[1] if deflate else None
+    open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]]
+    if _is_extended_connect(env):
+        tunnel = env.get("trio_rack.tunnel")
+        if not callable(tunnel):
+            raise TypeError("websocket.accept over HTTP/2 needs env['trio_rack.tunnel'] (RFC 8441)")
+        tunnel_headers = _tunnel_headers(subprotocol, extension, headers or {})
+
+        async def open_stream() -> tuple[trio.abc.Stream, bytes]:
+            stream: trio.abc.Stream = await tunnel(200, tunnel_headers)  # 200, not 101: RFC 8441 §5
+            return stream, b""
+    else:
+        hijack = env.get("rack.hijack")
+        if not callable(hijack):
+            raise TypeError("websocket.accept needs a server that supports full hijack (env['rack.hijack'])")
+        head = _response_head(key, subprotocol, extension, headers or {})
+
+        async def open_stream() -> tuple[trio.abc.Stream, bytes]:
+            stream: trio.abc.Stream = hijack()
+            return stream, head
+    context = WebSocketContext(open_stream, subprotocol, deflate[0] if deflate else None, options)
     context.shutdown = env.get("trio_rack.shutdown")
     return context
 
@@ -389,10 +429,12 @@ class _Options:
 class WebSocketContext:
     """What :func:`accept` returns: ``async with`` it to get the :class:`WebSocket`."""
 
-    def __init__(self, hijack: Callable[[], trio.abc.Stream], head: bytes, subprotocol: str | None,
-                 deflate: _BoundedDeflate | None, options: _Options) -> None:
-        self._hijack = hijack
-        self._head = head
+    def __init__(self, open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]],
+                 subprotocol: str | None, deflate: _BoundedDeflate | None, options: _Options) -> None:
+        #: Takes the stream, and gives the bytes of the handshake's answer still to write: the
+        #: full hijack and the ``101`` head on HTTP/1; on HTTP/2 the tunnel, whose ``200``
+        #: HEADERS frame is already sent (RFC 8441), and nothing.
+        self._open_stream = open_stream
         self._subprotocol = subprotocol
         self._deflate = deflate
         self._options = options
@@ -405,10 +447,11 @@ class WebSocketContext:
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
             raise RuntimeError("a websocket context can be entered only once")
-        stream = self._hijack()
+        stream, head = await self._open_stream()
         ws = self._ws = WebSocket(stream, self._subprotocol, self._deflate, self._options)
         try:
-            await stream.send_all(self._head)
+            if head:
+                await stream.send_all(head)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client left during the handshake: hand out a websocket that is already
             # closed (1006), so the app's ``async for`` just ends.

@@ -73,6 +73,19 @@ _CTL_RE_BYTES = bytes(range(0x20)).replace(b"\t", b"") + b"\x7f"
 _DRAIN_PING = b"trdrain\x00"
 
 
+def extended_connect_supported() -> bool:
+    """Whether the request cycle can hand an extended CONNECT (RFC 8441) its tunnel.
+
+    SETTINGS_ENABLE_CONNECT_PROTOCOL is advertised only then: a browser that sees it opens its
+    ``wss://`` websockets as extended CONNECTs, which ``websocket.accept`` can serve only with
+    ``env["trio_rack.tunnel"]`` (the exchange's ``_tunnel``); without it the browser keeps to
+    websockets over HTTP/1.1.
+    """
+    from ..app.exchange import Exchange
+
+    return hasattr(Exchange, "_tunnel")
+
+
 class H2Connection:
     """Serve HTTP/2 on one transport until it closes, fails, idles out or drains.
 
@@ -97,7 +110,7 @@ class H2Connection:
                 codes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
                 codes.MAX_HEADER_LIST_SIZE: limits.max_head_size,
                 codes.INITIAL_WINDOW_SIZE: max(limits.stream_window_size, 65535),
-                codes.ENABLE_CONNECT_PROTOCOL: 1,
+                codes.ENABLE_CONNECT_PROTOCOL: int(extended_connect_supported()),
             },
         )
         # Until it sees our SETTINGS the client may fill RFC 9113's default window (65535): a
