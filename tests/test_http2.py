@@ -5,7 +5,6 @@ Each attack-class test names its advisory.  Timeouts run on the autojump clock.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
