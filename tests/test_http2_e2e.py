@@ -283,3 +283,39 @@ async def test_cli_serves_http2_unless_no_http2(flag: list[str], tmp_path: Path)
     else:
         assert result.returncode == 0, result.stderr
         assert result.stdout.endswith(b"\n2")
+
+
+def _exchange_has_tunnel() -> bool:
+    from trio_rack.http2.connection import extended_connect_supported
+
+    return extended_connect_supported()
+
+
+@needs_chromium
+@pytest.mark.skipif(not _exchange_has_tunnel(), reason="needs env['trio_rack.tunnel'] from the exchange (RFC 8441)")
+async def test_chromium_websocket_over_h2_extended_connect(tls_files: TLSFiles, tmp_path: Path) -> None:
+    """Chromium opens ``wss://`` as an RFC 8441 extended CONNECT on the page's h2 connection."""
+    echo = load_example("websocket_echo").app
+    protocols: list[tuple[str, str]] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/ws":
+            protocols.append((env["SERVER_PROTOCOL"], env["REQUEST_METHOD"]))
+            return await echo(env)
+        return 200, {"content-type": "text/html"}, [b"<!doctype html><title>ws</title>"]
+
+    script = """new Promise((resolve, reject) => {
+        const ws = new WebSocket("wss://" + location.host + "/ws");
+        ws.onopen = () => ws.send("ping over h2");
+        ws.onmessage = (e) => { resolve(e.data); ws.close(1000); };
+        ws.onerror = () => reject(new Error("websocket error"));
+    })"""
+    async with trio.open_nursery() as nursery:
+        bind = await start(nursery, app, tls=tls_files)
+        with trio.fail_after(60):
+            async with launch_chromium(tmp_path / "profile", extra_args=["--ignore-certificate-errors"]) as browser:
+                tab = await browser.new_page(f"https://127.0.0.1:{bind.port}/")
+                echoed = await tab.evaluate(script)
+        nursery.cancel_scope.cancel()
+    assert echoed == "ping over h2"
+    assert protocols == [("HTTP/2", "CONNECT")]
