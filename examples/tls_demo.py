@@ -9,9 +9,15 @@ The script binds the https URL and, beside it, answers plain ``http://`` sent to
 with a ``400`` that names the https URL to use — try it to see the hint instead of an opaque
 TLS error.  The app reports ``env["rack.url_scheme"]``.
 
+Which certificate: ``--cert/--key`` if given; else ``certs/localhost.pem`` and
+``certs/localhost-key.pem`` from the repository's ``certs/`` folder (``--certs DIR`` for
+another folder) when they are there — ``trio-rack certs --out certs/`` puts them there, see
+``certs/README.md``; else the development certificate itself.
+
 Run it, then paste the ``curl`` line it prints; Ctrl-C stops it::
 
-    python examples/tls_demo.py                       # https://localhost:9292, dev certificate
+    trio-rack certs --out certs/                      # once: certs/ca.pem, localhost.pem, -key.pem
+    python examples/tls_demo.py                       # https://localhost:9292 with certs/localhost.pem
     python examples/tls_demo.py -b https://127.0.0.1:8443 --cert cert.pem --key key.pem
 
 ``app`` is importable too: ``trio-rack serve examples/tls_demo.py`` serves it the same way.
@@ -24,12 +30,16 @@ import functools
 import shlex
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import trio
 
 import trio_rack
 from trio_rack.config import ConfigError
+
+#: The repository's certs/ folder (certs/README.md), where ``trio-rack certs --out certs/`` writes.
+CERTS = Path(__file__).resolve().parent.parent / "certs"
 
 
 async def app(env: dict[str, Any]) -> Any:
@@ -40,10 +50,21 @@ async def app(env: dict[str, Any]) -> Any:
     return 200, {"content-type": "text/plain; charset=utf-8"}, [text.encode()]
 
 
-async def main(bind: str, cert: str | None, key: str | None) -> None:
+def from_folder(folder: Path) -> tuple[str, str, str | None] | None:
+    """(cert, key, ca) from ``folder`` if it holds ``localhost.pem`` and ``localhost-key.pem``."""
+    cert, key, ca = folder / "localhost.pem", folder / "localhost-key.pem", folder / "ca.pem"
+    if cert.is_file() and key.is_file():
+        return str(cert), str(key), str(ca) if ca.is_file() else None
+    return None
+
+
+async def main(bind: str, cert: str | None, key: str | None, folder: Path = CERTS) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully (what ``trio_rack.run`` does),
     printing the URLs once they are bound."""
     ca: str | None = None
+    if cert is None and (found := from_folder(folder)) is not None:
+        cert, key, ca = found
+        print(f"certificate: {cert} (from {folder})")
     if cert is None:
         from trio_rack.server.certs import dev_certificate
 
@@ -74,6 +95,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("-b", "--bind", default="https://localhost:9292", help="https URL to listen on")
     parser.add_argument("--cert", help="certificate chain (PEM); default: the development certificate")
     parser.add_argument("--key", help="private key (PEM) for --cert")
+    parser.add_argument(
+        "--certs", type=Path, default=CERTS, help=f"folder with localhost.pem/localhost-key.pem (default: {CERTS})"
+    )
     args = parser.parse_args(argv)
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
@@ -81,7 +105,7 @@ def cli(argv: list[str] | None = None) -> int:
         parser.error("this demo is about TLS: give an https:// URL")
     errors: list[ConfigError] = []
     try:
-        trio.run(main, args.bind, args.cert, args.key)
+        trio.run(main, args.bind, args.cert, args.key, args.certs)
     except* ConfigError as group:  # a bad path, a port in use: one line, no traceback
         errors.extend(e for e in group.exceptions if isinstance(e, ConfigError))
     for exc in errors:

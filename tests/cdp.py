@@ -133,16 +133,19 @@ async def _drain(stream: trio.abc.ReceiveStream, lines: list[str], urls: list[st
 
 
 @asynccontextmanager
-async def launch_chromium(profile: Path, *, extra_args: Sequence[str] = ()) -> AsyncIterator[Browser]:
+async def launch_chromium(
+    profile: Path, *, home: Path | None = None, extra_args: Sequence[str] = ()
+) -> AsyncIterator[Browser]:
     """Run headless Chromium with a fresh profile under ``profile``; yield a connected Browser.
 
-    ``extra_args`` go on the command line before the start URL (e.g. ``--ignore-certificate-errors``
-    for a test CA the browser does not know).
+    ``home``: the browser's ``$HOME``, whose ``.pki/nssdb`` holds the CAs it trusts beyond the
+    built-in roots (``trio-rack certs --install`` writes there).  ``extra_args`` go on the
+    command line before the start URL (e.g. ``--ignore-certificate-errors`` for a test CA).
 
     Resource handling: on exit the CDP websocket closes and the browser process is terminated
     (killed if it lingers) and reaped.
     """
-    profile.mkdir(parents=True, exist_ok=True)
+    profile.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a local temp directory, once, before any task)
     argv = [
         CHROMIUM,
         "--headless",
@@ -162,6 +165,8 @@ async def launch_chromium(profile: Path, *, extra_args: Sequence[str] = ()) -> A
         "about:blank",
     ]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    if home is not None:
+        env["HOME"] = str(home)
     lines: list[str] = []
     started = trio.Event()
     async with trio.open_nursery() as nursery:

@@ -126,13 +126,18 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def running(
-    args: list[str], *, cwd: Path, env: dict[str, str], ready: str = "listening on"
+    args: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    ready: str = "listening on",
+    program: list[str] | None = None,
 ) -> AsyncIterator[Server]:
+    """``program`` (default ``python -m trio_rack``) ``serve ARGS``, stderr to a log file."""
     log_path = cwd.parent / f"server-{next(_log_numbers)}.log"
+    argv = [*program, "serve", *args] if program is not None else command("serve", *args)
     with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local temp file, opened once)
-        proc = await trio.lowlevel.open_process(
-            command("serve", *args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log_file
-        )
+        proc = await trio.lowlevel.open_process(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log_file)
     server = Server(proc, log_path)
     try:
         await server.read_until(ready)

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the connection loop: arbitrary and mutated request bytes.
 
-Each example runs the real :class:`~trio_rack.connection.HTTPConnection` over a memory stream
+Each example runs the real HTTP/1 connection (``trio_rack.testing.serve_stream``) over a memory stream
 pair in a fresh ``trio.run`` with a ``MockClock(autojump_threshold=0)``: timeouts cost no
 wall time, and a connection that would hang shows up as the virtual deadline being reached
 (the deadline is a timer, so the autojump clock always has somewhere to jump to).  The input
@@ -42,9 +42,7 @@ import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 
 from trio_rack import Limits
-from trio_rack.http1.connection import HTTPConnection
-from trio_rack.state import ServerState
-from trio_rack.app.env import ConnInfo
+from trio_rack.testing import ConnInfo, ServerState, serve_stream
 
 MAX_EXAMPLES = int(os.environ.get("TRIO_RACK_FUZZ_EXAMPLES", "1500"))
 
@@ -196,13 +194,13 @@ async def drive(plan: Plan, outcome: Outcome) -> None:
         return await fuzz_app(env, plan.app_kind)
 
     state = ServerState(app, LIMITS, access_log=False)
-    conn = HTTPConnection(server, state, ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1)))
+    info = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1))
 
     async def run_server() -> None:
         try:
-            await conn.run()
-        except BaseException as exc:  # anything escaping is the finding
-            if not isinstance(exc, trio.Cancelled):
+            await serve_stream(server, state, info=info)
+        except BaseException as exc:  # anything escaping but cancellation is the finding
+            if not _only_cancelled(exc):
                 outcome.server_error = exc
             raise
         finally:
@@ -239,6 +237,13 @@ async def drive(plan: Plan, outcome: Outcome) -> None:
             if outcome.server_error is None:
                 raise
     await trio.aclose_forcefully(client)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio.Cancelled, or a group of nothing else (a nursery's way of saying it)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
 
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) [^\r\n]*")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trio_rack.config import ConfigError
 from trio_rack.cli.loader import load_app
+from trio_rack.config import ConfigError
 
 _package_numbers = itertools.count()
 
@@ -148,7 +148,9 @@ def test_import_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
     write(tmp_path / "broken.py", "x = 1\nraise RuntimeError('database\\nunreachable')\n")
     with caplog.at_level(logging.DEBUG, logger="trio_rack"):
         message = config_error("broken.py", cwd=tmp_path)
-    assert message == "importing app 'broken.py' failed: RuntimeError: database unreachable"
+    # issue 11: the line names the file and line the exception came from
+    where = f"{tmp_path / 'broken.py'}, line 2"
+    assert message == f"importing app 'broken.py' failed: RuntimeError: database unreachable ({where})"
     assert not any(name.startswith("_trio_rack_app_") and "broken" in name for name in sys.modules)
     records = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
     assert records, "the traceback is logged at debug level"

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -25,6 +26,8 @@ from typing import Any
 
 import pytest
 import trio
+
+import trio_rack
 from e2e_support import (
     TLSFiles,
     curl,
@@ -33,8 +36,7 @@ from e2e_support import (
     read_until_eof,
     split_head,
 )
-
-import trio_rack
+from restart_support import RESTART_TIMEOUT, Load, pids, running, versions, write_app
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 START_TIMEOUT = 10
@@ -146,9 +148,6 @@ async def _wait_until_listening(proc: trio.Process, port: int) -> bool:
 @contextlib.asynccontextmanager
 async def nginx_in_front(app: Any, tmp_path: Path) -> AsyncIterator[Proxied]:
     """trio-rack serving ``app`` (trusting 127.0.0.1) behind an nginx on [::1]."""
-    tls = make_tls_files(tmp_path)
-    directory = tmp_path / "nginx"
-    directory.mkdir()
     async with trio.open_nursery() as nursery:
         serving = functools.partial(
             trio_rack.serve,
@@ -159,36 +158,47 @@ async def nginx_in_front(app: Any, tmp_path: Path) -> AsyncIterator[Proxied]:
             forwarded_allow_ips=["127.0.0.1"],
         )
         (upstream,) = await nursery.start(serving)
-        for _attempt in range(3):
-            http_port, https_port = free_ports(2)
-            conf = directory / "nginx.conf"
-            conf.write_text(
-                NGINX_CONF.format(
-                    dir=directory,
-                    upstream_port=upstream.port,
-                    http_port=http_port,
-                    https_port=https_port,
-                    cert=tls.cert_pem,
-                    key=tls.key_pem,
-                )
-            )
-            argv = [NGINX, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")]
-            proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                if await _wait_until_listening(proc, http_port):
-                    yield Proxied(http_port, https_port, tls, directory)
-                    break
-                log = (directory / "error.log").read_text()
-                if "Address already in use" not in log:
-                    raise AssertionError(f"nginx exited {proc.returncode}:\n{log}")
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with trio.move_on_after(5):
-                    await proc.wait()
-        else:
-            raise AssertionError("nginx found no free port in 3 attempts")
+        async with nginx_proxy(upstream.port, tmp_path) as proxy:
+            yield proxy
         nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def nginx_proxy(upstream_port: int, tmp_path: Path) -> AsyncIterator[Proxied]:
+    """An nginx on [::1] in front of whatever serves 127.0.0.1:``upstream_port``."""
+    tls = make_tls_files(tmp_path)
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    for _attempt in range(3):
+        http_port, https_port = free_ports(2)
+        conf = directory / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(
+                dir=directory,
+                upstream_port=upstream_port,
+                http_port=http_port,
+                https_port=https_port,
+                cert=tls.cert_pem,
+                key=tls.key_pem,
+            )
+        )
+        argv = [NGINX, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")]
+        quiet = subprocess.DEVNULL
+        proc = await trio.lowlevel.open_process(argv, stdin=quiet, stdout=quiet, stderr=quiet)
+        try:
+            if await _wait_until_listening(proc, http_port):
+                yield Proxied(http_port, https_port, tls, directory)
+                break
+            log = (directory / "error.log").read_text()
+            if "Address already in use" not in log:
+                raise AssertionError(f"nginx exited {proc.returncode}:\n{log}")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+    else:
+        raise AssertionError("nginx found no free port in 3 attempts")
 
 
 # ------------------------------------------------------------------------------- the tests
@@ -312,3 +322,36 @@ async def test_upgrade_and_partial_hijack_through_nginx(tmp_path: Path) -> None:
                         echoed += await client.receive_some(65536)
                     assert echoed == message
             await hijack_ended.wait()  # nginx passed the close on; the server closed the stream
+
+
+async def test_rolling_restart_behind_nginx_shows_no_5xx(tmp_path: Path) -> None:
+    """``trio-rack serve -n 2`` behind nginx, under load through nginx (keep-alive and new client
+    connections; nginx keeps its own keep-alive connections upstream), restarted with SIGHUP:
+    every response the clients see is a 200, and the changed app is served afterwards."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write_app(project, "v1")
+    async with running(project, "-n", "2", "--proxy-headers") as server:
+        async with nginx_proxy(server.port, tmp_path) as proxy:
+            load = Load(proxy.http_port, host="::1")
+            with trio.fail_after(RESTART_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(2):
+                        nursery.start_soon(load.keepalive_client)
+                        nursery.start_soon(load.new_connection_client)
+                    await trio.sleep(0.5)
+                    before = pids(load.bodies)
+                    server.pids |= before
+                    write_app(project, "v2-behind-nginx")
+                    server.proc.send_signal(signal.SIGHUP)
+                    await server.wait_for_log("rolling restart done")
+                    done_at = trio.current_time()
+                    await trio.sleep(1.0)
+                    load.stop.set()
+            server.pids |= pids(load.bodies)
+            errors = proxy.error_log()
+    assert load.failed == [], f"{load.failed[:5]}\n{server.log()}\n{errors}"
+    assert load.retried == 0  # nginx never closes the clients' keep-alive connections
+    assert load.ok > 50
+    assert versions(load.bodies, after=done_at + 0.5) == {"v2-behind-nginx"}
+    assert not pids(load.bodies, after=done_at + 0.5) & before

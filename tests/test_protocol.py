@@ -618,13 +618,11 @@ async def test_stalled_reader_is_dropped_after_write_timeout(autojump_clock):
         return 200, {}, body
 
     client_end, server_end = trio.testing.lockstep_stream_pair()
-    from trio_rack.http1.connection import HTTPConnection
-    from trio_rack.state import ServerState
-    from trio_rack.app.env import ConnInfo
+    from trio_rack.testing import ServerState, serve_stream
 
     state = ServerState(app, Limits(write_timeout=7), access_log=False)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(HTTPConnection(server_end, state, ConnInfo("http", None, None)).run)
+        nursery.start_soon(serve_stream, server_end, state)
         await client_end.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await client_end.receive_some(10)  # read a little, then stop reading
         start = trio.current_time()

@@ -15,7 +15,7 @@ import h11
 import pytest
 
 from trio_rack.config import ConfigError, Limits
-from trio_rack.state import ServerState
+from trio_rack.testing import ServerState
 from trio_rack.app.env import ConnInfo, build_env
 from trio_rack.http1.strict import request_head
 from trio_rack.app.proxy import ProxyHeaders, parse_forwarded

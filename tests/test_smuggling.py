@@ -45,7 +45,7 @@ import pytest
 import trio
 
 from trio_rack import Limits
-from trio_rack.state import ServerState
+from trio_rack.testing import ServerState
 from trio_rack.app.response import AppError
 from trio_rack.testing import memory_connection
 

@@ -21,6 +21,8 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
+
 from e2e_support import (
     TLSFiles,
     client_ssl_context,
@@ -32,8 +34,6 @@ from e2e_support import (
     split_head,
     start_server,
 )
-from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
-
 from trio_rack import Limits, websocket
 from trio_rack.websocket import HandshakeError, WebSocket
 
@@ -154,7 +154,8 @@ async def test_echo_text_binary_large_and_subprotocol(scheme: str, tls_files: TL
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             bind = await start_server(nursery, app, tls=tls)
-            async with ws_connect(bind, "/echo", tls, subprotocols=["chat.v1", "chat.v2"], max_message_size=2**21) as client:
+            offered = ["chat.v1", "chat.v2"]
+            async with ws_connect(bind, "/echo", tls, subprotocols=offered, max_message_size=2**21) as client:
                 assert client.subprotocol == "chat.v2"  # the server's preference wins
                 await client.send_message("héllo ✓")
                 assert await client.get_message() == "héllo ✓"
@@ -237,7 +238,9 @@ async def test_server_ping_waits_for_the_pong() -> None:
 @pytest.mark.parametrize(
     ("path", "code"), [("/return", 1000), ("/raise", 1011), ("/close/4002", 4002)]
 )
-async def test_the_app_ending_sends_the_right_close_code(path: str, code: int, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_app_ending_sends_the_right_close_code(
+    path: str, code: int, caplog: pytest.LogCaptureFixture
+) -> None:
     app = Recorder()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -264,6 +267,32 @@ async def test_the_client_closing_ends_the_loop_and_is_echoed() -> None:
                 assert client.closed is not None and client.closed.code == 4005
             await app.done.wait()
             assert (app.sockets[0].close_code, app.sockets[0].close_reason) == (4005, "client done")
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_protocol_error_fails_the_connection_at_once(scheme: str, tls_files: TLSFiles) -> None:
+    """A reserved opcode: close 1002, then the server ends the TCP connection itself, at once
+    (RFC 6455 §7.1.1, §7.1.7), though this client neither replies nor closes first; over TLS
+    too.  (The peer that never closes is tested in test_websocket_close.py.)"""
+    tls = tls_files if scheme == "wss" else None
+    app = Recorder()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, app, tls=tls)
+            raw = await raw_connect(bind, tls)
+            await raw.stream.send_all(RawClient.request())
+            assert (await raw.read_head())[0] == 101
+            await raw.stream.send_all(bytes([0x83, 0x80]) + b"\x00\x00\x00\x00")  # opcode 3, masked, empty
+            start = trio.current_time()
+            frame = await raw.next_frame()
+            assert frame is not None and frame.opcode is Opcode.CLOSE and frame.payload[0] == 1002
+            assert await raw.next_frame() is None  # the server's EOF, without our reply or close
+            assert trio.current_time() - start < 2  # not after the 3 s close timeout
+            await raw.stream.aclose()  # what a client does on EOF: the server is done at once
+            with trio.fail_after(0.5):
+                await app.done.wait()
+            assert app.sockets[0].close_code == 1002
             nursery.cancel_scope.cancel()
 
 

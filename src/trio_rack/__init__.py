@@ -5,9 +5,23 @@
 README and in :mod:`trio_rack.types`.
 """
 
-from .config import Bind, ConfigError, Limits
+from .builder import Builder
+from .config import Bind, ConfigError, Limits, TLSConfig
+from .files import FileBody
+from .request import Request
 from .server.serve import run, serve
 
-__all__ = ["Bind", "ConfigError", "Limits", "run", "serve", "__version__"]
+__all__ = [
+    "Bind",
+    "Builder",
+    "ConfigError",
+    "FileBody",
+    "Limits",
+    "Request",
+    "TLSConfig",
+    "run",
+    "serve",
+    "__version__",
+]
 
 __version__ = "0.1.0"

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Bind", "ConfigError", "Limits", "parse_bind", "DEFAULT_BIND"]
+__all__ = ["Bind", "ConfigError", "Limits", "TLSConfig", "parse_bind", "DEFAULT_BIND"]
 
 DEFAULT_BIND = "https://localhost:9292"
 
@@ -150,6 +151,8 @@ class Limits:
     max_stream_resets: int = 100
     #: HTTP/2 PING, SETTINGS, PRIORITY, tiny WINDOW_UPDATE and empty frames a client may send per 10 s.
     max_control_frames: int = 1000
+    #: Listen backlog: connections the kernel queues for accept() (capped by net.core.somaxconn).
+    backlog: int = 2048
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -159,3 +162,56 @@ class Limits:
                 raise ConfigError(f"{field.name} must be a whole number, got {value!r}")
         if self.stream_window_size * 4 > 2**31 - 1:
             raise ConfigError(f"stream_window_size must be at most {(2**31 - 1) // 4}, got {self.stream_window_size}")
+
+
+#: ``TLSConfig.client_cert`` values: whether a client certificate is asked for and required.
+CLIENT_CERT_MODES = ("none", "optional", "required")
+#: ``TLSConfig.min_version`` values.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """How ``https://`` listeners do TLS.  Validated here; the files are read by
+    :func:`trio_rack.net.tls.make_server_context`.
+
+    ``cert``/``key`` ``None`` (both) means the local development certificate.  ``client_cert``
+    is ``"none"`` (no certificate asked for), ``"optional"`` (asked for; a client without one
+    is served, one with a certificate that does not verify against ``ca_certs`` is refused by
+    OpenSSL) or ``"required"`` (a handshake without a valid one is refused); the last two need
+    ``ca_certs``, the only CAs trusted for client certificates (the system store never is).
+    ``ciphers`` is an OpenSSL cipher string for TLS 1.2 (TLS 1.3's suites are not configurable
+    through Python's ssl module).
+    """
+
+    cert: PathLike | None = None
+    key: PathLike | None = None
+    key_password: str | bytes | None = dataclasses.field(default=None, repr=False)
+    ca_certs: PathLike | None = None
+    client_cert: str = "none"
+    ciphers: str | None = None
+    min_version: str = "TLSv1.2"
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together: give both or neither")
+        if self.key_password is not None and self.cert is None:
+            raise ConfigError("a key password needs --cert and --key")
+        if self.client_cert not in CLIENT_CERT_MODES:
+            raise ConfigError(
+                f"client_cert must be one of {', '.join(CLIENT_CERT_MODES)}, got {self.client_cert!r}"
+            )
+        if self.client_cert != "none" and self.ca_certs is None:
+            raise ConfigError(f"--client-cert {self.client_cert} needs --ca-certs FILE (the trusted client CAs)")
+        if self.min_version not in TLS_VERSIONS:
+            raise ConfigError(f"min_version must be one of {', '.join(TLS_VERSIONS)}, got {self.min_version!r}")
+        if self.ciphers is not None and (not isinstance(self.ciphers, str) or not self.ciphers.strip()):
+            raise ConfigError(f"ciphers must be a non-empty OpenSSL cipher string, got {self.ciphers!r}")
+        if isinstance(self.alpn, str | bytes) or not all(  # type: ignore[unreachable,unused-ignore]
+            isinstance(p, str) and 0 < len(p.encode("ascii", "replace")) < 256 for p in self.alpn
+        ):
+            raise ConfigError(f"alpn must be a sequence of protocol names, got {self.alpn!r}")
+        object.__setattr__(self, "alpn", tuple(self.alpn))

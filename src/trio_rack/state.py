@@ -29,6 +29,13 @@ class LiveRequest(Protocol):
     def cancel_app(self) -> None:
         """The client hung up while the app was running: cancel it."""
 
+    def write_blocked_since(self) -> float:
+        """When the response write under way started; ``math.inf`` if none."""
+        ...
+
+    def cancel_stalled_write(self) -> None:
+        """A write has been blocked past the write timeout: drop the client, cancel the app."""
+
 
 class ConnectionHandle(Protocol):
     """What the graceful drain may do with an open connection."""

@@ -7,7 +7,11 @@ code path, minus sockets::
         response = await client.request("GET", "/")
         assert response.status == 200
 
-``client.stream`` is the raw client end, for tests that write bytes by hand.
+``client.stream`` is the raw client end, for tests that write bytes by hand.  ``protocol``
+names the wire protocol (:data:`PROTOCOLS`), so a contract test parametrized over it runs
+unchanged on each.  :func:`serve_stream` runs the server side over a stream of the caller's
+(a lockstep pair, a fuzzer's), and :class:`ServerState` is the shared per-server state a test
+may build to share between connections or to watch (``state.active``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,24 @@ import trio.testing
 from .app.env import ConnInfo
 from .config import Limits
 from .http1.connection import HTTPConnection
+from .server.liveness import run_liveness_sweeper
 from .state import ServerState
 
-__all__ = ["memory_connection", "MemoryClient", "TestResponse", "read_until_closed"]
+__all__ = [
+    "PROTOCOLS",
+    "ConnInfo",
+    "MemoryClient",
+    "ServerState",
+    "TestResponse",
+    "memory_connection",
+    "read_until_closed",
+    "serve_stream",
+]
+
+#: The wire protocols :func:`memory_connection` and :func:`serve_stream` can speak.
+PROTOCOLS = ("http1",)
+#: The connection info memory connections report: a test server and a loopback client.
+MEMORY_INFO = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
 
 
 @dataclass
@@ -80,7 +99,7 @@ class MemoryClient:
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
-                self.h11.receive_data(await self.stream.receive_some(65536))
+                self.h11.receive_data(bytes(await self.stream.receive_some(65536)))
                 continue
             if type(event) is h11.InformationalResponse:
                 informational.append(event.status_code)
@@ -107,6 +126,27 @@ async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     return b"".join(parts)
 
 
+async def serve_stream(
+    stream: trio.abc.Stream,
+    state: ServerState,
+    *,
+    protocol: str = "http1",
+    info: ConnInfo | None = None,
+) -> None:
+    """Serve one connection's worth of requests on ``stream`` until it ends.
+
+    Resource handling: ``stream`` stays the caller's to close, as a listener's would.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+    async with trio.open_nursery() as nursery:
+        # as under serve(): the sweep enforces the write timeout (memory streams have no socket
+        # to poll for a hang-up)
+        nursery.start_soon(run_liveness_sweeper, state)
+        await HTTPConnection(stream, state, info or MEMORY_INFO).run()
+        nursery.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def memory_connection(
     app: Any,
@@ -114,8 +154,9 @@ async def memory_connection(
     limits: Limits | None = None,
     scheme: str = "http",
     state: ServerState | None = None,
+    protocol: str = "http1",
 ) -> AsyncIterator[MemoryClient]:
-    """Run one :class:`HTTPConnection` for ``app`` over a memory stream pair.
+    """Serve ``app`` over one in-memory connection speaking ``protocol``; yield its client.
 
     Resource handling: on exit the connection task is cancelled and both ends are closed.
     """
@@ -125,7 +166,7 @@ async def memory_connection(
 
     async def run_server() -> None:
         try:
-            await HTTPConnection(server, state, info).run()
+            await serve_stream(server, state, protocol=protocol, info=info)
         finally:
             await trio.aclose_forcefully(server)
 
@@ -135,4 +176,19 @@ async def memory_connection(
             yield MemoryClient(client)
         finally:
             nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(client)
+            # Shielded: a checkpoint in the now-cancelled scope would raise Cancelled, which
+            # would replace the exception the ``async with`` body raised (a failing assert),
+            # and the nursery would then swallow it.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(client)
+
+
+
+def __getattr__(name: str) -> Any:
+    # ``Transport`` (trio_rack.toolkit_transport) needs httpx, a test-only dependency: imported
+    # on first use, so memory_connection works without httpx installed.
+    if name == "Transport":
+        from .toolkit_transport import Transport
+
+        return Transport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

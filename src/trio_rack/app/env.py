@@ -14,6 +14,7 @@ Decisions worth knowing (the README's spec repeats them):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .head import RequestHead
@@ -42,17 +43,21 @@ def _env_key(name: bytes) -> str | None:
 
 
 class ConnInfo:
-    """What the connection knows about itself: scheme and both ends' addresses."""
+    """What the connection knows about itself: scheme, both ends' addresses, and for TLS what
+    the handshake settled (``trio_rack.net.tls.tls_info``; None on plain connections)."""
 
-    __slots__ = ("scheme", "server_name", "server_port", "remote_addr", "remote_port")
+    __slots__ = ("scheme", "server_name", "server_port", "remote_addr", "remote_port", "tls")
 
     def __init__(
         self,
         scheme: str,
         server: tuple[str, int] | None,
         remote: tuple[str, int] | None,
+        *,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         self.scheme = scheme
+        self.tls = tls
         self.server_name, self.server_port = server or ("localhost", 0)
         self.remote_addr, self.remote_port = remote or ("", 0)
 
@@ -79,6 +84,8 @@ def build_env(head: RequestHead, info: ConnInfo) -> dict[str, Any]:
         "REMOTE_PORT": str(info.remote_port),
         "rack.url_scheme": info.scheme,
     }
+    if info.tls is not None:
+        env["trio_rack.tls"] = info.tls
     cookies: list[str] | None = None
     for name, value in head.headers:
         key = _env_key(name)

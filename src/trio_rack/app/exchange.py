@@ -77,6 +77,10 @@ class ResponseSink(Protocol):
         """The next piece of the decoded request body, ``b""`` at its end (RequestBodyError)."""
         ...
 
+    def discard_body(self) -> None:
+        """The app closed ``rack.input``; the rest of the body is not wanted."""
+        ...
+
     async def send_informational(self, status: int, headers: Headers) -> None:
         """A 1xx before the final response (103 Early Hints); a no-op where unsupported."""
         ...
@@ -102,6 +106,10 @@ class ResponseSink(Protocol):
         ...
 
     async def wait_send_all_might_not_block(self) -> None: ...
+
+    def write_blocked_since(self) -> float:
+        """When the write under way started (``math.inf`` if none): the sweeper enforces the write timeout."""
+        ...
 
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw connection, replaying ``leftover`` and whatever was read ahead."""
@@ -244,6 +252,13 @@ class Exchange:
         """The liveness sweeper saw the client hang up while the app was running."""
         self.cancel("client went away; app cancelled", client_gone=True)
 
+    def write_blocked_since(self) -> float:
+        return self.sink.write_blocked_since()
+
+    def cancel_stalled_write(self) -> None:
+        """The liveness sweeper saw a write blocked past the write timeout."""
+        self.cancel("client stopped reading (write timeout); connection dropped", client_gone=True)
+
     async def _respond(self) -> Outcome:
         """Call the app and send what it returns; the app's failures end here."""
         try:
@@ -352,7 +367,10 @@ class Exchange:
             await prepared.body(stream)
             if not stream.closed:
                 stream.close_from_server()
-                await self.end()
+            if stream.aborted:  # closed while a send was half done: it cannot end cleanly
+                self.sink.abort()
+                return Outcome.CLOSE
+            await self.end()
         elif kind is BodyKind.ASYNC_ITERABLE:
             async for chunk in prepared.body:
                 await self.send_data(check_chunk(chunk))

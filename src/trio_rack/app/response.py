@@ -110,7 +110,7 @@ def _encode_value(name: str, value: Any) -> bytes:
         )
     value = value.strip(" \t")
     try:
-        encoded = value.encode("latin-1")
+        encoded: bytes = value.encode("latin-1")
     except UnicodeEncodeError:
         raise AppError(f"header {name!r}: value {value!r:.80} is not Latin-1 text") from None
     if _VALUE_RE.fullmatch(value) is None:

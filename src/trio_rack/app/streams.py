@@ -14,6 +14,7 @@ when the app returns, raises or is cancelled.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Protocol
 
 import trio
@@ -28,6 +29,10 @@ class BodySource(Protocol):
 
     async def receive_body(self) -> bytes:
         """The next piece of the decoded body, ``b""`` at its end; RequestBodyError on the client's fault."""
+        ...
+
+    def discard_body(self) -> None:
+        """The app closed ``rack.input``: the rest of the body is not wanted (may be a no-op)."""
         ...
 
 
@@ -58,6 +63,10 @@ class Busy:
     def __exit__(self, *exc: object) -> None:
         self._held = False
 
+    @property
+    def held(self) -> bool:
+        return self._held
+
 
 class RequestBody(trio.abc.ReceiveStream):
     """``env["rack.input"]``: the decoded request body; ``receive_some()`` gives ``b""`` at its end.
@@ -69,7 +78,7 @@ class RequestBody(trio.abc.ReceiveStream):
     error propagate before it has started its response.
     """
 
-    __slots__ = ("_source", "_leftover", "_eof", "_closed", "_busy", "failure")
+    __slots__ = ("_source", "_leftover", "_eof", "_closed", "_busy", "_pending", "failure")
 
     def __init__(self, source: BodySource) -> None:
         self._source = source
@@ -80,22 +89,32 @@ class RequestBody(trio.abc.ReceiveStream):
         self._eof = False
         self._closed = False
         self._busy = Busy("reading the request body")
+        #: The scope of a read under way, so that closing the stream wakes its reader.
+        self._pending: trio.CancelScope | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
             raise trio.ClosedResourceError("the request body stream is closed")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)  # TypeError for a float, as trio's streams
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         with self._busy:
             if not self._leftover:
                 if self._eof:
                     await trio.lowlevel.checkpoint()
                     return b""
+                pending = self._pending = trio.CancelScope()
                 try:
-                    data = await self._source.receive_body()
+                    with pending:
+                        data = await self._source.receive_body()
                 except RequestBodyError as exc:
                     self.failure = exc
                     raise
+                finally:
+                    self._pending = None
+                if pending.cancelled_caught:
+                    raise trio.ClosedResourceError("the request body stream was closed during the read")
                 if not data:
                     self._eof = True
                     return b""
@@ -124,7 +143,13 @@ class RequestBody(trio.abc.ReceiveStream):
         return data
 
     def close(self) -> None:
+        """Close the view (a read under way raises ClosedResourceError); the rest of the body is dropped."""
+        if self._closed:
+            return
         self._closed = True
+        if self._pending is not None:
+            self._pending.cancel()
+        self._source.discard_body()
 
     async def aclose(self) -> None:
         self.close()
@@ -140,13 +165,17 @@ class ResponseStream(trio.abc.Stream):
     response, after which the connection may serve the next request.
     """
 
-    __slots__ = ("_sink", "_input", "_closed", "_busy")
+    __slots__ = ("_sink", "_input", "_closed", "_busy", "_pending", "aborted")
 
     def __init__(self, sink: BodySink, request_body: RequestBody) -> None:
         self._sink = sink
         self._input = request_body
         self._closed = False
         self._busy = Busy("sending on this stream")
+        #: The scope of a send under way, so that closing the stream wakes its sender.
+        self._pending: trio.CancelScope | None = None
+        #: Set when closing interrupted a send: the response cannot end cleanly and is aborted.
+        self.aborted = False
 
     @property
     def closed(self) -> bool:
@@ -156,12 +185,29 @@ class ResponseStream(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("the response stream is closed")
         with self._busy:
-            await self._sink.send_data(bytes(data) if type(data) is not bytes else data)
+            with self._interruptible() as pending:
+                await self._sink.send_data(bytes(data) if type(data) is not bytes else data)
+            if pending.cancelled_caught:
+                raise trio.ClosedResourceError("the response stream was closed during the send")
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the response stream is closed")
-        await self._sink.wait_send_all_might_not_block()
+        with self._busy:
+            with self._interruptible() as pending:
+                await self._sink.wait_send_all_might_not_block()
+            if pending.cancelled_caught:
+                raise trio.ClosedResourceError("the response stream was closed during the wait")
+
+    def _interruptible(self) -> trio.CancelScope:
+        self._pending = scope = trio.CancelScope()
+        return scope
+
+    def _interrupt(self) -> None:
+        """Closing while a send waits: wake it; a half-sent body can only be aborted."""
+        if self._pending is not None and not self._pending.cancelled_caught:
+            self._pending.cancel()
+            self.aborted = True
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
@@ -173,6 +219,12 @@ class ResponseStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._input.close()  # both directions end: reading the request body after it is over
+        if self._busy.held:
+            self._interrupt()
+        if self.aborted:
+            await trio.lowlevel.checkpoint()
+            return
         await self._sink.end()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -189,6 +241,8 @@ class ResponseStream(trio.abc.Stream):
     def close_from_server(self) -> None:
         """Mark closed without sending anything (the server ends or aborts the response)."""
         self._closed = True
+        if self._busy.held:
+            self._interrupt()
 
 
 class HijackedStream(trio.abc.Stream):
@@ -225,7 +279,7 @@ class HijackedStream(trio.abc.Stream):
                     return data[:max_bytes]
                 self._replay = b""
                 return data
-            return await self.transport.receive_some(max_bytes)
+            return bytes(await self.transport.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:

@@ -12,19 +12,27 @@ script (unlike ``python -m``) would otherwise leave out.
 
 Every failure is a :class:`~trio_rack.config.ConfigError` whose message is one line: the user
 mistyped a path or an attribute, or their module raised on import.  For the last case the
-exception's type and message are in the line and the traceback is logged at debug level
-(``--log-level debug``), because a traceback on a typo buries the one line that matters.
+exception's type and message are in the line, with the file and line it came from (for a
+``SyntaxError`` the offending line, otherwise the innermost frame outside the import machinery),
+and the traceback is logged at debug level (``--log-level debug``), because a traceback on a
+typo buries the one line that matters.
+
+A plain ``def app(env)`` is refused here, at start-up, with one line: the server would await
+its result and answer every request with a 500.  (An object whose ``__call__`` is a plain
+``def`` returning an awaitable is accepted: that is how some wrappers are written.)
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import itertools
 import logging
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -68,8 +76,25 @@ def _is_file_spec(target: str) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.msg:
+        text = " ".join(exc.msg.split())
+    else:
+        text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    where = _origin(exc)
+    return f"{line} ({where})" if where else line
+
+
+def _origin(exc: BaseException) -> str | None:
+    """``FILE, line N`` where ``exc`` arose: a SyntaxError's own location, else the innermost
+    traceback frame that is not import machinery (``<frozen importlib._bootstrap>``)."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}, line {exc.lineno}"
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if not frame.filename.startswith("<") and frame.filename != __file__:
+            found = frame
+    return f"{found.filename}, line {found.lineno}" if found is not None else None
 
 
 def _load_file(path: Path, *, spec: str) -> ModuleType:
@@ -123,6 +148,11 @@ def _resolve(module: ModuleType, attr: str, *, spec: str) -> Any:
     if not callable(obj):
         raise ConfigError(
             f"app {spec!r}: {attr!r} is not callable (its type is {type(obj).__name__}); "
+            "an app is async def app(env)"
+        )
+    if (inspect.isfunction(obj) or inspect.ismethod(obj)) and not inspect.iscoroutinefunction(obj):
+        raise ConfigError(
+            f"app {spec!r}: {attr!r} is a plain def function (every request would get a 500); "
             "an app is async def app(env)"
         )
     return obj

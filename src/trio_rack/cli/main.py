@@ -43,13 +43,15 @@ from typing import Any, NoReturn
 
 import trio
 
-from .. import __version__
+from .. import __version__, logs
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
-from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from ..config import CLIENT_CERT_MODES, DEFAULT_BIND, TLS_VERSIONS, Bind, ConfigError, Limits, TLSConfig, parse_bind
 from ..net.tls import make_server_context
 from ..server import systemd, workers
 from ..server.certs import DevCert, dev_certificate
 from ..server.serve import serve, watch_signals
+from . import config_sources, hints, reload
+from .certs_command import add_certs_flags
 from .loader import DEFAULT_APP, load_app
 
 __all__ = ["main", "build_parser", "configure_logging"]
@@ -66,7 +68,11 @@ _LOCAL_HOSTS = {"127.0.0.1", "::1", "0.0.0.0", "::"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trio-rack`` console script and ``python -m trio_rack``."""
-    args = build_parser().parse_args(argv)
+    try:  # flags, then TRIO_RACK_* variables, then --config FILE, then defaults
+        args = config_sources.parse_args(build_parser(), argv)
+    except ConfigError as bad:
+        _print_error(str(bad))
+        return USAGE_EXIT
     try:
         return int(args.run(args))
     except BaseException as exc:
@@ -76,13 +82,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             return USAGE_EXIT
         if _only(exc, KeyboardInterrupt) is not None:
             return 0  # Ctrl-C before the signal handlers were in place: nothing to clean up
+        if _only(exc, BrokenPipeError) is not None:
+            _silence_stdout()  # `trio-rack certs | head -1`: the reader had what it wanted
+            return 0
         raise
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot raise EPIPE again
+    (the recipe of the Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``trio-rack: error:`` line like every other error."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            known = [o for action in self._actions for o in action.option_strings]
+            for sub in self._subparsers._group_actions if self._subparsers else []:
+                for choice in getattr(sub, "choices", {}).values():
+                    known += [o for action in choice._actions for o in action.option_strings]
+            hint = hints.flag_hint(message.split(": ", 1)[1].split(), known)
+            message += f"; {hint}" if hint else ""
         _print_error(message)
         raise SystemExit(USAGE_EXIT)
 
@@ -100,11 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs = commands.add_parser(
         "certs",
-        help="print the development certificate's paths",
+        help="print the development certificate's paths; trust or export it",
         description="Print the paths of the development CA certificate, the server certificate "
-        "and its key, one a line, CA first; create them if missing.",
+        "and its key, one a line, CA first; create them if missing.  With --install/--uninstall, "
+        "add the CA to (remove it from) the browsers' NSS databases; with --out, copy the files.",
     )
-    certs.set_defaults(run=_certs_command)
+    add_certs_flags(certs)
     return parser
 
 
@@ -152,7 +179,26 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="serve HTTP/1.1 only: no ALPN h2 on https binds, no prior-knowledge HTTP/2 on http binds",
     )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text lines, or one JSON object a line (time, level, logger, message; access lines add "
+        "remote_addr, method, path, query, protocol, status, bytes, duration_ms, referer, user_agent)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--access-log-format", metavar="FORMAT", default=logs.COMBINED,
+        help="Apache LogFormat tokens for access lines: %%h %%l %%u %%t %%r %%m %%U %%q %%H %%s %%b %%B %%D %%T "
+        "%%{Referer}i %%{User-agent}i (default: the Combined Log Format)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-config", metavar="FILE",
+        help="configure logging from FILE instead: logging.config.dictConfig from .json or .toml, "
+        "fileConfig from .ini",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # a worker's ready pipe
+    _add_tls_flags(parser.add_argument_group("TLS and client certificates"))
+    config_sources.add_config_flags(parser)
+    reload.add_reload_flags(parser)
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
     parser.set_defaults(run=_serve_command)
@@ -195,6 +241,61 @@ def _add_deployment_flags(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_tls_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--key-password-file",
+        metavar="FILE",
+        help="file holding the password of an encrypted --key (a trailing newline is ignored; "
+        "never give the password itself on the command line)",
+    )
+    group.add_argument("--ca-certs", metavar="FILE", help="PEM file of the CAs trusted for client certificates")
+    group.add_argument(
+        "--client-cert",
+        choices=CLIENT_CERT_MODES,
+        default="none",
+        help="ask for a client certificate (optional) or refuse handshakes without a valid one "
+        "(required); needs --ca-certs (default: none)",
+    )
+    group.add_argument("--ssl-ciphers", metavar="CIPHERS", help="OpenSSL cipher string for TLS 1.2")
+    group.add_argument(
+        "--ssl-min-version", choices=TLS_VERSIONS, default="TLSv1.2", help="lowest TLS version (default: TLSv1.2)"
+    )
+
+
+def _tls_options(args: argparse.Namespace, cert: Path | str | None, key: Path | str | None) -> TLSConfig:
+    """The TLSConfig of the TLS flags; reads ``--key-password-file`` (one error line if it can't)."""
+    password = None
+    if args.key_password_file is not None:
+        try:
+            password = Path(args.key_password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"cannot read --key-password-file {args.key_password_file!r}: {reason}") from None
+        password = password.removesuffix("\n").removesuffix("\r")
+    return TLSConfig(
+        cert=cert,
+        key=key,
+        key_password=password,
+        ca_certs=args.ca_certs,
+        client_cert=args.client_cert,
+        ciphers=args.ssl_ciphers,
+        min_version=args.ssl_min_version,
+    )
+
+
+def _tls_worker_args(args: argparse.Namespace) -> list[str]:
+    """The TLS flags again, for a worker (the password by file name only, never by value)."""
+    argv = ["--client-cert", args.client_cert, "--ssl-min-version", args.ssl_min_version]
+    for flag, value in (
+        ("--key-password-file", args.key_password_file),
+        ("--ca-certs", args.ca_certs),
+        ("--ssl-ciphers", args.ssl_ciphers),
+    ):
+        if value is not None:
+            argv.append(f"{flag}={os.path.abspath(value) if flag != '--ssl-ciphers' else value}")
+    return argv
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -219,10 +320,11 @@ def _add_limit_flags(group: argparse._ArgumentGroup) -> None:
         kind: type = float if hints[field.name] is float else int
         default = "unlimited" if field.default is None else field.default
         doc = docs.get(field.name, field.name.replace("_", " ")).rstrip(".")
+        convert = _positive(kind) if field.default is not None else _unlimited_or(_positive(kind))
         group.add_argument(
             _flag(field),
             dest=field.name,
-            type=_positive(kind),
+            type=convert,
             default=None,
             metavar="SECONDS" if kind is float else "N",
             help=f"{doc} (default: {default})".replace("%", "%%"),
@@ -271,36 +373,60 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return convert
 
 
+#: What the help's "(default: unlimited)" invites for a limit whose default is None.
+UNLIMITED_WORDS = ("unlimited", "none")
+
+
+def _unlimited_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``--max-body-size unlimited`` (or ``None``) is the default spelled out: no limit."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in UNLIMITED_WORDS else convert(text)
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
 def _bind_arg(text: str) -> Bind | str:
     if text == systemd.SYSTEMD_BIND:
         return text  # expanded by _resolve_binds once the activated sockets are known
     try:
         return parse_bind(text)
     except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        hint = hints.bind_hint(text)
+        raise argparse.ArgumentTypeError(f"{exc}; {hint}" if hint else str(exc)) from None
 
 
 # -- commands ------------------------------------------------------------------------------------
 
 
-def _certs_command(args: argparse.Namespace) -> int:
-    dev = dev_certificate()
-    print(dev.ca, dev.cert, dev.key, sep="\n", flush=True)
-    return 0
-
-
 def _serve_command(args: argparse.Namespace) -> int:
     activated = systemd.listen_fds()  # first: the app must not see (or pass on) LISTEN_*
-    configure_logging(args.log_level, access_log=args.access_log)
+    notifier = systemd.Notifier.from_environ()  # likewise NOTIFY_SOCKET: the main process notifies
+    configure_logging(
+        args.log_level, access_log=args.access_log, log_format=args.log_format, access_log_format=args.access_log_format
+    )
+    if args.log_config:
+        logs.load_log_config(args.log_config)
     app = load_app(args.app)  # in the supervisor too: a bad app is one error line, not a crash loop
     binds = _resolve_binds(args.bind, activated)
     limits = Limits(**_given_limits(args))
     proxy = _proxy_policy(args)
     cert, key, dev = _tls_files(args, binds)
     announce = functools.partial(_announce, dev=dev)
+    if args.reload and not args.worker:  # the reloader holds the sockets and runs one worker at a time
+        command = functools.partial(_worker_command, args, cert=cert, key=key)
+        return reload.run_reloading(args, binds, worker_command=command, announce=announce)
     if (args.count > 1 or args.max_requests) and not args.worker:
         command = functools.partial(_worker_command, args, cert=cert, key=key)
-        return workers.supervise(binds, count=args.count, worker_command=command, announce=announce)
+        return workers.supervise(
+            binds,
+            count=args.count,
+            worker_command=command,
+            announce=announce,
+            notifier=notifier,
+            backlog=limits.backlog,
+        )
     budget = None
     if args.max_requests:
         app = budget = workers.RequestBudget(app, max_requests=args.max_requests, jitter=args.max_requests_jitter)
@@ -309,8 +435,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         serve,
         app,
         bind=binds,
-        cert=cert,
-        key=key,
+        tls=_tls_options(args, cert, key),
         limits=limits,
         access_log=args.access_log,
         proxy_headers=proxy or False,
@@ -320,9 +445,10 @@ def _serve_command(args: argparse.Namespace) -> int:
         functools.partial(
             _serve_until_signalled,
             serving,
-            announce=None if args.worker else announce,
+            announce=(_worker_ready(args) or reload.ready_announcer()) if args.worker else announce,
             lifeline=args.worker,
             budget=budget,
+            notifier=notifier,
         )
     )
     return workers.RECYCLE_EXIT if budget is not None and budget.exhausted.is_set() else 0
@@ -377,7 +503,7 @@ def _tls_files(
     if args.cert is None:
         dev = dev_certificate()
         return dev.cert, dev.key, dev
-    make_server_context(args.cert, args.key)
+    make_server_context(_tls_options(args, args.cert, args.key))
     return Path(args.cert), Path(args.key), None
 
 
@@ -386,9 +512,14 @@ def _worker_command(
 ) -> list[str]:
     """The argv of one worker: this command, on inherited sockets, without a banner."""
     argv = [sys.executable, "-m", "trio_rack", "serve", args.app, "--worker", "--log-level", args.log_level]
+    if args.config:  # what the flags below do not carry; they win over it
+        argv += ["--config", str(args.config)]
     argv.append("--access-log" if args.access_log else "--no-access-log")
     if not args.http2:
         argv.append("--no-http2")
+    argv += ["--log-format", args.log_format, "--access-log-format", args.access_log_format]
+    if args.log_config:
+        argv += ["--log-config", str(args.log_config)]
     for bind in fd_binds:
         argv += ["-b", str(bind)]
     if args.proxy_headers:
@@ -399,6 +530,7 @@ def _worker_command(
         argv += ["--max-requests-jitter", str(args.max_requests_jitter)]
     if cert is not None and key is not None:
         argv += ["--cert", str(cert), "--key", str(key)]
+    argv += _tls_worker_args(args)
     for field in dataclasses.fields(Limits):
         value = getattr(args, field.name)
         if value is not None:
@@ -415,15 +547,18 @@ async def _serve_until_signalled(
     announce: Callable[[list[Bind]], None] | None,
     lifeline: bool,
     budget: workers.RequestBudget | None = None,
+    notifier: systemd.Notifier | None = None,
 ) -> None:
     """Run ``serving`` (serve() with its arguments bound) until SIGINT/SIGTERM.
 
     The first signal shuts down gracefully, a second cancels everything (as
     :func:`trio_rack.server.run` does); ``announce`` gets the bound addresses once listening.
-    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.
+    A ``budget`` (``--max-requests``) that runs out shuts down gracefully too.  ``notifier``
+    (systemd) hears READY once listening and STOPPING at shutdown; SIGHUP is logged as
+    unsupported (only the supervisor of ``-n`` restarts).
     """
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, signals, shutdown, nursery.cancel_scope)
             if lifeline:
@@ -433,6 +568,8 @@ async def _serve_until_signalled(
             bound = await nursery.start(_serve_then_stop, serving, shutdown, nursery.cancel_scope)
             if announce is not None:
                 announce(bound)
+            if notifier is not None and notifier.enabled:
+                nursery.start_soon(notifier.run, shutdown)
 
 
 async def _serve_then_stop(
@@ -453,6 +590,15 @@ async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Even
         shutdown.set()
 
 
+def _worker_ready(args: argparse.Namespace) -> Callable[[list[Bind]], None] | None:
+    """A worker's "announce": tell the supervisor, through ``--ready-fd``, that it serves."""
+    fd = args.ready_fd
+    if fd is None:
+        return None
+    os.set_inheritable(fd, False)  # not for the app's children
+    return lambda _bound: workers.report_ready(fd)
+
+
 def _announce(bound: list[Bind], *, dev: DevCert | None) -> None:
     """The start banner on stdout: each URL, then how to trust the development certificate."""
     for bind in bound:
@@ -465,25 +611,19 @@ def _announce(bound: list[Bind], *, dev: DevCert | None) -> None:
         print(f"{PROG}: try: curl --cacert {shlex.quote(str(dev.ca))} {url}", flush=True)
 
 
-def configure_logging(level: str, *, access_log: bool, stream: Any = None) -> None:
+def configure_logging(
+    level: str,
+    *,
+    access_log: bool,
+    stream: Any = None,
+    log_format: str = "text",
+    access_log_format: str = logs.COMBINED,
+) -> None:
     """Send the ``trio_rack`` loggers to stderr: the error log at ``level``, and the access
-    log (``trio_rack.access``, bare Combined Log Format lines) on or off regardless of level."""
-    stream = stream if stream is not None else sys.stderr
-    errors = logging.getLogger("trio_rack")
-    errors.handlers[:] = [_handler(stream, "%(asctime)s [%(process)d] %(levelname)s: %(message)s")]
-    errors.setLevel(level.upper())
-    errors.propagate = False
-    access = logging.getLogger("trio_rack.access")
-    access.handlers[:] = [_handler(stream, "%(message)s")]
-    access.setLevel(logging.INFO)
-    access.propagate = False
-    access.disabled = not access_log
-
-
-def _handler(stream: Any, fmt: str) -> logging.Handler:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(fmt))
-    return handler
+    log (``trio_rack.access``) on or off regardless of level (:func:`trio_rack.logs.configure`)."""
+    logs.configure(
+        level, access_log=access_log, log_format=log_format, access_log_format=access_log_format, stream=stream
+    )
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -14,11 +14,13 @@ are parsed first) or closes.
 * **One writer, one reader.**  Every write goes through one :class:`~trio_rack.net.transport.Writer`.
   Outside the app only this task reads; while the app runs, reads happen only on its behalf
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
-* **One cancel scope per connection, moving deadlines** (:class:`~trio_rack.net.transport.Deadlines`):
-  idle, head, body and write timeouts end the connection; :meth:`HTTPConnection._after_cancel`
-  then says why and answers ``408`` where one is due.  The request has a scope of its own,
-  inside the exchange: a vanished client (the liveness sweeper's poll) or a request deadline
-  cancels the request, and the exchange records why.
+* **One cancel scope per connection, moving deadlines**
+  (:class:`~trio_rack.net.transport.Deadlines`): idle, head and body timeouts end the
+  connection; :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one
+  is due.  A write blocked past the write timeout is found by the liveness sweeper, which
+  cancels the request (see :mod:`trio_rack.net.transport`).  The request has a scope of its
+  own, inside the exchange: a vanished client or a request deadline cancels the request, and
+  the exchange records why.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
@@ -29,6 +31,7 @@ are parsed first) or closes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -70,6 +73,11 @@ BODY_FRAMING_SLACK = 64 * 1024
 DRAIN_LIMIT = 64 * 1024
 #: ... and for at most this long.
 DRAIN_TIMEOUT = 1.0
+#: h11's events take a private ``_parsed=True`` for headers its own parser produced, skipping
+#: the name/value regexes (its framing checks — content-length, transfer-encoding — still run).
+#: Response heads are validated by the exchange before they get here, and that second pass was
+#: ~2.5 µs of a hello request; if a future h11 drops the flag, validation simply runs again.
+_H11_TRUSTS_PARSED = "_parsed" in inspect.signature(h11.Response.__init__).parameters
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
 
@@ -160,10 +168,6 @@ class HTTPConnection:
         who = f"{self.info.remote_addr}:{self.info.remote_port}"
         if self._cancel_reason is not None:
             log.info("%s: %s", who, self._cancel_reason)
-            return
-        if self.deadlines.write_timed_out():
-            self.client_gone = True
-            log.info("%s: client stopped reading (write timeout); connection dropped", who)
             return
         phase = self.deadlines.read_phase
         if phase is ReadPhase.HEAD:
@@ -304,7 +308,15 @@ class HTTPConnection:
         return headers
 
     def _head_event(self, status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
-        return h11.Response(status_code=status, headers=self._framed_headers(headers), reason=REASONS.get(status, b""))
+        # The exchange validated these headers (app/response.py: token names, field values
+        # without CTLs, Latin-1) and adds only constants, so h11's second pass over them is
+        # skipped with its ``_parsed`` flag: see _H11_TRUSTS_PARSED.
+        return h11.Response(
+            status_code=status,
+            headers=self._framed_headers(headers),
+            reason=REASONS.get(status, b""),
+            _parsed=_H11_TRUSTS_PARSED,
+        )
 
     async def send_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The head of a streamed response (framing chosen by h11: chunked, or close-delimited)."""
@@ -321,7 +333,7 @@ class HTTPConnection:
         if not head_only:
             for chunk in body:
                 if chunk:
-                    pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)))
+                    pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
         pieces.append(h.send(h11.EndOfMessage()))
         if length <= COALESCE_LIMIT:
             await self.writer.write(b"".join(pieces))
@@ -333,7 +345,7 @@ class HTTPConnection:
     async def send_data(self, data: bytes) -> None:
         """Frame and write body bytes of a streamed response."""
         try:
-            pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
+            pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []
         except h11.LocalProtocolError as exc:
             raise AppError(f"response body does not match its framing: {exc}") from None
         if len(data) <= COALESCE_LIMIT:
@@ -368,6 +380,10 @@ class HTTPConnection:
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
+
+    def write_blocked_since(self) -> float:
+        """When the write under way started, ``math.inf`` if none (for the write-timeout sweep)."""
+        return self.writer.blocked_since
 
     def abort(self) -> None:
         """The response failed mid-body: the connection closes without finishing it."""
@@ -404,6 +420,9 @@ class HTTPConnection:
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
+
+    def discard_body(self) -> None:
+        """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
 
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""

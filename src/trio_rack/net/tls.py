@@ -10,22 +10,39 @@ timeout; a client failing it costs one log line.
 
 ``SSLStream`` is a ``Stream`` but not a ``HalfCloseableStream`` (TLS has no half-close); the
 connection loop never assumes ``send_eof`` on it.
+
+Mutual TLS: with ``client_cert="optional"`` or ``"required"`` the context asks for a client
+certificate and trusts **only** ``ca_certs`` for it (the context is built from
+``PROTOCOL_TLS_SERVER``, not ``create_default_context``, whose client-auth purpose would also
+load the system's CAs and let any publicly issued certificate in).  What the handshake settled
+is handed to the app as ``env["trio_rack.tls"]`` (:func:`tls_info`).  Python's ssl module has
+no verification callback, so a certificate that fails verification always fails the handshake,
+in ``optional`` mode too: ``client_verified`` is False only when no certificate was sent.
+
+The server name the client sent (SNI) is not readable from an ``SSLObject`` afterwards, so the
+context's ``sni_callback`` records it per connection, in a weak mapping.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import ssl
+import types
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import h11
 import trio
 
-from ..config import ConfigError
+from ..config import ConfigError, TLSConfig
+from ..state import SERVER_HEADER, date_header
 
-__all__ = ["make_server_context", "accept_tls"]
+__all__ = ["make_server_context", "accept_tls", "tls_info"]
 
 log = logging.getLogger("trio_rack.error")
 
@@ -34,27 +51,132 @@ TLS_HANDSHAKE_RECORD = 0x16
 _HOST_RE = re.compile(rb"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
-def make_server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
-    """A server context for ``cert`` (a PEM chain) and ``key``, offering ALPN h2, then http/1.1.
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+_VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+#: SNI names seen by the handshake, per SSLObject (weak: gone with the connection).
+_SERVER_NAMES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
-    Raises :class:`ConfigError` with one line naming the file when either cannot be loaded.
-    """
-    for label, path in (("certificate", cert), ("key", key)):
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{label} file {str(p)!r} does not exist")
-        try:
-            p.open("rb").close()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {label} file {str(p)!r}: {exc.strerror}") from None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+
+def _check_readable(label: str, path: str | os.PathLike[str]) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{label} file {str(p)!r} does not exist")
     try:
-        ctx.load_cert_chain(str(cert), str(key))
+        p.open("rb").close()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {label} file {str(p)!r}: {exc.strerror}") from None
+
+
+def _remember_server_name(ssl_object: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    if server_name is not None:
+        _SERVER_NAMES[ssl_object] = server_name
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _password(config: TLSConfig) -> str | bytes | Any:
+    """The key's password, or a callback that refuses: without one, OpenSSL would prompt for a
+    pass phrase on the terminal (and block a server started from a script)."""
+    if config.key_password is not None:
+        return config.key_password
+
+    def refuse() -> bytes:
+        raise _EncryptedKey
+
+    return refuse
+
+
+def make_server_context(config: TLSConfig | str | Path, key: str | Path | None = None) -> ssl.SSLContext:
+    """The server context ``config`` describes (``config.cert`` must be set); offers ALPN
+    ``h2`` then ``http/1.1`` by default (``TLSConfig.alpn``; ``serve(http2=False)`` drops
+    ``h2``).  ``make_server_context(cert, key)`` is short for a TLSConfig with
+    just those two.
+
+    Raises :class:`ConfigError` with one line naming the file or value when something cannot
+    be loaded: a missing file, a wrong key password, a cipher string OpenSSL rejects.
+    """
+    if not isinstance(config, TLSConfig):
+        config = TLSConfig(cert=config, key=key)
+    if config.cert is None or config.key is None:
+        raise ConfigError("make_server_context needs a certificate and a key")
+    cert, key = str(config.cert), str(config.key)
+    _check_readable("certificate", cert)
+    _check_readable("key", key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _VERSIONS[config.min_version]
+    try:
+        ctx.load_cert_chain(cert, key, password=_password(config))
+    except _EncryptedKey:
+        raise ConfigError(f"key {key!r} is encrypted: give its password with --key-password-file") from None
     except (ssl.SSLError, ValueError, OSError) as exc:
-        raise ConfigError(f"cannot load certificate {str(cert)!r} with key {str(key)!r}: {exc}") from None
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+        hint = " (wrong --key-password-file?)" if config.key_password is not None else ""
+        raise ConfigError(f"cannot load certificate {cert!r} with key {key!r}: {exc}{hint}") from None
+    if config.ciphers is not None:
+        try:
+            ctx.set_ciphers(config.ciphers)
+        except ssl.SSLError:
+            raise ConfigError(f"--ssl-ciphers {config.ciphers!r} selects no cipher OpenSSL knows") from None
+    if config.client_cert != "none":
+        assert config.ca_certs is not None  # TLSConfig checked it
+        _check_readable("CA certificates", config.ca_certs)
+        try:
+            ctx.load_verify_locations(cafile=str(config.ca_certs))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load CA certificates {str(config.ca_certs)!r}: {exc}") from None
+        ctx.verify_mode = _VERIFY[config.client_cert]
+    ctx.set_alpn_protocols(list(config.alpn))
+    ctx.sni_callback = _remember_server_name
     return ctx
+
+
+def tls_info(tls: trio.SSLStream[Any]) -> Mapping[str, Any]:
+    """What the handshake settled, as the read-only mapping the app sees as ``env["trio_rack.tls"]``.
+
+    Keys: ``version`` ("TLSv1.3"), ``cipher`` (its OpenSSL name), ``alpn`` (the protocol chosen,
+    or None), ``server_name`` (SNI, or None), ``client_cert`` (the client's certificate as PEM,
+    or None), ``client_cert_chain`` (the PEM certificates the client presented, leaf first; empty
+    without one), ``client_subject`` (the leaf's subject as RFC 4514 text, or None) and
+    ``client_verified`` (True when a client certificate was sent and verified).
+    """
+    obj: Any = tls._ssl_object  # trio's SSLStream forwards attributes, but not to private ones
+    cipher = obj.cipher()
+    der = obj.getpeercert(binary_form=True)
+    pem = ssl.DER_cert_to_PEM_cert(der) if der else None
+    chain: tuple[str, ...] = ()
+    subject = None
+    if der:
+        chain = _presented_chain(obj) or (pem,)  # type: ignore[assignment]
+        from cryptography import x509
+
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    info = {
+        "version": obj.version(),
+        "cipher": cipher[0] if cipher else None,
+        "alpn": obj.selected_alpn_protocol(),
+        "server_name": _SERVER_NAMES.get(obj),
+        "client_cert": pem,
+        "client_cert_chain": chain,
+        "client_subject": subject,
+        "client_verified": bool(der) and obj.context.verify_mode != ssl.CERT_NONE,
+    }
+    return types.MappingProxyType(info)
+
+
+def _presented_chain(obj: Any) -> tuple[str, ...]:
+    """The client's certificates as sent (``SSLObject.get_unverified_chain``, public from 3.13;
+    3.10-3.12 have it on the private ``_sslobj``)."""
+    getter = getattr(obj, "get_unverified_chain", None) or getattr(
+        getattr(obj, "_sslobj", None), "get_unverified_chain", None
+    )
+    if getter is None:
+        return ()
+    try:
+        certs = getter() or []
+        return tuple(c.public_bytes(ssl._ssl.ENCODING_PEM) for c in certs)  # type: ignore[attr-defined]
+    except (AttributeError, ssl.SSLError, ValueError):
+        return ()
 
 
 async def _peek_first_byte(stream: trio.SocketStream) -> bytes:
@@ -89,11 +211,23 @@ async def accept_tls(
             await tls.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__ or exc
-            log.info("%s: TLS handshake failed: %s", peer, cause)
+            if _is_client_cert_refusal(cause):
+                log.info("%s: TLS handshake refused: no valid client certificate (%s)", peer, cause)
+            else:
+                log.info("%s: TLS handshake failed: %s", peer, cause)
             return None
         return tls
     log.info("%s: TLS handshake timed out", peer)
     return None
+
+
+def _is_client_cert_refusal(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", None) or ""
+    return reason in (
+        "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+        "CERTIFICATE_VERIFY_FAILED",
+        "NO_CERTIFICATE_RETURNED",
+    )
 
 
 async def _answer_plain_http(stream: trio.SocketStream, https_url: str) -> None:
@@ -125,7 +259,9 @@ async def _answer_plain_http(stream: trio.SocketStream, https_url: str) -> None:
         b"HTTP/1.1 400 Bad Request\r\n"
         b"content-type: text/plain; charset=utf-8\r\n"
         b"content-length: %d\r\n"
-        b"connection: close\r\n\r\n" % len(body)
+        b"connection: close\r\n"
+        b"date: %s\r\n"
+        b"%s: %s\r\n\r\n" % (len(body), date_header(), *SERVER_HEADER)  # as on every other response
     )
     log.info("%s: plain HTTP on a TLS port; told to use %s", _peer(stream), url)
     try:

@@ -2,15 +2,18 @@
 
 Theory of operation
 -------------------
-* **One cancel scope per connection, moving deadlines.**  A driver runs its connection inside
-  :attr:`Deadlines.scope`, whose deadline is the nearer of a read deadline (idle, head, body,
-  drain: the :class:`ReadPhase` says which) and a write deadline.  Entering a scope per read,
-  per write and per app call cost more than h11's parsing; moving one deadline costs little.
-  When it fires, the phase (and :meth:`Deadlines.write_timed_out`) says what timed out.
-* **One writer.**  Every byte reaches the stream through :meth:`Writer.write`, one task at a
-  time (an app may read ``rack.input`` — which can send ``100 Continue`` — in one task while
-  its streaming body writes in another).  Large writes are sliced so that the write timeout
-  bounds a stall rather than a slow link.  A broken or stalled stream raises
+* **One cancel scope per connection, a moving read deadline.**  A driver runs its connection
+  inside :attr:`Deadlines.scope`, whose deadline is the current read deadline (idle, head, body,
+  drain: the :class:`ReadPhase` says which, so when it fires the driver knows what timed out).
+  Entering a scope per read cost more than h11's parsing; moving one deadline costs little.
+* **One writer, stalls found by the sweeper.**  Every byte reaches the stream through
+  :meth:`Writer.write`, one task at a time (an app may read ``rack.input`` — which can send
+  ``100 Continue`` — in one task while its streaming body writes in another).  A write inside
+  the connection's scope only records when it started (:attr:`Writer.blocked_since`): moving a
+  scope deadline before and after every write cost two deadline updates per response, and the
+  liveness sweeper, which visits every busy request about once a second anyway, ends a
+  request whose write has been blocked past the write timeout.  Large writes are sliced so
+  that the timeout bounds a stall rather than a slow link.  A broken stream raises
   :class:`~trio_rack.errors.ClientGone`.
 
 Resource handling: nothing here closes the stream except :func:`end_sending` on a transport
@@ -58,36 +61,25 @@ class ReadPhase(enum.Enum):
 
 
 class Deadlines:
-    """The connection's one cancel scope and the two deadlines that move it."""
+    """The connection's one cancel scope and the read deadline that moves it."""
 
-    __slots__ = ("scope", "in_scope", "read_deadline", "read_phase", "write_deadline")
+    __slots__ = ("scope", "in_scope", "read_phase")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         #: True while the driver runs inside :attr:`scope` (writes after it time out on their own).
         self.in_scope = False
-        self.read_deadline = math.inf
         self.read_phase = ReadPhase.IDLE
-        self.write_deadline = math.inf
 
     def set_read(self, phase: ReadPhase, deadline: float) -> None:
         self.read_phase = phase
-        self.read_deadline = deadline
-        self.scope.deadline = min(deadline, self.write_deadline)
-
-    def set_write(self, deadline: float) -> None:
-        self.write_deadline = deadline
-        self.scope.deadline = min(deadline, self.read_deadline)
-
-    def write_timed_out(self) -> bool:
-        """Whether the scope fired because a write stalled (a cancelled write keeps its deadline)."""
-        return self.write_deadline <= trio.current_time()
+        self.scope.deadline = deadline
 
 
 class Writer:
     """The one way bytes reach a connection's stream."""
 
-    __slots__ = ("stream", "deadlines", "write_timeout", "broken", "_writing", "_waiters")
+    __slots__ = ("stream", "deadlines", "write_timeout", "broken", "blocked_since", "_writing", "_waiters")
 
     def __init__(self, stream: trio.abc.SendStream, deadlines: Deadlines, write_timeout: float) -> None:
         self.stream = stream
@@ -95,6 +87,9 @@ class Writer:
         self.write_timeout = write_timeout
         #: Set when the stream broke under a write: the client is gone.
         self.broken = False
+        #: When the write under way started (``math.inf`` when none is): the liveness sweeper
+        #: cancels the request once this is ``write_timeout`` in the past.
+        self.blocked_since = math.inf
         # One writer at a time, without a lock's extra trip through the scheduler when uncontended.
         self._writing = False
         self._waiters = trio.lowlevel.ParkingLot()
@@ -113,20 +108,17 @@ class Writer:
                 if scope.cancelled_caught:
                     raise ClientGone("client stopped reading (write timeout)")
             elif view is None:
-                deadlines.set_write(trio.current_time() + self.write_timeout)
+                self.blocked_since = trio.current_time()
                 await self.stream.send_all(data)
             else:
                 for offset in range(0, len(view), WRITE_SLICE):
-                    deadlines.set_write(trio.current_time() + self.write_timeout)
+                    self.blocked_since = trio.current_time()
                     await self.stream.send_all(view[offset : offset + WRITE_SLICE])
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.broken = True
             raise ClientGone(str(exc)) from None
-        else:
-            if deadlines.in_scope:
-                deadlines.set_write(math.inf)
         finally:
-            # (a cancelled write keeps its deadline: the driver reads it to say why)
+            self.blocked_since = math.inf
             self._writing = False
             self._waiters.unpark()
 

@@ -50,7 +50,7 @@ import trustme
 
 from ..config import ConfigError
 
-__all__ = ["DevCert", "dev_certificate", "state_dir"]
+__all__ = ["DevCert", "dev_certificate", "state_dir", "write_atomically"]
 
 log = logging.getLogger("trio_rack.error")
 
@@ -139,13 +139,13 @@ def _create(paths: DevCert) -> None:
     ca = trustme.CA(organization_name="trio-rack", organization_unit_name="trio-rack development CA")
     leaf = ca.issue_cert(*IDENTITIES, common_name="localhost", organization_name="trio-rack")
     # The key first and the CA last: a set is complete only once ca.pem is in place.
-    _write_atomically(paths.key, leaf.private_key_pem.bytes(), mode=0o600)
-    _write_atomically(paths.cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems), mode=0o644)
-    _write_atomically(paths.ca, ca.cert_pem.bytes(), mode=0o644)
+    write_atomically(paths.key, leaf.private_key_pem.bytes(), mode=0o600)
+    write_atomically(paths.cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems), mode=0o644)
+    write_atomically(paths.ca, ca.cert_pem.bytes(), mode=0o644)
     log.info("created a development CA and certificate in %s", paths.ca.parent)
 
 
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
     """Write ``data`` to a temporary file beside ``path`` (created 0600), then rename it over."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -5,7 +5,9 @@ behind the app's back, and a watcher task per request would cost the keep-alive 
 spawn.  Instead one task per server polls, about once a second, the sockets of the connections
 whose app is running, asking the kernel only "has the peer hung up?" (``POLLRDHUP``: the peer
 shut down its sending side; ``POLLHUP``/``POLLERR``: reset).  Nothing is read, so nothing is
-lost; a connection whose peer is gone gets its app's cancel scope cancelled.
+lost; a request whose peer is gone gets its app's cancel scope cancelled.  The same visit
+enforces the write timeout: a request whose response write has been blocked that long is
+cancelled as if its client had gone (so the timeout holds to within one sweep interval).
 
 Consequence worth documenting: a client that half-closes (``shutdown(SHUT_WR)``) after sending
 its request counts as gone, as with Uvicorn and Hypercorn.
@@ -25,17 +27,26 @@ _HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
 
 def sweep_once(state: ServerState) -> int:
-    """Poll every active request's socket once; cancel the apps of vanished clients.  Returns how many."""
+    """Visit every active request once; cancel the apps of vanished or stalled clients.  Returns how many.
+
+    A client is stalled when a response write has been blocked for ``limits.write_timeout``
+    (the writers record when each write started; see :mod:`trio_rack.net.transport`).
+    """
     by_fd: dict[int, list[LiveRequest]] = {}
-    for request in state.active:
-        if request.fileno is not None:
+    stalled_before = trio.current_time() - state.limits.write_timeout
+    stalled = 0
+    for request in list(state.active):
+        if request.write_blocked_since() <= stalled_before:
+            request.cancel_stalled_write()
+            stalled += 1
+        elif request.fileno is not None:
             by_fd.setdefault(request.fileno, []).append(request)
     if not by_fd:
-        return 0
+        return stalled
     poller = select.poll()
     for fd in by_fd:
         poller.register(fd, _HANGUP)
-    gone = 0
+    gone = stalled
     for fd, events in poller.poll(0):
         if events & _HANGUP:
             for request in by_fd.get(fd, ()):

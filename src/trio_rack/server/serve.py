@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import signal
 import socket
@@ -31,9 +32,10 @@ import trio
 
 from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
-from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, parse_bind
+from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
+from ..logs import ensure_default_logging
 from ..net.dispatch import serve_connection
-from ..net.tls import accept_tls, make_server_context
+from ..net.tls import accept_tls, make_server_context, tls_info
 from ..state import ServerState
 from .liveness import run_liveness_sweeper
 
@@ -41,7 +43,10 @@ __all__ = ["serve", "run", "open_sockets", "normalize_binds"]
 
 log = logging.getLogger("trio_rack.error")
 
-BACKLOG = 2048
+#: The default listen backlog (``Limits.backlog`` sets it per server).
+BACKLOG = Limits.backlog
+#: "max connections reached" is logged at most this often (seconds).
+CONNECTION_LIMIT_LOG_INTERVAL = 1.0
 #: accept() errors that mean "out of resources for now": pause and retry, as trio does.
 _RETRY_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 #: accept() errors about one client that left early: skip it (trio's list, in SocketListener).
@@ -63,7 +68,7 @@ def normalize_binds(bind: str | Bind | Sequence[str | Bind]) -> list[Bind]:
     return [parse_bind(b) if isinstance(b, str) else b for b in items]
 
 
-def _bind_tcp(bind: Bind) -> list[tuple[Bind, socket.socket]]:
+def _bind_tcp(bind: Bind, backlog: int = BACKLOG) -> list[tuple[Bind, socket.socket]]:
     try:
         infos = socket.getaddrinfo(bind.host, bind.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -82,7 +87,7 @@ def _bind_tcp(bind: Bind) -> list[tuple[Bind, socket.socket]]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((sockaddr[0], port) + tuple(sockaddr[2:]))
-            sock.listen(BACKLOG)
+            sock.listen(backlog)
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE:
@@ -96,7 +101,7 @@ def _bind_tcp(bind: Bind) -> list[tuple[Bind, socket.socket]]:
                 s.close()
             raise ConfigError(f"cannot listen on {sockaddr[0]}:{port}: {exc.strerror}") from None
         port = sock.getsockname()[1]  # port 0: every address of one bind shares the first port
-        result.append((Bind(scheme=bind.scheme, host=sockaddr[0], port=port), sock))
+        result.append((Bind(scheme=bind.scheme, host=str(sockaddr[0]), port=port), sock))
     if not result:
         reason = last_error.strerror if last_error else "no usable address"
         raise ConfigError(f"cannot listen on {bind}: {reason}")
@@ -117,14 +122,18 @@ def _socket_is_live(path: str) -> bool:
         probe.close()
 
 
-def _bind_unix(bind: Bind) -> socket.socket:
+def _bind_unix(bind: Bind, backlog: int = BACKLOG) -> socket.socket:
     """Bind a Unix socket; a stale socket file is replaced, a live one is an error."""
     path = bind.path
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
+        mode = os.stat(path).st_mode
+        if stat.S_ISSOCK(mode):
             if _socket_is_live(path):
                 raise ConfigError(f"unix:{path} is in use by a running server")
             os.unlink(path)  # a stale socket from an earlier run
+        else:  # bind() would say "Address already in use", which sends users looking for a server
+            kind = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
+            raise ConfigError(f"cannot listen on unix:{path}: {kind} is in the way (never replaced); remove it")
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -132,7 +141,7 @@ def _bind_unix(bind: Bind) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror}") from None
@@ -149,9 +158,11 @@ def _adopt_fd(bind: Bind) -> socket.socket:
     return sock
 
 
-def open_sockets(binds: Sequence[Bind]) -> list[tuple[Bind, socket.socket]]:
+def open_sockets(binds: Sequence[Bind], *, backlog: int = BACKLOG) -> list[tuple[Bind, socket.socket]]:
     """Bind and listen on every bind (synchronously); the Bind returned has the real port.
 
+    ``backlog`` applies to the sockets opened here; inherited (``fd://``, systemd) sockets keep
+    the backlog their opener gave them (a ``.socket`` unit's ``Backlog=``).
     On error every socket opened so far is closed and :class:`ConfigError` is raised.
     Resource handling: the caller owns the returned sockets.
     """
@@ -159,9 +170,9 @@ def open_sockets(binds: Sequence[Bind]) -> list[tuple[Bind, socket.socket]]:
     try:
         for bind in binds:
             if bind.kind == "tcp":
-                opened.extend(_bind_tcp(bind))
+                opened.extend(_bind_tcp(bind, backlog))
             elif bind.kind == "unix":
-                opened.append((bind, _bind_unix(bind)))
+                opened.append((bind, _bind_unix(bind, backlog)))
             else:
                 sock = _adopt_fd(bind)
                 name = sock.getsockname()
@@ -189,19 +200,23 @@ def remove_unix_socket_files(binds: Sequence[Bind]) -> None:
 
 
 def _resolve_tls(
-    binds: Sequence[Bind], cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None
+    binds: Sequence[Bind],
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+    tls: TLSConfig | None,
 ) -> ssl.SSLContext | None:
-    if (cert is None) != (key is None):
-        raise ConfigError("--cert and --key go together: give both or neither")
+    if tls is None:
+        tls = TLSConfig(cert=cert, key=key)  # checks that both or neither are given
+    elif cert is not None or key is not None:
+        raise ConfigError("give the certificate either as cert=/key= or in tls=TLSConfig(...), not both")
     if not any(b.tls for b in binds):
         return None
-    if cert is None:
+    if tls.cert is None:
         from .certs import dev_certificate
 
         dev = dev_certificate()
-        cert, key = dev.cert, dev.key
-    assert key is not None
-    return make_server_context(cert, key)
+        tls = dataclasses.replace(tls, cert=dev.cert, key=dev.key)
+    return make_server_context(tls)
 
 
 async def serve(
@@ -210,6 +225,7 @@ async def serve(
     bind: str | Bind | Sequence[str | Bind] = DEFAULT_BIND,
     cert: str | os.PathLike[str] | None = None,
     key: str | os.PathLike[str] | None = None,
+    tls: TLSConfig | None = None,
     limits: Limits | None = None,
     access_log: bool = True,
     proxy_headers: bool | ProxyHeaders = False,
@@ -223,7 +239,9 @@ async def serve(
     With ``await nursery.start(serve, app, ...)`` the start value is the list of bound
     addresses (:class:`~trio_rack.config.Bind`, whose ``str()`` is the URL); port 0 comes back
     as the real port.  ``https`` binds without ``cert``/``key`` use the local development
-    certificate (:mod:`trio_rack.certs`).  Bad configuration raises :class:`ConfigError`.
+    certificate (:mod:`trio_rack.certs`).  ``tls=TLSConfig(...)`` says the rest of how TLS is
+    done (client certificates, key password, ciphers, minimum version); ``cert``/``key`` are
+    short for ``TLSConfig(cert=..., key=...)``.  Bad configuration raises :class:`ConfigError`.
 
     ``proxy_headers=True`` applies ``X-Forwarded-For``/``-Proto`` to ``REMOTE_ADDR`` and
     ``rack.url_scheme`` for requests whose peer is in ``forwarded_allow_ips`` (addresses, CIDR
@@ -234,13 +252,15 @@ async def serve(
     ``http2=False`` turns HTTP/2 off: ``https`` binds offer only ALPN ``http/1.1`` and a
     prior-knowledge preface on ``http`` binds gets HTTP/1's answer to a bad version.
     """
+    ensure_default_logging()  # a script that configured no logging still sees our log on stderr
     binds = normalize_binds(bind)
     limits = limits or Limits()
     proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
-    ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key)
+    ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key, tls)
+    opened = open_sockets(binds, backlog=limits.backlog)
     if ctx is not None and not http2:
-        ctx.set_alpn_protocols(["http/1.1"])
-    opened = open_sockets(binds)
+        offered = tls.alpn if tls is not None else TLSConfig().alpn
+        ctx.set_alpn_protocols([p for p in offered if p != "h2"])
     limits = _fit_connections_to_fd_limit(limits)
     state = ServerState(app, limits, access_log=access_log, proxy=proxy)
     try:
@@ -262,7 +282,7 @@ async def _serve_listeners(
     *,
     http2: bool = True,
 ) -> None:
-    connection_slots = trio.Semaphore(state.limits.max_connections)
+    connection_slots = _ConnectionSlots(state.limits.max_connections)
     async with trio.open_nursery() as connections:
         connections.start_soon(run_liveness_sweeper, state)
         async with trio.open_nursery() as acceptors:
@@ -277,12 +297,37 @@ async def _serve_listeners(
                     connections,
                     http2,
                 )
+            for bound, _ in listeners:
+                log.info("listening on %s", bound)
             task_status.started([b for b, _ in listeners])
             if shutdown_trigger is not None:
                 await shutdown_trigger.wait()
                 acceptors.cancel_scope.cancel()
         # graceful shutdown: listeners are closed; let requests in flight finish
         await _drain(state, connections)
+
+
+class _ConnectionSlots:
+    """The ``max_connections`` semaphore, which says (at most once a second, for all listeners)
+    when the limit is reached: a server that silently stops accepting looks hung.
+    (``trio.Semaphore`` cannot be subclassed, hence the wrapper.)"""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._semaphore = trio.Semaphore(limit)
+        self._logged_at = -math.inf
+        self.release = self._semaphore.release
+        self.acquire = self._semaphore.acquire
+
+    def acquire_nowait(self) -> None:
+        try:
+            self._semaphore.acquire_nowait()
+        except trio.WouldBlock:
+            now = trio.current_time()
+            if now - self._logged_at >= CONNECTION_LIMIT_LOG_INTERVAL:
+                self._logged_at = now
+                log.warning("max connections reached (%d open): not accepting until one closes", self.limit)
+            raise
 
 
 #: File descriptors kept for everything that is not a client connection (listeners, logs, app).
@@ -346,7 +391,7 @@ async def _accept_loop(
     bind: Bind,
     state: ServerState,
     ctx: ssl.SSLContext | None,
-    slots: trio.Semaphore,
+    slots: _ConnectionSlots,
     nursery: trio.Nursery,
     http2: bool = True,
 ) -> None:
@@ -405,11 +450,12 @@ async def _handle_connection(
     bind: Bind,
     state: ServerState,
     ctx: ssl.SSLContext | None,
-    slots: trio.Semaphore,
+    slots: _ConnectionSlots,
     http2: bool = True,
 ) -> None:
     """One connection's task.  Whatever happens, the socket is closed and the slot released."""
     transport: trio.abc.Stream = stream
+    handshake = None
     try:
         if ctx is not None:
             tls = await accept_tls(
@@ -418,12 +464,15 @@ async def _handle_connection(
             if tls is None:
                 return
             transport = tls
+            handshake = tls_info(tls)
         try:
             peer = _addr(stream.socket.getpeername())
         except OSError:
             return  # gone before we looked
         server = (bind.host, bind.port) if bind.kind == "tcp" else None
-        await serve_connection(transport, state, ConnInfo(bind.scheme, server, peer), http2=http2)
+        await serve_connection(
+            transport, state, ConnInfo(bind.scheme, server, peer, tls=handshake), http2=http2
+        )
     except Exception:
         log.exception("connection from %s crashed; closing it", bind)
     finally:
@@ -444,9 +493,17 @@ def run(app: Any, **kwargs: Any) -> None:
 
 async def watch_signals(signals: AsyncIterator[int], shutdown: trio.Event, scope: trio.CancelScope) -> None:
     """The shutdown protocol shared by :func:`run` and the CLI: the first SIGINT/SIGTERM sets
-    ``shutdown`` (graceful), a second cancels ``scope`` (at once)."""
+    ``shutdown`` (graceful), a second cancels ``scope`` (at once).  A SIGHUP (if ``signals``
+    carries it: the CLI's single process) is logged as unsupported: only the supervisor of
+    ``-n`` restarts workers."""
     async for signum in signals:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.warning(
+                "SIGHUP: restarts are not supported in a single process (ignored); "
+                "run with -n 2 (or more) for zero-downtime rolling restarts on SIGHUP"
+            )
+            continue
         if shutdown.is_set():
             log.info("%s again: stopping now", name)
             scope.cancel()

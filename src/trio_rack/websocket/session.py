@@ -1,25 +1,12 @@
-"""WebSockets (RFC 6455) for trio-rack apps, on the full hijack and wsproto.
+"""An accepted websocket: the reader task, the writer lock, size limits and the close path.
 
-::
-
-    from trio_rack import websocket
-
-    async def app(env):
-        try:
-            ws_context = websocket.accept(env, subprotocols=["chat.v1"])
-        except websocket.HandshakeError as exc:
-            return exc.response                  # 426 for plain HTTP, 400 for a bad handshake
-        async with ws_context as ws:
-            async for message in ws:             # str for text frames, bytes for binary
-                await ws.send_message(message)
-        return -1, {}, []                        # the full-hijack convention
-
-or, for an endpoint that is only a websocket, ``@websocket.endpoint(...)`` on
-``async def handler(ws, env)`` does the same three steps.
+:class:`WebSocketContext` (what :func:`trio_rack.websocket.accept` returns) hijacks the
+connection and sends the ``101`` that :mod:`.handshake` built; :class:`WebSocket` is the
+session the app talks to.
 
 Theory of operation
 -------------------
-* **Handshake without losing a byte.**  :func:`accept` checks the upgrade request from ``env``
+* **Handshake without losing a byte.**  :func:`~trio_rack.websocket.accept` checks the upgrade request from ``env``
   *before* touching the connection (a refusal is an ordinary response the app returns).
   Entering the ``async with`` calls ``env["rack.hijack"]()`` and writes the ``101`` itself.
   The hijacked stream replays whatever the server had read past the request head, so a frame
@@ -37,10 +24,16 @@ Theory of operation
   and the rest of that message is skipped uninflated (the parser stays in step, so the peer's
   close reply can still be read).
 * **Closing has one path** (``_finish_close``), run by whichever task stops the connection
-  once no other task is reading: send our close frame (or the reply to the peer's), read until
-  the peer's close frame or EOF (discarding messages; this also avoids the RST that closing a
-  socket with unread input causes, which could destroy our close frame in flight), then close
-  the stream.  Everything is bounded by ``close_timeout``.
+  once no other task is reading: send our close frame (or the reply to the peer's; through the
+  send lock, so a close that comes while the app is writing still gets its reply, RFC 6455
+  §5.5.1), read until the peer's close frame or EOF (discarding messages; this also avoids the
+  RST that closing a socket with unread input causes, which could destroy our close frame in
+  flight), then close the stream: the server closes the TCP connection first (§7.1.1).
+  Everything is bounded by ``close_timeout``.
+* **Failing the connection** (wsproto found a protocol error: 1002, or 1007 for bad UTF-8)
+  does not wait for the peer's close frame (§7.1.7: nothing more from the peer is processed):
+  close frame, FIN right behind it, then input is discarded until the peer's FIN for at most
+  ``FAIL_LINGER`` seconds (so that no RST overtakes the close frame), and the stream closes.
 * **Guaranteed close.**  Leaving the ``async with`` closes with 1000; an exception closes with
   1011 "internal error" and propagates; cancellation (server shutdown) closes with 1001
   "going away", shielded for at most ``close_timeout`` seconds, and ``Cancelled`` propagates.
@@ -55,30 +48,18 @@ Theory of operation
   with 1011 "idle timeout".  A single frame that cannot be written within ``idle_timeout``
   (a peer that stopped reading) fails the send with :class:`ConnectionClosed` (1006).
 
-Refusals (why a 426 is a partial hijack): RFC 9110 requires ``upgrade`` in a 426, but the
-server drops hop-by-hop headers (``upgrade``, ``connection``) from ordinary responses.  A
-partial hijack is the one response whose head the app owns, so :func:`upgrade_required` sends
-``426`` with ``upgrade: websocket``, ``connection: upgrade, close`` and
-``sec-websocket-version: 13`` that way, with a close-delimited text body (the connection then
-closes).  A malformed upgrade (wrong method, HTTP/1.0, no ``connection: upgrade``, a bad
-``sec-websocket-key``) is an ordinary ``400``; an unsupported ``sec-websocket-version`` is a
-426 with ``sec-websocket-version: 13`` (RFC 6455 §4.4); a refused ``origin`` is a ``403``.
-
 Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
 ``_inbound_compressed``, ``_inbound_is_compressible``), present in wsproto 1.2 and 1.3.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import hashlib
 import logging
 import math
 import os
 import zlib
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -98,25 +79,18 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-__all__ = [
-    "ConnectionClosed",
-    "HandshakeError",
-    "WebSocket",
-    "WebSocketContext",
-    "accept",
-    "endpoint",
-    "is_websocket",
-    "upgrade_required",
-]
+__all__ = ["ConnectionClosed", "WebSocket", "WebSocketContext"]
 
 log = logging.getLogger("trio_rack.websocket")
 
-#: RFC 6455 §1.3: the fixed GUID hashed with the client's key into ``sec-websocket-accept``.
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: One read from the socket; also bounds what a single inflate step is fed.
 RECEIVE_SIZE = 64 * 1024
 #: Close codes trio-rack sends (RFC 6455 §7.4.1).
 NORMAL, GOING_AWAY, MESSAGE_TOO_BIG, INTERNAL_ERROR, ABNORMAL = 1000, 1001, 1009, 1011, 1006
+#: Seconds a failed connection (a protocol error) stays open after its close frame and FIN,
+#: discarding input until the peer's FIN, so that closing does not RST our close frame away.
+#: Not a wait for the peer's close frame: the peer has seen the end of the stream already.
+FAIL_LINGER = 1.0
 
 
 class ConnectionClosed(Exception):
@@ -128,104 +102,6 @@ class ConnectionClosed(Exception):
         self.code = code
         self.reason = reason
         self.websocket = websocket
-
-
-class HandshakeError(Exception):
-    """The request is not an acceptable websocket upgrade.  ``response`` is the triple to return
-    (426, 400 or 403, with a text body saying why); ``status`` is its status."""
-
-    def __init__(self, status: int, message: str, response: tuple[int, dict[str, Any], Any]) -> None:
-        super().__init__(message)
-        self.status = status
-        self.response = response
-
-
-# ------------------------------------------------------------------------ handshake (pure)
-
-
-def _tokens(value: str | None) -> list[str]:
-    return [t.strip().lower() for t in (value or "").split(",") if t.strip()]
-
-
-def is_websocket(env: Mapping[str, Any]) -> bool:
-    """Whether the request asks for a websocket (``upgrade: websocket``, or on HTTP/2 an extended
-    CONNECT with ``:protocol websocket``, RFC 8441); it may still be invalid."""
-    return "websocket" in _tokens(env.get("HTTP_UPGRADE")) or _is_extended_connect(env)
-
-
-def _is_extended_connect(env: Mapping[str, Any]) -> bool:
-    return str(env.get("trio_rack.protocol", "")).lower() == "websocket"
-
-
-def upgrade_required(env: Mapping[str, Any], message: str = "") -> tuple[int, dict[str, Any], Any]:
-    """A ``426 Upgrade Required`` for a plain HTTP request to a websocket endpoint.
-
-    Sent as a partial hijack so that ``upgrade``/``connection`` reach the wire (see the module
-    docstring); the body explains, and the connection closes after it.
-    """
-    text = (message or "This is a WebSocket endpoint: connect with a WebSocket client "
-            "(Upgrade: websocket, Sec-WebSocket-Version: 13).") + "\n"
-    body = text.encode("utf-8")
-    head_only = env.get("REQUEST_METHOD") == "HEAD"
-
-    async def write_body(stream: trio.abc.Stream) -> None:
-        if not head_only:
-            await stream.send_all(body)
-
-    headers = {
-        "upgrade": "websocket",
-        "connection": "upgrade, close",
-        "sec-websocket-version": "13",
-        "content-type": "text/plain; charset=utf-8",
-        "rack.hijack": write_body,
-    }
-    return 426, headers, []
-
-
-def _refuse(status: int, message: str, env: Mapping[str, Any]) -> HandshakeError:
-    if status == 426:
-        return HandshakeError(426, message, upgrade_required(env, message))
-    headers = {"content-type": "text/plain; charset=utf-8"}
-    return HandshakeError(status, message, (status, headers, [message.encode("utf-8") + b"\n"]))
-
-
-def _check_request(env: Mapping[str, Any], origins: Collection[str] | None) -> str:
-    """Validate the upgrade request; return the client's key or raise HandshakeError."""
-    if not is_websocket(env):
-        raise _refuse(426, "This is a WebSocket endpoint: plain HTTP requests are not served here.", env)
-    if _is_extended_connect(env):
-        # RFC 8441 §5: CONNECT with :protocol, no key and no accept token; version 13 still.
-        if env.get("REQUEST_METHOD") != "CONNECT":
-            raise _refuse(400, "Bad WebSocket handshake: :protocol needs the CONNECT method.", env)
-        if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
-            raise _refuse(426, "Unsupported WebSocket version: this server speaks version 13.", env)
-        if origins is not None and env.get("HTTP_ORIGIN") is not None and env["HTTP_ORIGIN"] not in origins:
-            raise _refuse(403, "WebSocket connection refused: origin not allowed.", env)
-        return ""
-    if env.get("REQUEST_METHOD") != "GET":
-        raise _refuse(400, "Bad WebSocket handshake: the method must be GET.", env)
-    if env.get("SERVER_PROTOCOL") != "HTTP/1.1":
-        raise _refuse(400, "Bad WebSocket handshake: HTTP/1.1 is required.", env)
-    if "upgrade" not in _tokens(env.get("HTTP_CONNECTION")):
-        raise _refuse(400, "Bad WebSocket handshake: 'Connection: Upgrade' is missing.", env)
-    if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
-        raise _refuse(426, "Unsupported WebSocket version: this server speaks version 13.", env)
-    key: str = env.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
-    try:
-        valid = len(base64.b64decode(key, validate=True)) == 16
-    except (binascii.Error, ValueError):
-        valid = False
-    if not valid:
-        raise _refuse(400, "Bad WebSocket handshake: Sec-WebSocket-Key must be 16 bytes in base64.", env)
-    if origins is not None and env.get("HTTP_ORIGIN") is not None and env["HTTP_ORIGIN"] not in origins:
-        raise _refuse(403, "WebSocket connection refused: origin not allowed.", env)
-    return key
-
-
-def _select_subprotocol(env: Mapping[str, Any], supported: Sequence[str]) -> str | None:
-    """The first of the server's ``supported`` subprotocols that the client offered (server's order)."""
-    offered = {p.strip() for p in env.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",")}
-    return next((p for p in supported if p in offered), None)
 
 
 class _BoundedDeflate(PerMessageDeflate):
@@ -281,141 +157,6 @@ class _BoundedDeflate(PerMessageDeflate):
         return result
 
 
-def _negotiate_deflate(env: Mapping[str, Any], max_size: int) -> tuple[_BoundedDeflate, str] | None:
-    deflate = _BoundedDeflate(max_size)
-    for offer in env.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "").split(","):
-        if offer.split(";", 1)[0].strip() == deflate.name:
-            params = deflate.accept(offer)
-            if params is not None and params is not False:
-                text = deflate.name if params in (True, "") else f"{deflate.name}; {params}"
-                return deflate, text
-    return None
-
-
-def _tunnel_headers(subprotocol: str | None, extension: str | None, headers: Mapping[str, str]) -> dict[str, str]:
-    """The response headers of an RFC 8441 websocket (HTTP/2: no upgrade, no accept token)."""
-    result = dict(headers)
-    if subprotocol is not None:
-        result["sec-websocket-protocol"] = subprotocol
-    if extension is not None:
-        result["sec-websocket-extensions"] = extension
-    return result
-
-
-def _response_head(key: str, subprotocol: str | None, extension: str | None, headers: Mapping[str, str]) -> bytes:
-    accept_token = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "upgrade: websocket",
-        "connection: Upgrade",
-        f"sec-websocket-accept: {accept_token}",
-        "server: trio-rack",
-    ]
-    if subprotocol is not None:
-        lines.append(f"sec-websocket-protocol: {subprotocol}")
-    if extension is not None:
-        lines.append(f"sec-websocket-extensions: {extension}")
-    for name, value in headers.items():
-        if any(ord(c) < 32 or ord(c) == 127 for c in name + value) or ":" in name or name != name.lower():
-            raise ValueError(f"invalid extra header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-# ------------------------------------------------------------------------------ the API
-
-
-def accept(
-    env: dict[str, Any],
-    *,
-    subprotocols: Sequence[str] = (),
-    compression: bool = True,
-    max_message_size: int = 1024 * 1024,
-    max_queue: int = 4,
-    ping_interval: float | None = 20.0,
-    idle_timeout: float | None = 60.0,
-    close_timeout: float = 3.0,
-    origins: Collection[str] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> WebSocketContext:
-    """Check the upgrade request and return the ``async with`` that accepts it.
-
-    Raises :class:`HandshakeError` (with ``.response``, the triple to return) at once if the
-    request is not an acceptable upgrade; nothing has been written then.  Entering the returned
-    context hijacks the connection, sends ``101`` and yields a :class:`WebSocket`.
-
-    * ``subprotocols``: what the server speaks, in its order of preference; the first one the
-      client offered is selected (``ws.subprotocol``), else none (the client decides whether
-      that is acceptable, RFC 6455 §4.2.2).
-    * ``compression``: accept permessage-deflate when the client offers it.
-    * ``max_message_size``: bytes of one (inflated) message; larger ones close with 1009.
-    * ``max_queue``: received messages buffered for the app before reading stops.
-    * ``ping_interval``/``idle_timeout``: keepalive pings after that much silence; close with
-      1011 after ``idle_timeout`` seconds without a byte from the peer.  ``None`` disables.
-    * ``close_timeout``: how long a close handshake may take before the socket is just closed.
-    * ``origins``: if given, a request whose ``Origin`` is not in it gets 403 (cross-site
-      websocket hijacking protection for browser endpoints).
-    * ``headers``: extra lower-case headers for the ``101`` (``set-cookie``…).
-
-    Resource handling: the socket belongs to the context from entry on; leaving it closes the
-    websocket and the socket (and the server closes the hijacked stream again when the app ends).
-    """
-    if max_message_size < 1 or max_queue < 0 or close_timeout <= 0:
-        raise ValueError("max_message_size and close_timeout must be positive, max_queue >= 0")
-    key = _check_request(env, origins)
-    subprotocol = _select_subprotocol(env, subprotocols)
-    deflate = _negotiate_deflate(env, max_message_size) if compression else None
-    options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
-    extension = deflate[1] if deflate else None
-    open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]]
-    if _is_extended_connect(env):
-        tunnel = env.get("trio_rack.tunnel")
-        if not callable(tunnel):
-            raise TypeError("websocket.accept over HTTP/2 needs env['trio_rack.tunnel'] (RFC 8441)")
-        tunnel_headers = _tunnel_headers(subprotocol, extension, headers or {})
-
-        async def open_stream() -> tuple[trio.abc.Stream, bytes]:
-            stream: trio.abc.Stream = await tunnel(200, tunnel_headers)  # 200, not 101: RFC 8441 §5
-            return stream, b""
-    else:
-        hijack = env.get("rack.hijack")
-        if not callable(hijack):
-            raise TypeError("websocket.accept needs a server that supports full hijack (env['rack.hijack'])")
-        head = _response_head(key, subprotocol, extension, headers or {})
-
-        async def open_stream() -> tuple[trio.abc.Stream, bytes]:
-            stream: trio.abc.Stream = hijack()
-            return stream, head
-    context = WebSocketContext(open_stream, subprotocol, deflate[0] if deflate else None, options)
-    context.shutdown = env.get("trio_rack.shutdown")
-    return context
-
-
-def endpoint(
-    handler: Callable[[WebSocket, dict[str, Any]], Awaitable[None]] | None = None, /, **options: Any
-) -> Any:
-    """Make an app of ``async def handler(ws, env)``: refusals answered, then accept and run it.
-
-    Usable bare (``@endpoint``) or with :func:`accept`'s keyword options
-    (``@endpoint(subprotocols=["chat"])``).  The app returns ``(-1, {}, [])`` after the handler.
-    """
-
-    def wrap(handler: Callable[[WebSocket, dict[str, Any]], Awaitable[None]]) -> Any:
-        async def app(env: dict[str, Any]) -> Any:
-            try:
-                context = accept(env, **options)
-            except HandshakeError as exc:
-                return exc.response
-            async with context as ws:
-                await handler(ws, env)
-            return -1, {}, []
-
-        app.__qualname__ = getattr(handler, "__qualname__", "websocket_endpoint")
-        app.__doc__ = handler.__doc__
-        return app
-
-    return wrap if handler is None else wrap(handler)
-
 
 @dataclass(frozen=True, slots=True)
 class _Options:
@@ -429,12 +170,10 @@ class _Options:
 class WebSocketContext:
     """What :func:`accept` returns: ``async with`` it to get the :class:`WebSocket`."""
 
-    def __init__(self, open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]],
-                 subprotocol: str | None, deflate: _BoundedDeflate | None, options: _Options) -> None:
-        #: Takes the stream, and gives the bytes of the handshake's answer still to write: the
-        #: full hijack and the ``101`` head on HTTP/1; on HTTP/2 the tunnel, whose ``200``
-        #: HEADERS frame is already sent (RFC 8441), and nothing.
-        self._open_stream = open_stream
+    def __init__(self, hijack: Callable[[], trio.abc.Stream], head: bytes, subprotocol: str | None,
+                 deflate: _BoundedDeflate | None, options: _Options) -> None:
+        self._hijack = hijack
+        self._head = head
         self._subprotocol = subprotocol
         self._deflate = deflate
         self._options = options
@@ -447,11 +186,10 @@ class WebSocketContext:
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
             raise RuntimeError("a websocket context can be entered only once")
-        stream, head = await self._open_stream()
+        stream = self._hijack()
         ws = self._ws = WebSocket(stream, self._subprotocol, self._deflate, self._options)
         try:
-            if head:
-                await stream.send_all(head)
+            await stream.send_all(self._head)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client left during the handshake: hand out a websocket that is already
             # closed (1006), so the app's ``async for`` just ends.
@@ -778,14 +516,28 @@ class WebSocket:
         await self._finish_close(code, reason)
 
     async def _finish_close(self, code: int, reason: str) -> None:
-        """The one close path; no other task may be reading.  Idempotent, bounded."""
+        """The one close path; no other task may be reading.  Idempotent, bounded.
+
+        * The peer closed first: reply with its code, then close the TCP connection.
+        * We close (the app, idleness, 1009): send our close frame, read until the peer's
+          reply (at most ``close_timeout``), then close the TCP connection.  The server
+          closes it first, as RFC 6455 §7.1.1 asks, so the TIME_WAIT is ours.
+        * We *fail* the connection (wsproto found a protocol error: 1002, 1007): send the
+          close frame and close the TCP connection at once, without waiting for a reply
+          (§7.1.7: nothing more from the peer is processed), see :meth:`_close_transport`.
+
+        The send goes through the send lock, so a close that comes while an app task is in
+        the middle of writing a message waits for that write and then goes out (§5.5.1: a
+        close frame is always answered); only a write that really broke mid-frame prevents it.
+        """
         if self._closing:
             await self._finished.wait()
             return
         self._closing = True
+        linger = 0.0
         try:
             with trio.move_on_after(self._options.close_timeout):
-                if not self._send_broken and not self._stream_closed:
+                if not self._stream_closed:
                     state = self._ws.state
                     if state is ConnectionState.OPEN or state is ConnectionState.REMOTE_CLOSING:
                         if state is ConnectionState.REMOTE_CLOSING:
@@ -795,7 +547,10 @@ class WebSocket:
                         except ConnectionClosed:
                             pass
                     if self._ws.state is ConnectionState.LOCAL_CLOSING:
-                        await self._await_close_reply()
+                        if self._parser_dead:
+                            linger = min(FAIL_LINGER, self._options.close_timeout)
+                        else:
+                            await self._await_close_reply()
         finally:
             if self.close_code is None:
                 self.close_code, self.close_reason = ABNORMAL, "no close frame received"
@@ -803,9 +558,50 @@ class WebSocket:
             self._messages_in.close()
             for waiter in self._pings.values():
                 waiter.set()
-            if not self._stream_closed:
-                self._stream_closed = True
-                await trio.aclose_forcefully(self._stream)
+            await self._close_transport(linger)
+
+    async def _close_transport(self, linger: float) -> None:
+        """Close the stream; with a ``linger``, close the TCP connection the careful way.
+
+        Closing a socket whose receive buffer holds unread bytes makes the kernel send a RST,
+        and a RST can destroy data still in flight to the peer: our close frame.  After a
+        protocol error the peer's bytes (the rest of its frames, its close reply) are exactly
+        what is unread.  So a failing close half-closes (FIN right behind the close frame: the
+        peer sees the end of the stream at once, and the server has closed first), discards
+        whatever still arrives until the peer's FIN or ``linger`` seconds, and then closes.
+        Over TLS (no half-close) the stream is closed at once.  Closed even if cancelled.
+        """
+        if self._stream_closed:
+            return
+        try:
+            if linger > 0 and not self._send_broken:
+                with trio.move_on_after(linger):
+                    if await self._half_close():
+                        while await self._receive():
+                            pass
+        finally:
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)
+
+    async def _half_close(self) -> bool:
+        """Send EOF (TCP FIN) if the transport can; whether it did.
+
+        The hijacked stream the server hands out is not half-closeable itself; its plain-TCP
+        transport is (``.transport``, a ``trio.SocketStream``); a TLS one is not.
+        """
+        target: object = self._stream
+        if not isinstance(target, trio.abc.HalfCloseableStream):
+            target = getattr(target, "transport", None)
+        if not isinstance(target, trio.abc.HalfCloseableStream):
+            return False
+        async with self._send_lock:
+            if self._send_broken:
+                return False
+            try:
+                await target.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                return False
+        return True
 
     async def _await_close_reply(self) -> None:
         """Read (discarding messages) until the peer's close frame or EOF."""
@@ -813,12 +609,12 @@ class WebSocket:
             data = await self._receive()
             if not data:
                 return
-            if self._parser_dead:
-                continue  # just drain until the peer closes
             self._ws.receive_data(data)
             for event in self._ws.events():
                 if type(event) is CloseConnection:
                     assert isinstance(event, CloseConnection)
+                    if self._ws.state is not ConnectionState.CLOSED:
+                        return  # not a close frame but a protocol error: stop reading
                     if self.close_code is None:
                         self.close_code, self.close_reason = int(event.code), event.reason or ""
                     return
