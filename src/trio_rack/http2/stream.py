@@ -23,6 +23,7 @@ ends the HTTP/2 stream with END_STREAM, never the connection.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,7 @@ class H2Stream:
     __slots__ = (
         "conn", "stream_id", "fileno", "lot", "scope", "exchange", "chunks", "body_ended",
         "broken", "received", "too_large", "expect_continue", "head_sent", "ended", "length",
-        "sent", "head_only", "tunnel",
+        "sent", "head_only", "tunnel", "discarding",
     )  # fmt: skip
 
     def __init__(self, conn: H2Connection, stream_id: int, *, expect_continue: bool, head_only: bool) -> None:
@@ -94,11 +95,13 @@ class H2Stream:
         self.sent = 0
         self.head_only = head_only
         self.tunnel: TunnelStream | None = None
+        #: The app closed rack.input: DATA is acknowledged and dropped as it arrives.
+        self.discarding = False
 
     # ---------------------------------------------------------------- called by the connection
 
     def on_data(self, data: bytes, flow: int, limit: int | None) -> None:
-        if self.too_large:
+        if self.too_large or self.discarding:
             self.conn.acknowledge(self.stream_id, flow)
             return
         self.received += len(data)
@@ -151,6 +154,18 @@ class H2Stream:
         self.conn.acknowledge(self.stream_id, flow)
         await trio.lowlevel.checkpoint()
         return data
+
+    def discard_body(self) -> None:
+        """The app closed ``rack.input``: what still comes is acknowledged and dropped (and
+        RST_STREAM NO_ERROR follows the response if the body is still open).  What is queued
+        stays, for a partial hijack that takes the body over (the exchange closes ``rack.input``
+        just before it); it is released when the stream ends."""
+        self.discarding = True
+
+    def write_blocked_since(self) -> float:
+        """Always ``inf``: the HTTP/2 driver enforces the write timeout itself — per stream on a
+        shut window (RST_STREAM), per connection in its writer — not through the sweeper."""
+        return math.inf
 
     async def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.head_sent:
@@ -244,6 +259,7 @@ class H2Stream:
         self, status: int, headers: list[tuple[bytes, bytes]], leftover: bytes = b""
     ) -> trio.abc.Stream:
         headers = [(n, v) for n, v in headers if n != b"content-length"]
+        self.discarding = False  # the tunnel reads the request's DATA from here on
         self._send_head_now(status, headers, end_stream=False)
         self.tunnel = TunnelStream(self, leftover)
         await trio.lowlevel.checkpoint()
