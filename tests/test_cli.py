@@ -155,7 +155,7 @@ async def test_https_with_dev_certificate_prints_a_working_curl_line(
         server.proc.send_signal(signal.SIGINT)
         assert await server.exit_code() == 0
     log = server.log()
-    assert '"GET / HTTP/1.1" 200' in log  # the access log, on stderr
+    assert '"GET / HTTP/2' in log  # the access log, on stderr (curl negotiates h2 over TLS)
     assert "Traceback" not in log
 
 

@@ -179,6 +179,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="one Combined Log Format line per response on stderr (default: on)",
     )
     parser.add_argument(
+        "--no-http2",
+        dest="http2",
+        action="store_false",
+        help="serve HTTP/1.1 only: no ALPN h2 on https binds, no prior-knowledge HTTP/2 on http binds",
+    )
+    parser.add_argument(
         "--log-format", choices=("text", "json"), default="text",
         help="text lines, or one JSON object a line (time, level, logger, message; access lines add "
         "remote_addr, method, path, query, protocol, status, bytes, duration_ms, referer, user_agent)",
@@ -440,6 +446,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         limits=limits,
         access_log=args.access_log,
         proxy_headers=proxy or False,
+        http2=args.http2,
     )
     trio.run(
         functools.partial(
@@ -515,6 +522,8 @@ def _worker_command(
     if args.config:  # what the flags below do not carry; they win over it
         argv += ["--config", str(args.config)]
     argv.append("--access-log" if args.access_log else "--no-access-log")
+    if not args.http2:
+        argv.append("--no-http2")
     argv += ["--log-format", args.log_format, "--access-log-format", args.access_log_format]
     if args.log_config:
         argv += ["--log-config", str(args.log_config)]

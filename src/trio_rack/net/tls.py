@@ -88,7 +88,8 @@ def _password(config: TLSConfig) -> str | bytes | Any:
 
 def make_server_context(config: TLSConfig | str | Path, key: str | Path | None = None) -> ssl.SSLContext:
     """The server context ``config`` describes (``config.cert`` must be set); offers ALPN
-    ``http/1.1`` by default.  ``make_server_context(cert, key)`` is short for a TLSConfig with
+    ``h2`` then ``http/1.1`` by default (``TLSConfig.alpn``; ``serve(http2=False)`` drops
+    ``h2``).  ``make_server_context(cert, key)`` is short for a TLSConfig with
     just those two.
 
     Raises :class:`ConfigError` with one line naming the file or value when something cannot
