@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -133,11 +133,14 @@ async def _drain(stream: trio.abc.ReceiveStream, lines: list[str], urls: list[st
 
 
 @asynccontextmanager
-async def launch_chromium(profile: Path, *, home: Path | None = None) -> AsyncIterator[Browser]:
+async def launch_chromium(
+    profile: Path, *, home: Path | None = None, extra_args: Sequence[str] = ()
+) -> AsyncIterator[Browser]:
     """Run headless Chromium with a fresh profile under ``profile``; yield a connected Browser.
 
     ``home``: the browser's ``$HOME``, whose ``.pki/nssdb`` holds the CAs it trusts beyond the
-    built-in roots (``trio-rack certs --install`` writes there).
+    built-in roots (``trio-rack certs --install`` writes there).  ``extra_args`` go on the
+    command line before the start URL (e.g. ``--ignore-certificate-errors`` for a test CA).
 
     Resource handling: on exit the CDP websocket closes and the browser process is terminated
     (killed if it lingers) and reaped.
@@ -158,6 +161,7 @@ async def launch_chromium(profile: Path, *, home: Path | None = None) -> AsyncIt
         "--no-proxy-server",
         f"--user-data-dir={profile}",
         "--remote-debugging-port=0",
+        *extra_args,
         "about:blank",
     ]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

@@ -144,6 +144,14 @@ class Limits:
     graceful_timeout: float = 10.0
     #: How often a connection whose app is producing a response is checked for a vanished client.
     liveness_interval: float = 1.0
+    #: HTTP/2 streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused.
+    max_concurrent_streams: int = 100
+    #: HTTP/2 receive window of one stream (SETTINGS_INITIAL_WINDOW_SIZE); a connection's is 4 times it.
+    stream_window_size: int = 256 * 1024
+    #: HTTP/2 streams a client may reset (or have refused) per 10 s before GOAWAY (CVE-2023-44487).
+    max_stream_resets: int = 100
+    #: HTTP/2 PING, SETTINGS, PRIORITY, tiny WINDOW_UPDATE and empty frames a client may send per 10 s.
+    max_control_frames: int = 1000
     #: Listen backlog: connections the kernel queues for accept() (capped by net.core.somaxconn).
     backlog: int = 2048
     #: Longest an app may take to finish its framed response; then 503 (or an abort).
@@ -159,6 +167,8 @@ class Limits:
             _positive(field.name, value, allow_none=field.default is None)
             if field.type in ("int", "int | None") and value is not None and not isinstance(value, int):
                 raise ConfigError(f"{field.name} must be a whole number, got {value!r}")
+        if self.stream_window_size * 4 > 2**31 - 1:
+            raise ConfigError(f"stream_window_size must be at most {(2**31 - 1) // 4}, got {self.stream_window_size}")
 
 
 #: ``TLSConfig.client_cert`` values: whether a client certificate is asked for and required.
@@ -190,7 +200,7 @@ class TLSConfig:
     client_cert: str = "none"
     ciphers: str | None = None
     min_version: str = "TLSv1.2"
-    alpn: tuple[str, ...] = ("http/1.1",)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from .config import Limits
+from .types import App
 
 __all__ = ["ConnectionHandle", "LiveRequest", "ServerState", "SERVER_HEADER", "date_header"]
 
@@ -77,7 +78,7 @@ class ServerState:
     ``in_flight`` counts the exchanges running their app (``--limit-concurrency``).
     """
 
-    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
+    def __init__(self, app: App, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
         self.app = app
         #: The app asks for a request-scoped nursery (the ASGI adapter): see app/exchange.py.
         self.request_nursery = bool(getattr(app, "trio_rack_request_nursery", False))

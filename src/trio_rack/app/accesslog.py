@@ -50,7 +50,10 @@ def log_response(env: dict[str, Any], status: int | None, sent: int, *, hijacked
     path = env.get("PATH_INFO", "")
     query = env.get("QUERY_STRING")
     target = path + "?" + query if query else path
-    request_line = f'{env.get("REQUEST_METHOD", "-")} {target} {env.get("SERVER_PROTOCOL", "-")}'
+    protocol = env.get("SERVER_PROTOCOL", "-")
+    if protocol == "HTTP/2":
+        protocol = "HTTP/2.0"  # the request line as Apache, nginx and h2load's peers log it
+    request_line = f'{env.get("REQUEST_METHOD", "-")} {target} {protocol}'
     when = _timestamp()
     host = escape(env.get("REMOTE_ADDR") or "-")  # may come from a proxy header
     code = status if status is not None else "-"

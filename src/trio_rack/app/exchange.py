@@ -61,6 +61,7 @@ import trio
 
 from ..errors import AppError, ClientGone
 from ..state import SERVER_HEADER, ServerState, date_header
+from ..types import Env
 from . import accesslog
 from .accesslog import escape
 from .env import ConnInfo, build_env
@@ -200,7 +201,7 @@ class Exchange:
     def response_started(self) -> bool:
         return self._response is not ResponseState.PENDING
 
-    def _make_env(self) -> dict[str, Any]:
+    def _make_env(self) -> Env:
         env = build_env(self.head, self.info)
         env["rack.input"] = self._request_body
         env["rack.errors"] = ErrorsSink()
@@ -211,6 +212,12 @@ class Exchange:
         env["rack.response_finished"] = []
         env["trio_rack.shutdown"] = self.state.shutdown_started
         env["trio_rack.cancel_scope"] = self._scope
+        if self.head.protocol is not None:  # HTTP/2 extended CONNECT (RFC 8441)
+            env["trio_rack.protocol"] = self.head.protocol.decode("latin-1")
+            env["trio_rack.tunnel"] = self._tunnel
+        # for adapters that need the request as the wire gave it (ASGI's ordered raw headers)
+        env["trio_rack.request_head"] = self.head
+        env["trio_rack.conn_info"] = self.info
         if self.state.proxy is not None:
             self.state.proxy.apply(env)
         return env
@@ -406,18 +413,7 @@ class Exchange:
     # ----------------------------------------------------------------------- the response
 
     def _final_headers(self, prepared: PreparedResponse) -> Headers:
-        headers = prepared.headers
-        has_date = has_server = False
-        for name, _ in headers:
-            if name == b"date":
-                has_date = True
-            elif name == b"server":
-                has_server = True
-        if not has_date:
-            headers.append((b"date", date_header()))
-        if not has_server:
-            headers.append(SERVER_HEADER)
-        return headers
+        return _with_date_and_server(prepared.headers)
 
     async def _send_response(self, prepared: PreparedResponse) -> Outcome:
         if prepared.hijack is not None:
@@ -523,6 +519,17 @@ class Exchange:
             self._scope.deadline = math.inf
         return leftover
 
+    async def _tunnel(self, status: int, headers: dict[str, Any]) -> trio.abc.Stream:
+        """``env["trio_rack.tunnel"](status, headers)`` on an extended CONNECT (RFC 8441): send a
+        2xx head now and hand the app the stream, during its call; it returns ``(-1, {}, [])``."""
+        if self._response is not ResponseState.PENDING or not 200 <= status < 300:
+            raise RuntimeError("a tunnel needs a 2xx status before any response")
+        wire = _with_date_and_server(encode_headers(headers))
+        stream = await self.sink.start_partial_hijack(status, wire, self._hand_over())
+        self._hijacked = stream
+        self._status = status
+        return stream
+
     async def _partial_hijack(self, prepared: PreparedResponse) -> Outcome:
         """Send the head as the app wrote it (no body framing), then await ``hijack(stream)``."""
         headers = self._final_headers(prepared)
@@ -563,6 +570,21 @@ class Exchange:
                         log.exception("rack.response_finished callback %r failed", callback)
         if self.state.access_log:
             accesslog.log_response(env, self._status, self._sent, hijacked=self._hijacked is not None)
+
+
+def _with_date_and_server(headers: Headers) -> Headers:
+    """Add the ``date`` and ``server`` headers the app did not set (protocol-neutral)."""
+    has_date = has_server = False
+    for name, _ in headers:
+        if name == b"date":
+            has_date = True
+        elif name == b"server":
+            has_server = True
+    if not has_date:
+        headers.append((b"date", date_header()))
+    if not has_server:
+        headers.append(SERVER_HEADER)
+    return headers
 
 
 def _body_of(result: Any) -> Any:

@@ -33,8 +33,9 @@ import trio
 from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
-from ..http1.connection import HTTPConnection
+from ..interface import prepare as prepare_app
 from ..logs import ensure_default_logging
+from ..net.dispatch import serve_connection
 from ..net.tls import accept_tls, make_server_context, tls_info
 from ..state import ServerState
 from .liveness import run_liveness_sweeper
@@ -231,6 +232,11 @@ async def serve(
     proxy_headers: bool | ProxyHeaders = False,
     forwarded_allow_ips: Sequence[str] = DEFAULT_TRUSTED,
     shutdown_trigger: trio.Event | None = None,
+    interface: str = "auto",
+    root_path: str = "",
+    threads: int = 10,
+    lifespan: str = "auto",
+    http2: bool = True,
     task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled (or until ``shutdown_trigger`` is set, gracefully).
@@ -247,19 +253,34 @@ async def serve(
     networks, ``"*"``; Unix-socket peers always count); a
     :class:`~trio_rack.proxy.ProxyHeaders` instance sets the whole policy instead (e.g. RFC 7239
     ``Forwarded``).  See :mod:`trio_rack.proxy`.
+
+    ``interface`` is ``"auto"`` (tell rack, ASGI 3 and WSGI apps apart), ``"rack"``,
+    ``"asgi"`` or ``"wsgi"`` (:mod:`trio_rack.interface`); ``root_path`` is the ASGI
+    ``root_path`` / WSGI ``SCRIPT_NAME``; ``threads`` the WSGI thread pool's size; ``lifespan``
+    ``"auto"``/``"on"``/``"off"`` for ASGI apps: startup runs before any listener accepts
+    (a failure raises :class:`~trio_rack.asgi.LifespanFailure`), shutdown after the drain.
+    ``http2=False`` turns HTTP/2 off: ``https`` binds offer only ALPN ``http/1.1`` and a
+    prior-knowledge preface on ``http`` binds gets HTTP/1's answer to a bad version.
     """
     ensure_default_logging()  # a script that configured no logging still sees our log on stderr
+    served = prepare_app(
+        app, interface=interface, root_path=root_path, threads=threads, lifespan=lifespan
+    )
     binds = normalize_binds(bind)
     limits = limits or Limits()
     proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
     ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key, tls)
     opened = open_sockets(binds, backlog=limits.backlog)
+    if ctx is not None and not http2:
+        offered = tls.alpn if tls is not None else TLSConfig().alpn
+        ctx.set_alpn_protocols([p for p in offered if p != "h2"])
     limits = _fit_connections_to_fd_limit(limits)
-    state = ServerState(app, limits, access_log=access_log, proxy=proxy)
     try:
-        for _, sock in opened:
-            sock.setblocking(False)
-        await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status)
+        async with served.running(shutdown_timeout=limits.graceful_timeout) as rack_app:
+            state = ServerState(rack_app, limits, access_log=access_log, proxy=proxy)
+            for _, sock in opened:
+                sock.setblocking(False)
+            await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status, http2=http2)
     finally:
         for _, sock in opened:
             sock.close()
@@ -272,6 +293,8 @@ async def _serve_listeners(
     ctx: ssl.SSLContext | None,
     shutdown_trigger: trio.Event | None,
     task_status: trio.TaskStatus[list[Bind]],
+    *,
+    http2: bool = True,
 ) -> None:
     connection_slots = _ConnectionSlots(state.limits.max_connections)
     async with trio.open_nursery() as connections:
@@ -286,6 +309,7 @@ async def _serve_listeners(
                     ctx if actual.tls else None,
                     connection_slots,
                     connections,
+                    http2,
                 )
             for bound, _ in listeners:
                 log.info("listening on %s", bound)
@@ -383,6 +407,7 @@ async def _accept_loop(
     ctx: ssl.SSLContext | None,
     slots: _ConnectionSlots,
     nursery: trio.Nursery,
+    http2: bool = True,
 ) -> None:
     """Accept until cancelled.  At ``max_connections`` it stops accepting (the backlog queues).
 
@@ -417,7 +442,7 @@ async def _accept_loop(
                     slots.release()
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots)
+                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2)
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
                 continue
@@ -440,6 +465,7 @@ async def _handle_connection(
     state: ServerState,
     ctx: ssl.SSLContext | None,
     slots: _ConnectionSlots,
+    http2: bool = True,
 ) -> None:
     """One connection's task.  Whatever happens, the socket is closed and the slot released."""
     transport: trio.abc.Stream = stream
@@ -458,7 +484,9 @@ async def _handle_connection(
         except OSError:
             return  # gone before we looked
         server = (bind.host, bind.port) if bind.kind == "tcp" else None
-        await HTTPConnection(transport, state, ConnInfo(bind.scheme, server, peer, tls=handshake)).run()
+        await serve_connection(
+            transport, state, ConnInfo(bind.scheme, server, peer, tls=handshake), http2=http2
+        )
     except Exception:
         log.exception("connection from %s crashed; closing it", bind)
     finally:

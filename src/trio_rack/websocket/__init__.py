@@ -28,13 +28,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
+import trio
+
 from .handshake import (
     HandshakeError,
     check_request,
+    is_extended_connect,
     is_websocket,
     negotiate_deflate,
     response_head,
     select_subprotocol,
+    tunnel_headers,
     upgrade_required,
 )
 from .session import ConnectionClosed, WebSocket, WebSocketContext, _BoundedDeflate, _Options
@@ -89,17 +93,31 @@ def accept(
     if max_message_size < 1 or max_queue < 0 or close_timeout <= 0:
         raise ValueError("max_message_size and close_timeout must be positive, max_queue >= 0")
     key = check_request(env, origins)
+    tunnel = env.get("trio_rack.tunnel") if is_extended_connect(env) else None
     hijack = env.get("rack.hijack")
-    if not callable(hijack):
+    if tunnel is None and not callable(hijack):
         raise TypeError("websocket.accept needs a server that supports full hijack (env['rack.hijack'])")
     subprotocol = select_subprotocol(env, subprotocols)
     deflate: _BoundedDeflate | None = _BoundedDeflate(max_message_size) if compression else None
     extension = negotiate_deflate(env, deflate) if deflate is not None else None
     if extension is None:
         deflate = None
-    head = response_head(key, subprotocol, extension, headers or {})
     options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
-    context = WebSocketContext(hijack, head, subprotocol, deflate, options)
+    open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]]
+    if tunnel is not None:  # HTTP/2 (RFC 8441): a 200 HEADERS frame, then frames as DATA
+        answer = tunnel_headers(subprotocol, extension, headers or {})
+
+        async def open_stream() -> tuple[trio.abc.Stream, bytes]:
+            assert tunnel is not None
+            return await tunnel(200, answer), b""
+    else:
+        head = response_head(key, subprotocol, extension, headers or {})
+
+        async def open_stream() -> tuple[trio.abc.Stream, bytes]:
+            assert callable(hijack)
+            stream: trio.abc.Stream = hijack()
+            return stream, head  # the 101 is written on the hijacked stream
+    context = WebSocketContext(open_stream, subprotocol, deflate, options)
     context.shutdown = env.get("trio_rack.shutdown")
     return context
 

@@ -59,8 +59,24 @@ def _tokens(value: str | None) -> list[str]:
 
 
 def is_websocket(env: Mapping[str, Any]) -> bool:
-    """Whether the request asks for a websocket (``upgrade: websocket``); it may still be invalid."""
-    return "websocket" in _tokens(env.get("HTTP_UPGRADE"))
+    """Whether the request asks for a websocket (``upgrade: websocket``, or on HTTP/2 an extended
+    CONNECT with ``:protocol websocket``, RFC 8441); it may still be invalid."""
+    return "websocket" in _tokens(env.get("HTTP_UPGRADE")) or is_extended_connect(env)
+
+
+def is_extended_connect(env: Mapping[str, Any]) -> bool:
+    """An HTTP/2 extended CONNECT for a websocket (RFC 8441): ``env["trio_rack.protocol"]``."""
+    return str(env.get("trio_rack.protocol", "")).lower() == "websocket"
+
+
+def tunnel_headers(subprotocol: str | None, extension: str | None, headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``200`` headers of an RFC 8441 websocket (no upgrade, no accept token)."""
+    result = dict(headers)
+    if subprotocol is not None:
+        result["sec-websocket-protocol"] = subprotocol
+    if extension is not None:
+        result["sec-websocket-extensions"] = extension
+    return result
 
 
 def upgrade_required(env: Mapping[str, Any], message: str = "") -> tuple[int, dict[str, Any], Any]:
@@ -99,6 +115,15 @@ def check_request(env: Mapping[str, Any], origins: Collection[str] | None) -> st
     """Validate the upgrade request; return the client's key or raise HandshakeError."""
     if not is_websocket(env):
         raise _refuse(426, "This is a WebSocket endpoint: plain HTTP requests are not served here.", env)
+    if is_extended_connect(env):
+        # RFC 8441 §5: CONNECT with :protocol, no key and no accept token; version 13 still.
+        if env.get("REQUEST_METHOD") != "CONNECT":
+            raise _refuse(400, "Bad WebSocket handshake: :protocol needs the CONNECT method.", env)
+        if env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+            raise _refuse(426, "Unsupported WebSocket version: this server speaks version 13.", env)
+        if origins is not None and env.get("HTTP_ORIGIN") is not None and env["HTTP_ORIGIN"] not in origins:
+            raise _refuse(403, "WebSocket connection refused: origin not allowed.", env)
+        return ""
     if env.get("REQUEST_METHOD") != "GET":
         raise _refuse(400, "Bad WebSocket handshake: the method must be GET.", env)
     if env.get("SERVER_PROTOCOL") != "HTTP/1.1":

@@ -59,7 +59,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -170,10 +170,11 @@ class _Options:
 class WebSocketContext:
     """What :func:`accept` returns: ``async with`` it to get the :class:`WebSocket`."""
 
-    def __init__(self, hijack: Callable[[], trio.abc.Stream], head: bytes, subprotocol: str | None,
-                 deflate: _BoundedDeflate | None, options: _Options) -> None:
-        self._hijack = hijack
-        self._head = head
+    def __init__(self, open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]],
+                 subprotocol: str | None, deflate: _BoundedDeflate | None, options: _Options) -> None:
+        #: Takes the stream and gives the handshake answer still to write on it: the full hijack
+        #: and its ``101`` head (HTTP/1), or HTTP/2's tunnel whose ``200`` is already sent.
+        self._open_stream = open_stream
         self._subprotocol = subprotocol
         self._deflate = deflate
         self._options = options
@@ -186,10 +187,11 @@ class WebSocketContext:
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
             raise RuntimeError("a websocket context can be entered only once")
-        stream = self._hijack()
+        stream, head = await self._open_stream()
         ws = self._ws = WebSocket(stream, self._subprotocol, self._deflate, self._options)
         try:
-            await stream.send_all(self._head)
+            if head:
+                await stream.send_all(head)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client left during the handshake: hand out a websocket that is already
             # closed (1006), so the app's ``async for`` just ends.

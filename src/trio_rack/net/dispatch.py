@@ -1,0 +1,63 @@
+"""Which driver serves an accepted connection: HTTP/2 or HTTP/1.1.
+
+* Over TLS the client chose during the handshake: ALPN ``h2`` gets HTTP/2, anything else
+  (``http/1.1``, or no ALPN at all) HTTP/1.1.
+* On plain HTTP, a client with prior knowledge of HTTP/2 opens with the connection preface
+  ``PRI * HTTP/2.0``; every HTTP/1 request starts with another method.  The first bytes are
+  peeked at (``MSG_PEEK``, not consumed) so the chosen driver reads them itself, and HTTP/1's
+  hot path gains no wrapper.  ``PRI`` decides: a broken preface after it is h2's to answer
+  (GOAWAY PROTOCOL_ERROR).  ``Upgrade: h2c`` (deprecated by RFC 9113) is left to HTTP/1,
+  which ignores it.
+* With ``http2=False`` every connection is HTTP/1.1; a preface then gets HTTP/1's 505.
+
+Resource handling: never closes ``transport``; the caller does, in its ``finally``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from ..app.env import ConnInfo
+from ..http1.connection import HTTPConnection
+from ..state import ServerState
+
+__all__ = ["serve_connection", "PREFACE_START"]
+
+#: Enough of the HTTP/2 preface to tell it from every HTTP/1 method.
+PREFACE_START = b"PRI "
+#: While the first bytes are a strict prefix of PREFACE_START, peek again after this long.
+_PEEK_RETRY = 0.005
+
+
+async def serve_connection(
+    transport: trio.abc.Stream, state: ServerState, info: ConnInfo, *, http2: bool = True
+) -> None:
+    """Serve one accepted connection (TLS already handshaken) with the right driver."""
+    if http2 and await _speaks_h2(transport, state.limits.header_timeout):
+        from ..http2.connection import H2Connection
+
+        await H2Connection(transport, state, info).run()
+    else:
+        await HTTPConnection(transport, state, info).run()
+
+
+async def _speaks_h2(transport: trio.abc.Stream, patience: float) -> bool:
+    if isinstance(transport, trio.SSLStream):
+        return bool(transport.selected_alpn_protocol() == "h2")
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return False  # not a socket (tests pick the driver themselves)
+    with trio.move_on_after(patience):
+        while True:
+            try:
+                first = await sock.recv(len(PREFACE_START), socket.MSG_PEEK)
+            except OSError:
+                return False
+            if not first or not PREFACE_START.startswith(first):
+                return False
+            if len(first) == len(PREFACE_START):
+                return True
+            await trio.sleep(_PEEK_RETRY)  # "P" or "PR" so far: POST, PUT, PATCH or PRI
+    return False
