@@ -241,3 +241,57 @@ async def test_an_app_cancelling_its_own_scope_is_logged_as_such(caplog):
         await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert await read_until_closed(client.stream) == b""  # not a 503: no deadline passed
     assert any("the app cancelled its request scope" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------ HTTP/2: per stream
+
+
+async def test_on_http2_the_deadline_is_per_stream(autojump_clock):
+    """One stream's deadline ends that stream (503 before the head, RST_STREAM after it); the
+    connection's other streams are served, before and after."""
+    from trio_rack.testing_h2 import memory_h2_connection
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/slow":
+            await trio.sleep_forever()
+        if env["PATH_INFO"] == "/stream":
+
+            async def body(stream: Any) -> None:
+                await stream.send_all(b"part")
+                await trio.sleep_forever()
+
+            return 200, {}, body
+        return 200, {}, [b"quick"]
+
+    async with memory_h2_connection(app, limits=TIMEOUT) as client:
+        slow = await client.start_request("GET", "/slow")
+        streaming = await client.start_request("GET", "/stream")
+        quick = await client.start_request("GET", "/quick")
+        r = await client.read_response(quick)
+        assert r.status == 200 and r.body == b"quick"
+        r = await client.read_response(slow)
+        assert r.status == 503
+        result = await client.read_stream(streaming)
+        assert result.status == 200 and result.reset is not None and not result.ended
+        r = await client.request("GET", "/after")
+        assert r.status == 200 and r.body == b"quick"
+
+
+async def test_on_http2_streams_beyond_limit_concurrency_get_503(autojump_clock):
+    from trio_rack.testing_h2 import memory_h2_connection
+
+    release = trio.Event()
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/hold":
+            await release.wait()
+        return 200, {}, [b"ok"]
+
+    async with memory_h2_connection(app, limits=Limits(limit_concurrency=1)) as client:
+        held = await client.start_request("GET", "/hold")
+        await trio.sleep(0.1)
+        r = await client.request("GET", "/over")
+        assert r.status == 503 and r.header("retry-after") == "1"
+        release.set()
+        assert (await client.read_response(held)).status == 200
+        assert (await client.request("GET", "/now")).status == 200
