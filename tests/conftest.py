@@ -22,6 +22,7 @@ from broadcast_support import REDIS_SERVER, RedisServer
 from e2e_support import TLSFiles, make_tls_files
 from process_support import subprocess_env
 from trio_rack import broadcast
+from trio_rack.testing import PROTOCOLS
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +60,9 @@ def bus_url(request: pytest.FixtureRequest) -> str:
 async def bus(bus_url: str) -> AsyncIterator[broadcast.Bus]:
     async with broadcast.connect(bus_url) as bus:
         yield bus
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request: pytest.FixtureRequest) -> str:
+    """Each wire protocol ``trio_rack.testing`` speaks: contract tests taking it run on every one."""
+    return str(request.param)

@@ -29,7 +29,7 @@ from hyperframe.frame import (
 from h2_support import FrameReader, encode_request_headers, goaway_of, headers_frame
 from trio_rack import Limits
 from trio_rack.state import ServerState
-from trio_rack.testing_h2 import H2MemoryClient, memory_h2_connection
+from trio_rack.testing.h2 import H2MemoryClient, memory_h2_connection
 
 
 async def hello(env: dict[str, Any]) -> Any:

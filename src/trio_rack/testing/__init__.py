@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -28,6 +27,7 @@ import trio.testing
 from ..app.env import ConnInfo
 from ..config import Limits
 from ..state import ServerState
+from ._response import TestResponse
 from ._serve import PROTOCOLS, serve_stream
 
 __all__ = [
@@ -42,22 +42,6 @@ __all__ = [
 ]
 
 
-
-
-@dataclass
-class TestResponse:
-    __test__ = False  # not a pytest test class
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    informational: list[int] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
 
 
 class MemoryClient:
@@ -135,6 +119,12 @@ async def memory_connection(
 
     Resource handling: on exit the connection task is cancelled and both ends are closed.
     """
+    if protocol == "http2":
+        from .h2 import memory_h2_connection
+
+        async with memory_h2_connection(app, limits=limits, scheme=scheme, state=state) as h2client:
+            yield h2client  # type: ignore[misc]  # the same request()/read_response() shape
+        return
     client, server = trio.testing.memory_stream_pair()
     state = state or ServerState(app, limits or Limits(), access_log=False)
     info = ConnInfo(scheme, ("testserver", 80), ("127.0.0.1", 12345))
