@@ -310,7 +310,9 @@ async def test_app_returning_without_a_response_gets_500(caplog: Any, protocol: 
     ],
     ids=["body-first", "start-twice", "typo"],
 )
-async def test_messages_out_of_order_are_named(messages: list[dict[str, Any]], named: str, caplog: Any, protocol: str) -> None:
+async def test_messages_out_of_order_are_named(
+    messages: list[dict[str, Any]], named: str, caplog: Any, protocol: str
+) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         for message in messages:
             await send(message)
