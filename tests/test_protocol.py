@@ -19,7 +19,6 @@ from trio_rack import Limits
 from trio_rack.lint import LintError
 from trio_rack.testing import memory_connection, read_until_closed
 
-
 #: Lint rules a *server* breaks (its env, calling the app twice, not closing or re-reading a
 #: body): any of these logged fails the test.  The rules an app breaks show as the 500 the
 #: contract tests here expect of a broken app anyway.
