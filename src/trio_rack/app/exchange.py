@@ -161,7 +161,7 @@ class Exchange:
     __slots__ = (
         "state", "sink", "head", "info", "env", "fileno", "cancel_reason", "client_gone",
         "_scope", "_response", "_prepared", "_head_only", "_sent", "_status", "_headers", "_result",
-        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected",
+        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected", "_began",
     )  # fmt: skip
 
     def __init__(self, state: ServerState, sink: ResponseSink, head: RequestHead, info: ConnInfo) -> None:
@@ -187,6 +187,7 @@ class Exchange:
         self._response_stream: ResponseStream | None = None
         self._hijacked: trio.abc.Stream | None = None
         self._disconnected: trio.Event | None = None
+        self._began = trio.current_time()  # for the access log's duration
         self.env = self._make_env()
 
     @property
@@ -506,7 +507,18 @@ class Exchange:
                     except Exception:
                         log.exception("rack.response_finished callback %r failed", callback)
         if self.state.access_log:
-            accesslog.log_response(env, self._status, self._sent, hijacked=self._hijacked is not None)
+            status = self._status
+            if status is None and self._hijacked is not None:
+                # A full hijack: the app wrote the head itself; it may say which status
+                # (trio_rack.websocket records its 101 here).
+                status = env.get("trio_rack.hijack_status")
+            accesslog.log_response(
+                env,
+                status if type(status) is int else None,
+                self._sent,
+                hijacked=self._hijacked is not None,
+                duration=trio.current_time() - self._began,
+            )
 
 
 def _file_of(body: Any) -> tuple[str, int, int | None] | None:

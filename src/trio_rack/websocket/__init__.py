@@ -101,6 +101,7 @@ def accept(
     options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
     context = WebSocketContext(hijack, head, subprotocol, deflate, options)
     context.shutdown = env.get("trio_rack.shutdown")
+    context.env = env
     return context
 
 
