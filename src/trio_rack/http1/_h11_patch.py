@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 import re
 
+from h11 import _headers
+
 __all__ = ["lower_case_framing_headers", "tighten_chunk_extensions"]
 
 log = logging.getLogger("trio_rack.error")
@@ -58,7 +60,7 @@ def tighten_chunk_extensions() -> bool:
 
 def lower_case_framing_headers() -> bool:
     """Make h11 write the framing headers it adds to responses in lower case; False if h11 differs."""
-    from h11 import _connection, _headers
+    from h11 import _connection
 
     current = getattr(_connection, "set_comma_header", None)
     if current is _set_comma_header_lower:
@@ -66,14 +68,12 @@ def lower_case_framing_headers() -> bool:
     if current is None or current is not getattr(_headers, "set_comma_header", None):
         log.debug("h11's set_comma_header changed; leaving it as it is")
         return False
-    _connection.set_comma_header = _set_comma_header_lower  # type: ignore[attr-defined]
+    setattr(_connection, "set_comma_header", _set_comma_header_lower)  # noqa: B010 (a private name of h11)
     return True
 
 
-def _set_comma_header_lower(headers: object, name: bytes, new_values: list[bytes]) -> object:
+def _set_comma_header_lower(headers: _headers.Headers, name: bytes, new_values: list[bytes]) -> _headers.Headers:
     """h11's ``set_comma_header`` (h11 0.14–0.16), with ``name`` kept as given (lower-case)."""
-    from h11._headers import normalize_and_validate
-
-    new_headers = [(raw, value) for raw, found, value in headers._full_items if found != name]  # type: ignore[attr-defined]
+    new_headers = [(raw, value) for raw, found, value in headers._full_items if found != name]
     new_headers.extend((name, value) for value in new_values)
-    return normalize_and_validate(new_headers)
+    return _headers.normalize_and_validate(new_headers)
