@@ -187,7 +187,8 @@ class Exchange:
         self._response_stream: ResponseStream | None = None
         self._hijacked: trio.abc.Stream | None = None
         self._disconnected: trio.Event | None = None
-        self._began = trio.current_time()  # for the access log's duration
+        # Only the access log reads it (its duration_ms): no clock read on a server without one.
+        self._began = trio.current_time() if state.access_log else 0.0
         self.env = self._make_env()
 
     @property
