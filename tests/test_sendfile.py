@@ -7,6 +7,7 @@ the counter's delta around its own requests, and no other test sends files concu
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import h11
 import trio
 
 from e2e_support import open_client, read_until_eof, start_server
-from trio_rack import http1
+from trio_rack import Limits, http1
 from trio_rack.files import FileBody
 
 MIB = 1024 * 1024
@@ -117,3 +118,49 @@ async def test_a_file_shorter_than_its_content_length_aborts_the_response_visibl
     head, _, body = raw.partition(b"\r\n\r\n")
     assert f"content-length: {len(data) + 10}".encode() in head
     assert body == data  # the connection closed short of content-length: the client sees a truncation
+
+
+async def test_a_client_that_stops_reading_a_sendfile_body_hits_the_write_timeout(tmp_path, caplog):
+    """The liveness sweep sees the blocked ``os.sendfile`` (Writer.blocked_since) and drops the request."""
+    data = os.urandom(1024 * 1024) * 48  # far more than the socket buffers of both ends hold
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    limits = Limits(write_timeout=0.5, liveness_interval=0.1)
+    caplog.set_level(logging.INFO, logger="trio_rack")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, file_app(path, len(data)), limits=limits)
+            stream = await open_client(bind)
+            before = http1.sendfile_bytes()
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.receive_some(65536)  # the head and the first bytes: then stop reading
+            while "write timeout" not in caplog.text:
+                await trio.sleep(0.05)
+            sent = http1.sendfile_bytes() - before
+            received, _ = await read_until_eof(stream)  # the server closed the connection
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert 0 < sent < len(data) and len(received) < len(data)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_client_that_leaves_mid_sendfile_costs_no_traceback(tmp_path, caplog):
+    data = os.urandom(1024 * 1024) * 32
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    caplog.set_level(logging.INFO, logger="trio_rack")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, file_app(path, len(data)), limits=Limits(liveness_interval=0.1))
+            stream = await open_client(bind)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.receive_some(65536)
+            await stream.aclose()  # gone with most of the file unsent
+            # Another request on a new connection is served: the server is fine.
+            second = await open_client(bind)
+            await second.send_all(b"GET /?slice HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw, _ = await read_until_eof(second)
+            await second.aclose()
+            nursery.cancel_scope.cancel()
+    assert raw.endswith(data[5000:6000])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
