@@ -63,6 +63,8 @@ from _scenarios import (
     wrk,
 )
 from _servers import BENCH, MAX_CONNECTIONS, SPECS, ServerSpec, TLSFiles
+from frameworks import CONFIGS as FRAMEWORK_CONFIGS
+from frameworks import bench_frameworks, frameworks_table
 
 REPO = BENCH.parent
 VENV = Path(os.environ.get("BENCH_VENV", "/tmp/trio-rack-bench-venv"))
@@ -99,6 +101,8 @@ class Plan:
     quiet_wait: float = 0.0  # see Run.quietly
     quiet_budget: float = 0.0
     peer_note: str = ""
+    #: the frameworks scenario with the peers (False: trio-rack's rows only, to stay quick)
+    framework_peers: bool = True
 
 
 ALL_SERVERS = (
@@ -155,6 +159,7 @@ PLANS = {
         workers_close=0,
         workers_sequential=200,
         peer_note="quick mode: Uvicorn (httptools) and Granian are left out to stay under two minutes",
+        framework_peers=False,
     ),
 }
 
@@ -483,11 +488,13 @@ class Run:
                     str(pid): round(cpu.get(pid, 0.0), 2) for pid in stats
                 }
                 shares = ", ".join(
-                    f"pid {p}: {s['requests']:,} req, {s['connections']} conn, {cpu.get(p, 0):.1f} s CPU"
+                    f"pid {p}: {s['requests']:,} req, {s['connections']} conn, "
+                    f"{cpu.get(p, 0):.1f} s CPU"
                     for p, s in stats.items()
                 )
                 self.log(
-                    f"{config.label} {mode}: {r['rps']:,.0f} req/s; {shares}; other processes {r['foreign_cores']:.2f} cores"
+                    f"{config.label} {mode}: {r['rps']:,.0f} req/s; {shares}; "
+                    f"other processes {r['foreign_cores']:.2f} cores"
                 )
                 if r["errors"]:
                     self.note(spec, f"{config.label} {mode}: errors {r['errors']}")
@@ -660,7 +667,8 @@ def render(run: Run, command: str, elapsed: float) -> str:
         + ".",
         "",
         (
-            "Each cell is the server's figure; in brackets, **trio-rack's figure divided by that server's**, from the same run. "
+            "Each cell is the server's figure; in brackets, **trio-rack's figure divided by that server's**, "
+            "from the same run. "
             "↑ marks scenarios where higher is better (a ratio above 1 favours trio-rack), ↓ where lower is better "
             "(a ratio below 1 favours trio-rack). Server on core 0, load generator on core 1, one worker each; "
             "hello runs are `wrk -t1 -c64`, the 256 MiB body `-c1`, the upload `-c4`."
@@ -690,7 +698,8 @@ def render(run: Run, command: str, elapsed: float) -> str:
         parts += [
             "",
             (
-                f"**Streams** (`GET /stream?s={plan.stream_seconds}`: a byte at once, then one a second; each N on a fresh "
+                f"**Streams** (`GET /stream?s={plan.stream_seconds}`: a byte at once, then one a second; "
+                "each N on a fresh "
                 "server; RSS is the sum over the server's processes, polled every 0.1 s; KiB per stream = "
                 "(peak − RSS before) / most streams open at once):"
             ),
@@ -701,12 +710,24 @@ def render(run: Run, command: str, elapsed: float) -> str:
         parts += [
             "",
             (
-                f"**Latency at a fixed rate** ({plan.rate:,.0f} req/s of `GET /` for {plan.latency:g} s over 32 keep-alive "
+                f"**Latency at a fixed rate** ({plan.rate:,.0f} req/s of `GET /` for {plan.latency:g} s "
+                "over 32 keep-alive "
                 "connections, open-loop: measured from when each request was due; Debian has no wrk2, so this is "
                 "`bench/clients.py rate`; one row per round):"
             ),
             "",
             latency_table(results, order),
+        ]
+    if results.get("frameworks"):
+        parts += [
+            "",
+            (
+                "**Frameworks** (the same FastAPI and Flask hello apps, `bench/fastapi_app.py` and "
+                "`bench/flask_app.py`, on each server; hello keep-alive, `wrk -t1 -c64`, one worker, server on "
+                "core 0; in brackets trio-rack's req/s divided by the peer's; see `bench/frameworks.py`):"
+            ),
+            "",
+            frameworks_table(results["frameworks"]),
         ]
     if results.get("workers"):
         parts += [
@@ -745,7 +766,7 @@ def main() -> int:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to skip: rounds,streams,workers",
+        help="comma-separated parts to skip: rounds,streams,workers,frameworks",
     )
     parser.add_argument(
         "--ref",
@@ -878,6 +899,22 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
         for spec in specs:
             for n in plan.stream_ns:
                 _guarded(run, spec, f"streams n={n}", run.bench_streams, spec, n)
+    if "frameworks" not in skip:
+        available = {s.name for s in specs}
+        configs = [
+            c for c in FRAMEWORK_CONFIGS
+            if c.server in available and (plan.framework_peers or c.server == "trio-rack")
+        ]  # fmt: skip
+        fw_records = [
+            {"key": c.key, "label": c.label, "server": c.server, "rps": [], "p99_ms": []} for c in configs
+        ]
+        run.results["frameworks"] = fw_records
+        for rnd in range(plan.rounds):
+            for config, fw_record in zip(configs, fw_records, strict=True):
+                run.log(f"frameworks round {rnd + 1}/{plan.rounds}: {config.label}")
+                _guarded(
+                    run, SPECS[config.server], config.label, bench_frameworks, run, config, fw_record, VENV, SERVER_CPU
+                )  # fmt: skip
     if "workers" not in skip:
         available = {s.name for s in specs}
         configs = [c for c in plan.workers if c.server in available]
@@ -887,7 +924,7 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
         ]
         run.results["workers"] = records
         for rnd in range(plan.workers_rounds):
-            for config, record in zip(configs, records):
+            for config, record in zip(configs, records, strict=True):
                 run.log(
                     f"workers round {rnd + 1}/{plan.workers_rounds}: {config.label}"
                 )

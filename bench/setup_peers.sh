@@ -29,12 +29,13 @@ ensure "uvicorn, h11" uvicorn
 ensure httptools httptools
 ensure uvloop uvloop
 ensure granian granian
+ensure "fastapi, flask" fastapi flask   # the frameworks scenario (bench/frameworks.py)
 
 "$PY" - > "$VENV/versions.json" <<'EOF'
 import importlib.metadata as md
 import json
 versions = {}
-for name in ["hypercorn", "trio", "uvicorn", "h11", "httptools", "uvloop", "granian"]:
+for name in ["hypercorn", "trio", "uvicorn", "h11", "httptools", "uvloop", "granian", "fastapi", "flask"]:
     try:
         versions[name] = md.version(name)
     except md.PackageNotFoundError:

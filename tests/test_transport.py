@@ -10,7 +10,7 @@ from wsproto.connection import Connection, ConnectionType
 
 from trio_rack import sse, testing, websocket
 from trio_rack.app.response import AppError
-from trio_rack.toolkit_transport import Transport
+from trio_rack.testing import Transport
 
 
 def test_exported_from_testing():

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import trio
 
 from .config import Limits
+from .types import App
 
 __all__ = ["ConnectionHandle", "LiveRequest", "ServerState", "SERVER_HEADER", "date_header"]
 
@@ -74,7 +75,7 @@ class ServerState:
     connection, for the graceful drain.  ``draining`` is set on graceful shutdown.
     """
 
-    def __init__(self, app: Any, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
+    def __init__(self, app: App, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
         self.app = app
         #: The app asks for a request-scoped nursery (the ASGI adapter): see app/exchange.py.
         self.request_nursery = bool(getattr(app, "trio_rack_request_nursery", False))

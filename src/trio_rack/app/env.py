@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..types import Env
 from .head import RequestHead
 
 __all__ = ["ConnInfo", "build_env", "split_host"]
@@ -72,9 +73,9 @@ def split_host(host: str, default_port: int) -> tuple[str, str]:
     return name, port if sep else str(default_port)
 
 
-def build_env(head: RequestHead, info: ConnInfo) -> dict[str, Any]:
+def build_env(head: RequestHead, info: ConnInfo) -> Env:
     """The CGI keys of ``env`` for ``head``; the request cycle adds the ``rack.*`` keys."""
-    env: dict[str, Any] = {
+    env: Env = {
         "REQUEST_METHOD": head.method.decode("ascii"),
         "SCRIPT_NAME": "",
         "PATH_INFO": head.path.decode("latin-1"),

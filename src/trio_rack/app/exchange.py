@@ -50,6 +50,7 @@ import trio
 
 from ..errors import AppError, ClientGone
 from ..state import SERVER_HEADER, ServerState, date_header
+from ..types import Env
 from . import accesslog
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
@@ -195,7 +196,7 @@ class Exchange:
     def response_started(self) -> bool:
         return self._response is not ResponseState.PENDING
 
-    def _make_env(self) -> dict[str, Any]:
+    def _make_env(self) -> Env:
         env = build_env(self.head, self.info)
         env["rack.input"] = self._request_body
         env["rack.errors"] = ErrorsSink()
@@ -206,6 +207,9 @@ class Exchange:
         env["rack.response_finished"] = []
         env["trio_rack.shutdown"] = self.state.shutdown_started
         env["trio_rack.cancel_scope"] = self._scope
+        # for adapters that need the request as the wire gave it (ASGI's ordered raw headers)
+        env["trio_rack.request_head"] = self.head
+        env["trio_rack.conn_info"] = self.info
         if self.state.proxy is not None:
             self.state.proxy.apply(env)
         return env

@@ -49,15 +49,18 @@ DEFAULT_APP = "app.py"
 _module_numbers = itertools.count(1)
 
 
-def load_app(spec: str, *, cwd: str | os.PathLike[str] | None = None) -> Any:
-    """Import the app named by ``spec`` (relative to ``cwd``, default the working directory)."""
+def load_app(spec: str, *, cwd: str | os.PathLike[str] | None = None, factory: bool = False) -> Any:
+    """Import the app named by ``spec`` (relative to ``cwd``, default the working directory).
+
+    ``factory`` (``--factory``): the attribute is a factory, which may well be a plain def.
+    """
     base = Path(cwd) if cwd is not None else Path.cwd()
     target, attr = _split(spec)
     if _is_file_spec(target):
         module = _load_file(base / target, spec=spec)
     else:
         module = _load_module(target, base=base, spec=spec)
-    return _resolve(module, attr, spec=spec)
+    return _resolve(module, attr, spec=spec, factory=factory)
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -138,7 +141,7 @@ def _load_module(name: str, *, base: Path, spec: str) -> ModuleType:
         raise ConfigError(f"importing app {spec!r} failed: {_one_line(exc)}") from None
 
 
-def _resolve(module: ModuleType, attr: str, *, spec: str) -> Any:
+def _resolve(module: ModuleType, attr: str, *, spec: str, factory: bool = False) -> Any:
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -150,12 +153,22 @@ def _resolve(module: ModuleType, attr: str, *, spec: str) -> Any:
             f"app {spec!r}: {attr!r} is not callable (its type is {type(obj).__name__}); "
             "an app is async def app(env)"
         )
-    if (inspect.isfunction(obj) or inspect.ismethod(obj)) and not inspect.iscoroutinefunction(obj):
+    plain = (inspect.isfunction(obj) or inspect.ismethod(obj)) and not inspect.iscoroutinefunction(obj)
+    if plain and not factory and not _wsgi_shaped(obj):  # WSGI apps are plain defs of two
         raise ConfigError(
             f"app {spec!r}: {attr!r} is a plain def function (every request would get a 500); "
             "an app is async def app(env)"
         )
     return obj
+
+
+def _wsgi_shaped(fn: Any) -> bool:
+    """A plain function of two positional parameters: ``app(environ, start_response)``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) == 2
 
 
 def _where(module: ModuleType) -> str:

@@ -46,6 +46,7 @@ import trio
 from .. import __version__, logs
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import CLIENT_CERT_MODES, DEFAULT_BIND, TLS_VERSIONS, Bind, ConfigError, Limits, TLSConfig, parse_bind
+from ..interface import INTERFACES, LIFESPAN_MODES, LifespanFailure, ServedApp, prepare
 from ..net.tls import make_server_context
 from ..server import systemd, workers
 from ..server.certs import DevCert, dev_certificate
@@ -80,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is not None:
             _print_error(str(error))
             return USAGE_EXIT
+        failure = _only(exc, LifespanFailure)
+        if failure is not None:
+            _print_error(str(failure))
+            return workers.LIFESPAN_FAILURE_EXIT
         if _only(exc, KeyboardInterrupt) is not None:
             return 0  # Ctrl-C before the signal handlers were in place: nothing to clean up
         if _only(exc, BrokenPipeError) is not None:
@@ -194,6 +199,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     config_sources.add_config_flags(parser)
     reload.add_reload_flags(parser)
     _add_deployment_flags(parser.add_argument_group("behind a proxy, and worker recycling"))
+    _interface_flags(parser.add_argument_group("ASGI and WSGI apps"))
     _add_limit_flags(parser.add_argument_group("limits and timeouts (seconds and bytes)"))
     parser.set_defaults(run=_serve_command)
 
@@ -402,12 +408,12 @@ def _serve_command(args: argparse.Namespace) -> int:
     )
     if args.log_config:
         logs.load_log_config(args.log_config)
-    app = load_app(args.app)  # in the supervisor too: a bad app is one error line, not a crash loop
+    app = _interface_flags(args, load_app(args.app, factory=args.factory))  # supervisor too: one error line
     binds = _resolve_binds(args.bind, activated)
     limits = Limits(**_given_limits(args))
     proxy = _proxy_policy(args)
     cert, key, dev = _tls_files(args, binds)
-    announce = functools.partial(_announce, dev=dev)
+    announce = functools.partial(_announce, dev=dev, interface=app.chosen)
     if args.reload and not args.worker:  # the reloader holds the sockets and runs one worker at a time
         command = functools.partial(_worker_command, args, cert=cert, key=key)
         return reload.run_reloading(args, binds, worker_command=command, announce=announce)
@@ -423,7 +429,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         )
     budget = None
     if args.max_requests:
-        app = budget = workers.RequestBudget(app, max_requests=args.max_requests, jitter=args.max_requests_jitter)
+        budget = workers.RequestBudget(app.target, max_requests=args.max_requests, jitter=args.max_requests_jitter)
+        app.outer = functools.partial(_counted, budget)
         log.info("this worker will be replaced after %d requests", budget.limit)
     serving = functools.partial(
         serve,
@@ -511,6 +518,7 @@ def _worker_command(
     argv += ["--log-format", args.log_format, "--access-log-format", args.access_log_format]
     if args.log_config:
         argv += ["--log-config", str(args.log_config)]
+    argv += _interface_flags(args)
     for bind in fd_binds:
         argv += ["-b", str(bind)]
     if args.proxy_headers:
@@ -527,6 +535,71 @@ def _worker_command(
         if value is not None:
             argv += [_flag(field), str(value)]
     return argv
+
+
+# -- ASGI and WSGI (trio_rack.interface) ------------------------------------------------------
+
+_INTERFACE_NAMES = {"asgi": "an ASGI 3", "wsgi": "a WSGI"}
+
+
+@typing.overload
+def _interface_flags(target: argparse._ArgumentGroup) -> None: ...
+@typing.overload
+def _interface_flags(target: argparse.Namespace) -> list[str]: ...
+@typing.overload
+def _interface_flags(target: argparse.Namespace, app: Any) -> ServedApp: ...
+def _interface_flags(target: Any, app: Any = None) -> Any:
+    """The flags of :mod:`trio_rack.interface`, kept in one place: with an argument group, add
+    them; with the parsed args, the worker's argv for them; with the args and the loaded app,
+    the :class:`~trio_rack.interface.ServedApp` to serve (ConfigError for an unservable app)."""
+    if isinstance(target, argparse._ArgumentGroup):
+        target.add_argument(
+            "--interface",
+            choices=INTERFACES,
+            default="auto",
+            help="the app's protocol: trio-rack's own (rack), ASGI 3 or WSGI; auto tells them apart by the "
+            "callable's signature (default: auto)",
+        )
+        target.add_argument(
+            "--factory", action="store_true", help="APP is a factory: call it with no arguments to get the app"
+        )
+        target.add_argument(
+            "--root-path", default="", metavar="PATH", help="ASGI root_path / WSGI SCRIPT_NAME (default: none)"
+        )
+        target.add_argument(
+            "--lifespan",
+            choices=LIFESPAN_MODES,
+            default="auto",
+            help="ASGI lifespan events: auto serves apps that refuse them without (default: auto)",
+        )
+        target.add_argument(
+            "--threads",
+            type=_positive(int),
+            default=10,
+            metavar="N",
+            help="WSGI worker threads per worker process (default: 10)",
+        )
+        return None
+    if app is None:
+        argv = ["--interface", target.interface, "--root-path", target.root_path]
+        argv += ["--lifespan", target.lifespan, "--threads", str(target.threads)]
+        return argv + (["--factory"] if target.factory else [])
+    return prepare(
+        app,
+        interface=target.interface,
+        factory=target.factory,
+        root_path=target.root_path,
+        threads=target.threads,
+        lifespan=target.lifespan,
+    )
+
+
+def _counted(budget: workers.RequestBudget, rack_app: Any) -> workers.RequestBudget:
+    """``--max-requests`` counts calls of the served trio-rack app (ASGI/WSGI adapters included)."""
+    budget.app = rack_app
+    if getattr(rack_app, "trio_rack_request_nursery", False):
+        budget.trio_rack_request_nursery = True  # type: ignore[attr-defined]
+    return budget
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -590,8 +663,10 @@ def _worker_ready(args: argparse.Namespace) -> Callable[[list[Bind]], None] | No
     return lambda _bound: workers.report_ready(fd)
 
 
-def _announce(bound: list[Bind], *, dev: DevCert | None) -> None:
+def _announce(bound: list[Bind], *, dev: DevCert | None, interface: str = "rack") -> None:
     """The start banner on stdout: each URL, then how to trust the development certificate."""
+    if interface != "rack":  # native apps keep the banner they always had
+        print(f"{PROG}: serving {_INTERFACE_NAMES[interface]} app (--interface {interface})", flush=True)
     for bind in bound:
         print(f"{PROG}: listening on {bind}", flush=True)
     https = [b for b in bound if b.tls]

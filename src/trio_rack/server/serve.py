@@ -34,6 +34,7 @@ from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
 from ..http1.connection import HTTPConnection
+from ..interface import prepare as prepare_app
 from ..logs import ensure_default_logging
 from ..net.tls import accept_tls, make_server_context, tls_info
 from ..state import ServerState
@@ -231,6 +232,10 @@ async def serve(
     proxy_headers: bool | ProxyHeaders = False,
     forwarded_allow_ips: Sequence[str] = DEFAULT_TRUSTED,
     shutdown_trigger: trio.Event | None = None,
+    interface: str = "auto",
+    root_path: str = "",
+    threads: int = 10,
+    lifespan: str = "auto",
     task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled (or until ``shutdown_trigger`` is set, gracefully).
@@ -247,19 +252,29 @@ async def serve(
     networks, ``"*"``; Unix-socket peers always count); a
     :class:`~trio_rack.proxy.ProxyHeaders` instance sets the whole policy instead (e.g. RFC 7239
     ``Forwarded``).  See :mod:`trio_rack.proxy`.
+
+    ``interface`` is ``"auto"`` (tell rack, ASGI 3 and WSGI apps apart), ``"rack"``,
+    ``"asgi"`` or ``"wsgi"`` (:mod:`trio_rack.interface`); ``root_path`` is the ASGI
+    ``root_path`` / WSGI ``SCRIPT_NAME``; ``threads`` the WSGI thread pool's size; ``lifespan``
+    ``"auto"``/``"on"``/``"off"`` for ASGI apps: startup runs before any listener accepts
+    (a failure raises :class:`~trio_rack.asgi.LifespanFailure`), shutdown after the drain.
     """
     ensure_default_logging()  # a script that configured no logging still sees our log on stderr
+    served = prepare_app(
+        app, interface=interface, root_path=root_path, threads=threads, lifespan=lifespan
+    )
     binds = normalize_binds(bind)
     limits = limits or Limits()
     proxy = _proxy_policy(proxy_headers, forwarded_allow_ips)
     ctx = await trio.to_thread.run_sync(_resolve_tls, binds, cert, key, tls)
     opened = open_sockets(binds, backlog=limits.backlog)
     limits = _fit_connections_to_fd_limit(limits)
-    state = ServerState(app, limits, access_log=access_log, proxy=proxy)
     try:
-        for _, sock in opened:
-            sock.setblocking(False)
-        await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status)
+        async with served.running(shutdown_timeout=limits.graceful_timeout) as rack_app:
+            state = ServerState(rack_app, limits, access_log=access_log, proxy=proxy)
+            for _, sock in opened:
+                sock.setblocking(False)
+            await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status)
     finally:
         for _, sock in opened:
             sock.close()

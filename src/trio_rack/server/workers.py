@@ -80,6 +80,8 @@ log = logging.getLogger("trio_rack.error")
 
 #: The exit status of a worker that found a configuration error: restarting will not help.
 CONFIG_ERROR_EXIT = 2
+#: The exit status of a worker whose ASGI lifespan startup failed: restarting will not help either.
+LIFESPAN_FAILURE_EXIT = 3
 #: The exit status of a worker that served its ``--max-requests``: replace it, it did not crash.
 #: (75 is sysexits.h's EX_TEMPFAIL, "try again": nothing else in trio-rack exits with it.)
 RECYCLE_EXIT = 75
@@ -343,9 +345,10 @@ class Supervisor:
                 return
             if code == RECYCLE_EXIT:
                 log.info("worker %d (pid %d) served its --max-requests; starting a new one", slot, pid)
-            elif code == CONFIG_ERROR_EXIT:
-                log.error("worker %d (pid %d) hit a configuration error; stopping", slot, pid)
-                self.exit_status = CONFIG_ERROR_EXIT
+            elif code in (CONFIG_ERROR_EXIT, LIFESPAN_FAILURE_EXIT):
+                what = "a configuration error" if code == CONFIG_ERROR_EXIT else "a lifespan startup failure"
+                log.error("worker %d (pid %d) hit %s; stopping", slot, pid, what)
+                self.exit_status = code
                 self._stop()
                 return
             else:

@@ -25,11 +25,10 @@ import h11
 import trio
 import trio.testing
 
-from .app.env import ConnInfo
-from .config import Limits
-from .http1.connection import HTTPConnection
-from .server.liveness import run_liveness_sweeper
-from .state import ServerState
+from ..app.env import ConnInfo
+from ..config import Limits
+from ..state import ServerState
+from ._serve import PROTOCOLS, serve_stream
 
 __all__ = [
     "PROTOCOLS",
@@ -42,10 +41,7 @@ __all__ = [
     "serve_stream",
 ]
 
-#: The wire protocols :func:`memory_connection` and :func:`serve_stream` can speak.
-PROTOCOLS = ("http1",)
-#: The connection info memory connections report: a test server and a loopback client.
-MEMORY_INFO = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
+
 
 
 @dataclass
@@ -126,27 +122,6 @@ async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     return b"".join(parts)
 
 
-async def serve_stream(
-    stream: trio.abc.Stream,
-    state: ServerState,
-    *,
-    protocol: str = "http1",
-    info: ConnInfo | None = None,
-) -> None:
-    """Serve one connection's worth of requests on ``stream`` until it ends.
-
-    Resource handling: ``stream`` stays the caller's to close, as a listener's would.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
-    async with trio.open_nursery() as nursery:
-        # as under serve(): the sweep enforces the write timeout (memory streams have no socket
-        # to poll for a hang-up)
-        nursery.start_soon(run_liveness_sweeper, state)
-        await HTTPConnection(stream, state, info or MEMORY_INFO).run()
-        nursery.cancel_scope.cancel()
-
-
 @asynccontextmanager
 async def memory_connection(
     app: Any,
@@ -195,10 +170,10 @@ async def memory_connection(
 
 
 def __getattr__(name: str) -> Any:
-    # ``Transport`` (trio_rack.toolkit_transport) needs httpx, a test-only dependency: imported
+    # ``Transport`` (trio_rack.testing.transport) needs httpx, a test-only dependency: imported
     # on first use, so memory_connection works without httpx installed.
     if name == "Transport":
-        from .toolkit_transport import Transport
+        from .transport import Transport
 
         return Transport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

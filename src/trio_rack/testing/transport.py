@@ -51,11 +51,11 @@ import httpx
 import trio
 import trio.testing
 
-from .app.env import ConnInfo
-from .app.response import AppError
-from .config import Limits
-from .state import ServerState
-from .testing import serve_stream
+from ..app.env import ConnInfo
+from ..app.response import AppError
+from ..config import Limits
+from ..state import ServerState
+from ._serve import serve_stream
 
 __all__ = ["Transport", "NetworkStream"]
 

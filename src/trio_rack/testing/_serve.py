@@ -1,0 +1,38 @@
+"""The server side of one in-memory (or caller-provided) connection, for the test helpers."""
+
+from __future__ import annotations
+
+import trio
+
+from ..app.env import ConnInfo
+from ..http1.connection import HTTPConnection
+from ..server.liveness import run_liveness_sweeper
+from ..state import ServerState
+
+__all__ = ["MEMORY_INFO", "PROTOCOLS", "serve_stream"]
+
+#: The wire protocols :func:`memory_connection` and :func:`serve_stream` can speak.
+PROTOCOLS = ("http1",)
+#: The connection info memory connections report: a test server and a loopback client.
+MEMORY_INFO = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
+
+
+async def serve_stream(
+    stream: trio.abc.Stream,
+    state: ServerState,
+    *,
+    protocol: str = "http1",
+    info: ConnInfo | None = None,
+) -> None:
+    """Serve one connection's worth of requests on ``stream`` until it ends.
+
+    Resource handling: ``stream`` stays the caller's to close, as a listener's would.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+    async with trio.open_nursery() as nursery:
+        # as under serve(): the sweep enforces the write timeout (memory streams have no socket
+        # to poll for a hang-up)
+        nursery.start_soon(run_liveness_sweeper, state)
+        await HTTPConnection(stream, state, info or MEMORY_INFO).run()
+        nursery.cancel_scope.cancel()
