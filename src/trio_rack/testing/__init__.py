@@ -141,7 +141,7 @@ async def memory_connection(
     """
     client, server = trio.testing.memory_stream_pair()
     if lint:
-        from .lint import Lint
+        from ..lint import Lint
 
         if state is not None:
             raise ValueError("lint=True wraps the app: pass the app, not a ServerState")
