@@ -1,15 +1,60 @@
-"""The connection loop over in-memory streams: the app protocol, framing, hijack, timeouts."""
+"""The connection loop over in-memory streams: the app protocol, framing, hijack, timeouts.
+
+Every app here runs under :class:`trio_rack.lint.Lint` (the autouse fixture below), so a test
+also proves the server keeps its side of the spec; a test of an app that breaks the spec on
+purpose carries ``@pytest.mark.no_lint``.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 
 import pytest
 import trio
 import trio.testing
 
 from trio_rack import Limits
+from trio_rack.lint import LintError
 from trio_rack.testing import memory_connection, read_until_closed
+
+#: Lint rules a *server* breaks (its env, calling the app twice, not closing or re-reading a
+#: body): any of these logged fails the test.  The rules an app breaks show as the 500 the
+#: contract tests here expect of a broken app anyway.
+_SERVER_RULES = ("env.", "app.called-twice", "body.closed", "body.once")
+
+
+class _LintFailures(logging.Handler):
+    """Collects LintErrors of :data:`_SERVER_RULES` the server logged (under a server a broken rule is a 500)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None and not isinstance(exc, LintError):
+            exc = exc.__cause__ or exc.__context__
+        if exc is not None and exc.rule.startswith(_SERVER_RULES):
+            self.errors.append(exc)
+
+
+@pytest.fixture(autouse=True)
+def lint_every_app(request, monkeypatch):
+    """Run this module's apps under Lint (``memory_connection(..., lint=True)``), failing on any LintError."""
+    if request.node.get_closest_marker("no_lint"):
+        yield
+        return
+    monkeypatch.setattr(sys.modules[__name__], "memory_connection", functools.partial(memory_connection, lint=True))
+    handler = _LintFailures()
+    logger = logging.getLogger("trio_rack")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.errors, f"Lint: {handler.errors[0]}"
 
 
 def streamed(response, protocol):
@@ -63,6 +108,9 @@ async def test_pipelined_requests_are_answered_in_order():
     assert data.index(b"\r\n\r\n/1") < data.index(b"\r\n\r\n/2") < data.index(b"\r\n\r\n/3")
 
 
+# no_lint: it inspects the env exactly as the server built it; Lint adds its own response_finished
+# callback (and rewraps rack.input / rack.hijack).
+@pytest.mark.no_lint
 async def test_env_has_cgi_keys_and_rack_keys(protocol):
     captured = {}
 
@@ -242,6 +290,7 @@ async def test_streaming_body_writes_reads_and_keeps_alive(protocol):
         assert r2.body == b"got:again"
 
 
+@pytest.mark.no_lint  # the app writes to its stream after closing it, to see that the server refuses
 async def test_streaming_body_aclose_ends_response_and_stream_is_closed_after(protocol):
     kept = []
 
@@ -287,6 +336,7 @@ async def test_head_has_same_headers_and_no_body():
     assert get_response.endswith(b"Hello, world!")
 
 
+@pytest.mark.no_lint  # the app sends body bytes with a 204/304, to see the server drop them
 @pytest.mark.parametrize("status", [204, 304])
 async def test_no_body_statuses_send_no_body(status):
     async def app(env):
@@ -312,6 +362,7 @@ async def test_http_1_0_streamed_response_is_close_delimited():
     assert data.endswith(b"\r\n\r\nabc")
 
 
+@pytest.mark.no_lint  # the app sets connection/transfer-encoding, to see the server drop them
 async def test_hop_by_hop_headers_from_app_are_dropped_with_warning(caplog, protocol):
     async def app(env):
         return 200, {"connection": "close", "transfer-encoding": "gzip", "x-ok": "1"}, [b"x"]
@@ -323,6 +374,7 @@ async def test_hop_by_hop_headers_from_app_are_dropped_with_warning(caplog, prot
     assert "hop-by-hop" in caplog.text
 
 
+@pytest.mark.no_lint  # the app sets a reserved rack.* header, to see the server hide it
 async def test_list_header_values_become_repeated_lines_and_rack_headers_are_hidden(protocol):
     async def app(env):
         return 200, {"set-cookie": ["a=1", "b=2"], "rack.something": "secret"}, [b"x"]

@@ -114,8 +114,12 @@ async def memory_connection(
     scheme: str = "http",
     state: ServerState | None = None,
     protocol: str = "http1",
+    lint: bool = False,
 ) -> AsyncIterator[MemoryClient]:
     """Serve ``app`` over one in-memory connection speaking ``protocol``; yield its client.
+
+    ``lint=True`` runs the app under :class:`trio_rack.lint.Lint`: a broken rule of the spec
+    (by the server's env or by the app) is the app's failure, a 500 with the rule in the log.
 
     Resource handling: on exit the connection task is cancelled and both ends are closed.
     """
@@ -126,6 +130,12 @@ async def memory_connection(
             yield h2client  # type: ignore[misc]  # the same request()/read_response() shape
         return
     client, server = trio.testing.memory_stream_pair()
+    if lint:
+        from ..lint import Lint
+
+        if state is not None:
+            raise ValueError("lint=True wraps the app: pass the app, not a ServerState")
+        app = Lint(app)
     state = state or ServerState(app, limits or Limits(), access_log=False)
     info = ConnInfo(scheme, ("testserver", 80), ("127.0.0.1", 12345))
 
