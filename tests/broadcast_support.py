@@ -61,13 +61,16 @@ class RedisServer:
 
     With ``tls`` (a trustme CA), it speaks TLS only (``--port 0 --tls-port PORT``) with a
     certificate for 127.0.0.1 issued by that CA, and ``url`` is ``rediss://…?ssl_ca_certs=…``.
-    Clients are not asked for a certificate (``--tls-auth-clients no``).
+    Clients are asked for a certificate by that CA only with ``auth_clients``
+    (``--tls-auth-clients yes``; the helper's own probes then present one).
     """
 
-    def __init__(self, directory: Path, *, tls: trustme.CA | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, tls: trustme.CA | None = None, port: int | None = None, auth_clients: bool = False
+    ) -> None:
         assert REDIS_SERVER is not None
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self._tls_args: list[str] = []
@@ -82,8 +85,10 @@ class RedisServer:
             self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={ca_pem}"
             self._tls_args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert_pem),
                               "--tls-key-file", str(key_pem), "--tls-ca-cert-file", str(ca_pem),
-                              "--tls-auth-clients", "no"]
+                              "--tls-auth-clients", "yes" if auth_clients else "no"]
             self._client_tls = ssl.create_default_context(cafile=str(ca_pem))
+            if auth_clients:
+                tls.issue_cert("probe@test").configure_cert(self._client_tls)
 
     def start(self) -> None:
         assert self.proc is None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixture
     REDIS_SERVER,
@@ -22,14 +23,16 @@ from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixtur
 from trio_rack import broadcast
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "rediss"])
 def bus_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """``rediss``: the same contract over TLS (a redis-server speaking TLS only, its CA given in
+    the URL as ``?ssl_ca_certs=``; more in test_broadcast_tls.py)."""
     if request.param == "memory":
         yield f"memory://test-{uuid.uuid4().hex}"
         return
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path, tls=trustme.CA() if request.param == "rediss" else None)
     server.start()
     try:
         yield server.url
@@ -247,3 +250,15 @@ async def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImportError, match=r"trio-rack\[redis\]"):
         async with broadcast.connect("redis://127.0.0.1:1/0"):
             pass
+
+
+async def test_unavailable_leaves_the_bus_as_itself_not_as_a_group() -> None:
+    """The bus's nursery would wrap what the block raises in an ExceptionGroup; ``connect`` hands
+    it back as raised, so ``except broadcast.Unavailable`` around the whole block works."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with trio.fail_after(10), pytest.raises(broadcast.Unavailable, match="unreachable"):
+        async with broadcast.connect(url, command_timeout=1) as bus:
+            await bus.publish("c", "x")
+    with pytest.raises(KeyError):  # any exception of the block, likewise
+        async with broadcast.connect(url, command_timeout=1):
+            raise KeyError("mine")

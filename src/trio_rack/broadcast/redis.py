@@ -181,6 +181,10 @@ def _reason(exc: BaseException) -> str:
     if tls is not None:
         if isinstance(tls, ssl.SSLCertVerificationError):
             return f"TLS handshake refused: {tls.verify_message}"
+        if "CERTIFICATE_REQUIRED" in (tls.reason or ""):
+            return "TLS refused by the server: it requires a client certificate (ssl_certfile=, ssl_keyfile=)"
+        if "ALERT" in (tls.reason or ""):
+            return f"TLS refused by the server ({tls})"
         return f"TLS handshake failed, is it a TLS port? ({tls})"
     return str(exc)
 
@@ -366,17 +370,53 @@ async def open_bus(
         **tls,
     )
     refused: ssl.SSLError | None = None
-    async with client, trio.open_nursery() as nursery:
-        bus = RedisBus(url, client, timeout=command_timeout, max_backoff=max_backoff)
-        refused = await nursery.start(bus.run)
-        if refused is None:
-            try:
-                yield bus
-            finally:
-                bus._mark_up(closing=True)
-                nursery.cancel_scope.cancel()
+    body_error: BaseException | None = None
+    unwrapped: BaseException | None = None
+    try:
+        async with client, trio.open_nursery() as nursery:
+            if context is not None:
+                refused = await _check_tls(client, command_timeout)
+            if refused is None:
+                bus = RedisBus(url, client, timeout=command_timeout, max_backoff=max_backoff)
+                refused = await nursery.start(bus.run)
+            if refused is None:
+                try:
+                    yield bus
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    bus._mark_up(closing=True)
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery, and coredis' task group around it, wrap what the caller's block raised
+        # (Unavailable from publish, say); hand it back as raised, as if there were no nursery.
+        # Anything else (more than that one exception) stays a group.
+        sole: BaseException = group
+        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+            sole = sole.exceptions[0]
+        if body_error is None or sole is not body_error:
+            raise
+        unwrapped = body_error
+    if unwrapped is not None:
+        raise unwrapped  # outside the except: no group in its context
     if refused is not None:  # raised here, not in the nursery: one plain exception, not a group
         hint = ""
         if isinstance(refused, ssl.SSLCertVerificationError) and refused.verify_code not in _NAME_MISMATCH:
             hint = "; give its CA with ?ssl_ca_certs=/path/ca.pem"
         raise Unavailable(f"Redis at {safe_url(url)}: {_reason(refused)}{hint}") from refused
+
+
+async def _check_tls(client: Any, limit: float) -> ssl.SSLError | None:
+    """One PING over a pooled connection: the TLS error if the server refused the session.
+
+    Needed beside the listener's first attempt because with TLS 1.3 a server that wants a client
+    certificate says so only after the handshake, at the first read.  Any other failure (Redis
+    down) is left to the listener, which treats it as an outage.  (So a ``rediss://`` host that
+    drops packets delays ``connect`` by up to twice ``command_timeout``: this, then the listener.)"""
+    try:
+        with trio.move_on_after(limit):
+            await client.ping()
+    except Exception as exc:  # noqa: BLE001 - only a TLS failure is of interest here (and groups of Exceptions)
+        return tls_failure(exc)
+    return None
