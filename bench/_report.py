@@ -119,7 +119,8 @@ def main_table(
 
 def streams_table(results: dict[str, Any], order: Sequence[str]) -> str:
     lines = [
-        "| server | streams | all done, s | all had a byte, s | most open at once | baseline RSS, MiB | peak RSS, MiB | KiB per stream | errors |",
+        "| server | streams | all done, s | all had a byte, s | most open at once "
+        "| baseline RSS, MiB | peak RSS, MiB | KiB per stream | errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in order:
@@ -151,7 +152,8 @@ def latency_table(results: dict[str, Any], order: Sequence[str]) -> str:
         for r in server.get("latency", []):
             errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
             lines.append(
-                f"| {server['label']} | {r['sent']:,} | {r['completed']:,} | {fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | "
+                f"| {server['label']} | {r['sent']:,} | {r['completed']:,} | "
+                f"{fmt(r['p50_ms'], 2)} | {fmt(r['p90_ms'], 2)} | "
                 f"{fmt(r['p99_ms'], 2)} | {fmt(r['p999_ms'], 2)} | {fmt(r['max_ms'], 1)} | {errors} |"
             )
     return "\n".join(lines)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import trio
 
+from _procs import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from trio_rack import broadcast  # noqa: E402
@@ -50,9 +52,7 @@ def redis_server() -> Iterator[str]:
     exe = shutil.which("redis-server") or shutil.which("valkey-server")
     if exe is None:
         raise SystemExit("broadcast_bench: redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="trio-rack-bench-redis-") as tmp:
         proc = subprocess.Popen(
             [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"],

@@ -79,7 +79,7 @@ def shares(stats: pstats.Stats) -> tuple[dict[str, float], float, float]:
     parts: dict[str, float] = defaultdict(float)
     idle = 0.0
     total = 0.0
-    for func, (cc, nc, tt, ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
+    for func, (_cc, _nc, tt, _ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
         total += tt
         kind = category(func)
         name = func[2]
@@ -174,7 +174,7 @@ def report(profile: Path, top: int) -> str:
             f"  {'calls':>9} {'own s':>7} {'cum s':>7}  function",
         ]
         chosen = [kv for kv in entries if index == 2 or kv[1][3] < 0.9 * total]
-        for func, (cc, nc, tt, ct, _) in sorted(chosen, key=lambda kv: -kv[1][index])[
+        for func, (_cc, nc, tt, ct, _) in sorted(chosen, key=lambda kv: -kv[1][index])[
             :top
         ]:
             lines.append(f"  {nc:>9} {tt:7.2f} {ct:7.2f}  {_label(func)}")
@@ -294,7 +294,10 @@ def main() -> int:
         if args.scenario == "hello":
             wrk(f"http://127.0.0.1:{port}/", duration=1)
             r = wrk(f"http://127.0.0.1:{port}/", duration=args.seconds)
-            load = f"wrk -t1 -c64 -d{args.seconds}s: {r['rps']:,.0f} req/s under the profiler, errors {r['errors'] or 0}"
+            load = (
+                f"wrk -t1 -c64 -d{args.seconds}s: {r['rps']:,.0f} req/s under the profiler, "
+                f"errors {r['errors'] or 0}"
+            )
         else:
             client = [
                 sys.executable,

@@ -488,11 +488,13 @@ class Run:
                     str(pid): round(cpu.get(pid, 0.0), 2) for pid in stats
                 }
                 shares = ", ".join(
-                    f"pid {p}: {s['requests']:,} req, {s['connections']} conn, {cpu.get(p, 0):.1f} s CPU"
+                    f"pid {p}: {s['requests']:,} req, {s['connections']} conn, "
+                    f"{cpu.get(p, 0):.1f} s CPU"
                     for p, s in stats.items()
                 )
                 self.log(
-                    f"{config.label} {mode}: {r['rps']:,.0f} req/s; {shares}; other processes {r['foreign_cores']:.2f} cores"
+                    f"{config.label} {mode}: {r['rps']:,.0f} req/s; {shares}; "
+                    f"other processes {r['foreign_cores']:.2f} cores"
                 )
                 if r["errors"]:
                     self.note(spec, f"{config.label} {mode}: errors {r['errors']}")
@@ -665,7 +667,8 @@ def render(run: Run, command: str, elapsed: float) -> str:
         + ".",
         "",
         (
-            "Each cell is the server's figure; in brackets, **trio-rack's figure divided by that server's**, from the same run. "
+            "Each cell is the server's figure; in brackets, **trio-rack's figure divided by that server's**, "
+            "from the same run. "
             "↑ marks scenarios where higher is better (a ratio above 1 favours trio-rack), ↓ where lower is better "
             "(a ratio below 1 favours trio-rack). Server on core 0, load generator on core 1, one worker each; "
             "hello runs are `wrk -t1 -c64`, the 256 MiB body `-c1`, the upload `-c4`."
@@ -695,7 +698,8 @@ def render(run: Run, command: str, elapsed: float) -> str:
         parts += [
             "",
             (
-                f"**Streams** (`GET /stream?s={plan.stream_seconds}`: a byte at once, then one a second; each N on a fresh "
+                f"**Streams** (`GET /stream?s={plan.stream_seconds}`: a byte at once, then one a second; "
+                "each N on a fresh "
                 "server; RSS is the sum over the server's processes, polled every 0.1 s; KiB per stream = "
                 "(peak − RSS before) / most streams open at once):"
             ),
@@ -706,7 +710,8 @@ def render(run: Run, command: str, elapsed: float) -> str:
         parts += [
             "",
             (
-                f"**Latency at a fixed rate** ({plan.rate:,.0f} req/s of `GET /` for {plan.latency:g} s over 32 keep-alive "
+                f"**Latency at a fixed rate** ({plan.rate:,.0f} req/s of `GET /` for {plan.latency:g} s "
+                "over 32 keep-alive "
                 "connections, open-loop: measured from when each request was due; Debian has no wrk2, so this is "
                 "`bench/clients.py rate`; one row per round):"
             ),
@@ -919,7 +924,7 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
         ]
         run.results["workers"] = records
         for rnd in range(plan.workers_rounds):
-            for config, record in zip(configs, records):
+            for config, record in zip(configs, records, strict=True):
                 run.log(
                     f"workers round {rnd + 1}/{plan.workers_rounds}: {config.label}"
                 )

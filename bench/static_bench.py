@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _procs import free_port
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CURL = shutil.which("curl") or "/usr/bin/curl"
 MIB = 1024 * 1024
@@ -80,12 +82,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], what: str) -> None:

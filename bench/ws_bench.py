@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _procs import free_port
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV = Path(os.environ.get("BENCH_VENV", "/tmp/trio-rack-bench-venv"))
@@ -80,12 +82,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 # ------------------------------------------------------------------------------ servers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_argv(name: str, port: int) -> list[str]:
     pin = ["taskset", "-c", SERVER_CPU]
     if name == "trio-rack":
@@ -112,7 +108,7 @@ class Server:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["PYTHONPATH"] = str(BENCH)
         self.proc = subprocess.Popen(

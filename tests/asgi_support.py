@@ -22,6 +22,8 @@ from typing import Any
 
 import trio
 
+from e2e_support import wait_until
+
 _installed = False
 
 
@@ -125,5 +127,4 @@ async def eventually(condition: Any) -> None:
     """Wait until ``condition()`` holds (state set by an app, a thread or a framework's hook,
     which the test cannot hand an Event to); fail after 5 seconds."""
     with trio.fail_after(5):
-        while not condition():  # noqa: ASYNC110 - the condition belongs to code we do not control
-            await trio.sleep(0.01)
+        await wait_until(condition, poll=0.01)  # the condition belongs to code we do not control

@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,11 @@ import pytest
 import trio
 import trustme
 
+from e2e_support import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or shutil.which("valkey-server")
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -121,26 +117,6 @@ class RedisServer:
                 head, sep, rest = data.partition(b"\r\n")
                 if sep and head.startswith(b"$") and len(rest) >= int(head[1:]):
                     return rest[: int(head[1:])].decode().count("\n") - 1
-
-
-async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.02) -> None:
-    """Poll ``predicate`` (state owned by another process or library; bound it with fail_after)."""
-    while True:
-        if predicate():
-            return
-        await trio.sleep(poll)
-
-
-@pytest.fixture(name="redis_server")
-def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # ------------------------------------------------------------------ trio-rack processes

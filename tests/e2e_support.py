@@ -12,9 +12,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
+import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +26,7 @@ from typing import Any
 import h11
 import trio
 import trustme
+from wsproto.frame_protocol import Frame, FrameProtocol
 
 import trio_rack
 from trio_rack import Bind, Limits
@@ -35,25 +39,33 @@ __all__ = [
     "CURL",
     "EXAMPLES",
     "Curl",
+    "RawResponse",
     "Response",
     "ResponseReader",
     "TLSFiles",
     "client_ssl_context",
     "curl",
     "fd_count",
+    "fds_settle_at",
+    "free_port",
+    "free_ports",
     "load_example",
     "make_tls_files",
+    "next_frame",
     "open_client",
+    "parse_responses",
     "read_until",
     "read_until_eof",
     "split_head",
     "start_server",
+    "wait_until",
 ]
 
 
 def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module of its own (examples/ is not a package)."""
-    path = EXAMPLES / f"{name}.py"
+    """Import ``examples/<name>.py``, or ``examples/<name>/app.py`` for an example that is a
+    folder (chat, site), as a module of its own, once (examples/ is not a package)."""
+    path = EXAMPLES / name / "app.py" if (EXAMPLES / name).is_dir() else EXAMPLES / f"{name}.py"
     module_name = f"_trio_rack_example_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
@@ -68,6 +80,46 @@ def load_example(name: str) -> ModuleType:
 def fd_count() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.02) -> None:
+    """Poll ``predicate`` until it is true: for state that has no event to wait on (another
+    process's file or PID, the fd table, a library's internals).  The caller bounds it with
+    ``trio.fail_after`` / ``move_on_after``; never a stand-in for an event we own."""
+    while not predicate():  # noqa: ASYNC110 (nothing to await: the state is not ours to signal)
+        await trio.sleep(poll)
+
+
+async def fds_settle_at(expected: int, *, within: float = 2) -> None:
+    """Wait until this process's fd count is ``expected``.  A close has no event to wait on, so
+    this polls; it is bounded, and only used where the server legitimately closes a moment later
+    (after its half-close drain), never as a stand-in for an event."""
+    with trio.move_on_after(within):
+        await wait_until(lambda: fd_count() == expected, poll=0.01)
+    assert fd_count() == expected
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different ports free on ``host`` (127.0.0.1 or ::1) right now, for a server
+    started outside this process (redis-server, nginx) that cannot report a port-0 bind back.
+    All are bound at once, so they differ; the child binds them a moment later, so a clash with
+    another process is possible (and is the caller's to retry)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family)
+            sock.bind((host, 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port free on ``host`` right now (see :func:`free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 # ------------------------------------------------------------------------------- TLS
@@ -159,6 +211,21 @@ async def read_until_eof(stream: trio.abc.ReceiveStream) -> tuple[bytes, str]:
     return b"".join(parts), "eof"
 
 
+async def next_frame(stream: trio.abc.ReceiveStream, codec: FrameProtocol) -> Frame | None:
+    """The next websocket frame ``codec`` (wsproto's frame codec, driven by hand) parses off
+    ``stream``, or None at EOF (the peer closed, half-closed or reset its side)."""
+    while True:
+        for frame in codec.received_frames():
+            return frame
+        try:
+            data = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            data = b""
+        if not data:
+            return None
+        codec.receive_bytes(data)
+
+
 def split_head(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
     """Split raw response bytes into (status, headers, rest); names lower-cased."""
     head, sep, rest = data.partition(b"\r\n\r\n")
@@ -170,6 +237,83 @@ def split_head(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     return status, headers, rest
+
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) [^\r\n]*")
+_HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    head: bytes  # the status line and the header lines as sent, without the blank line
+    headers: dict[bytes, list[bytes]]  # names and values lower-cased, for comparisons
+    body: bytes  # de-chunked
+    aborted: bool = False  # a chunked body cut off by the close (it is then the last response)
+
+
+def parse_responses(data: bytes, methods: Sequence[str] = ()) -> list[RawResponse]:
+    """Split a server's raw output into its responses; AssertionError on anything malformed,
+    truncated or left over.
+
+    Strict on purpose (it checks our own server): a status line ``HTTP/1.1 NNN reason``, header
+    lines ``Name: value``.  A body is framed by chunking, by ``content-length``, or (HTTP/1.0
+    streaming) by the close, which needs ``connection: close`` and makes it the last response;
+    1xx, 204 and 304 responses have none.  The n-th final response answers the n-th request the
+    app saw (``methods``): a response to HEAD has no body whatever its ``content-length`` says.
+    A chunked body that stops short exactly at the close is ``aborted``, visible to the client
+    as an error as the README promises, and must be the last.
+    """
+    responses = []
+    finals = 0
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n\r\n", pos)
+        assert end >= 0, f"truncated head at {pos}: {data[pos:pos + 200]!r}"
+        head = data[pos:end]
+        lines = head.split(b"\r\n")
+        match = _STATUS_LINE.fullmatch(lines[0])
+        assert match, f"bad status line {lines[0]!r}"
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b": ")
+            assert sep and _HEADER_NAME.fullmatch(name), f"bad header line {line!r}"
+            headers.setdefault(name.lower(), []).append(value.lower())
+        pos = end + 4
+        status = int(match.group(1))
+        head_only = status >= 200 and finals < len(methods) and methods[finals] == "HEAD"
+        finals += status >= 200
+        body = b""
+        if head_only or status < 200 or status in (204, 304):
+            pass
+        elif b"transfer-encoding" in headers:
+            assert headers[b"transfer-encoding"] == [b"chunked"]
+            chunks = []
+            while True:
+                line_end = data.find(b"\r\n", pos)
+                if line_end < 0 and pos == len(data):
+                    responses.append(RawResponse(status, head, headers, b"".join(chunks), aborted=True))
+                    return responses
+                assert line_end >= 0, "truncated chunk header"
+                size = int(data[pos:line_end], 16)
+                chunks.append(data[line_end + 2 : line_end + 2 + size])
+                pos = line_end + 2 + size
+                assert data[pos : pos + 2] == b"\r\n", "bad chunk end"
+                pos += 2
+                if size == 0:
+                    break
+            body = b"".join(chunks)
+        elif b"content-length" in headers:
+            (length,) = headers[b"content-length"]
+            body = data[pos : pos + int(length)]
+            pos += int(length)
+            assert pos <= len(data), "truncated body"
+        else:
+            assert headers.get(b"connection") == [b"close"], "close-delimited body without connection: close"
+            body = data[pos:]
+            pos = len(data)
+        responses.append(RawResponse(status, head, headers, body))
+    return responses
 
 
 @dataclass

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import signal
-import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +20,9 @@ from pathlib import Path
 
 import h11
 import trio
+
+import process_support
+from process_support import command, spawn
 
 START_TIMEOUT = 20
 RESTART_TIMEOUT = 30
@@ -51,51 +50,34 @@ def write_app(directory: Path, version: str) -> None:
 
 @dataclass
 class Server:
-    proc: trio.Process
-    log_path: Path
-    port: int = 0
-    pids: set[int] = field(default_factory=set)
+    """A running ``trio-rack serve`` (a :class:`process_support.Server`) and its bound port;
+    PIDs added to ``pids`` (workers seen) are killed with it."""
+
+    process: process_support.Server
+    port: int
+    pids: set[int]
+
+    @property
+    def proc(self) -> trio.Process:
+        return self.process.proc
 
     def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        return self.process.log()
 
     async def wait_for_log(self, text: str, *, count: int = 1) -> None:
-        with trio.fail_after(RESTART_TIMEOUT):
-            while self.log().count(text) < count:  # noqa: ASYNC110 (another process's file)
-                await trio.sleep(0.02)
+        await self.process.wait_for_log(text, count)
 
 
 @contextlib.asynccontextmanager
 async def running(directory: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Server]:
     """``trio-rack serve app.py -b http://127.0.0.1:0 ARGS`` in ``directory``, until the block ends."""
-    log_path = directory / "server.log"
-    argv = [sys.executable, "-m", "trio_rack", "serve", "app.py", "-b", "http://127.0.0.1:0", "--no-access-log", *args]
+    argv = command("serve", "app.py", "-b", "http://127.0.0.1:0", "--no-access-log", *args)
     scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "NOTIFY_SOCKET"}
-    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local temp file, opened once)
-        proc = await trio.lowlevel.open_process(
-            argv, cwd=directory, stdout=subprocess.PIPE, stderr=log_file, env={**scrubbed, **(env or {})}
-        )
-    server = Server(proc, log_path)
-    try:
-        assert proc.stdout is not None
-        banner = b""
-        with trio.fail_after(START_TIMEOUT):
-            while not re.search(rb"listening on \S+:(\d+)\n", banner):
-                chunk = await proc.stdout.receive_some(4096)
-                assert chunk, f"no banner; log:\n{server.log()}"
-                banner += chunk
-        match = re.search(rb"listening on \S+:(\d+)\n", banner)
-        assert match is not None
-        server.port = int(match.group(1))
-        yield server
-    finally:
-        for pid in [*server.pids, proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with trio.move_on_after(10):
-            await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
+    workers: set[int] = set()
+    async with spawn(argv, cwd=directory, env={**scrubbed, **(env or {})}, kill=workers) as process:
+        process.start_timeout, process.stop_timeout = START_TIMEOUT, RESTART_TIMEOUT
+        line = await process.line_with("listening on ")
+        yield Server(process, int(line.rsplit(":", 1)[1]), workers)
 
 
 # ----------------------------------------------------------------------------- the load

@@ -6,20 +6,17 @@ SIGTERM → exit 0.  Every subprocess is killed by PID in a ``finally``."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
-import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from asgi_support import server_has_request_nursery
-from e2e_support import curl
+from e2e_support import curl, wait_until
+from process_support import run_to_completion, running
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -107,72 +104,6 @@ def project(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "trio_rack", *args]
-
-
-async def run_to_completion(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(20):
-        return await trio.run_process(
-            command(*args), cwd=cwd, env=env, capture_stdout=True, capture_stderr=True, check=False
-        )
-
-
-class Server:
-    def __init__(self, proc: trio.Process, log: Path) -> None:
-        self.proc = proc
-        self.log_path = log
-        self.banner: list[str] = []
-        self._buffer = b""
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    async def read_until(self, text: str) -> None:
-        assert self.proc.stdout is not None
-        with trio.fail_after(20):
-            while True:
-                while b"\n" in self._buffer:
-                    line, self._buffer = self._buffer.split(b"\n", 1)
-                    self.banner.append(line.decode())
-                    if text in self.banner[-1]:
-                        return
-                chunk = await self.proc.stdout.receive_some(4096)
-                if not chunk:
-                    raise AssertionError(f"stdout closed; log:\n{self.log()}")
-                self._buffer += chunk
-
-    def port(self, scheme: str = "http") -> int:
-        url = next(line.split("listening on ", 1)[1] for line in self.banner if f"listening on {scheme}://" in line)
-        return int(url.rsplit(":", 1)[1])
-
-
-@contextlib.asynccontextmanager
-async def running(args: list[str], *, cwd: Path, env: dict[str, str]) -> AsyncIterator[Server]:
-    log = cwd.parent / f"server-{len(list(cwd.parent.glob('server-*.log')))}.log"
-    with open(log, "wb") as log_file:  # noqa: ASYNC230 - a local temp file, opened once
-        proc = await trio.lowlevel.open_process(
-            command("serve", *args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log_file
-        )
-    server = Server(proc, log)
-    try:
-        await server.read_until("listening on")
-        yield server
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        with trio.move_on_after(10):
-            await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
-
-
 def _one_error_line(result: subprocess.CompletedProcess[bytes], status: int, *expected: str) -> None:
     stderr = result.stderr.decode()
     assert result.returncode == status, stderr
@@ -250,8 +181,7 @@ async def test_flask_with_interface_wsgi_and_two_workers_each_with_a_lifespan(
         assert got == b"flask POST 3 /f"
     async with running(["main:app", "-b", "http://127.0.0.1:0", "-n", "2"], cwd=project, env=env) as server:
         with trio.fail_after(10):
-            while server.log().count("lifespan startup") < 2:  # noqa: ASYNC110 - another process's log
-                await trio.sleep(0.05)
+            await wait_until(lambda: server.log().count("lifespan startup") >= 2, poll=0.05)  # another process's log
 
 
 @needs_request_nursery

@@ -5,45 +5,17 @@ from __future__ import annotations
 
 import logging
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
-from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixture
+from broadcast_support import (
     REDIS_SERVER,
     RedisServer,
-    free_port,
-    redis_server_fixture,
-    wait_until,
 )
+from e2e_support import free_port, wait_until
 from trio_rack import broadcast
-
-
-@pytest.fixture(params=["memory", "redis", "rediss"])
-def bus_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """``rediss``: the same contract over TLS (a redis-server speaking TLS only, its CA given in
-    the URL as ``?ssl_ca_certs=``; more in test_broadcast_tls.py)."""
-    if request.param == "memory":
-        yield f"memory://test-{uuid.uuid4().hex}"
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    server = RedisServer(tmp_path, tls=trustme.CA() if request.param == "rediss" else None)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def bus(bus_url: str) -> AsyncIterator[broadcast.Bus]:
-    async with broadcast.connect(bus_url) as bus:
-        yield bus
 
 
 async def next_message(sub: broadcast.Subscription) -> broadcast.Message:

@@ -13,17 +13,14 @@ import pytest
 import trio
 import trio_websocket
 
-from broadcast_support import (  # noqa: F401 - redis_server_fixture is a fixture
+from broadcast_support import (
     REDIS_SERVER,
     RedisServer,
     SSEClient,
-    redis_server_fixture,
     run_client,
     serving,
-    wait_until,
 )
-from e2e_support import EXAMPLES, curl, start_server
-from test_browser_chat import load_chat
+from e2e_support import EXAMPLES, curl, load_example, start_server, wait_until
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)")
 
@@ -280,7 +277,7 @@ async def test_redis_killed_and_restarted_mid_chat(redis_server: RedisServer, tm
 async def test_a_slow_chat_member_is_cut_off_and_the_others_keep_receiving(redis_server: RedisServer) -> None:
     """A client that stops reading: its server-side outbox fills, it is disconnected; the fast
     member gets every message, in order, and nobody waited for the slow one."""
-    chat = load_chat().Chat(outbox=16, url=redis_server.url)
+    chat = load_example("chat").Chat(outbox=16, url=redis_server.url)
     count, text = 400, "x" * 4000
     with trio.fail_after(30):
         async with trio.open_nursery() as server:

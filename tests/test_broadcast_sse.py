@@ -5,37 +5,14 @@ example's refusals."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from broadcast_support import REDIS_SERVER, RedisServer, SSEClient, free_port
-from e2e_support import curl, load_example, start_server
+from broadcast_support import SSEClient
+from e2e_support import curl, free_port, load_example, start_server
 from trio_rack import broadcast, sse
-
-
-@pytest.fixture(params=["memory", "redis"])
-def bus_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "memory":
-        yield f"memory://sse-{uuid.uuid4().hex}"
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def bus(bus_url: str) -> AsyncIterator[broadcast.Bus]:
-    async with broadcast.connect(bus_url) as bus:
-        yield bus
 
 
 def feed_app(history: sse.History) -> Any:

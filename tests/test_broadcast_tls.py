@@ -14,7 +14,8 @@ import pytest
 import trio
 import trustme
 
-from broadcast_support import REDIS_SERVER, RedisServer, wait_until
+from broadcast_support import REDIS_SERVER, RedisServer
+from e2e_support import wait_until
 from trio_rack import broadcast
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)")

@@ -8,33 +8,22 @@ then the server is cancelled and both pages must see their socket close with 100
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import trio
+
 from cdp import chromium_available, launch_chromium
-from e2e_support import EXAMPLES, start_server
+from e2e_support import load_example, start_server
 
-needs_chromium = pytest.mark.skipif(not chromium_available(), reason="chromium is not installed (apt-get install chromium)")
-
-
-def load_chat() -> ModuleType:
-    name = "_trio_rack_example_chat"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "chat" / "app.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+needs_chromium = pytest.mark.skipif(
+    not chromium_available(), reason="chromium is not installed (apt-get install chromium)"
+)
 
 
 @needs_chromium
 async def test_two_tabs_chat_and_shutdown_closes_with_1001(tmp_path: Path) -> None:
-    chat = load_chat().Chat()
+    chat = load_example("chat").Chat()
     with trio.fail_after(30):
         async with launch_chromium(tmp_path / "profile") as browser:
             async with trio.open_nursery() as server:
@@ -53,7 +42,13 @@ async def test_two_tabs_chat_and_shutdown_closes_with_1001(tmp_path: Path) -> No
 
                 await alice.evaluate("chat.send('hello from alice ✓')")
                 got = await bob.evaluate("chat.waitFor(m => m.type === 'message')")
-                assert got == {"type": "message", "room": "lobby", "nick": "alice", "text": "hello from alice ✓", "members": 2}
+                assert got == {
+                    "type": "message",
+                    "room": "lobby",
+                    "nick": "alice",
+                    "text": "hello from alice ✓",
+                    "members": 2,
+                }
                 await bob.evaluate("chat.send('hi alice')")
                 reply = await alice.evaluate("chat.waitFor(m => m.type === 'message' && m.nick === 'bob')")
                 assert reply["text"] == "hi alice"
@@ -63,7 +58,8 @@ async def test_two_tabs_chat_and_shutdown_closes_with_1001(tmp_path: Path) -> No
                 # Shutdown: cancelling the server closes every websocket with 1001.
                 for page in (alice, bob):
                     await page.evaluate(
-                        "window.closedWith = new Promise(r => chat.socket.addEventListener('close', e => r([e.code, e.reason]))); 0"
+                        "window.closedWith = new Promise("
+                        "r => chat.socket.addEventListener('close', e => r([e.code, e.reason]))); 0"
                     )
                 server.cancel_scope.cancel()
             for page in (alice, bob):
@@ -76,7 +72,7 @@ async def test_cross_site_upgrade_is_refused(tmp_path: Path) -> None:
     from e2e_support import open_client, read_until_eof, split_head
 
     async with trio.open_nursery() as server:
-        bind = await start_server(server, load_chat().Chat())
+        bind = await start_server(server, load_example("chat").Chat())
         with trio.fail_after(5):
             client = await open_client(bind)
             await client.send_all(
@@ -93,7 +89,7 @@ async def test_cross_site_upgrade_is_refused(tmp_path: Path) -> None:
 
 async def test_a_slow_member_is_dropped_and_never_stalls_the_room() -> None:
     """Fan-out policy: a broadcast never waits; a member whose outbox is full is cut off."""
-    chat = load_chat()
+    chat = load_example("chat")
     room = chat.Room("lobby")
     fast, slow = chat.Member("fast", 2), chat.Member("slow", 2)
     room.members |= {fast, slow}

@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_rack.server.certs import CA_FILE, CERT_FILE, KEY_FILE, DevCert, dev_certificate, state_dir
 from trio_rack.config import ConfigError
 from trio_rack.net.tls import make_server_context
+from trio_rack.server.certs import CA_FILE, CERT_FILE, KEY_FILE, DevCert, dev_certificate, state_dir
 
 
 def _mode(path: Path) -> int:

@@ -20,7 +20,7 @@ import trio
 
 from cdp import chromium_available, launch_chromium
 from e2e_support import EXAMPLES
-from test_cli import command, curl, running
+from process_support import command, curl_text, running
 from trio_rack.cli import trust
 from trio_rack.cli.main import main
 
@@ -203,7 +203,7 @@ async def test_tls_demo_serves_the_certificate_from_a_certs_folder(tmp_path: Pat
         lines = output.decode().splitlines()
         assert lines[0] == f"certificate: {folder / 'localhost.pem'} (from {folder})"
         port = int(next(line for line in lines if line.startswith("serving")).rsplit(":", 1)[1])
-        got = await curl("--cacert", str(folder / "ca.pem"), f"https://localhost:{port}/")
+        got = await curl_text("--cacert", str(folder / "ca.pem"), f"https://localhost:{port}/")
         assert got.startswith("Hello over https!")
     finally:
         proc.kill()

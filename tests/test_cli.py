@@ -7,28 +7,30 @@ state directory (development certificate) is a per-test temporary directory.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import shlex
 import signal
-import socket
-import ssl
-import subprocess
-import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import trio
 
-CURL = "/usr/bin/curl"
-START_TIMEOUT = 15
-STOP_TIMEOUT = 10
-_log_numbers = itertools.count()
+from process_support import (
+    STOP_TIMEOUT,
+    Server,
+    assert_one_error_line,
+    curl_text,
+    http_get,
+    is_gone,
+    occupied_port,
+    run_to_completion,
+    running,
+    wait_gone,
+)
+
 HTTP = ["-b", "http://127.0.0.1:0"]
 HTTPS = ["-b", "https://127.0.0.1:0"]
 
@@ -55,189 +57,6 @@ def project(tmp_path: Path) -> Path:
     (directory / "broken.py").write_text("raise RuntimeError('boom at import')\n")
     (directory / "garbage.pem").write_text("not a certificate\n")
     return directory
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "trio_rack", *args]
-
-
-# -------------------------------------------------------------------------------- helpers
-
-
-@dataclass
-class Server:
-    proc: trio.Process
-    log_path: Path
-    banner: list[str] = field(default_factory=list)
-    buffer: bytes = b""
-    pids: set[int] = field(default_factory=set)  # worker PIDs seen, killed in the finally
-
-    @property
-    def urls(self) -> list[str]:
-        return [line.split("listening on ", 1)[1] for line in self.banner if "listening on " in line]
-
-    def port(self, scheme: str) -> int:
-        url = next(u for u in self.urls if u.startswith(scheme + "://"))
-        return int(url.rsplit(":", 1)[1])
-
-    async def read_line(self) -> str:
-        assert self.proc.stdout is not None
-        while b"\n" not in self.buffer:
-            chunk = await self.proc.stdout.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"stdout closed; log:\n{self.log()}")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        self.banner.append(line.decode())
-        return line.decode()
-
-    async def read_until(self, text: str) -> None:
-        with trio.fail_after(START_TIMEOUT):
-            while text not in await self.read_line():
-                pass
-
-    async def rest_of_stdout(self) -> list[str]:
-        assert self.proc.stdout is not None
-        with trio.fail_after(STOP_TIMEOUT):
-            data = self.buffer
-            while chunk := await self.proc.stdout.receive_some(4096):
-                data += chunk
-        return data.decode().splitlines()
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    async def wait_for_log(self, text: str) -> None:
-        with trio.fail_after(STOP_TIMEOUT):
-            # another process's log file: nothing to await but time
-            while text not in self.log():  # noqa: ASYNC110
-                await trio.sleep(0.02)
-
-    async def exit_code(self) -> int:
-        with trio.fail_after(STOP_TIMEOUT):
-            return await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def running(
-    args: list[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    ready: str = "listening on",
-    program: list[str] | None = None,
-) -> AsyncIterator[Server]:
-    """``program`` (default ``python -m trio_rack``) ``serve ARGS``, stderr to a log file."""
-    log_path = cwd.parent / f"server-{next(_log_numbers)}.log"
-    argv = [*program, "serve", *args] if program is not None else command("serve", *args)
-    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local temp file, opened once)
-        proc = await trio.lowlevel.open_process(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log_file)
-    server = Server(proc, log_path)
-    try:
-        await server.read_until(ready)
-        yield server
-    finally:
-        for pid in [proc.pid, *server.pids]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with trio.move_on_after(STOP_TIMEOUT):
-            await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
-
-
-async def http_get(port: int, path: str = "/", *, ca: Path | None = None) -> tuple[bytes, bytes]:
-    """(head, body) of one GET over a fresh connection; over TLS trusting ``ca`` if given."""
-    with trio.fail_after(5):
-        stream: trio.abc.Stream
-        if ca is None:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        else:
-            context = ssl.create_default_context(cafile=str(ca))
-            stream = await trio.open_ssl_over_tcp_stream(
-                "127.0.0.1", port, ssl_context=context, https_compatible=True
-            )
-        async with stream:
-            await stream.send_all(
-                f"GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n".encode()
-            )
-            data = b""
-            while chunk := await stream.receive_some(4096):
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), data
-    return head, body
-
-
-async def curl(*args: str) -> str:
-    with trio.fail_after(10):
-        result = await trio.run_process(
-            [CURL, "-q", "-sS", "--noproxy", "*", "--max-time", "5", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env={"PATH": os.environ.get("PATH", "/usr/bin")},
-        )
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode()
-
-
-def is_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie awaiting a reaper counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return True
-
-
-async def wait_gone(pids: set[int]) -> None:
-    with trio.fail_after(STOP_TIMEOUT):
-        # not our children (they were the supervisor's): no exit to await, so poll
-        while not all(is_gone(pid) for pid in pids):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-
-
-@contextlib.contextmanager
-def occupied_port() -> Iterator[int]:
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
-
-
-async def run_to_completion(
-    args: list[str], *, cwd: Path, env: dict[str, str]
-) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(START_TIMEOUT):
-        return await trio.run_process(
-            command(*args), cwd=cwd, env=env, capture_stdout=True, capture_stderr=True, check=False
-        )
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[bytes], *expected: str) -> str:
-    stderr = result.stderr.decode()
-    assert result.returncode == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("trio-rack: error: "), stderr
-    for text in expected:
-        assert text in lines[0]
-    assert result.stdout == b""
-    return lines[0]
 
 
 # -------------------------------------------------------------------------------- bad input
@@ -332,7 +151,7 @@ async def test_https_with_dev_certificate_prints_a_working_curl_line(
         assert printed[0] == "curl"
         # localhost may resolve to ::1 first; this server listens on 127.0.0.1 only
         resolve = ["--resolve", f"localhost:{port}:127.0.0.1"]
-        assert await curl(*resolve, *printed[1:]) == str(server.proc.pid)
+        assert await curl_text(*resolve, *printed[1:]) == str(server.proc.pid)
         server.proc.send_signal(signal.SIGINT)
         assert await server.exit_code() == 0
     log = server.log()
@@ -344,10 +163,10 @@ async def test_https_and_http_binds_together(project: Path, env: dict[str, str])
     async with running([*HTTPS, *HTTP], cwd=project, env=env, ready="try: curl") as server:
         assert [u.split(":")[0] for u in server.urls] == ["https", "http"]
         ca = Path(env["TRIO_RACK_STATE_DIR"]) / "ca.pem"
-        assert await curl("--cacert", str(ca), f"https://127.0.0.1:{server.port('https')}/") == str(
+        assert await curl_text("--cacert", str(ca), f"https://127.0.0.1:{server.port('https')}/") == str(
             server.proc.pid
         )
-        assert await curl(f"http://127.0.0.1:{server.port('http')}/") == str(server.proc.pid)
+        assert await curl_text(f"http://127.0.0.1:{server.port('http')}/") == str(server.proc.pid)
 
 
 async def test_sigterm_closes_a_held_hijack_and_exits_0(project: Path, env: dict[str, str]) -> None:
@@ -405,7 +224,7 @@ async def test_workers_share_the_sockets_and_stop_on_sigint(project: Path, env: 
         workers = await pids_until(server, port, lambda seen: len(seen) >= 2, ca=ca)
         assert len(workers) == 2
         assert server.proc.pid not in workers
-        assert int(await curl("--cacert", str(ca), f"https://127.0.0.1:{port}/")) in workers
+        assert int(await curl_text("--cacert", str(ca), f"https://127.0.0.1:{port}/")) in workers
         server.proc.send_signal(signal.SIGINT)
         assert await server.exit_code() == 0
         assert all(is_gone(pid) for pid in workers)  # reaped by the supervisor before it exited

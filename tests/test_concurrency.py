@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import trio
+
 from e2e_support import ResponseReader, curl, load_example, open_client, start_server
 
 TICK_RE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\n\n")

@@ -3,7 +3,6 @@ default, ``WEB_CONCURRENCY``, ``--print-config``, and the "did you mean" hints."
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from test_cli import command, http_get, running
+from process_support import command, http_get, running
 from trio_rack.cli import config_sources
 from trio_rack.cli.main import build_parser
 from trio_rack.config import Bind, ConfigError
@@ -96,13 +95,6 @@ def test_bad_values_are_refused_like_flags(tmp_path: Path) -> None:
         resolve(["--config", str(bad)])
     with pytest.raises(ConfigError, match=r"No such file"):
         resolve(["--config", str(tmp_path / "missing.toml")])
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("TRIO_RACK_")}
-    scrubbed.pop("WEB_CONCURRENCY", None)
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
 
 
 def test_print_config_is_toml_with_sources(tmp_path: Path, toml: Path, env: dict[str, str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -16,16 +15,10 @@ import trio
 
 import trio_rack
 from e2e_support import EXAMPLES, ROOT, load_example, make_tls_files, open_client, read_until_eof, start_server
-from test_cli import command, running
+from process_support import command, running
 from trio_rack import sse
 from trio_rack.config import ConfigError
 from trio_rack.testing import memory_connection
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
 
 
 @pytest.fixture

@@ -8,35 +8,29 @@ process by PID in a ``finally``.  TCP sockets are on 127.0.0.1 port 0; every wai
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import random
 import shutil
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from e2e_support import curl
 
 import trio_rack
+from e2e_support import curl
+from process_support import START_TIMEOUT, STOP_TIMEOUT, listening_tcp_socket, spawn
 from trio_rack import ConfigError
 from trio_rack.server.systemd import listen_binds, listen_fds
 from trio_rack.server.workers import RequestBudget
-
-START_TIMEOUT = 15
-STOP_TIMEOUT = 10
 
 APP = """
 import json, os
@@ -78,12 +72,6 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("LISTEN_")}
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
-
-
-@pytest.fixture
 def sockets_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory for socket files whose paths fit sun_path (107 bytes) even if tmp_path is long."""
     if len(str(tmp_path)) < 80:
@@ -99,66 +87,6 @@ def sockets_dir(tmp_path: Path) -> Iterator[Path]:
 # ------------------------------------------------------------------------------- processes
 
 
-@dataclass
-class Proc:
-    proc: trio.Process
-    log_path: Path
-    lines: list[str] = field(default_factory=list)
-    buffer: bytes = b""
-
-    async def line_with(self, text: str) -> str:
-        assert self.proc.stdout is not None
-        with trio.fail_after(START_TIMEOUT):
-            while True:
-                while b"\n" in self.buffer:
-                    raw, self.buffer = self.buffer.split(b"\n", 1)
-                    line = raw.decode()
-                    self.lines.append(line)
-                    if text in line:
-                        return line
-                chunk = await self.proc.stdout.receive_some(4096)
-                if not chunk:
-                    raise AssertionError(f"stdout closed before {text!r}; log:\n{self.log()}")
-                self.buffer += chunk
-
-    async def urls(self, count: int) -> list[str]:
-        return [(await self.line_with("listening on ")).split("listening on ", 1)[1] for _ in range(count)]
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    async def wait_for_log(self, text: str, count: int = 1) -> None:
-        with trio.fail_after(STOP_TIMEOUT):
-            while self.log().count(text) < count:  # noqa: ASYNC110 (another process's file)
-                await trio.sleep(0.02)
-
-    async def exit_code(self) -> int:
-        with trio.fail_after(STOP_TIMEOUT):
-            return await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def spawn(
-    argv: list[str], *, cwd: Path, env: dict[str, str], pass_fds: Sequence[int] = (), kill: set[int] | None = None
-) -> AsyncIterator[Proc]:
-    """Start ``argv``; on exit SIGKILL it and every PID added to ``kill`` (its workers)."""
-    log_path = cwd.parent / f"log-{random.randrange(10**9)}.txt"
-    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local temp file, opened once)
-        proc = await trio.lowlevel.open_process(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log_file, pass_fds=tuple(pass_fds)
-        )
-    try:
-        yield Proc(proc, log_path)
-    finally:
-        for pid in [proc.pid, *(kill or ())]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with trio.move_on_after(STOP_TIMEOUT):
-            await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
-
-
 def serve_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "trio_rack", "serve", "app.py", "--no-access-log", *args]
 
@@ -168,13 +96,6 @@ async def get_json(url: str, *curl_args: str) -> dict[str, Any]:
     with trio.fail_after(STOP_TIMEOUT):
         result = await curl(*curl_args, url)
     return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-
-def listening_tcp_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    return sock
 
 
 def listening_unix_socket(path: Path) -> socket.socket:
@@ -205,7 +126,13 @@ async def test_unix_socket_serves_curl(sockets_dir: Path, nursery: trio.Nursery)
     assert body == {"remote": "", "port": "0", "scheme": "http"}
     # a unix socket peer counts as a trusted proxy: it is this host's proxy, gated by file modes
     body = await get_json(
-        "http://localhost/", "--unix-socket", str(path), "-H", "X-Forwarded-For: 198.51.100.2", "-H", "X-Forwarded-Proto: https"
+        "http://localhost/",
+        "--unix-socket",
+        str(path),
+        "-H",
+        "X-Forwarded-For: 198.51.100.2",
+        "-H",
+        "X-Forwarded-Proto: https",
     )
     assert body == {"remote": "198.51.100.2", "port": "0", "scheme": "https"}
 
@@ -228,7 +155,7 @@ async def test_inherited_socket_fd(project: Path, env: dict[str, str]) -> None:
     try:
         fd = sock.fileno()
         async with spawn(serve_argv("-b", f"fd://{fd}"), cwd=project, env=env, pass_fds=[fd]) as server:
-            assert await server.urls(1) == [f"http://127.0.0.1:{port}"]
+            assert await server.read_urls(1) == [f"http://127.0.0.1:{port}"]
             body = await get_json(f"http://127.0.0.1:{port}/")
             assert body["pid"] == server.proc.pid
             assert body["remote"] == "127.0.0.1"
@@ -255,7 +182,7 @@ async def test_systemd_socket_activation(
         argv = [sys.executable, "activate.py", f"{tcp.fileno()},{unix.fileno()}", "app.py", "--no-access-log", *args]
         fds = [tcp.fileno(), unix.fileno()]
         async with spawn(argv, cwd=project, env=env, pass_fds=fds, kill=workers) as server:
-            assert await server.urls(2) == [f"http://127.0.0.1:{port}", f"unix:{path}"]
+            assert await server.read_urls(2) == [f"http://127.0.0.1:{port}", f"unix:{path}"]
             over_tcp = await get_json(f"http://127.0.0.1:{port}/")
             over_unix = await get_json("http://localhost/", "--unix-socket", str(path))
             for body in (over_tcp, over_unix):
@@ -319,7 +246,7 @@ async def test_max_requests_recycles_the_worker(project: Path, env: dict[str, st
     workers: set[int] = set()
     argv = serve_argv("-b", "http://127.0.0.1:0", "--max-requests", "3", "--graceful-timeout", "2")
     async with spawn(argv, cwd=project, env=env, kill=workers) as server:
-        (url,) = await server.urls(1)
+        (url,) = await server.read_urls(1)
         pids = []
         for _ in range(7):
             pid = (await get_json(url + "/"))["pid"]  # every request must succeed

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_support import Curl, TLSFiles, curl, load_example, make_tls_files, start_server
+
+from e2e_support import Curl, TLSFiles, curl, load_example, start_server
 
 TICKS = 3
 FAST = {"ticks": TICKS, "interval": 0.05}
@@ -63,11 +64,6 @@ class Servers:
         if scheme == "https":
             args = ("--cacert", self.tls.ca_pem, *args)
         return curl(*args, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

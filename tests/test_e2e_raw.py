@@ -14,11 +14,11 @@ from typing import Any
 import h11
 import pytest
 import trio
+
 from e2e_support import (
     ResponseReader,
     TLSFiles,
     load_example,
-    make_tls_files,
     open_client,
     read_until,
     read_until_eof,
@@ -28,11 +28,6 @@ from e2e_support import (
 
 #: The liveness sweeper polls once a second (Limits.liveness_interval): "within about 2 s".
 GONE_WITHIN = 2.5
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(params=["http", "https"])

@@ -54,4 +54,6 @@ def test_the_app_layer_imports_no_wire_protocol() -> None:
             for name in names:
                 assert name.split(".")[0] not in {"h11", "h2", "socket", "ssl"}, f"{path.name} imports {name}"
             if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
-                assert not node.module.startswith(("http1", "server", "net", "cli")), f"{path.name} imports ..{node.module}"
+                assert not node.module.startswith(("http1", "server", "net", "cli")), (
+                    f"{path.name} imports ..{node.module}"
+                )

@@ -16,27 +16,12 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_support import TLSFiles, fd_count, make_tls_files, open_client, read_until, read_until_eof, start_server
 
 import trio_rack
+from e2e_support import TLSFiles, fd_count, fds_settle_at, open_client, read_until, read_until_eof, start_server
 
 N = 20
 KINDS = ("full", "partial", "streaming")
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-async def settles_at(expected: int, *, within: float = 2) -> None:
-    """Wait until the fd count is ``expected``.  A close has no event to wait on, so this
-    polls; it is bounded, and only used where the server legitimately closes a moment later
-    (after its half-close drain), never as a stand-in for an event."""
-    with trio.move_on_after(within):
-        while fd_count() != expected:  # noqa: ASYNC110
-            await trio.sleep(0.01)
-    assert fd_count() == expected
 
 
 def make_blocking_app(entered: list[str]) -> Any:
@@ -137,7 +122,7 @@ async def test_app_ending_closes_the_stream_it_was_given(
                 assert data.endswith(b"0\r\n\r\n") == (ending == "return")
             await client.aclose()
             # the listener, nothing else (the server may still be reading the client's EOF)
-            await settles_at(baseline + 1)
+            await fds_settle_at(baseline + 1)
             nursery.cancel_scope.cancel()
     assert fd_count() == baseline
 

@@ -31,16 +31,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis.strategies as st
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 
+from e2e_support import parse_responses
 from trio_rack import Limits
 from trio_rack.testing import ConnInfo, ServerState, serve_stream
 
@@ -132,7 +131,7 @@ class Plan:
 def plans(draw: st.DrawFn) -> Plan:
     data = draw(requests_bytes)
     cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=4))))
-    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)]) if b > a]
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if b > a]
     pauses = [draw(st.sampled_from([0, 0, 0, 0.5, 3, 6, 12])) for _ in pieces]
     return Plan(pieces, pauses, draw(st.booleans()), draw(st.sampled_from(APP_KINDS)))
 
@@ -208,7 +207,7 @@ async def drive(plan: Plan, outcome: Outcome) -> None:
 
     async def send() -> None:
         try:
-            for piece, pause in zip(plan.pieces, plan.pauses):
+            for piece, pause in zip(plan.pieces, plan.pauses, strict=True):
                 await trio.sleep(pause)
                 await client.send_all(piece)
             if plan.half_close:
@@ -244,71 +243,6 @@ def _only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None
     return isinstance(exc, trio.Cancelled)
-
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) [^\r\n]*")
-
-
-@dataclass
-class ParsedResponse:
-    status: int
-    headers: dict[bytes, list[bytes]]
-    aborted: bool = False
-
-
-def parse_responses(data: bytes, methods: list[str]) -> list[ParsedResponse]:
-    """Split server output into responses; AssertionError on anything malformed or truncated.
-
-    A response is framed by ``content-length``, by chunking, or (HTTP/1.0 streaming) by the
-    close, in which case it must be the last.  The n-th final response answers the n-th
-    request the app saw (``methods``): a response to HEAD has no body whatever its
-    ``content-length`` says.
-    """
-    responses = []
-    finals = 0
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\r\n\r\n", pos)
-        assert end >= 0, f"truncated head at {pos}: {data[pos:pos + 200]!r}"
-        lines = data[pos:end].split(b"\r\n")
-        match = _STATUS_LINE.fullmatch(lines[0])
-        assert match, f"bad status line {lines[0]!r}"
-        headers: dict[bytes, list[bytes]] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b": ")
-            assert sep and re.fullmatch(rb"[A-Za-z0-9-]+", name), f"bad header line {line!r}"
-            headers.setdefault(name.lower(), []).append(value.lower())
-        pos = end + 4
-        status = int(match.group(1))
-        head_only = status >= 200 and finals < len(methods) and methods[finals] == "HEAD"
-        finals += status >= 200
-        if head_only:
-            pass
-        elif status >= 200 and b"transfer-encoding" in headers:
-            assert headers[b"transfer-encoding"] == [b"chunked"]
-            while True:
-                line_end = data.find(b"\r\n", pos)
-                if line_end < 0 and pos == len(data):
-                    # an aborted streamed response: unterminated, then the close.  Visible
-                    # to the client as an error, as the README promises; it must be last.
-                    responses.append(ParsedResponse(status, headers, aborted=True))
-                    return responses
-                assert line_end >= 0, "truncated chunk header"
-                size = int(data[pos:line_end], 16)
-                pos = line_end + 2 + size
-                assert data[pos : pos + 2] == b"\r\n", "bad chunk end"
-                pos += 2
-                if size == 0:
-                    break
-        elif status >= 200 and b"content-length" in headers:
-            (length,) = headers[b"content-length"]
-            pos += int(length)
-            assert pos <= len(data), "truncated body"
-        elif status >= 200:
-            assert headers.get(b"connection") == [b"close"], "close-delimited body without connection: close"
-            pos = len(data)
-        responses.append(ParsedResponse(status, headers))
-    return responses
 
 
 def check(outcome: Outcome) -> None:
@@ -360,7 +294,12 @@ def test_mutated_requests_never_crash_hang_or_double_answer(plan: Plan) -> None:
 )
 @given(plans().map(lambda plan: dataclasses.replace(plan, app_kind="streaming-echo")))
 @example(  # found by this test (a malformed chunk read by a streaming body); kept as a regression
-    Plan([b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\n5\r\nhello\r\n0\r\n\r\n"], [0], False, "streaming-echo")
+    Plan(
+        [b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        [0],
+        False,
+        "streaming-echo",
+    )
 )
 def test_streaming_echo_of_mutated_uploads_never_logs_a_traceback(plan: Plan) -> None:
     """The same properties with a streaming body that reads the request body itself: a

@@ -17,33 +17,20 @@ from typing import Any
 
 import pytest
 import trio
+
 from e2e_support import (
     TLSFiles,
     fd_count,
-    make_tls_files,
+    fds_settle_at,
     open_client,
     read_until,
     read_until_eof,
     split_head,
     start_server,
 )
-
 from trio_rack import Limits
 
 pytestmark = pytest.mark.filterwarnings("ignore::trio.TrioDeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-async def settles_at(expected: int, *, within: float = 2.0) -> None:
-    """Wait (bounded) for the fd count to come back: a close has no event to wait on."""
-    with trio.move_on_after(within):
-        while fd_count() != expected:
-            await trio.sleep(0.01)
-    assert fd_count() == expected
 
 
 async def hello(env: dict[str, Any]) -> Any:
@@ -91,7 +78,7 @@ async def test_slowloris_gets_408_and_is_closed_at_the_header_timeout(
         await client.aclose()
     assert data.startswith(b"HTTP/1.1 408 "), data[:100]
     assert 0.9 <= elapsed <= 2.0, elapsed
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
     no_error_logs(caplog)
 
 
@@ -109,7 +96,7 @@ async def test_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout(nur
         await client.aclose()
     assert (data, how) == (b"", "eof")  # closed silently: no request had started
     assert 0.45 <= elapsed <= 1.5, elapsed
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
 
 
 async def test_a_connection_that_never_sends_is_closed_at_the_header_timeout_without_408(nursery: trio.Nursery) -> None:
@@ -148,7 +135,7 @@ async def test_tls_handshake_that_never_completes_is_dropped_at_the_handshake_ti
         await good.send_all(GET)
         await read_until(good, b"hello")
         await good.aclose()
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
     no_error_logs(caplog)
 
 
@@ -189,7 +176,7 @@ async def test_client_vanishing_mid_body_breaks_the_apps_read_and_leaves_nothing
         await client.aclose()
         await finished.wait()
     assert outcome in (["BrokenResourceError"], ["Cancelled"])
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
 
 
 async def test_stalled_reader_is_dropped_at_the_write_timeout_and_the_app_stopped(nursery: trio.Nursery) -> None:
@@ -232,7 +219,7 @@ async def test_stalled_reader_is_dropped_at_the_write_timeout_and_the_app_stoppe
         _, how = await read_until_eof(client)  # what the kernel held, then the end
         assert how in ("eof", "reset")
         await client.aclose()
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
 
 
 # ------------------------------------------------------------------ max_connections
@@ -309,7 +296,7 @@ async def test_declared_body_over_max_body_size_gets_413_at_once(nursery: trio.N
             # the endless upload fails.
         assert trio.current_time() - answered <= 2.0
         await client.aclose()
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
 
 
 async def test_chunked_body_over_max_body_size_gets_413_without_reading_the_rest(nursery: trio.Nursery) -> None:
@@ -339,7 +326,7 @@ async def test_chunked_body_over_max_body_size_gets_413_without_reading_the_rest
             inner.cancel_scope.cancel()
         await client.aclose()
     assert seen == ["BrokenResourceError"]
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
 
 
 # --------------------------------------------------- bytes after "Connection: close" (issue 3)
@@ -390,5 +377,5 @@ async def test_bytes_after_connection_close_never_take_the_listener_down(
         await client.send_all(GET)
         await read_until(client, b"\r\n\r\nok")
         await client.aclose()
-    await settles_at(baseline)
+    await fds_settle_at(baseline)
     no_error_logs(caplog)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from test_cli import command, http_get, running
+from process_support import command, http_get, running
 from trio_rack import logs
 from trio_rack.config import ConfigError
 
@@ -39,12 +38,6 @@ async def main():
 
 trio.run(main)
 """
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("TRIO_RACK_")}
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import functools
 import json
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import trio_rack
 from e2e_support import (
     TLSFiles,
     curl,
+    free_ports,
     make_tls_files,
     read_until,
     read_until_eof,
@@ -117,20 +117,6 @@ class Proxied:
         return path.read_text() if path.exists() else ""
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free on [::1] right now (nginx binds them a moment later; a clash is retried)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET6)
-            sock.bind(("::1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 async def _wait_until_listening(proc: trio.Process, port: int) -> bool:
     """True once nginx accepts on ``port``; False if it exited (e.g. the port got taken)."""
     with trio.fail_after(START_TIMEOUT):
@@ -170,7 +156,7 @@ async def nginx_proxy(upstream_port: int, tmp_path: Path) -> AsyncIterator[Proxi
     directory = tmp_path / "nginx"
     directory.mkdir()
     for _attempt in range(3):
-        http_port, https_port = free_ports(2)
+        http_port, https_port = free_ports(2, "::1")
         conf = directory / "nginx.conf"
         conf.write_text(
             NGINX_CONF.format(

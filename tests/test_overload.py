@@ -22,6 +22,7 @@ import pytest
 import trio
 
 import trio_rack
+from e2e_support import wait_until
 from trio_rack import Limits
 from trio_rack.server.serve import _ConnectionSlots
 
@@ -84,8 +85,7 @@ async def test_max_connections_reached_is_logged_once(nursery: trio.Nursery, cap
     port = binds[0].port
     with trio.fail_after(10):
         held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]  # 2 served, 2 queued
-        while "max connections reached" not in caplog.text:  # noqa: ASYNC110 (the server's own task logs)
-            await trio.sleep(0.01)
+        await wait_until(lambda: "max connections reached" in caplog.text, poll=0.01)  # the server's task logs
         # a queued connection is served once one closes ...
         await held.pop(0).aclose()
         await held[1].send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")  # the first queued

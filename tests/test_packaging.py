@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import ROOT
-from test_cli import http_get, running
+from process_support import http_get, running
 
 pytest.importorskip("build")
 

@@ -67,7 +67,13 @@ async def test_env_has_cgi_keys_and_rack_keys():
         await client.request(
             "POST",
             "/p%20ath?q=1&r=2",
-            headers=[("X-Thing", "a"), ("x-thing", "b"), ("cookie", "a=1"), ("cookie", "b=2"), ("content-type", "text/x")],
+            headers=[
+                ("X-Thing", "a"),
+                ("x-thing", "b"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("content-type", "text/x"),
+            ],
             body=b"xyz",
         )
     env = captured
@@ -259,7 +265,10 @@ async def test_streaming_body_with_app_content_length_is_not_chunked():
 
 async def test_head_has_same_headers_and_no_body():
     async with memory_connection(hello) as client:
-        await client.stream.send_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await client.stream.send_all(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         data = await read_until_closed(client.stream)
     head_response, _, get_response = data.partition(b"\r\n\r\n")
     assert b"content-length: 13" in head_response

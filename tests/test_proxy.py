@@ -14,12 +14,11 @@ from typing import Any
 import h11
 import pytest
 
-from trio_rack.config import ConfigError, Limits
-from trio_rack.testing import ServerState
 from trio_rack.app.env import ConnInfo, build_env
-from trio_rack.http1.strict import request_head
 from trio_rack.app.proxy import ProxyHeaders, parse_forwarded
-from trio_rack.testing import memory_connection
+from trio_rack.config import ConfigError, Limits
+from trio_rack.http1.strict import request_head
+from trio_rack.testing import ServerState, memory_connection
 
 CLIENT = "198.51.100.2"  # the real client (TEST-NET-2)
 ATTACKER_CLAIM = "203.0.113.66"  # what a spoofing client claims to be (TEST-NET-3)
@@ -40,7 +39,9 @@ def make_env(*headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "
     return env
 
 
-def applied(policy: ProxyHeaders, *headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "http") -> dict[str, Any]:
+def applied(
+    policy: ProxyHeaders, *headers: tuple[str, str], peer: str = "127.0.0.1", scheme: str = "http"
+) -> dict[str, Any]:
     env = make_env(*headers, peer=peer, scheme=scheme)
     policy.apply(env)
     return env

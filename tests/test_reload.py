@@ -7,25 +7,18 @@ typo (the old worker must keep serving and the log must name the file and line),
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 
-from test_cli import command, running
+from process_support import command, http_get, running
 
 pytest.importorskip("watchfiles")
 
 APP = 'async def app(env):\n    return 200, {{"content-type": "text/plain"}}, [b"{version}"]\n'
 CHANGE_TIMEOUT = 15
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("TRIO_RACK_")}
-    return {**scrubbed, "TRIO_RACK_STATE_DIR": str(tmp_path / "state")}
 
 
 @pytest.fixture
@@ -47,16 +40,7 @@ class Client:
         self.changed = trio.Event()
 
     async def get(self) -> bytes:
-        with trio.fail_after(5):
-            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-            async with stream:
-                await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                data = b""
-                while chunk := await stream.receive_some(4096):
-                    data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise AssertionError(f"unexpected response {data!r}")
+        _, body = await http_get(self.port)  # a fresh connection; anything but a 200 is an AssertionError
         return body
 
     async def run(self) -> None:

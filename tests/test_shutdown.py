@@ -15,23 +15,17 @@ from typing import Any
 
 import pytest
 import trio
+
+import trio_rack
 from e2e_support import (
     TLSFiles,
     fd_count,
-    make_tls_files,
     open_client,
     read_until,
     read_until_eof,
     split_head,
 )
-
-import trio_rack
 from trio_rack import Bind, Limits
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 def tasks_living() -> int:

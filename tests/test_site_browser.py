@@ -8,18 +8,15 @@ Skipped (with a reason) only if ``/usr/bin/chromium`` is missing; ``.ci/run`` in
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zlib
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 import trio
 
 from cdp import chromium_available, launch_chromium
-from e2e_support import EXAMPLES, start_server
+from e2e_support import load_example, start_server
 from trio_rack.builder import Builder
 from trio_rack.testing import Transport
 
@@ -28,19 +25,8 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def load_site() -> ModuleType:
-    name = "_trio_rack_example_site"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "site" / "app.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_the_site_is_a_builder_with_lint_in_development(monkeypatch):
-    site = load_site()
+    site = load_example("site")
     assert isinstance(site.app, Builder)
     from trio_rack.lint import Lint
 
@@ -50,7 +36,7 @@ def test_the_site_is_a_builder_with_lint_in_development(monkeypatch):
 
 
 async def test_each_mounted_piece_in_process():
-    app = load_site().make_app(development=True)
+    app = load_example("site").make_app(development=True)
     async with httpx.AsyncClient(transport=Transport(app), base_url="http://test") as c:
         page = await c.get("/")
         assert page.status_code == 200 and b"<title>trio-rack site</title>" in page.content
@@ -85,7 +71,7 @@ async def test_each_mounted_piece_in_process():
 
 @needs_chromium
 async def test_the_page_in_chromium(tmp_path: Path) -> None:
-    app = load_site().make_app(development=True)
+    app = load_example("site").make_app(development=True)
     with trio.fail_after(40):
         async with launch_chromium(tmp_path / "profile") as browser:
             async with trio.open_nursery() as server:

@@ -44,10 +44,10 @@ from typing import Any
 import pytest
 import trio
 
+from e2e_support import parse_responses
 from trio_rack import Limits
-from trio_rack.testing import ServerState
 from trio_rack.app.response import AppError
-from trio_rack.testing import memory_connection
+from trio_rack.testing import ServerState, memory_connection
 
 HOST = b"Host: a\r\n"
 
@@ -79,27 +79,8 @@ class Seen:
         return 200, {"content-type": "text/plain"}, [b"saw:" + env["PATH_INFO"].encode() + b":" + body]
 
 
-_STATUS_RE = re.compile(rb"HTTP/1\.1 ([0-9]{3}) ")
-
-
-def split_responses(data: bytes) -> list[tuple[int, bytes, bytes]]:
-    """(status, head, body) for each response in ``data``; content-length framing only (the
-    responses of these tests are buffered or errors).  Asserts nothing is left over."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\r\n\r\n", pos)
-        head = data[pos:end]
-        match = _STATUS_RE.match(head)
-        assert match, f"not a status line at {pos}: {data[pos:pos + 80]!r}"
-        length = re.search(rb"(?im)^content-length: *([0-9]+)\r?$", head)
-        status = int(match.group(1))
-        body_len = int(length.group(1)) if length and status >= 200 else 0
-        body = data[end + 4 : end + 4 + body_len]
-        assert len(body) == body_len, "truncated body"
-        out.append((status, head, body))
-        pos = end + 4 + body_len
-    return out
+def statuses(data: bytes) -> list[int]:
+    return [r.status for r in parse_responses(data)]
 
 
 async def exchange(
@@ -131,9 +112,9 @@ async def exchange(
 
 def assert_rejected(data: bytes, closed: bool, status: int) -> bytes:
     """Exactly one response, with ``status`` and ``connection: close``, then the close."""
-    responses = split_responses(data)
-    assert [s for s, _, _ in responses] == [status], data[:300]
-    _, head, body = responses[0]
+    responses = parse_responses(data)
+    assert [r.status for r in responses] == [status], data[:300]
+    head, body = responses[0].head, responses[0].body
     assert re.search(rb"(?im)^connection: close\r?$", head), head
     assert closed, "the server must close the connection after rejecting a request"
     return body
@@ -158,35 +139,43 @@ HEAD_VECTORS = [
     pytest.param(req(b"Content-Length: 5\r\nTransfer-Encoding: \x0bchunked\r\n", b"hello"), 400,
                  id="waitress-CVE-2019-16789-vertical-tab-before-chunked-with-cl"),
     # --- Content-Length values (RFC 9110 §8.6, RFC 9112 §6.3) ------------------------------
-    pytest.param(req(b"Content-Length: 3\r\nContent-Length: 4\r\n", b"abcd"), 400, id="rfc9112-6.3-differing-duplicate-cl"),
+    pytest.param(req(b"Content-Length: 3\r\nContent-Length: 4\r\n", b"abcd"), 400,
+                 id="rfc9112-6.3-differing-duplicate-cl"),
     pytest.param(req(b"Content-Length: 3, 4\r\n", b"abcd"), 400, id="rfc9110-8.6-differing-cl-list"),
     pytest.param(req(b"Content-Length: +3\r\n", b"abc"), 400, id="waitress-CVE-2022-24761-cl-plus-sign"),
     pytest.param(req(b"Content-Length: -3\r\n", b"abc"), 400, id="rfc9110-8.6-cl-negative"),
     pytest.param(req(b"Content-Length: 0x3\r\n", b"abc"), 400, id="protocol-http1-CVE-2023-38697-cl-hex-prefix"),
     pytest.param(req(b"Content-Length: 3 3\r\n", b"abc"), 400, id="puma-CVE-2022-24790-cl-inner-space"),
     pytest.param(req(b"Content-Length: 1_0\r\n", b"abc"), 400, id="waitress-CVE-2022-24761-cl-python-int-underscore"),
-    pytest.param(req("Content-Length: \u0663\r\n".encode(), b"abc"), 400, id="waitress-CVE-2022-24761-cl-unicode-digit"),
+    pytest.param(req("Content-Length: \u0663\r\n".encode(), b"abc"), 400,
+                 id="waitress-CVE-2022-24761-cl-unicode-digit"),
     pytest.param(req(b"Content-Length: 1e3\r\n", b"abc"), 400, id="rfc9110-8.6-cl-exponent"),
     pytest.param(req(b"Content-Length: 99999999999999999999999999\r\n", b"abc"), 400, id="rfc9110-8.6-cl-overflow"),
     pytest.param(req(b"Content-Length:\r\n"), 400, id="puma-CVE-2023-40175-empty-cl"),
     pytest.param(req(b"Content-Length: \r\n", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"), 400,
                  id="haproxy-CVE-2023-40225-blank-cl-with-smuggled-request"),
     # --- Transfer-Encoding values (RFC 9112 §6.1, §7) ---------------------------------------
-    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked, identity"), 501, id="rfc9112-6.1-chunked-not-last"),
-    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"identity, chunked"), 501, id="puma-CVE-2020-11076-identity-chunked"),
+    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked, identity"), 501,
+                 id="rfc9112-6.1-chunked-not-last"),
+    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"identity, chunked"), 501,
+                 id="puma-CVE-2020-11076-identity-chunked"),
     pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"identity"), 501, id="rfc9112-6.1-identity-alone"),
-    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"gzip, chunked"), 501, id="waitress-CVE-2019-16786-gzip-chunked"),
+    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"gzip, chunked"), 501,
+                 id="waitress-CVE-2019-16786-gzip-chunked"),
     pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"xchunked"), 501, id="portswigger-te-xchunked"),
     pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked;q=1"), 501, id="rfc9112-7-chunked-with-parameter"),
     pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked,"), 501, id="tinyproxy-te-trailing-comma"),
-    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked\x0b"), 400, id="waitress-CVE-2019-16789-te-trailing-vertical-tab"),
-    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked\x0c"), 400, id="waitress-CVE-2019-16789-te-form-feed"),
+    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked\x0b"), 400,
+                 id="waitress-CVE-2019-16789-te-trailing-vertical-tab"),
+    pytest.param(chunked(b"0\r\n\r\n").replace(b"chunked", b"chunked\x0c"), 400,
+                 id="waitress-CVE-2019-16789-te-form-feed"),
     pytest.param(req(CHUNKED + CHUNKED, b"0\r\n\r\n"), 501, id="gunicorn-CVE-2024-1135-duplicate-te-headers"),
     pytest.param(req(CHUNKED + b"Transfer-Encoding: identity\r\n", b"0\r\n\r\n"), 501,
                  id="gunicorn-CVE-2024-1135-conflicting-te-headers"),
     # --- header syntax: whitespace, control bytes (RFC 9112 §5.1, RFC 9110 §5.5) ------------
     pytest.param(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, id="rfc9112-5.1-space-before-colon-host"),
-    pytest.param(req(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), 400, id="llhttp-CVE-2021-22959-space-before-colon-te"),
+    pytest.param(req(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), 400,
+                 id="llhttp-CVE-2021-22959-space-before-colon-te"),
     pytest.param(req(b"Content-Length\t: 3\r\n", b"abc"), 400, id="rfc9112-5.1-tab-before-colon-cl"),
     pytest.param(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400, id="rfc9112-5.2-fold-at-start-of-headers"),
     pytest.param(req(b"X-\x00: b\r\n", method=b"GET"), 400, id="rfc9110-5.5-nul-in-name"),
@@ -227,7 +216,8 @@ HEAD_VECTORS = [
     pytest.param(b"GET http://x/ HTTP/1.1\r\n\r\n", 400, id="rfc9112-3.2-absolute-form-still-needs-host"),
     # --- limits -----------------------------------------------------------------------------
     pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, id="rfc9112-3-target-over-8k-414"),
-    pytest.param(req(b"".join(b"X-%d: 1\r\n" % i for i in range(101)), method=b"GET"), 431, id="rfc6585-5-too-many-fields"),
+    pytest.param(req(b"".join(b"X-%d: 1\r\n" % i for i in range(101)), method=b"GET"), 431,
+                 id="rfc6585-5-too-many-fields"),
     pytest.param(req(b"X-Big: " + b"a" * 40000 + b"\r\n", method=b"GET"), 431, id="rfc6585-5-head-over-32k"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"b" * 70000, 431, id="rfc6585-5-unterminated-head-over-32k"),
     # --- gaps: the server accepts these today --------------------------------------------
@@ -254,13 +244,16 @@ HEAD_VECTORS = [
     pytest.param(b"GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="rfc9112-3.2.2-absolute-form-not-http"),
     pytest.param(b"GET /x#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="rfc9112-3.2.1-fragment-in-target"),
     pytest.param(b"GET http://evil@a/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="rfc9110-4.2.4-userinfo-in-absolute-form"),
-    pytest.param(b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, id="rfc9112-3-target-over-32k-in-one-read-414",
+    pytest.param(b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414,
+                 id="rfc9112-3-target-over-32k-in-one-read-414",
                  ),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("raw, status", HEAD_VECTORS)
-async def test_malformed_head_is_rejected_once_and_closed(raw: bytes, status: int, caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+async def test_malformed_head_is_rejected_once_and_closed(
+    raw: bytes, status: int, caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
     app = Seen()
     data, closed = await exchange(raw, app=app)
     assert_rejected(data, closed, status)
@@ -277,7 +270,9 @@ BYTE_BY_BYTE = [p for p in HEAD_VECTORS if _short_and_passing(p)][::4]
 
 
 @pytest.mark.parametrize("raw, status", BYTE_BY_BYTE)
-async def test_malformed_head_sent_byte_by_byte_is_rejected_the_same(raw: bytes, status: int, autojump_clock: Any) -> None:
+async def test_malformed_head_sent_byte_by_byte_is_rejected_the_same(
+    raw: bytes, status: int, autojump_clock: Any
+) -> None:
     """Splitting at every byte changes which code path sees the problem (h11's incremental
     parser, our size checks on the partial buffer); the answer must not change."""
     data, closed = await exchange([raw[i : i + 1] for i in range(len(raw))])
@@ -286,7 +281,9 @@ async def test_malformed_head_sent_byte_by_byte_is_rejected_the_same(raw: bytes,
 
 # ------------------------------------------------------------- chunked bodies (RFC 9112 §7.1)
 
-STRICT_CHUNK_EXT = "server gap (h11 accepts any byte but LF in a chunk extension): see /tmp/hardening-patches/strict-chunk-ext.diff"
+STRICT_CHUNK_EXT = (
+    "server gap (h11 accepts any byte but LF in a chunk extension): see /tmp/hardening-patches/strict-chunk-ext.diff"
+)
 
 BODY_VECTORS = [
     pytest.param(b"fffffffffffffffffffff\r\nx\r\n0\r\n\r\n", 400, id="puma-CVE-2022-24790-chunk-size-overflow"),
@@ -306,7 +303,8 @@ BODY_VECTORS = [
     pytest.param(b"1;a\nb\r\nx\r\n0\r\n\r\n", 400, id="protocol-http1-CVE-2023-38697-lf-in-chunk-ext"),
     pytest.param(b'1;a="b\r\nc"\r\nx\r\n0\r\n\r\n', 400, id="rfc9112-7.1.1-crlf-in-quoted-chunk-ext"),
     pytest.param(b"1;" + b"a" * 100_000 + b"\r\nx\r\n0\r\n\r\n", 431, id="puma-CVE-2024-21647-100k-chunk-ext"),
-    pytest.param(b"1\r\nx\r\n0\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="puma-CVE-2023-40175-request-line-as-trailer"),
+    pytest.param(b"1\r\nx\r\n0\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+                 id="puma-CVE-2023-40175-request-line-as-trailer"),
     pytest.param(b"1\r\nx\r\n0\r\nX y\r\n\r\n", 400, id="rfc9112-7.1.2-malformed-trailer"),
     pytest.param(b"1\r\nx\r\n0\r\r\n\r\n", 400, id="rfc9112-2.2-bare-cr-after-last-chunk"),
     # gaps: h11's chunk-ext pattern is ";.*" — any byte but LF
@@ -317,7 +315,9 @@ BODY_VECTORS = [
 
 
 @pytest.mark.parametrize("body, status", BODY_VECTORS)
-async def test_malformed_chunked_body_is_rejected_once_and_closed(body: bytes, status: int, caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+async def test_malformed_chunked_body_is_rejected_once_and_closed(
+    body: bytes, status: int, caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
     """The app reads ``rack.input``, gets ``BrokenResourceError``, lets it escape; the client
     gets one error response and a closed connection; the bytes after the bad chunk are never
     parsed as a request."""
@@ -381,33 +381,42 @@ async def test_malformed_chunk_read_by_a_streaming_body_is_logged_as_the_clients
 ACCEPTED = [
     pytest.param(req(b"Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"), b"hello",
                  id="waitress-CVE-2019-16792-identical-duplicate-cl-is-one-length"),
-    pytest.param(req(b"Content-Length: 5, 5\r\n", b"hello"), b"hello", id="rfc9110-8.6-identical-cl-list-may-be-accepted"),
+    pytest.param(req(b"Content-Length: 5, 5\r\n", b"hello"), b"hello",
+                 id="rfc9110-8.6-identical-cl-list-may-be-accepted"),
     pytest.param(req(b"Content-Length:  5 \r\n", b"hello"), b"hello", id="rfc9112-5-ows-around-cl-value"),
-    pytest.param(req(b"Transfer-Encoding:  chunked \r\n", b"5\r\nhello\r\n0\r\n\r\n"), b"hello", id="rfc9112-5-ows-around-te-value"),
-    pytest.param(req(b"Transfer-Encoding: CHUNKED\r\n", b"5\r\nhello\r\n0\r\n\r\n"), b"hello", id="rfc9112-7-coding-names-case-insensitive"),
-    pytest.param(chunked(b"5;name=value;q=\"quoted\"\r\nhello\r\n0\r\n\r\n"), b"hello", id="rfc9112-7.1.1-valid-chunk-ext-ignored"),
+    pytest.param(req(b"Transfer-Encoding:  chunked \r\n", b"5\r\nhello\r\n0\r\n\r\n"), b"hello",
+                 id="rfc9112-5-ows-around-te-value"),
+    pytest.param(req(b"Transfer-Encoding: CHUNKED\r\n", b"5\r\nhello\r\n0\r\n\r\n"), b"hello",
+                 id="rfc9112-7-coding-names-case-insensitive"),
+    pytest.param(chunked(b"5;name=value;q=\"quoted\"\r\nhello\r\n0\r\n\r\n"), b"hello",
+                 id="rfc9112-7.1.1-valid-chunk-ext-ignored"),
     pytest.param(chunked(b"005\r\nhello\r\n0000\r\n\r\n"), b"hello", id="rfc9112-7.1-leading-zeros-in-chunk-size"),
     pytest.param(chunked(b"5\r\nhello\r\n0\r\nX-Trailer: v\r\n\r\n"), b"hello", id="rfc9112-7.1.2-trailer-discarded"),
-    pytest.param(chunked(b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n"), b"hello", id="rfc9110-6.5.1-cl-in-trailer-ignored"),
+    pytest.param(chunked(b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n"), b"hello",
+                 id="rfc9110-6.5.1-cl-in-trailer-ignored"),
     pytest.param(chunked(b"5 \r\nhello\r\n0\r\n\r\n"), b"hello", id="h11-leniency-whitespace-after-chunk-size"),
     pytest.param(req(b"X-A: \x80\xff\r\n", method=b"GET"), b"", id="rfc9110-5.5-obs-text-in-value"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("raw, body", ACCEPTED)
-async def test_vectors_rfc9112_allows_are_served_with_one_framing(raw: bytes, body: bytes, caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+async def test_vectors_rfc9112_allows_are_served_with_one_framing(
+    raw: bytes, body: bytes, caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
     """Each is answered once; the body the app saw is exactly the intended one (so no byte of
     it can have been taken for a second request), and the connection stays usable."""
     app = Seen()
     follow_up = b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     data, closed = await exchange(raw + follow_up, app=app)
-    assert [s for s, _, _ in split_responses(data)] == [200, 200]
+    assert statuses(data) == [200, 200]
     assert [c["body"] for c in app.calls] == [body, b""]
     assert app.calls[1]["path"] == "/next" and closed
     assert_no_error_logs(caplog)
 
 
-async def test_http_1_0_with_transfer_encoding_is_closed_after_the_response(caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+async def test_http_1_0_with_transfer_encoding_is_closed_after_the_response(
+    caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
     """RFC 9112 §6.1: TE in an HTTP/1.0 request means faulty framing: close after processing,
     even if the client asked for keep-alive."""
     app = Seen()
@@ -416,7 +425,7 @@ async def test_http_1_0_with_transfer_encoding_is_closed_after_the_response(capl
         b"1\r\nx\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         app=app,
     )
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert [c["path"] for c in app.calls] == ["/"]
     assert_no_error_logs(caplog)
 
@@ -433,7 +442,7 @@ async def test_lower_case_method_is_passed_to_the_app_verbatim(autojump_clock: A
 
     data, _ = await exchange([b"head / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"], app=app)
     assert seen == ["head"]
-    assert split_responses(data)[0][2] == b"no"  # a body: "head" is not HEAD
+    assert parse_responses(data)[0].body == b"no"  # a body: "head" is not HEAD
 
 
 # ---------------------------------------------------- absolute-form targets (RFC 9112 §3.2.2)
@@ -452,7 +461,9 @@ async def test_lower_case_method_is_passed_to_the_app_verbatim(autojump_clock: A
         ),
     ],
 )  # fmt: skip
-async def test_absolute_form_targets_are_answered_not_404(target: bytes, path: str, query: str, host: str, autojump_clock: Any) -> None:
+async def test_absolute_form_targets_are_answered_not_404(
+    target: bytes, path: str, query: str, host: str, autojump_clock: Any
+) -> None:
     """The h11-based peers answer ``GET http://host/path`` with 404 (trio-rack issue 3): the
     app must see the path, and the target's authority as the host (RFC 9112 §3.2.2)."""
     seen: list[dict[str, Any]] = []
@@ -462,12 +473,14 @@ async def test_absolute_form_targets_are_answered_not_404(target: bytes, path: s
         return 200, {}, [b"ok"]
 
     data, closed = await exchange(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n", app=app)
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     (env,) = seen
     assert (env["PATH_INFO"], env["QUERY_STRING"], env["HTTP_HOST"]) == (path, query, host)
 
 
-async def test_connect_answered_2xx_without_hijack_gets_one_response_and_no_traceback(caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+async def test_connect_answered_2xx_without_hijack_gets_one_response_and_no_traceback(
+    caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
     """hypercorn #277 / RFC 9110 §9.3.6: a 2xx to CONNECT means "tunnel established"; h11 then
     refuses any body.  A catch-all app answering CONNECT with ``200 [b"..."]`` currently gets a
     traceback logged at ERROR and the client gets NOTHING (the head was built, the body
@@ -478,8 +491,8 @@ async def test_connect_answered_2xx_without_hijack_gets_one_response_and_no_trac
         return 200, {"content-type": "text/plain"}, [b"catch-all"]
 
     data, closed = await exchange(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n", app=app)
-    responses = split_responses(data)
-    assert len(responses) == 1 and responses[0][0] >= 400 and closed
+    responses = parse_responses(data)
+    assert len(responses) == 1 and responses[0].status >= 400 and closed
     # an app contract breach may be logged (one line), but without a traceback
     assert not [r for r in caplog.records if r.name.startswith("trio_rack") and r.exc_info]
 
@@ -488,8 +501,10 @@ async def test_connect_answered_with_an_error_is_one_response(autojump_clock: An
     async def app(env: dict[str, Any]) -> Any:
         return 405, {"allow": "GET"}, [b"no tunnels here"]
 
-    data, _ = await exchange(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\nConnection: close\r\n\r\n", app=app)
-    assert [s for s, _, _ in split_responses(data)] == [405]
+    data, _ = await exchange(
+        b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\nConnection: close\r\n\r\n", app=app
+    )
+    assert statuses(data) == [405]
 
 
 # ------------------------------------------------- bytes after "Connection: close" (issue 3)
@@ -499,13 +514,17 @@ AFTER_CLOSE = [
     pytest.param(b"GARBAGE\r\n\r\n", id="garbage-request"),
     pytest.param(b"\x00\xff" * 1000, id="binary-junk"),
     pytest.param(b"x" * 300_000, id="300k-of-junk"),
-    pytest.param(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", id="smuggling-attempt"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", id="smuggling-attempt"
+    ),
 ]
 
 
 @pytest.mark.parametrize("extra", AFTER_CLOSE)
 @pytest.mark.parametrize("when", ["with-the-request", "while-the-app-runs", "after-the-response"])
-async def test_bytes_after_connection_close_get_no_second_response(extra: bytes, when: str, caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+async def test_bytes_after_connection_close_get_no_second_response(
+    extra: bytes, when: str, caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
     """The Trio-based peer dies — every later connection refused — when a client sends more
     bytes after a ``Connection: close`` request: its error response raced the app's response
     on one stream (``BusyResourceError``).  Here: one response, the connection closed, and the
@@ -542,18 +561,18 @@ async def test_bytes_after_connection_close_get_no_second_response(extra: bytes,
         with trio.fail_after(30):
             while chunk := await client.stream.receive_some(65536):
                 data += chunk
-    assert [s for s, _, _ in split_responses(data)] == [200]
+    assert statuses(data) == [200]
     assert calls == ["/slow"]
     # the same server state serves the next connection
     data, closed = await exchange(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", state=state)
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert_no_error_logs(caplog)
 
 
 async def test_http_1_0_request_followed_by_another_gets_one_response(autojump_clock: Any) -> None:
     app = Seen()
     data, closed = await exchange(b"GET / HTTP/1.0\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n", app=app)
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert [c["path"] for c in app.calls] == ["/"]
 
 
@@ -562,18 +581,15 @@ async def test_body_of_a_closing_request_is_never_parsed_as_a_request(autojump_c
     app = Seen()
     smuggled = b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
     data, closed = await exchange(
-        req(b"Content-Length: %d\r\nConnection: close\r\n" % len(smuggled), smuggled) + b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+        req(b"Content-Length: %d\r\nConnection: close\r\n" % len(smuggled), smuggled)
+        + b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
         app=app,
     )
-    assert [s for s, _, _ in split_responses(data)] == [200] and closed
+    assert statuses(data) == [200] and closed
     assert app.calls == [{"path": "/", "body": smuggled, "host": "a"}]
 
 
 # ------------------------------------------------------------ Expect (RFC 9110 §10.1.1)
-
-
-def statuses(data: bytes) -> list[int]:
-    return [s for s, _, _ in split_responses(data)]
 
 
 async def test_expect_100_continue_from_http_1_0_is_ignored(autojump_clock: Any) -> None:
@@ -584,9 +600,7 @@ async def test_expect_100_continue_from_http_1_0_is_ignored(autojump_clock: Any)
 
 @pytest.mark.parametrize("expect", [b"100-continue", b"100-Continue"])
 async def test_expect_100_continue_is_case_insensitive_and_answered_once(expect: bytes, autojump_clock: Any) -> None:
-    data, _ = await exchange(
-        [req(b"Expect: " + expect + b"\r\nContent-Length: 2\r\nConnection: close\r\n"), b"ab"]
-    )
+    data, _ = await exchange([req(b"Expect: " + expect + b"\r\nContent-Length: 2\r\nConnection: close\r\n"), b"ab"])
     assert statuses(data) == [100, 200]
 
 

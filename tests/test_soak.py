@@ -24,16 +24,16 @@ from typing import Any
 
 import pytest
 import trio
+
 from e2e_support import (
     TLSFiles,
     fd_count,
-    make_tls_files,
     open_client,
     read_until,
     read_until_eof,
     start_server,
+    wait_until,
 )
-
 from trio_rack import Bind, Limits
 
 pytestmark = pytest.mark.slow
@@ -191,19 +191,13 @@ MIX: list[tuple[Scenario, int, bool]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
 def tasks_living() -> int:
     return trio.lowlevel.current_statistics().tasks_living
 
 
 async def back_to(fds: int, tasks: int, *, within: float) -> None:
     with trio.move_on_after(within):
-        while fd_count() != fds or tasks_living() != tasks:
-            await trio.sleep(0.02)
+        await wait_until(lambda: fd_count() == fds and tasks_living() == tasks)
     assert (fd_count(), tasks_living()) == (fds, tasks), "fds/tasks did not return to baseline"
 
 

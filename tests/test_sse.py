@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+
 from cdp import chromium_available, launch_chromium
 from e2e_support import (
     curl,
@@ -19,7 +20,6 @@ from e2e_support import (
     read_until_eof,
     start_server,
 )
-
 from trio_rack import Limits, sse
 
 # --------------------------------------------------------------------------- the parser

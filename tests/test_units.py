@@ -6,10 +6,10 @@ import h11
 import pytest
 
 from trio_rack.app.accesslog import escape
-from trio_rack.config import Bind, ConfigError, Limits, parse_bind
 from trio_rack.app.env import ConnInfo, build_env
-from trio_rack.http1.strict import request_head
 from trio_rack.app.response import AppError, BodyKind, prepare_response
+from trio_rack.config import Bind, ConfigError, Limits, parse_bind
+from trio_rack.http1.strict import request_head
 from trio_rack.http1.wire import serialize_head
 
 

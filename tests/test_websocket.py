@@ -28,7 +28,7 @@ from e2e_support import (
     client_ssl_context,
     fd_count,
     load_example,
-    make_tls_files,
+    next_frame,
     open_client,
     read_until,
     split_head,
@@ -39,11 +39,6 @@ from trio_rack.websocket import HandshakeError, WebSocket
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 §1.3's example
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 class Recorder:
@@ -128,16 +123,7 @@ class RawClient:
 
     async def next_frame(self) -> Frame | None:
         """The next frame, or None at EOF."""
-        while True:
-            for frame in self.codec.received_frames():
-                return frame
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                return None
-            self.codec.receive_bytes(data)
+        return await next_frame(self.stream, self.codec)
 
 
 async def raw_connect(bind: Any, tls: TLSFiles | None) -> RawClient:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import runpy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ import trio
 import trio.testing
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
-from e2e_support import load_example, read_until, split_head
+from e2e_support import EXAMPLES, load_example, next_frame, read_until, split_head
 from trio_rack import websocket
 from trio_rack.testing import memory_connection
 
@@ -36,7 +35,6 @@ UPGRADE = (
     "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
 ).encode()
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLOSE_TIMEOUT = 10.0  # long, so that waiting for it cannot pass for closing at once
 
 
@@ -59,16 +57,7 @@ class Peer:
 
     async def next_frame(self) -> Frame | None:
         """The next frame, or None at EOF (the server closed, or half-closed, its side)."""
-        while True:
-            for frame in self.codec.received_frames():
-                return frame
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                return None
-            self.codec.receive_bytes(data)
+        return await next_frame(self.stream, self.codec)
 
     async def frames_until_eof(self) -> list[Frame]:
         frames = []

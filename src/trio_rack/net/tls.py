@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import ssl
 import types
@@ -39,6 +38,7 @@ from typing import Any
 import h11
 import trio
 
+from ..authority import SAFE_HOST_RE
 from ..config import ConfigError, TLSConfig
 from ..state import SERVER_HEADER, date_header
 
@@ -47,8 +47,6 @@ __all__ = ["make_server_context", "accept_tls", "tls_info"]
 log = logging.getLogger("trio_rack.error")
 
 TLS_HANDSHAKE_RECORD = 0x16
-#: A Host header we are willing to echo back in the redirect hint: name or [v6] and a port.
-_HOST_RE = re.compile(rb"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -244,7 +242,7 @@ async def _answer_plain_http(stream: trio.SocketStream, https_url: str) -> None:
                 if not target.startswith("/"):
                     target = "/"
                 for name, value in event.headers:
-                    if name == b"host" and _HOST_RE.fullmatch(value):
+                    if name == b"host" and SAFE_HOST_RE.fullmatch(value):
                         https_url = "https://" + value.decode("ascii")
             break
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
