@@ -81,6 +81,8 @@ _DOWN: dict[str, set[int]] = {}
 FIRST_BACKOFF = 0.05
 #: The ``rediss://`` query parameters read here (coredis' names); any other ``ssl_*`` is a typo.
 TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "ssl_cert_reqs")
+#: PINGs at most at connect to see a TLS 1.3 refusal through the reset race (see _check_tls).
+_TLS_CHECKS = 8
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: not a CA problem.
 _NAME_MISMATCH = (62, 64)
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
@@ -408,15 +410,43 @@ async def open_bus(
 
 
 async def _check_tls(client: Any, limit: float) -> ssl.SSLError | None:
-    """One PING over a pooled connection: the TLS error if the server refused the session.
+    """A PING over a pooled connection: the TLS error if the server refused the session.
 
     Needed beside the listener's first attempt because with TLS 1.3 a server that wants a client
-    certificate says so only after the handshake, at the first read.  Any other failure (Redis
-    down) is left to the listener, which treats it as an outage.  (So a ``rediss://`` host that
-    drops packets delays ``connect`` by up to twice ``command_timeout``: this, then the listener.)"""
-    try:
-        with trio.move_on_after(limit):
-            await client.ping()
-    except Exception as exc:  # noqa: BLE001 - only a TLS failure is of interest here (and groups of Exceptions)
-        return tls_failure(exc)
+    certificate says so only after the handshake, in an alert that races our first write: about
+    half the time the write meets the server's close first and the alert is lost to a reset.
+    So a connection that was made and then lost at once is tried again, up to
+    ``_TLS_CHECKS`` times (milliseconds each; a server that is really going away refuses the
+    next connection outright, which ends the checks).  Any other failure (Redis down) is left
+    to the listener, which treats it as an outage.  (So a ``rediss://`` host that drops packets
+    delays ``connect`` by up to twice ``command_timeout``: this, then the listener.)"""
+    with trio.move_on_after(limit):
+        for _ in range(_TLS_CHECKS):
+            try:
+                await client.ping()
+            except Exception as exc:  # noqa: BLE001 - only a TLS failure is of interest here (and groups of Exceptions)
+                refused = tls_failure(exc)
+                if refused is not None or not _lost_after_connecting(exc):
+                    return refused
+            else:
+                return None
     return None
+
+
+def _lost_after_connecting(exc: BaseException) -> bool:
+    """coredis' "connection lost" (made, then reset or closed), not "unable to connect"."""
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, trio.BrokenResourceError | ConnectionResetError | BrokenPipeError):
+            return True
+        if type(err).__name__ in ("BrokenResourceError", "EndOfStream"):  # anyio's own
+            return True
+        if isinstance(err, BaseExceptionGroup):
+            todo.extend(err.exceptions)
+        todo += [err.__cause__, err.__context__]
+    return False
