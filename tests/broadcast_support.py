@@ -12,10 +12,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trustme
 
 from e2e_support import free_port
 
@@ -31,9 +33,19 @@ REDIS_SERVER = shutil.which("redis-server") or shutil.which("valkey-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)")
 
 
-def _ping(port: int) -> bool:
+@contextlib.contextmanager
+def _connect(port: int, tls: ssl.SSLContext | None, timeout: float) -> Iterator[socket.socket]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        if tls is None:
+            yield raw
+        else:
+            with tls.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped:
+                yield wrapped
+
+
+def _ping(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with _connect(port, tls, 0.5) as s:
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
@@ -41,24 +53,49 @@ def _ping(port: int) -> bool:
 
 
 class RedisServer:
-    """One redis-server process; ``stop()`` and ``start()`` again keep the same port."""
+    """One redis-server process; ``stop()`` and ``start()`` again keep the same port.
 
-    def __init__(self, directory: Path) -> None:
+    With ``tls`` (a trustme CA), it speaks TLS only (``--port 0 --tls-port PORT``) with a
+    certificate for 127.0.0.1 issued by that CA, and ``url`` is ``rediss://…?ssl_ca_certs=…``.
+    Clients are asked for a certificate by that CA only with ``auth_clients``
+    (``--tls-auth-clients yes``; the helper's own probes then present one).
+    """
+
+    def __init__(
+        self, directory: Path, *, tls: trustme.CA | None = None, port: int | None = None, auth_clients: bool = False
+    ) -> None:
         assert REDIS_SERVER is not None
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tls_args: list[str] = []
+        self._client_tls: ssl.SSLContext | None = None
+        if tls is not None:
+            cert = tls.issue_cert("127.0.0.1")
+            ca_pem, cert_pem, key_pem = (directory / n for n in ("redis-ca.pem", "redis-cert.pem", "redis-key.pem"))
+            tls.cert_pem.write_to_path(str(ca_pem))
+            cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+            cert.private_key_pem.write_to_path(str(key_pem))
+            self.ca_path = ca_pem
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={ca_pem}"
+            self._tls_args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert_pem),
+                              "--tls-key-file", str(key_pem), "--tls-ca-cert-file", str(ca_pem),
+                              "--tls-auth-clients", "yes" if auth_clients else "no"]
+            self._client_tls = ssl.create_default_context(cafile=str(ca_pem))
+            if auth_clients:
+                tls.issue_cert("probe@test").configure_cert(self._client_tls)
 
     def start(self) -> None:
         assert self.proc is None
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - handed to the child
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+                *self._tls_args]  # (a later --port 0 wins: TLS only)
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + 10
-        while not _ping(self.port):
+        while not _ping(self.port, self._client_tls):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start: {(self.directory / 'redis.log').read_text()[-800:]}")
             time.sleep(0.02)
@@ -72,7 +109,7 @@ class RedisServer:
 
     def client_count(self) -> int:
         """``CLIENT LIST`` line count, minus the asking connection itself."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+        with _connect(self.port, self._client_tls, 2) as s:
             s.sendall(b"CLIENT LIST\r\n")
             data = b""
             while True:

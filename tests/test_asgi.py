@@ -138,6 +138,11 @@ async def test_http_scope_has_every_required_key_with_the_right_types() -> None:
     assert isinstance(seen["extensions"]["trio_rack.shutdown"], trio.Event)
 
 
+def client_options(protocol: str) -> dict[str, Any]:
+    """httpx over HTTP/1.1, or HTTP/2 with prior knowledge on the same plain port."""
+    return {"http1": False, "http2": True} if protocol == "http2" else {}
+
+
 async def test_http_1_0_scope_version() -> None:
     seen: dict[str, Any] = {}
 
@@ -224,7 +229,7 @@ async def test_chunked_request_body_arrives_with_more_body_then_the_end() -> Non
     assert messages[-1]["more_body"] is False and messages[0]["more_body"] is True
 
 
-async def test_disconnect_after_the_response_and_in_a_cancelled_scope() -> None:
+async def test_disconnect_after_the_response_and_in_a_cancelled_scope(protocol: str) -> None:
     """Background work after the response gets http.disconnect; so does a receive() made
     inside an already-cancelled scope (Starlette's request.is_disconnected())."""
     got: list[Any] = []
@@ -241,7 +246,7 @@ async def test_disconnect_after_the_response_and_in_a_cancelled_scope() -> None:
         done.set()
 
     async with serving(app) as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             response = await client.get(url + "/")
             with trio.fail_after(5):
                 await done.wait()
@@ -252,7 +257,7 @@ async def test_disconnect_after_the_response_and_in_a_cancelled_scope() -> None:
 # -------------------------------------------------------------------------------- errors
 
 
-async def test_app_raising_before_start_gets_500_and_the_server_keeps_serving(caplog: Any) -> None:
+async def test_app_raising_before_start_gets_500_and_the_server_keeps_serving(caplog: Any, protocol: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["path"] == "/boom":
             raise ValueError("kaboom")
@@ -260,7 +265,7 @@ async def test_app_raising_before_start_gets_500_and_the_server_keeps_serving(ca
         await send({"type": "http.response.body", "body": b"fine"})
 
     async with serving(app) as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             bad = await client.get(url + "/boom")
             good = await client.get(url + "/")
     assert bad.status_code == 500
@@ -282,12 +287,12 @@ async def test_app_raising_after_start_aborts_the_response_visibly() -> None:
     assert not data.endswith(b"0\r\n\r\n")  # no terminating chunk: the client sees the abort
 
 
-async def test_app_returning_without_a_response_gets_500(caplog: Any) -> None:
+async def test_app_returning_without_a_response_gets_500(caplog: Any, protocol: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
 
     async with serving(app) as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.status_code == 500
     assert "without sending 'http.response.start'" in caplog.text
@@ -305,19 +310,21 @@ async def test_app_returning_without_a_response_gets_500(caplog: Any) -> None:
     ],
     ids=["body-first", "start-twice", "typo"],
 )
-async def test_messages_out_of_order_are_named(messages: list[dict[str, Any]], named: str, caplog: Any) -> None:
+async def test_messages_out_of_order_are_named(
+    messages: list[dict[str, Any]], named: str, caplog: Any, protocol: str
+) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         for message in messages:
             await send(message)
 
     async with serving(app) as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.status_code == 500
     assert named in caplog.text
 
 
-async def test_asyncio_only_app_fails_with_one_line_saying_so(caplog: Any) -> None:
+async def test_asyncio_only_app_fails_with_one_line_saying_so(caplog: Any, protocol: str) -> None:
     import asyncio
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -325,7 +332,7 @@ async def test_asyncio_only_app_fails_with_one_line_saying_so(caplog: Any) -> No
 
     caplog.set_level(logging.INFO, logger="trio_rack")
     async with serving(app) as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.status_code == 500
     records = [r for r in caplog.records if "asyncio" in r.getMessage()]
@@ -379,7 +386,7 @@ async def test_trio_rack_hijack_gives_the_raw_connection_with_buffered_bytes() -
     assert data == b"HTTP/1.1 200 Connection Established\r\n\r\necho:EARLY"
 
 
-async def test_pathsend_serves_a_file(tmp_path: Path) -> None:
+async def test_pathsend_serves_a_file(tmp_path: Path, protocol: str) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(range(256)) * 4000)
 
@@ -389,7 +396,7 @@ async def test_pathsend_serves_a_file(tmp_path: Path) -> None:
         await send({"type": "http.response.pathsend", "path": str(path)})
 
     async with serving(app) as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.content == path.read_bytes()
 
@@ -445,12 +452,12 @@ def _lifespan_app(events: list[str], *, fail: bool = False) -> Any:
     return app
 
 
-async def test_lifespan_startup_state_and_shutdown_after_the_drain() -> None:
+async def test_lifespan_startup_state_and_shutdown_after_the_drain(protocol: str) -> None:
     events: list[str] = []
     shutdown = trio.Event()
     async with serving(_lifespan_app(events), shutdown_trigger=shutdown, lifespan="auto") as url:
         assert events == ["startup"]
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             first = await client.get(url + "/")
             second = await client.get(url + "/")
         shutdown.set()
@@ -467,7 +474,7 @@ async def test_lifespan_startup_failure_stops_before_listening() -> None:
     assert any(isinstance(e, LifespanFailure) and "no database" in str(e) for e in leaves)
 
 
-async def test_lifespan_auto_serves_an_app_that_refuses_it(caplog: Any) -> None:
+async def test_lifespan_auto_serves_an_app_that_refuses_it(caplog: Any, protocol: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"unsupported scope {scope['type']}")
@@ -476,7 +483,7 @@ async def test_lifespan_auto_serves_an_app_that_refuses_it(caplog: Any) -> None:
 
     caplog.set_level(logging.INFO, logger="trio_rack")
     async with serving(app, lifespan="auto") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**client_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.text == "no lifespan"
     assert "does not support lifespan" in caplog.text
@@ -515,3 +522,22 @@ async def test_send_after_the_client_left_raises_oserror() -> None:
         await stream.aclose()
         await eventually(lambda: raised)
     assert isinstance(raised[0], OSError)
+
+
+async def test_http2_scope_says_http_version_2_and_offers_no_raw_connection() -> None:
+    """Over HTTP/2 (prior knowledge), ``http_version`` is exactly "2", and ``trio_rack.hijack``
+    (the raw connection) is absent: a multiplexed connection cannot be handed over."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"over h2"})
+
+    async with serving(app) as url:
+        async with httpx.AsyncClient(**client_options("http2")) as client:
+            response = await client.get(url + "/x?y=1")
+    assert response.http_version == "HTTP/2" and response.text == "over h2"
+    assert seen["http_version"] == "2"
+    assert seen["path"] == "/x" and seen["query_string"] == b"y=1"
+    assert "trio_rack.hijack" not in seen.get("extensions", {})

@@ -222,3 +222,15 @@ async def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImportError, match=r"trio-rack\[redis\]"):
         async with broadcast.connect("redis://127.0.0.1:1/0"):
             pass
+
+
+async def test_unavailable_leaves_the_bus_as_itself_not_as_a_group() -> None:
+    """The bus's nursery would wrap what the block raises in an ExceptionGroup; ``connect`` hands
+    it back as raised, so ``except broadcast.Unavailable`` around the whole block works."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with trio.fail_after(10), pytest.raises(broadcast.Unavailable, match="unreachable"):
+        async with broadcast.connect(url, command_timeout=1) as bus:
+            await bus.publish("c", "x")
+    with pytest.raises(KeyError):  # any exception of the block, likewise
+        async with broadcast.connect(url, command_timeout=1):
+            raise KeyError("mine")

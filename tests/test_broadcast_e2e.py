@@ -117,6 +117,20 @@ async def test_two_servers_chat_through_redis(redis_server: RedisServer, tmp_pat
     assert "Traceback" not in logs and "ERROR" not in logs, logs[-3000:]
 
 
+async def test_two_servers_chat_through_redis_over_tls(tls_redis_server: RedisServer, tmp_path: Path) -> None:
+    """The same through a TLS-only redis-server: ``TRIO_RACK_BROADCAST=rediss://…?ssl_ca_certs=…``
+    is all the chat needs."""
+    url = tls_redis_server.url
+    assert url.startswith("rediss://")
+    async with serving(CHAT, tmp_path, bus_url=url) as a, serving(CHAT, tmp_path, bus_url=url) as b:
+        out = await run_client(PAIR, a.url, b.url)
+        logs = a.log() + b.log()
+    assert out["alice_saw_join"] == "bob"
+    assert out["bob_got"]["nick"] == "alice" and out["bob_got"]["text"] == "hi bob ✓"
+    assert out["alice_got"]["nick"] == "bob" and out["alice_got"]["text"] == "hi alice"
+    assert "Traceback" not in logs and "ERROR" not in logs and "lost Redis" not in logs, logs[-3000:]
+
+
 async def test_same_servers_without_redis_do_not_see_each_other(tmp_path: Path) -> None:
     """The failure the issue started from, kept as a fact: memory:// is one process."""
     script = CLIENT_PRELUDE + r'''

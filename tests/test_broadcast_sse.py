@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from broadcast_support import SSEClient
-from e2e_support import curl, load_example, start_server
+from e2e_support import curl, free_port, load_example, start_server
 from trio_rack import broadcast, sse
 
 
@@ -101,3 +101,12 @@ async def test_feed_example_publish_and_refusals() -> None:
             head = (await curl("-sS", "-I", base)).response()
             assert head[0] == 200 and head[1]["content-type"][0].startswith("text/event-stream")
             nursery.cancel_scope.cancel()
+
+
+async def test_history_on_an_unreachable_redis_raises_unavailable_itself() -> None:
+    """``History(url=...)`` opens a bus per call; its documented ``Unavailable`` (the feed
+    example's 503) must arrive as itself, not inside the bus's ExceptionGroup.  (No server
+    needed: nothing listens on the port.)"""
+    history = sse.History("feed", url=f"redis://127.0.0.1:{free_port()}/0")
+    with trio.fail_after(15), pytest.raises(broadcast.Unavailable, match="unreachable"):
+        await history.publish("lost")

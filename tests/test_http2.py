@@ -29,7 +29,7 @@ from hyperframe.frame import (
 from h2_support import FrameReader, encode_request_headers, goaway_of, headers_frame
 from trio_rack import Limits
 from trio_rack.state import ServerState
-from trio_rack.testing_h2 import H2MemoryClient, memory_h2_connection
+from trio_rack.testing.h2 import H2MemoryClient, memory_h2_connection
 
 
 async def hello(env: dict[str, Any]) -> Any:
@@ -742,3 +742,18 @@ async def test_websocket_over_extended_connect_rfc_8441() -> None:
         closing = list(frames.received_frames())
         assert closing and closing[0].opcode == Opcode.CLOSE
         assert result.ended and result.reset is None  # the tunnel ended with END_STREAM
+
+
+async def test_a_file_body_is_sent_as_data_frames(tmp_path: Any) -> None:
+    """FileBody on HTTP/2: no sendfile (the sink declines), the exchange reads it in slices."""
+    from trio_rack import FileBody
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 1000)
+
+    async def ranged(env: Any) -> Any:
+        return 200, {}, FileBody(path, offset=10, length=5)
+
+    async with memory_h2_connection(ranged) as client:
+        response = await client.request("GET", "/")
+    assert response.status == 200 and response.body == bytes(range(10, 15))

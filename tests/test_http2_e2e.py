@@ -22,7 +22,7 @@ import trio_rack
 from cdp import chromium_available, launch_chromium
 from e2e_support import EXAMPLES, TLSFiles, curl, fd_count, load_example, make_tls_files, read_until_eof
 from trio_rack import Bind, Limits
-from trio_rack.testing_h2 import H2MemoryClient
+from trio_rack.testing.h2 import H2MemoryClient
 
 NGHTTP = shutil.which("nghttp")
 needs_nghttp = pytest.mark.skipif(NGHTTP is None, reason="nghttp is not installed (apt-get install nghttp2-client)")

@@ -1,23 +1,75 @@
-"""The connection loop over in-memory streams: the app protocol, framing, hijack, timeouts."""
+"""The connection loop over in-memory streams: the app protocol, framing, hijack, timeouts.
+
+Every app here runs under :class:`trio_rack.lint.Lint` (the autouse fixture below), so a test
+also proves the server keeps its side of the spec; a test of an app that breaks the spec on
+purpose carries ``@pytest.mark.no_lint``.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 
 import pytest
 import trio
 import trio.testing
 
 from trio_rack import Limits
+from trio_rack.lint import LintError
 from trio_rack.testing import memory_connection, read_until_closed
+
+#: Lint rules a *server* breaks (its env, calling the app twice, not closing or re-reading a
+#: body): any of these logged fails the test.  The rules an app breaks show as the 500 the
+#: contract tests here expect of a broken app anyway.
+_SERVER_RULES = ("env.", "app.called-twice", "body.closed", "body.once")
+
+
+class _LintFailures(logging.Handler):
+    """Collects LintErrors of :data:`_SERVER_RULES` the server logged (under a server a broken rule is a 500)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None and not isinstance(exc, LintError):
+            exc = exc.__cause__ or exc.__context__
+        if exc is not None and exc.rule.startswith(_SERVER_RULES):
+            self.errors.append(exc)
+
+
+@pytest.fixture(autouse=True)
+def lint_every_app(request, monkeypatch):
+    """Run this module's apps under Lint (``memory_connection(..., lint=True)``), failing on any LintError."""
+    if request.node.get_closest_marker("no_lint"):
+        yield
+        return
+    monkeypatch.setattr(sys.modules[__name__], "memory_connection", functools.partial(memory_connection, lint=True))
+    handler = _LintFailures()
+    logger = logging.getLogger("trio_rack")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.errors, f"Lint: {handler.errors[0]}"
+
+
+def streamed(response, protocol):
+    """Streamed framing: chunked on HTTP/1.1; on HTTP/2, DATA frames with neither framing header."""
+    if protocol == "http1":
+        return response.header("transfer-encoding") == "chunked"
+    return response.header("transfer-encoding") is None and response.header("content-length") is None
 
 
 async def hello(env):
     return 200, {"content-type": "text/plain"}, [b"Hello, ", b"world!"]
 
 
-async def test_buffered_body_gets_content_length_date_and_server():
-    async with memory_connection(hello) as client:
+async def test_buffered_body_gets_content_length_date_and_server(protocol):
+    async with memory_connection(hello, protocol=protocol) as client:
         r = await client.request("GET", "/")
     assert r.status == 200
     assert r.body == b"Hello, world!"
@@ -27,14 +79,14 @@ async def test_buffered_body_gets_content_length_date_and_server():
     assert r.header("transfer-encoding") is None
 
 
-async def test_keep_alive_serves_several_requests_on_one_connection():
+async def test_keep_alive_serves_several_requests_on_one_connection(protocol):
     seen = []
 
     async def app(env):
         seen.append(env["PATH_INFO"])
         return 200, {}, [env["PATH_INFO"].encode()]
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         for path in ("/a", "/b", "/c"):
             r = await client.request("GET", path)
             assert r.body == path.encode()
@@ -56,14 +108,17 @@ async def test_pipelined_requests_are_answered_in_order():
     assert data.index(b"\r\n\r\n/1") < data.index(b"\r\n\r\n/2") < data.index(b"\r\n\r\n/3")
 
 
-async def test_env_has_cgi_keys_and_rack_keys():
+# no_lint: it inspects the env exactly as the server built it; Lint adds its own response_finished
+# callback (and rewraps rack.input / rack.hijack).
+@pytest.mark.no_lint
+async def test_env_has_cgi_keys_and_rack_keys(protocol):
     captured = {}
 
     async def app(env):
         captured.update(env)
         return 204, {}, []
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         await client.request(
             "POST",
             "/p%20ath?q=1&r=2",
@@ -81,7 +136,7 @@ async def test_env_has_cgi_keys_and_rack_keys():
     assert env["PATH_INFO"] == "/p%20ath"
     assert env["QUERY_STRING"] == "q=1&r=2"
     assert env["SCRIPT_NAME"] == ""
-    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["SERVER_PROTOCOL"] == ("HTTP/1.1" if protocol == "http1" else "HTTP/2")
     assert env["SERVER_NAME"] == "test" and env["SERVER_PORT"] == "80"
     assert env["REMOTE_ADDR"] == "127.0.0.1" and env["REMOTE_PORT"] == "12345"
     assert env["HTTP_X_THING"] == "a, b"
@@ -89,19 +144,23 @@ async def test_env_has_cgi_keys_and_rack_keys():
     assert env["CONTENT_TYPE"] == "text/x" and env["CONTENT_LENGTH"] == "3"
     assert "HTTP_CONTENT_TYPE" not in env
     assert env["rack.url_scheme"] == "http"
-    assert env["rack.hijack?"] is True and callable(env["rack.hijack"])
+    assert env["rack.hijack?"] is True
+    if protocol == "http1":
+        assert callable(env["rack.hijack"])
+    else:  # a multiplexed connection cannot be handed over: the capability is absent, not faked
+        assert "rack.hijack" not in env
     assert isinstance(env["rack.input"], trio.abc.ReceiveStream)
     assert env["rack.response_finished"] == []
 
 
-async def test_header_names_with_underscores_are_dropped():
+async def test_header_names_with_underscores_are_dropped(protocol):
     captured = {}
 
     async def app(env):
         captured.update(env)
         return 204, {}, []
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         await client.request("GET", "/", headers=[("x-auth_user", "evil"), ("x-auth-user", "good")])
     assert captured["HTTP_X_AUTH_USER"] == "good"
 
@@ -163,7 +222,7 @@ async def test_expect_100_continue_without_read_answers_and_closes():
     assert data.startswith(b"HTTP/1.1 413 ") and b"connection: close" in data.lower()
 
 
-async def test_sync_iterable_body_is_chunked():
+async def test_sync_iterable_body_is_chunked(protocol):
     def gen():
         yield b"a"
         yield b""
@@ -172,12 +231,12 @@ async def test_sync_iterable_body_is_chunked():
     async def app(env):
         return 200, {}, gen()
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
-    assert r.body == b"abc" and r.header("transfer-encoding") == "chunked"
+    assert r.body == b"abc" and streamed(r, protocol)
 
 
-async def test_async_iterable_body_is_chunked_and_closed():
+async def test_async_iterable_body_is_chunked_and_closed(protocol):
     closed = []
 
     class Body:
@@ -198,22 +257,22 @@ async def test_async_iterable_body_is_chunked_and_closed():
     async def app(env):
         return 200, {}, Body()
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
-    assert r.body == b"xy" and r.header("transfer-encoding") == "chunked"
+    assert r.body == b"xy" and streamed(r, protocol)
     assert closed == [True]
 
 
-async def test_empty_streamed_body_gets_content_length_zero():
+async def test_empty_streamed_body_gets_content_length_zero(protocol):
     async def app(env):
         return 200, {}, iter(())
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
     assert r.body == b"" and r.header("content-length") == "0"
 
 
-async def test_streaming_body_writes_reads_and_keeps_alive():
+async def test_streaming_body_writes_reads_and_keeps_alive(protocol):
     async def app(env):
         async def body(stream):
             data = b""
@@ -224,14 +283,15 @@ async def test_streaming_body_writes_reads_and_keeps_alive():
 
         return 200, {}, body
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("POST", "/", body=b"payload")
-        assert r.body == b"got:payload" and r.header("transfer-encoding") == "chunked"
+        assert r.body == b"got:payload" and streamed(r, protocol)
         r2 = await client.request("POST", "/", body=b"again")
         assert r2.body == b"got:again"
 
 
-async def test_streaming_body_aclose_ends_response_and_stream_is_closed_after():
+@pytest.mark.no_lint  # the app writes to its stream after closing it, to see that the server refuses
+async def test_streaming_body_aclose_ends_response_and_stream_is_closed_after(protocol):
     kept = []
 
     async def app(env):
@@ -244,21 +304,21 @@ async def test_streaming_body_aclose_ends_response_and_stream_is_closed_after():
 
         return 200, {}, body
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
     assert r.body == b"one"
     with pytest.raises(trio.ClosedResourceError):
         await kept[0].send_all(b"late")
 
 
-async def test_streaming_body_with_app_content_length_is_not_chunked():
+async def test_streaming_body_with_app_content_length_is_not_chunked(protocol):
     async def app(env):
         async def body(stream):
             await stream.send_all(b"12345")
 
         return 200, {"content-length": "5"}, body
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
     assert r.body == b"12345" and r.header("transfer-encoding") is None
 
@@ -276,6 +336,7 @@ async def test_head_has_same_headers_and_no_body():
     assert get_response.endswith(b"Hello, world!")
 
 
+@pytest.mark.no_lint  # the app sends body bytes with a 204/304, to see the server drop them
 @pytest.mark.parametrize("status", [204, 304])
 async def test_no_body_statuses_send_no_body(status):
     async def app(env):
@@ -301,22 +362,24 @@ async def test_http_1_0_streamed_response_is_close_delimited():
     assert data.endswith(b"\r\n\r\nabc")
 
 
-async def test_hop_by_hop_headers_from_app_are_dropped_with_warning(caplog):
+@pytest.mark.no_lint  # the app sets connection/transfer-encoding, to see the server drop them
+async def test_hop_by_hop_headers_from_app_are_dropped_with_warning(caplog, protocol):
     async def app(env):
         return 200, {"connection": "close", "transfer-encoding": "gzip", "x-ok": "1"}, [b"x"]
 
     with caplog.at_level(logging.WARNING, logger="trio_rack"):
-        async with memory_connection(app) as client:
+        async with memory_connection(app, protocol=protocol) as client:
             r = await client.request("GET", "/")
     assert r.header("x-ok") == "1" and r.header("transfer-encoding") is None
     assert "hop-by-hop" in caplog.text
 
 
-async def test_list_header_values_become_repeated_lines_and_rack_headers_are_hidden():
+@pytest.mark.no_lint  # the app sets a reserved rack.* header, to see the server hide it
+async def test_list_header_values_become_repeated_lines_and_rack_headers_are_hidden(protocol):
     async def app(env):
         return 200, {"set-cookie": ["a=1", "b=2"], "rack.something": "secret"}, [b"x"]
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
     assert [v for k, v in r.headers if k == "set-cookie"] == ["a=1", "b=2"]
     assert not any(k.startswith("rack.") for k, _ in r.headers)
@@ -346,25 +409,27 @@ async def test_invalid_headers_give_500_and_a_clear_log(caplog, headers, needle)
 
 
 @pytest.mark.parametrize("body", [b"bytes", "str", 42, None])
-async def test_invalid_body_types_give_500(caplog, body):
+async def test_invalid_body_types_give_500(caplog, body, protocol):
     async def app(env):
         return 200, {}, body
 
     with caplog.at_level(logging.ERROR, logger="trio_rack"):
-        async with memory_connection(app) as client:
+        async with memory_connection(app, protocol=protocol) as client:
             r = await client.request("GET", "/")
     assert r.status == 500
     assert "response body must be" in caplog.text
 
 
-async def test_app_exception_before_headers_gives_500_with_traceback(caplog):
+async def test_app_exception_before_headers_gives_500_with_traceback(caplog, protocol):
     async def app(env):
         raise ValueError("kaboom")
 
     with caplog.at_level(logging.ERROR, logger="trio_rack"):
-        async with memory_connection(app) as client:
+        async with memory_connection(app, protocol=protocol) as client:
             r = await client.request("GET", "/")
-    assert r.status == 500 and r.header("connection") == "close"
+    assert r.status == 500
+    if protocol == "http1":
+        assert r.header("connection") == "close"
     assert "kaboom" in caplog.text and "Traceback" in caplog.text
 
 
@@ -398,7 +463,7 @@ async def test_streamed_body_shorter_than_declared_length_is_aborted():
     assert data.endswith(b"\r\n\r\nabc")  # then closed: the client sees 3 of 10 bytes
 
 
-async def test_response_finished_callbacks_run_in_reverse_and_are_isolated(caplog):
+async def test_response_finished_callbacks_run_in_reverse_and_are_isolated(caplog, protocol):
     calls = []
 
     async def app(env):
@@ -411,7 +476,7 @@ async def test_response_finished_callbacks_run_in_reverse_and_are_isolated(caplo
         env["rack.response_finished"].append(third)
         return 201, {}, [b"x"]
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
         assert r.status == 201
         await client.request("GET", "/")  # the callbacks of the first request have run by now
@@ -419,7 +484,7 @@ async def test_response_finished_callbacks_run_in_reverse_and_are_isolated(caplo
     assert "ZeroDivisionError" in caplog.text
 
 
-async def test_body_close_is_called_exactly_once():
+async def test_body_close_is_called_exactly_once(protocol):
     closes = []
 
     class Body(list):
@@ -429,18 +494,18 @@ async def test_body_close_is_called_exactly_once():
     async def app(env):
         return 200, {}, Body([b"x"])
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         await client.request("GET", "/")
         await client.request("GET", "/")
     assert closes == [1, 1]
 
 
-async def test_early_hints_send_103_before_the_response():
+async def test_early_hints_send_103_before_the_response(protocol):
     async def app(env):
         await env["rack.early_hints"]({"link": "</style.css>; rel=preload"})
         return 200, {}, [b"x"]
 
-    async with memory_connection(app) as client:
+    async with memory_connection(app, protocol=protocol) as client:
         r = await client.request("GET", "/")
     assert r.informational == [103] and r.status == 200
 

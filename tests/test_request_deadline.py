@@ -249,7 +249,7 @@ async def test_an_app_cancelling_its_own_scope_is_logged_as_such(caplog):
 async def test_on_http2_the_deadline_is_per_stream(autojump_clock):
     """One stream's deadline ends that stream (503 before the head, RST_STREAM after it); the
     connection's other streams are served, before and after."""
-    from trio_rack.testing_h2 import memory_h2_connection
+    from trio_rack.testing.h2 import memory_h2_connection
 
     async def app(env: dict[str, Any]) -> Any:
         if env["PATH_INFO"] == "/slow":
@@ -278,7 +278,7 @@ async def test_on_http2_the_deadline_is_per_stream(autojump_clock):
 
 
 async def test_on_http2_streams_beyond_limit_concurrency_get_503(autojump_clock):
-    from trio_rack.testing_h2 import memory_h2_connection
+    from trio_rack.testing.h2 import memory_h2_connection
 
     release = trio.Event()
 

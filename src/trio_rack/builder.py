@@ -107,7 +107,11 @@ class _URLMap:
             inner = dict(env)
             inner["SCRIPT_NAME"] = env.get("SCRIPT_NAME", "") + prefix
             inner["PATH_INFO"] = rest
-            return await mount.app(inner)
+            try:
+                return await mount.app(inner)
+            finally:
+                if "trio_rack.hijack_status" in inner:  # a full hijack's status, for the access log
+                    env["trio_rack.hijack_status"] = inner["trio_rack.hijack_status"]
         return await self.fallback(env)
 
 

@@ -22,10 +22,11 @@ Formats:
   and for access lines ``remote_addr``, ``method``, ``path``, ``query``, ``protocol``, ``status``,
   ``bytes``, ``duration_ms``, ``referer``, ``user_agent`` (and ``hijacked``).
 
-Access fields come from ``record.access`` (a dict, attached by the server with ``extra=``) when
-present, else from parsing the Combined Log Format line the server logs: the line escapes
-everything that came from the client, so the parse is unambiguous.  ``duration_ms`` is ``None``
-until the server passes it.
+Access fields come from ``record.access`` (a dict the server attaches with ``extra=``, see
+:mod:`trio_rack.app.accesslog`; ``duration_ms`` from the parsed head to the response's end).
+A record without it (a line logged by other code in the same format) is parsed back from the
+Combined Log Format text: the line escapes everything that came from the client, so the parse
+is unambiguous; its ``duration_ms`` is ``None`` (``%D``/``%T`` print ``-``).
 """
 
 from __future__ import annotations

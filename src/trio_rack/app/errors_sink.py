@@ -2,7 +2,8 @@
 
 Rack's ``rack.errors`` is an IO with ``puts``/``write``/``flush``; here it is a minimal text
 stream: ``write(str)`` buffers until a newline, each complete line becomes one log record on
-the ``trio_rack.app`` logger (level WARNING), and ``flush()`` emits a partial line.
+the ``trio_rack.app`` logger, and ``flush()`` emits a partial line.  The level is INFO: what an
+app writes there is its own log (Rack servers print it as is), not a warning of the server's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class ErrorsSink:
         lines = (self._pending + text).split("\n")
         self._pending = lines.pop()
         for line in lines:
-            app_log.warning("%s", line)
+            app_log.info("%s", line)
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -40,5 +41,5 @@ class ErrorsSink:
 
     def flush(self) -> None:
         if self._pending:
-            app_log.warning("%s", self._pending)
+            app_log.info("%s", self._pending)
             self._pending = ""

@@ -13,7 +13,9 @@ parses a request head into a :class:`~trio_rack.app.head.RequestHead` and hands 
    request deadline — and records why, without touching the connection's other work;
 3. validates the triple (:func:`~trio_rack.app.response.prepare_response`) and dispatches on the
    body kind: a buffered body goes out in one :meth:`ResponseSink.send_whole`; iterables and
-   streaming bodies through :meth:`send_data`/:meth:`end`, which start the head lazily;
+   streaming bodies through :meth:`send_data`/:meth:`end`, which start the head lazily; a body
+   naming a file (a ``path`` attribute) is offered whole to :meth:`ResponseSink.send_file`
+   (``os.sendfile`` on plain TCP) and iterated where the sink declines;
    a ``rack.hijack`` header sends the head and awaits the app's callable on the stream the
    sink returns;
 4. in a ``finally``, closes every stream it handed out (``rack.input``, the streaming body's
@@ -55,6 +57,7 @@ import enum
 import inspect
 import logging
 import math
+import os
 from typing import Any, Protocol
 
 import trio
@@ -119,6 +122,15 @@ class ResponseSink(Protocol):
         """The end of a streamed response; AppError if short of a declared ``content-length``."""
         ...
 
+    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
+        """Body bytes of a streamed response straight from a file (``length`` None: to its end).
+
+        The zero-copy path for a body naming a file (``FileBody``, Rack's ``to_path``): the
+        bytes sent, or None where the sink cannot (TLS, HTTP/2): the exchange then iterates
+        the body.  The head has gone out already; AppError when the framing or file disagree.
+        """
+        ...
+
     async def send_error(self, status: int, body: bytes) -> None:
         """A plain-text error response, if none has started (and the protocol state allows one)."""
         ...
@@ -167,7 +179,8 @@ class Exchange:
     __slots__ = (
         "state", "sink", "head", "info", "env", "fileno", "cancel_reason", "client_gone",
         "_scope", "_response", "_prepared", "_head_only", "_sent", "_status", "_headers", "_result",
-        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected", "_deadline",
+        "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected", "_began",
+        "_deadline",
     )  # fmt: skip
 
     def __init__(self, state: ServerState, sink: ResponseSink, head: RequestHead, info: ConnInfo) -> None:
@@ -193,6 +206,8 @@ class Exchange:
         self._response_stream: ResponseStream | None = None
         self._hijacked: trio.abc.Stream | None = None
         self._disconnected: trio.Event | None = None
+        # Only the access log reads it (its duration_ms): no clock read on a server without one.
+        self._began = trio.current_time() if state.access_log else 0.0
         #: The request deadline the server set (``--request-timeout``); ``math.inf`` if none.
         self._deadline = math.inf
         self.env = self._make_env()
@@ -440,6 +455,8 @@ class Exchange:
                 self.sink.abort()
                 return Outcome.CLOSE
             await self.end()
+        elif (where := _file_of(prepared.body)) is not None and await self._send_file(*where):
+            await self.end()
         elif kind is BodyKind.ASYNC_ITERABLE:
             async for chunk in prepared.body:
                 await self.send_data(check_chunk(chunk))
@@ -470,6 +487,15 @@ class Exchange:
             return  # HEAD: same head, no body
         await self.sink.send_data(data)
         self._sent += len(data)
+
+    async def _send_file(self, path: str, offset: int, length: int | None) -> bool:
+        """A body naming a file: offer it to the sink whole (sendfile); False to iterate it instead."""
+        await self._start()
+        sent = await self.sink.send_file(path, offset, length)
+        if sent is None:
+            return False
+        self._sent += sent
+        return True
 
     async def end(self) -> None:
         """Finish the response.  A body that never wrote gets ``content-length: 0``."""
@@ -569,7 +595,38 @@ class Exchange:
                     except Exception:
                         log.exception("rack.response_finished callback %r failed", callback)
         if self.state.access_log:
-            accesslog.log_response(env, self._status, self._sent, hijacked=self._hijacked is not None)
+            status = self._status
+            if status is None and self._hijacked is not None:
+                # A full hijack: the app wrote the head itself; it may say which status
+                # (trio_rack.websocket records its 101 here).
+                status = env.get("trio_rack.hijack_status")
+            accesslog.log_response(
+                env,
+                status if type(status) is int else None,
+                self._sent,
+                hijacked=self._hijacked is not None,
+                duration=trio.current_time() - self._began,
+            )
+
+
+def _file_of(body: Any) -> tuple[str, int, int | None] | None:
+    """``(path, offset, length)`` of a body that names a file (a ``path`` attribute), else None.
+
+    Rack's ``to_path``: ``trio_rack.FileBody`` or any body with ``path`` and optional
+    ``offset`` (default 0) / ``length`` (default None: to the end).  Odd values mean "not a
+    file body": the body is iterated like any other.
+    """
+    path = getattr(body, "path", None)
+    if path is None:
+        return None
+    offset = getattr(body, "offset", 0)
+    length = getattr(body, "length", None)
+    if type(offset) is not int or offset < 0 or (length is not None and (type(length) is not int or length < 0)):
+        return None
+    try:
+        return os.fspath(path), offset, length
+    except TypeError:
+        return None
 
 
 def _with_date_and_server(headers: Headers) -> Headers:

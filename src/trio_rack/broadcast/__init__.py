@@ -56,9 +56,12 @@ DEFAULT_URL = "memory://"
 @asynccontextmanager
 async def connect(url: str = DEFAULT_URL, **options: Any) -> AsyncIterator[Bus]:
     """Open the bus named by ``url``.  Redis options (keyword-only): ``command_timeout=5.0`` (seconds a
-    command may take before :class:`Unavailable`), ``max_backoff=5.0`` (reconnection cap).
+    command may take before :class:`Unavailable`), ``max_backoff=5.0`` (reconnection cap),
+    ``ssl_context=`` (``rediss://`` only: an :class:`ssl.SSLContext` instead of the URL's
+    ``?ssl_ca_certs=…`` settings; see TLS in :mod:`.redis`).
 
-    A bad URL is ``ValueError``; ``redis://`` without the extra is an ``ImportError`` naming it.
+    A bad URL is ``ValueError``; ``redis://`` without the extra is an ``ImportError`` naming it;
+    a ``rediss://`` server whose certificate is refused is :class:`Unavailable`.
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":

@@ -26,6 +26,19 @@ Outages.  coredis' own silent retrying is switched off; this module does it, vis
   far as Redis kept the stream (not across a Redis restart without persistence).
 * ``subscribe`` during an outage returns at once; the channel is subscribed on reconnection.
 
+TLS (``rediss://``).  The context is built here, not by coredis, because coredis' default
+checks the chain but not the host name; here both are checked.  The query string configures
+it, with coredis' names (``rediss://HOST:PORT/DB?ssl_ca_certs=/path/ca.pem``):
+``ssl_ca_certs`` (a CA file or directory; default: the system's trust store),
+``ssl_certfile``/``ssl_keyfile`` (a client certificate, for a server with
+``tls-auth-clients yes``), ``ssl_check_hostname`` (default ``true``) and ``ssl_cert_reqs``
+(``required``, the default, or ``none`` to verify nothing, which only a test should do); or
+the keyword ``ssl_context=`` takes a ready :class:`ssl.SSLContext` instead of the query.  A
+handshake the client refuses (a certificate that is not trusted, not for the host, or a server
+that does not speak TLS) on the first connection is configuration, not an outage: ``connect``
+raises one :class:`~._core.Unavailable` that says why, and logs nothing.  Later it is an
+outage like any other, and ``Unavailable`` from ``publish`` names the TLS reason.
+
 History: ``append`` runs ``XADD key MAXLEN maxlen * m payload`` and ``PUBLISH`` in one Lua script,
 so entries are published in id order; ``history`` is ``XRANGE key (after +``.  The stream key of
 channel ``C`` is ``trio-rack:history:C``.
@@ -38,10 +51,12 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import trio
 
@@ -64,6 +79,13 @@ HISTORY_PREFIX = "trio-rack:history:"
 #: outage, the last one out logs the recovery.
 _DOWN: dict[str, set[int]] = {}
 FIRST_BACKOFF = 0.05
+#: The ``rediss://`` query parameters read here (coredis' names); any other ``ssl_*`` is a typo.
+TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "ssl_cert_reqs")
+#: PINGs at most at connect to see a TLS 1.3 refusal through the reset race (see _check_tls).
+_TLS_CHECKS = 8
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: not a CA problem.
+_NAME_MISMATCH = (62, 64)
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
 def _import_coredis() -> Any:
@@ -83,6 +105,90 @@ def safe_url(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def tls_context(url: str, ssl_context: ssl.SSLContext | None = None) -> ssl.SSLContext | None:
+    """The client TLS context for ``url`` (None for ``redis://``), from its query or
+    ``ssl_context``.  Bad TLS settings are ``ValueError``: a ``redis://`` URL with TLS settings
+    (they would be ignored, and the traffic plain text), an unknown ``ssl_*`` parameter, both
+    the query and ``ssl_context``, a CA or certificate file that cannot be read."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    given = {name: values[-1] for name, values in query.items() if name.startswith("ssl_")}
+    unknown = sorted(set(given) - set(TLS_PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown TLS parameter(s) {', '.join(unknown)} in the broadcast URL;"
+                         f" known: {', '.join(TLS_PARAMETERS)}")
+    if parts.scheme.lower() != "rediss":
+        if given or ssl_context is not None:
+            raise ValueError("TLS settings need a rediss:// URL (redis:// is plain text)")
+        return None
+    if ssl_context is not None:
+        if given:
+            raise ValueError("give TLS settings either in the URL query or as ssl_context=, not both")
+        if not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+        return ssl_context
+    check_hostname = _flag("ssl_check_hostname", given.get("ssl_check_hostname", "true"))
+    reqs = given.get("ssl_cert_reqs", "required").lower()
+    if reqs not in ("required", "optional", "none"):
+        raise ValueError(f"ssl_cert_reqs must be required or none, got {reqs!r}")
+    ca = given.get("ssl_ca_certs")
+    try:
+        context = ssl.create_default_context(
+            cafile=ca if ca and not Path(ca).is_dir() else None, capath=ca if ca and Path(ca).is_dir() else None
+        )
+        if "ssl_certfile" in given:
+            context.load_cert_chain(given["ssl_certfile"], given.get("ssl_keyfile"))
+        elif "ssl_keyfile" in given:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
+    except (OSError, ssl.SSLError) as exc:  # FileNotFoundError, a PEM that is not one
+        raise ValueError(f"rediss:// TLS files: {exc}") from exc
+    if reqs == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:  # "optional" means "required" for a client (the ssl module's own rule)
+        context.check_hostname = check_hostname
+    return context
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def tls_failure(exc: BaseException | None) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (coredis wraps it in its ConnectionError, anyio in groups)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError):
+            return err
+        if isinstance(err, BaseExceptionGroup):
+            todo.extend(err.exceptions)
+        todo += [err.__cause__, err.__context__]
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """What an Unavailable says: the TLS failure if there was one, else the error itself."""
+    tls = tls_failure(exc)
+    if tls is not None:
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            return f"TLS handshake refused: {tls.verify_message}"
+        if "CERTIFICATE_REQUIRED" in (tls.reason or ""):
+            return "TLS refused by the server: it requires a client certificate (ssl_certfile=, ssl_keyfile=)"
+        if "ALERT" in (tls.reason or ""):
+            return f"TLS refused by the server ({tls})"
+        return f"TLS handshake failed, is it a TLS port? ({tls})"
+    return str(exc)
 
 
 class RedisBus(Bus):
@@ -107,12 +213,12 @@ class RedisBus(Bus):
         except trio.TooSlowError as exc:
             raise Unavailable(f"{what}: Redis at {safe_url(self.url)} did not answer in {self._timeout}s") from exc
         except conn_errors as exc:
-            raise Unavailable(f"{what}: Redis at {safe_url(self.url)} unreachable ({exc})") from exc
+            raise Unavailable(f"{what}: Redis at {safe_url(self.url)} unreachable ({_reason(exc)})") from exc
         except BaseExceptionGroup as group:
             match, rest = group.split(conn_errors)
             if rest is None and match is not None:
                 first = match.exceptions[0]
-                raise Unavailable(f"{what}: Redis at {safe_url(self.url)} unreachable ({first})") from group
+                raise Unavailable(f"{what}: Redis at {safe_url(self.url)} unreachable ({_reason(first)})") from group
             raise
 
     async def _publish(self, channel: str, payload: bytes) -> None:
@@ -166,11 +272,15 @@ class RedisBus(Bus):
             if not closing:
                 log.warning("broadcast: reconnected to Redis at %s", safe_url(self.url))
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[ssl.SSLError | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """The listener: connect, subscribe, deliver; on failure back off and reconnect.
 
         Reports started after the first connection attempt, whichever way it went, so a bus
-        whose Redis is down at start-up still opens (and says so in the log)."""
+        whose Redis is down at start-up still opens (and says so in the log) — except when
+        that attempt's TLS handshake was refused: then it reports the ``ssl.SSLError`` and
+        returns, and :func:`open_bus` raises (see TLS in the module docstring)."""
         backoff = FIRST_BACKOFF
         started = False
         while True:
@@ -202,9 +312,14 @@ class RedisBus(Bus):
                     # connection that is being torn down fails too; that is not an error.
                     log.debug("broadcast: closing pub/sub: %s", rest and _summary(rest))
                     raise cancelled from None
-                self._outage(group)
+                failure: BaseException = group
             except Exception as exc:  # noqa: BLE001 - any failure of the connection is an outage
-                self._outage(exc)
+                failure = exc
+            refused = tls_failure(failure)
+            if not started and refused is not None:
+                task_status.started(refused)
+                return
+            self._outage(failure)
             self._pubsub = None
             if not started:
                 started = True
@@ -230,28 +345,108 @@ class RedisBus(Bus):
 def _summary(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
+    if tls_failure(exc) is not None:
+        return _reason(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @asynccontextmanager
 async def open_bus(
-    url: str, *, command_timeout: float = 5.0, max_backoff: float = 5.0
+    url: str,
+    *,
+    command_timeout: float = 5.0,
+    max_backoff: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RedisBus]:
     coredis = _import_coredis()
     if not (command_timeout > 0 and math.isfinite(command_timeout)):
         raise ValueError("command_timeout must be positive seconds")
+    context = tls_context(url, ssl_context)
+    tls: dict[str, Any] = {} if context is None else {"ssl_context": context}  # coredis skips its own
     client = coredis.Redis.from_url(
         url,
         decode_responses=False,
         retry_policy=coredis.retry.NoRetryPolicy(),
         connect_timeout=command_timeout,
         verify_version=False,  # it runs a command at the first connection; one fewer failure mode
+        **tls,
     )
-    async with client, trio.open_nursery() as nursery:
-        bus = RedisBus(url, client, timeout=command_timeout, max_backoff=max_backoff)
-        await nursery.start(bus.run)
-        try:
-            yield bus
-        finally:
-            bus._mark_up(closing=True)
-            nursery.cancel_scope.cancel()
+    refused: ssl.SSLError | None = None
+    body_error: BaseException | None = None
+    unwrapped: BaseException | None = None
+    try:
+        async with client, trio.open_nursery() as nursery:
+            if context is not None:
+                refused = await _check_tls(client, command_timeout)
+            if refused is None:
+                bus = RedisBus(url, client, timeout=command_timeout, max_backoff=max_backoff)
+                refused = await nursery.start(bus.run)
+            if refused is None:
+                try:
+                    yield bus
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    bus._mark_up(closing=True)
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery, and coredis' task group around it, wrap what the caller's block raised
+        # (Unavailable from publish, say); hand it back as raised, as if there were no nursery.
+        # Anything else (more than that one exception) stays a group.
+        sole: BaseException = group
+        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+            sole = sole.exceptions[0]
+        if body_error is None or sole is not body_error:
+            raise
+        unwrapped = body_error
+    if unwrapped is not None:
+        raise unwrapped  # outside the except: no group in its context
+    if refused is not None:  # raised here, not in the nursery: one plain exception, not a group
+        hint = ""
+        if isinstance(refused, ssl.SSLCertVerificationError) and refused.verify_code not in _NAME_MISMATCH:
+            hint = "; give its CA with ?ssl_ca_certs=/path/ca.pem"
+        raise Unavailable(f"Redis at {safe_url(url)}: {_reason(refused)}{hint}") from refused
+
+
+async def _check_tls(client: Any, limit: float) -> ssl.SSLError | None:
+    """A PING over a pooled connection: the TLS error if the server refused the session.
+
+    Needed beside the listener's first attempt because with TLS 1.3 a server that wants a client
+    certificate says so only after the handshake, in an alert that races our first write: about
+    half the time the write meets the server's close first and the alert is lost to a reset.
+    So a connection that was made and then lost at once is tried again, up to
+    ``_TLS_CHECKS`` times (milliseconds each; a server that is really going away refuses the
+    next connection outright, which ends the checks).  Any other failure (Redis down) is left
+    to the listener, which treats it as an outage.  (So a ``rediss://`` host that drops packets
+    delays ``connect`` by up to twice ``command_timeout``: this, then the listener.)"""
+    with trio.move_on_after(limit):
+        for _ in range(_TLS_CHECKS):
+            try:
+                await client.ping()
+            except Exception as exc:  # noqa: BLE001 - only a TLS failure is of interest here (and groups of Exceptions)
+                refused = tls_failure(exc)
+                if refused is not None or not _lost_after_connecting(exc):
+                    return refused
+            else:
+                return None
+    return None
+
+
+def _lost_after_connecting(exc: BaseException) -> bool:
+    """coredis' "connection lost" (made, then reset or closed), not "unable to connect"."""
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, trio.BrokenResourceError | ConnectionResetError | BrokenPipeError):
+            return True
+        if type(err).__name__ in ("BrokenResourceError", "EndOfStream"):  # anyio's own
+            return True
+        if isinstance(err, BaseExceptionGroup):
+            todo.extend(err.exceptions)
+        todo += [err.__cause__, err.__context__]
+    return False

@@ -2,3 +2,7 @@
 
 Importing this package tightens h11's chunk-extension grammar process-wide (see ``_h11_patch``).
 """
+
+from ..net.transport import sendfile_bytes
+
+__all__ = ["sendfile_bytes"]

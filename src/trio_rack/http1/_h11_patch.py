@@ -1,4 +1,6 @@
-"""Make h11 refuse malformed chunk extensions (RFC 9112 §7.1.1), until h11 does so itself.
+"""Two adjustments to h11: strict chunk extensions, and lower-case framing header names.
+
+**Chunk extensions.**  Make h11 refuse malformed chunk extensions (RFC 9112 §7.1.1), until h11 does so itself.
 
 h11 0.16 matches a chunk extension with ``;.*``: any byte but LF, NUL and bare CR included.
 A proxy in front that reads those bytes differently frames the body differently — request
@@ -9,6 +11,16 @@ h11 looks ``_readers.chunk_header_re`` up each time it parses a chunk header, so
 tightens every h11 connection in the process (h11-based clients included: they too should
 refuse such chunks).  The replacement happens only if the pattern is exactly the one this was
 written against; any other h11 keeps its own, and ``tests/test_smuggling.py`` says so loudly.
+
+**Header case.**  Every header trio-rack writes is lower-case (Rack 3's rule for apps, and
+HTTP/2's on the wire), but the framing headers h11 adds to a response itself —
+``Transfer-Encoding: chunked``, ``Connection: close`` — it writes title-cased, and it rewrites
+our own ``connection: close`` the same way: one response mixed both styles.  h11 builds those
+with ``set_comma_header`` from ``h11._connection``'s namespace, only for responses it sends
+(``_clean_up_response_headers_for_sending``); :func:`lower_case_framing_headers` puts a variant
+there that keeps the lower-case name.  Names are case-insensitive (RFC 9110 §5.1): only the
+spelling changes.  Installed only over the exact function it replaces; ``tests/test_wire_case``
+checks the bytes on the wire.
 """
 
 from __future__ import annotations
@@ -16,7 +28,9 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["tighten_chunk_extensions"]
+from h11 import _headers
+
+__all__ = ["lower_case_framing_headers", "tighten_chunk_extensions"]
 
 log = logging.getLogger("trio_rack.error")
 
@@ -42,3 +56,24 @@ def tighten_chunk_extensions() -> bool:
         return False
     _readers.chunk_header_re = re.compile(_STRICT_PATTERN)
     return True
+
+
+def lower_case_framing_headers() -> bool:
+    """Make h11 write the framing headers it adds to responses in lower case; False if h11 differs."""
+    from h11 import _connection
+
+    current = getattr(_connection, "set_comma_header", None)
+    if current is _set_comma_header_lower:
+        return True
+    if current is None or current is not getattr(_headers, "set_comma_header", None):
+        log.debug("h11's set_comma_header changed; leaving it as it is")
+        return False
+    setattr(_connection, "set_comma_header", _set_comma_header_lower)  # noqa: B010 (a private name of h11)
+    return True
+
+
+def _set_comma_header_lower(headers: _headers.Headers, name: bytes, new_values: list[bytes]) -> _headers.Headers:
+    """h11's ``set_comma_header`` (h11 0.14–0.16), with ``name`` kept as given (lower-case)."""
+    new_headers = [(raw, value) for raw, found, value in headers._full_items if found != name]
+    new_headers.extend((name, value) for value in new_values)
+    return _headers.normalize_and_validate(new_headers)

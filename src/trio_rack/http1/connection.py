@@ -34,19 +34,25 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
+import re
+from typing import Any
 
 import h11
 import trio
 
+from ..app import accesslog
 from ..app.env import ConnInfo
 from ..app.exchange import Exchange, Outcome
 from ..app.response import REASONS
 from ..app.streams import HijackedStream
 from ..config import Limits
 from ..errors import AppError, ClientGone, RequestBodyError
+from ..files import FILE_IO_LIMITER
 from ..net.transport import (
     COALESCE_LIMIT,
     RECEIVE_SIZE,
+    WRITE_SLICE,
     Deadlines,
     ReadPhase,
     Writer,
@@ -56,13 +62,14 @@ from ..net.transport import (
 )
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
-from ._h11_patch import tighten_chunk_extensions
+from ._h11_patch import lower_case_framing_headers, tighten_chunk_extensions
 from .body_rate import BodyRate
 from .wire import serialize_head
 
 __all__ = ["HTTPConnection"]
 
 tighten_chunk_extensions()  # see _h11_patch: refuse NUL, bare CR, non-tokens in chunk-ext
+lower_case_framing_headers()  # see _h11_patch: "transfer-encoding: chunked", not "Transfer-Encoding"
 
 log = logging.getLogger("trio_rack.error")
 
@@ -79,7 +86,39 @@ DRAIN_TIMEOUT = 1.0
 #: Response heads are validated by the exchange before they get here, and that second pass was
 #: ~2.5 µs of a hello request; if a future h11 drops the flag, validation simply runs again.
 _H11_TRUSTS_PARSED = "_parsed" in inspect.signature(h11.Response.__init__).parameters
+#: A ``bytearray(b'...')`` or ``b'...'`` repr inside h11's error messages.
+_BYTES_REPR = re.compile(r"""bytearray\(b(['"])((?:\\.|(?!\1).)*)\1\)|\bb(['"])((?:\\.|(?!\3).)*)\3""")
+#: How much of a refused request's first line the access log shows at most.
+_LOGGED_LINE = 2048
+
+
+def plain_reason(reason: str) -> str:
+    """An error reason fit for the client: h11 quotes input as Python reprs, which mean nothing to
+    an HTTP client (``illegal header line: bytearray(b'Host : x')``); this shows the text in
+    double quotes instead, still escaped as the repr had it (``\\x00`` for a NUL byte)."""
+    if "b'" not in reason and 'b"' not in reason:
+        return reason
+    return _BYTES_REPR.sub(lambda m: f'"{m.group(2) if m.group(1) else m.group(4)}"', reason)
+
+
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+
+
+class _FileSlice:
+    """Stands in for file bytes in h11's ``send_with_data_passthrough``: h11 needs only their length."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _open_for_sending(path: str) -> int:
+    """Open ``path`` read-only (in a worker thread: ``open`` may wait on the disk)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class HTTPConnection:
@@ -261,16 +300,32 @@ class HTTPConnection:
             return None
 
     async def _reject(self, status: int, reason: str) -> None:
-        """Answer a protocol error with ``status`` and close, if the state allows an answer."""
+        """Answer a protocol error with ``status`` and close, if the state allows an answer.
+
+        The request never reached the app, so no exchange logs it: it gets its access-log line
+        here (with the request line when h11 has not consumed it yet, else ``-``).
+        """
+        reason = plain_reason(reason)
         log.info("%s:%s: %d %s", self.info.remote_addr, self.info.remote_port, status, reason)
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = f"{status} {REASONS.get(status, b'').decode()}: {reason}\n".encode()
-        await self._send_error_response(status, body)
+        line = self._unparsed_request_line()
+        sent = await self._send_error_response(status, body)
+        if self.state.access_log:
+            accesslog.log_rejected(self.info.remote_addr, status, len(body) if sent else 0, line)
+
+    def _unparsed_request_line(self) -> bytes | None:
+        """The first line still in h11's buffer (at most :data:`_LOGGED_LINE` bytes), if any."""
+        buffered = self.h11.trailing_data[0]
+        if not buffered:
+            return None
+        return bytes(buffered[:_LOGGED_LINE]).split(b"\n", 1)[0].rstrip(b"\r") or None
 
     async def _send_error_response(
         self, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    ) -> bool:
+        """An error response with ``connection: close``; whether it was sent."""
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
@@ -290,7 +345,8 @@ class HTTPConnection:
             self._started = True
             await self.writer.write(data)
         except (h11.LocalProtocolError, ClientGone):
-            pass
+            return False
+        return True
 
     async def _prepare_next_cycle(self) -> bool:
         """After a response: drain a small unread body, then ready h11 for the next request."""
@@ -375,6 +431,45 @@ class HTTPConnection:
         else:
             for piece in pieces:
                 await self.writer.write(piece)
+
+    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
+        """Send ``length`` bytes of ``path`` from ``offset`` (None: to its end) with ``os.sendfile``.
+
+        Zero copy needs the kernel to see the wire: only a plain TCP (or Unix) socket stream
+        qualifies; over TLS this returns None and the exchange reads the body in slices.  h11
+        keeps the framing: each slice is passed through it as a placeholder with a length
+        (:class:`_FileSlice`), so it checks ``content-length`` and writes chunk headers while
+        the bytes themselves go from the page cache to the socket.  The file is opened in a
+        worker thread and closed in a ``finally``.  Returns the bytes sent.
+        """
+        if type(self.transport) is not trio.SocketStream:
+            return None
+        fd = await trio.to_thread.run_sync(_open_for_sending, path, limiter=FILE_IO_LIMITER)
+        try:
+            size = os.fstat(fd).st_size
+            remaining = max(0, size - offset) if length is None else length
+            total = remaining
+            h = self.h11
+            while remaining > 0:
+                count = min(remaining, WRITE_SLICE)
+                try:
+                    placeholder: Any = _FileSlice(count)  # h11 needs only len(); see the docstring
+                    pieces: list[Any] = h.send_with_data_passthrough(h11.Data(data=placeholder)) or []
+                except h11.LocalProtocolError as exc:
+                    raise AppError(f"response body does not match its framing: {exc}") from None
+                # h11 returns [framing..., the placeholder, framing...]: bytes around the file's.
+                at = next(i for i, piece in enumerate(pieces) if type(piece) is _FileSlice)
+                try:
+                    await self.writer.send_file(
+                        b"".join(pieces[:at]), fd, offset, count, b"".join(pieces[at + 1 :])
+                    )
+                except EOFError as exc:
+                    raise AppError(f"file body {path!r} shrank while being sent: {exc}") from None
+                offset += count
+                remaining -= count
+            return total
+        finally:
+            os.close(fd)
 
     async def end(self) -> None:
         """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 
 import trio
 
@@ -37,6 +38,7 @@ __all__ = [
     "ReadPhase",
     "Writer",
     "end_sending",
+    "sendfile_bytes",
     "shutdown_transport",
     "socket_fileno",
 ]
@@ -48,6 +50,14 @@ RECEIVE_SIZE = 64 * 1024
 WRITE_SLICE = 1024 * 1024
 #: Small responses are coalesced into one send_all up to this size.
 COALESCE_LIMIT = 64 * 1024
+
+#: Bytes ``os.sendfile`` reported sent, process-wide (see :func:`sendfile_bytes`).
+_sendfile_total = 0
+
+
+def sendfile_bytes() -> int:
+    """Bytes sent with ``os.sendfile`` by this process so far: evidence of the zero-copy path."""
+    return _sendfile_total
 
 
 class ReadPhase(enum.Enum):
@@ -115,6 +125,59 @@ class Writer:
                     self.blocked_since = trio.current_time()
                     await self.stream.send_all(view[offset : offset + WRITE_SLICE])
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.broken = True
+            raise ClientGone(str(exc)) from None
+        finally:
+            self.blocked_since = math.inf
+            self._writing = False
+            self._waiters.unpark()
+
+
+    async def send_file(self, prefix: bytes, fd: int, offset: int, count: int, suffix: bytes) -> None:
+        """Write ``prefix``, ``count`` bytes of file ``fd`` from ``offset`` (``os.sendfile``), then ``suffix``.
+
+        Only for a plain :class:`trio.SocketStream` (no TLS: the kernel must put the file's
+        bytes on the wire as they are).  The three parts go out in one turn of the writer, so
+        framing and file bytes never interleave with another task's write.  Each
+        ``os.sendfile`` call is capped at :data:`WRITE_SLICE` and stamps :attr:`blocked_since`,
+        so the write timeout bounds a stall exactly as for :meth:`write`.  A file shorter than
+        ``count`` raises :class:`EOFError` (the response cannot be completed: the caller
+        aborts it).  The caller owns ``fd``.
+        """
+        global _sendfile_total
+        while self._writing:
+            await self._waiters.park()
+        self._writing = True
+        stream = self.stream
+        sock = stream.socket  # type: ignore[attr-defined]
+        out = sock.fileno()
+        try:
+            with trio.CancelScope() as scope:
+                if not self.deadlines.in_scope:  # after the connection's scope: a deadline of its own
+                    scope.deadline = trio.current_time() + self.write_timeout
+                if prefix:
+                    self.blocked_since = trio.current_time()
+                    await stream.send_all(prefix)
+                while count > 0:
+                    self.blocked_since = trio.current_time()
+                    try:
+                        sent = os.sendfile(out, fd, offset, min(count, WRITE_SLICE))
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+                        continue
+                    if sent == 0:
+                        raise EOFError(f"the file ended {count} bytes short of the response")
+                    _sendfile_total += sent
+                    offset += sent
+                    count -= sent
+                    await trio.lowlevel.checkpoint()  # a fast client must not starve the other tasks
+                if suffix:
+                    self.blocked_since = trio.current_time()
+                    await stream.send_all(suffix)
+            if scope.cancelled_caught:
+                raise ClientGone("client stopped reading (write timeout)")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            # EPIPE, ECONNRESET, a closed socket: the client is gone.
             self.broken = True
             raise ClientGone(str(exc)) from None
         finally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -28,6 +27,7 @@ import trio.testing
 from ..app.env import ConnInfo
 from ..config import Limits
 from ..state import ServerState
+from ._response import TestResponse
 from ._serve import PROTOCOLS, serve_stream
 
 __all__ = [
@@ -42,22 +42,6 @@ __all__ = [
 ]
 
 
-
-
-@dataclass
-class TestResponse:
-    __test__ = False  # not a pytest test class
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    informational: list[int] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
 
 
 class MemoryClient:
@@ -130,12 +114,28 @@ async def memory_connection(
     scheme: str = "http",
     state: ServerState | None = None,
     protocol: str = "http1",
+    lint: bool = False,
 ) -> AsyncIterator[MemoryClient]:
     """Serve ``app`` over one in-memory connection speaking ``protocol``; yield its client.
 
+    ``lint=True`` runs the app under :class:`trio_rack.lint.Lint`: a broken rule of the spec
+    (by the server's env or by the app) is the app's failure, a 500 with the rule in the log.
+
     Resource handling: on exit the connection task is cancelled and both ends are closed.
     """
+    if protocol == "http2":
+        from .h2 import memory_h2_connection
+
+        async with memory_h2_connection(app, limits=limits, scheme=scheme, state=state) as h2client:
+            yield h2client  # type: ignore[misc]  # the same request()/read_response() shape
+        return
     client, server = trio.testing.memory_stream_pair()
+    if lint:
+        from ..lint import Lint
+
+        if state is not None:
+            raise ValueError("lint=True wraps the app: pass the app, not a ServerState")
+        app = Lint(app)
     state = state or ServerState(app, limits or Limits(), access_log=False)
     info = ConnInfo(scheme, ("testserver", 80), ("127.0.0.1", 12345))
 

@@ -12,7 +12,7 @@ from ..state import ServerState
 __all__ = ["MEMORY_INFO", "PROTOCOLS", "serve_stream"]
 
 #: The wire protocols :func:`memory_connection` and :func:`serve_stream` can speak.
-PROTOCOLS = ("http1",)
+PROTOCOLS = ("http1", "http2")
 #: The connection info memory connections report: a test server and a loopback client.
 MEMORY_INFO = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
 
@@ -34,5 +34,10 @@ async def serve_stream(
         # as under serve(): the sweep enforces the write timeout (memory streams have no socket
         # to poll for a hang-up)
         nursery.start_soon(run_liveness_sweeper, state)
-        await HTTPConnection(stream, state, info or MEMORY_INFO).run()
+        if protocol == "http2":
+            from ..http2.connection import H2Connection
+
+            await H2Connection(stream, state, info or MEMORY_INFO).run()
+        else:
+            await HTTPConnection(stream, state, info or MEMORY_INFO).run()
         nursery.cancel_scope.cancel()

@@ -119,6 +119,7 @@ def accept(
             return stream, head  # the 101 is written on the hijacked stream
     context = WebSocketContext(open_stream, subprotocol, deflate, options)
     context.shutdown = env.get("trio_rack.shutdown")
+    context.env = env
     return context
 
 

@@ -183,6 +183,8 @@ class WebSocketContext:
         self._nursery: trio.Nursery | None = None
         #: The server's "graceful shutdown has begun" event (``env["trio_rack.shutdown"]``).
         self.shutdown: trio.Event | None = None
+        #: The request's env: the ``101`` is recorded there for the access log once sent.
+        self.env: dict[str, Any] | None = None
 
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
@@ -201,6 +203,8 @@ class WebSocketContext:
             started = False
         else:
             started = True
+            if self.env is not None:
+                self.env["trio_rack.hijack_status"] = 101  # the access log's status of a full hijack
         self._nursery_cm = trio.open_nursery()
         nursery = self._nursery = await self._nursery_cm.__aenter__()
         if started:

@@ -26,10 +26,10 @@ import h2.settings
 import trio
 import trio.testing
 
-from . import testing as _testing
-from .app.env import ConnInfo
-from .config import Limits
-from .state import ServerState
+from ..app.env import ConnInfo
+from ..config import Limits
+from ..state import ServerState
+from ._response import TestResponse
 
 __all__ = ["H2MemoryClient", "memory_h2_connection", "StreamResult"]
 
@@ -145,9 +145,11 @@ class H2MemoryClient:
         *,
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
-    ) -> _testing.TestResponse:
+    ) -> TestResponse:
         """Send one request on a new stream and read its whole response."""
         hdrs = [(k.lower(), v) for k, v in headers if k.lower() != "host"]
+        if body is not None and not any(k == "content-length" for k, _ in hdrs):
+            hdrs.append(("content-length", str(len(body))))  # as MemoryClient (and browsers) do
         sid = await self.start_request(method, target, headers=hdrs, body=body)
         return await self.read_response(sid)
 
@@ -215,14 +217,14 @@ class H2MemoryClient:
         while not predicate() and not self.closed:
             await self._receive_once()
 
-    async def read_response(self, sid: int | None = None) -> _testing.TestResponse:
+    async def read_response(self, sid: int | None = None) -> TestResponse:
         """The response on ``sid`` (default: the latest stream)."""
         if sid is None:
             sid = max(self.results)
         result = await self.read_stream(sid)
         if result.status is None:
             raise AssertionError(f"stream {sid}: no response (reset {result.reset}, goaway {self.goaway})")
-        return _testing.TestResponse(
+        return TestResponse(
             status=result.status,
             headers=result.headers,
             body=b"".join(result.chunks),
@@ -247,7 +249,7 @@ async def memory_h2_connection(
 
     Resource handling: on exit the connection task is cancelled and both ends are closed.
     """
-    from .http2.connection import H2Connection
+    from ..http2.connection import H2Connection
 
     pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
     client, server = pair()
