@@ -57,3 +57,55 @@ def test_the_app_layer_imports_no_wire_protocol() -> None:
                 assert not node.module.startswith(("http1", "server", "net", "cli")), (
                     f"{path.name} imports ..{node.module}"
                 )
+
+
+def test_no_import_cycles_in_src() -> None:
+    """Imports go one way (docs/architecture.md): no cycle, counting imports under TYPE_CHECKING
+    and function-level (lazy) imports too, since a cycle is a design fault either way."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(trio_rack.__file__).parent.parent
+    modules: dict[str, set[str]] = {}
+    for path in (root / "trio_rack").rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                deps.add(target)
+                deps.update(f"{target}.{alias.name}" for alias in node.names)
+                deps.add(f"#from {target}")  # resolved below: the submodules named, else the package
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+        modules[name] = deps
+    def targets(deps: set[str]) -> set[str]:
+        found = set()
+        for dep in deps:
+            if dep.startswith("#from "):
+                package_name = dep[6:]
+                named = {d for d in deps if d.startswith(package_name + ".") and d in modules}
+                if not named and package_name in modules:
+                    found.add(package_name)  # "from pkg import name": the package itself
+            elif dep in modules and not any(d == "#from " + dep for d in deps):
+                found.add(dep)
+        return found
+
+    edges = {m: {d for d in targets(deps) if d != m} for m, deps in modules.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, "import cycle: " + " -> ".join([*path[path.index(module) :], module])
+        if module in done:
+            return
+        for dep in sorted(edges[module]):
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in sorted(modules):
+        visit(module, [])

@@ -1,4 +1,4 @@
-"""trio-rack: an HTTP/1.1 server on Trio with Ruby Rack's app protocol.
+"""trio-rack: an HTTP/1.1 and HTTP/2 server on Trio with Ruby Rack's app protocol.
 
 ``await serve(app, bind=...)`` serves until cancelled; ``run(app)`` is the blocking form;
 ``trio-rack serve`` is the command line.  The app protocol (the "trio-rack spec") is in the

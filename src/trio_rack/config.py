@@ -29,6 +29,11 @@ __all__ = ["Bind", "ConfigError", "Limits", "TLSConfig", "parse_bind", "DEFAULT_
 DEFAULT_BIND = "https://localhost:9292"
 
 
+#: ``--lifespan`` / ``serve(lifespan=...)``: run an ASGI app's lifespan protocol always, never, or
+#: when the app supports it.
+LIFESPAN_MODES = ("auto", "on", "off")
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message is one line, meant for a human."""
 

@@ -4,7 +4,8 @@
 
     Exception
     ├── ConfigError (ValueError)      bad configuration: one ``trio-rack: error:`` line, exit 2
-    └── AppError                      the app broke the contract: 500 (or a visible abort), logged
+    ├── AppError                      the app broke the contract: 500 (or a visible abort), logged
+    └── LifespanFailure               an ASGI app's lifespan startup failed: no port accepts, exit 3
     trio.BrokenResourceError
     ├── RequestBodyError              ``rack.input`` failed because of the client: ``.status`` says
     │                                 what answer is due (400 malformed, 408 stalled, 413 too large)
@@ -22,7 +23,7 @@ import trio
 
 from .config import ConfigError
 
-__all__ = ["AppError", "ClientGone", "ConfigError", "RequestBodyError"]
+__all__ = ["AppError", "ClientGone", "ConfigError", "LifespanFailure", "RequestBodyError"]
 
 
 class AppError(Exception):
@@ -39,3 +40,11 @@ class RequestBodyError(trio.BrokenResourceError):
 
 class ClientGone(trio.BrokenResourceError):
     """The transport broke, or stalled past the write timeout, while writing a response."""
+
+
+class LifespanFailure(Exception):
+    """The app's ASGI lifespan startup failed: the server must not serve (exit status 3).
+
+    Here, not in :mod:`trio_rack.asgi`, so that the command line can catch it without importing
+    the ASGI machinery (a native app's worker starts faster without it).
+    """

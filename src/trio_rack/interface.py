@@ -26,24 +26,14 @@ from typing import Any
 
 import trio
 
-from .config import ConfigError
+from .config import LIFESPAN_MODES, ConfigError
+from .errors import LifespanFailure
 
 __all__ = ["INTERFACES", "LIFESPAN_MODES", "LifespanFailure", "ServedApp", "detect", "prepare", "wrap"]
 
 log = logging.getLogger("trio_rack.error")
 
 INTERFACES = ("auto", "rack", "asgi", "wsgi")
-LIFESPAN_MODES = ("auto", "on", "off")
-
-
-class LifespanFailure(Exception):
-    """The app's ASGI lifespan startup failed: the server must not serve (exit status 3).
-
-    Defined here, not in :mod:`trio_rack.asgi`, so that the command line can catch it without
-    importing the ASGI machinery (a native app's worker starts faster without it).
-    """
-
-
 def _describe(app: Any) -> str:
     name = getattr(app, "__qualname__", None) or type(app).__qualname__
     return f"{name!r}"

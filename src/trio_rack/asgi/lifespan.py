@@ -24,8 +24,8 @@ from typing import Any
 
 import trio
 
-from ..config import ConfigError
-from ..interface import LIFESPAN_MODES, LifespanFailure
+from ..config import LIFESPAN_MODES, ConfigError
+from ..errors import LifespanFailure
 from .http import ASGIApp, ASGIMessageError, asyncio_failure
 from .scope import ASGI_VERSION
 

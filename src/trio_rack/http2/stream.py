@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from h2.errors import ErrorCodes
@@ -35,12 +35,37 @@ from ..app.streams import Busy
 from ..errors import AppError, ClientGone, RequestBodyError
 
 if TYPE_CHECKING:
+    import h2.connection
+
     from ..app.exchange import Exchange
-    from .connection import H2Connection
+    from ..config import Limits
 
 __all__ = ["H2Stream", "TunnelStream", "CONNECTION_SPECIFIC"]
 
 log = logging.getLogger("trio_rack.error")
+
+
+class StreamOwner(Protocol):
+    """What a stream needs from its connection (:class:`~.connection.H2Connection`): h2's state,
+    the one writer, flow control.  Typed here so that the stream never imports the connection."""
+
+    h2: h2.connection.H2Connection
+    limits: Limits
+    fileno: int | None
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False) -> None: ...
+
+    def end_stream(self, stream_id: int) -> None: ...
+
+    def reset(self, stream_id: int, code: ErrorCodes) -> None: ...
+
+    def acknowledge(self, stream_id: int, flow: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def max_frame_size(self) -> int: ...
+
+    async def wait_window(self, stream: H2Stream) -> int: ...
 
 #: RFC 9113 §8.2.2: never in an HTTP/2 message (``te`` only as ``te: trailers``).
 CONNECTION_SPECIFIC = frozenset(
@@ -71,7 +96,7 @@ class H2Stream:
         "sent", "head_only", "tunnel", "discarding",
     )  # fmt: skip
 
-    def __init__(self, conn: H2Connection, stream_id: int, *, expect_continue: bool, head_only: bool) -> None:
+    def __init__(self, conn: StreamOwner, stream_id: int, *, expect_continue: bool, head_only: bool) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.fileno = conn.fileno
