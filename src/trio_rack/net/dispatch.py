@@ -16,6 +16,7 @@ Resource handling: never closes ``transport``; the caller does, in its ``finally
 from __future__ import annotations
 
 import socket
+from typing import Protocol
 
 import trio
 
@@ -23,7 +24,7 @@ from ..app.env import ConnInfo
 from ..http1.connection import HTTPConnection
 from ..state import ServerState
 
-__all__ = ["serve_connection", "PREFACE_START"]
+__all__ = ["PREFACE_START", "Driver", "choose_driver", "serve_connection"]
 
 #: Enough of the HTTP/2 preface to tell it from every HTTP/1 method.
 PREFACE_START = b"PRI "
@@ -31,16 +32,30 @@ PREFACE_START = b"PRI "
 _PEEK_RETRY = 0.005
 
 
-async def serve_connection(
+class Driver(Protocol):
+    """A protocol driver for one connection: HTTP/1 (``HTTPConnection``) or HTTP/2."""
+
+    async def run(self) -> None: ...
+
+
+async def choose_driver(
     transport: trio.abc.Stream, state: ServerState, info: ConnInfo, *, http2: bool = True
-) -> None:
-    """Serve one accepted connection (TLS already handshaken) with the right driver."""
+) -> Driver:
+    """The driver for one accepted connection (TLS already handshaken); the caller awaits its
+    ``run()`` directly, so the connection's hot path has no extra coroutine frame to resume."""
     if http2 and await _speaks_h2(transport, state.limits.header_timeout):
         from ..http2.connection import H2Connection
 
-        await H2Connection(transport, state, info).run()
-    else:
-        await HTTPConnection(transport, state, info).run()
+        return H2Connection(transport, state, info)
+    return HTTPConnection(transport, state, info)
+
+
+async def serve_connection(
+    transport: trio.abc.Stream, state: ServerState, info: ConnInfo, *, http2: bool = True
+) -> None:
+    """Serve one accepted connection with the right driver."""
+    driver = await choose_driver(transport, state, info, http2=http2)
+    await driver.run()
 
 
 async def _speaks_h2(transport: trio.abc.Stream, patience: float) -> bool:

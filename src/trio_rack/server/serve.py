@@ -35,7 +35,7 @@ from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
 from ..interface import prepare as prepare_app
 from ..logs import ensure_default_logging
-from ..net.dispatch import serve_connection
+from ..net.dispatch import choose_driver
 from ..net.tls import accept_tls, make_server_context, tls_info
 from ..state import ServerState
 from .liveness import run_liveness_sweeper
@@ -484,9 +484,9 @@ async def _handle_connection(
         except OSError:
             return  # gone before we looked
         server = (bind.host, bind.port) if bind.kind == "tcp" else None
-        await serve_connection(
-            transport, state, ConnInfo(bind.scheme, server, peer, tls=handshake), http2=http2
-        )
+        info = ConnInfo(bind.scheme, server, peer, tls=handshake)
+        driver = await choose_driver(transport, state, info, http2=http2)
+        await driver.run()  # awaited here, not inside a dispatch coroutine: one frame fewer per resumption
     except Exception:
         log.exception("connection from %s crashed; closing it", bind)
     finally:
