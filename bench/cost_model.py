@@ -4,7 +4,8 @@
 
     python3 bench/cost_model.py                 # instructions (callgrind) and µs, ~4 minutes
     python3 bench/cost_model.py --no-callgrind  # µs only, ~1 minute
-    python3 bench/cost_model.py --stage parse -n 1000   # one stage's loop (what callgrind runs)
+    python3 bench/cost_model.py --per-connection  # what a connection costs (accept ... close)
+    python3 bench/cost_model.py --stage parse_fresh -n 1000   # one loop (what callgrind runs)
 
 What it measures, and how
 -------------------------
@@ -20,6 +21,11 @@ pays one ``epoll_wait``, one ``recv``, one ``send``, as wrk's requests do at low
   user space only (the kernel's share of a syscall is not counted).
 * *µs*: the server's own CPU time (user + system, from ``/proc/PID/stat``) over N requests
   after a warm-up, divided by N; the least of three runs.  Includes the kernel's work.
+
+**A connection** (``--per-connection``): accept, the first read, the connection's objects and
+the orderly close are not part of a keep-alive request; they are the same end-to-end figures
+with every request on a new connection (``Connection: close``) minus keep-alive requests, for
+trio-rack and the bare loop.
 
 **Stages** (the real functions on the real inputs, in isolation): each stage is a loop in this
 script (``--stage NAME``) calling trio-rack's own functions exactly as the HTTP/1 driver and the
@@ -317,6 +323,16 @@ def _connect(port: int, timeout: float) -> socket.socket:
             time.sleep(0.1)
 
 
+def _new_connections(port: int, n: int) -> None:
+    """n requests, each on a connection of its own (``Connection: close``), read to EOF."""
+    request = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(request)
+            while s.recv(65536):
+                pass
+
+
 def _requests(s: socket.socket, n: int) -> None:
     for _ in range(n):
         s.sendall(REQUEST)
@@ -337,8 +353,9 @@ def _pinned(argv: list[str], core: str) -> list[str]:
     return ["taskset", "-c", core, *argv] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else argv
 
 
-def e2e_microseconds(kind: str, n: int) -> float:
-    """Server CPU (user + system) per request, µs, over n sequential keep-alive requests."""
+def e2e_microseconds(kind: str, n: int, *, close: bool = False) -> float:
+    """Server CPU (user + system) per request, µs, over n sequential keep-alive requests
+    (``close``: each on a new connection)."""
     port = _free_port()
     with open(os.devnull, "w") as devnull:
         proc = subprocess.Popen(_pinned(_server_argv(kind, port), "0"), env=_env(), stdout=devnull, stderr=devnull)
@@ -347,7 +364,7 @@ def e2e_microseconds(kind: str, n: int) -> float:
             with s:
                 _requests(s, 500)  # warm-up
                 before = _cpu_seconds(proc.pid)
-                _requests(s, n)
+                _new_connections(port, n) if close else _requests(s, n)
                 after = _cpu_seconds(proc.pid)
         finally:
             proc.terminate()
@@ -355,7 +372,7 @@ def e2e_microseconds(kind: str, n: int) -> float:
     return (after - before) / n * 1e6
 
 
-def e2e_instructions(kind: str, n1: int, n2: int, workdir: str) -> float:
+def e2e_instructions(kind: str, n1: int, n2: int, workdir: str, *, close: bool = False) -> float:
     counts = []
     for n in (n1, n2):
         port = _free_port()
@@ -364,7 +381,7 @@ def e2e_instructions(kind: str, n1: int, n2: int, workdir: str) -> float:
             proc = subprocess.Popen(_callgrind(_server_argv(kind, port), workdir), env=_env(), stdout=out, stderr=out)
             try:
                 with _connect(port, 180) as s:
-                    _requests(s, n)
+                    _new_connections(port, n) if close else _requests(s, n)
             finally:
                 proc.terminate()
                 proc.wait(timeout=120)
@@ -401,13 +418,48 @@ def _derive(per_loop: dict[str, float], parts: dict[str, int]) -> float:
     return sum(sign * per_loop[loop] for loop, sign in parts.items())
 
 
+def per_connection(n: int) -> None:
+    """Accept, first read, the connection's objects, the orderly close: a new connection per
+    request (``Connection: close``) minus a keep-alive request, trio-rack and the bare loop."""
+    callgrind = shutil.which("valgrind") is not None
+    rows = {}
+    with tempfile.TemporaryDirectory() as work, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        jobs = {
+            (kind, close): pool.submit(e2e_instructions, kind, 100, 500, work, close=close)
+            for kind in ("rack", "bare") for close in (False, True)
+        } if callgrind else {}  # fmt: skip
+        for kind in ("rack", "bare"):
+            rows[kind] = [min(e2e_microseconds(kind, n, close=close) for _ in range(3)) for close in (False, True)]
+        ins = {key: job.result() for key, job in jobs.items()}
+    print("| per request | trio-rack µs | trio-rack instructions | bare loop µs | bare loop instructions |")
+    print("|---|---|---|---|---|")
+    for label, close in (("keep-alive", False), ("new connection (`Connection: close`)", True)):
+        cells = []
+        for kind in ("rack", "bare"):
+            i = ins.get((kind, close))
+            cells += [f"{rows[kind][int(close)]:.1f}", f"{i:,.0f}" if i is not None else "—"]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for kind in ("rack", "bare"):
+        i = ins.get((kind, True), 0) - ins.get((kind, False), 0) if ins else None
+        cells += [f"{rows[kind][1] - rows[kind][0]:.1f}", f"{i:,.0f}" if i is not None else "—"]
+    print("| **a connection: accept, first read, set-up, orderly close** | " + " | ".join(cells) + " |")
+    print(f"(µs: server CPU, least of 3 runs of {n:,}; instructions: callgrind, 100 and 500 requests)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", help="run one stage's loop and exit (for callgrind)")
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--no-callgrind", action="store_true", help="µs only")
     parser.add_argument("--requests", type=int, default=20000, help="end-to-end µs: requests per run")
+    parser.add_argument(
+        "--per-connection", action="store_true", help="only a connection's cost: new-connection against keep-alive"
+    )
     args = parser.parse_args()
+    if args.per_connection:
+        per_connection(args.requests // 10)
+        return
     if args.stage:
         run_stage(args.stage, args.n)
         return
