@@ -43,7 +43,6 @@ that (or at once, after a buffered body was compressed); the Deflater never touc
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Any, Protocol
@@ -51,6 +50,7 @@ from typing import Any, Protocol
 import trio
 
 from ._encoding import choose_encoding, merge_vary
+from .app.response import close_body
 from .types import App, Env, Response
 
 __all__ = ["Deflater", "DEFAULT_CONTENT_TYPES", "available_encodings"]
@@ -148,17 +148,6 @@ def _header(headers: Mapping[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def _close(body: Any) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
-        return
-    close = getattr(body, "close", None)
-    if close is not None:
-        result = close()
-        if inspect.isawaitable(result):
-            await result
-
 
 def _any(value: Any) -> Any:
     return value
@@ -250,7 +239,7 @@ class Deflater:
             headers["etag"] = "W/" + etag
         if buffered:
             chunks = [bytes(c) for c in body]
-            await _close(body)
+            await close_body(body)
             if env.get("REQUEST_METHOD") == "HEAD" and not any(chunks):
                 return status, headers, _Empty()  # length unknown: leave it out
             data = b"".join(chunks)
@@ -311,7 +300,7 @@ class _CompressedIterable:
             self._closed = True
             if self._iterator is not None:
                 await self._iterator.aclose()
-            await _close(self._body)
+            await close_body(self._body)
 
 
 class _CompressingStream(trio.abc.Stream):
@@ -363,4 +352,4 @@ class _CompressedStreamingBody:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await _close(self._body)
+            await close_body(self._body)

@@ -42,7 +42,6 @@ what it wraps, once.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import stat as stat_module
@@ -51,7 +50,7 @@ from typing import Any
 
 import trio
 
-from .app.response import HOP_BY_HOP, AppError, BodyKind, classify_body, encode_headers, prepare_response
+from .app.response import HOP_BY_HOP, AppError, BodyKind, classify_body, close_body, encode_headers, prepare_response
 from .types import App, Env, Response
 
 __all__ = ["Lint", "LintError", "RULES"]
@@ -278,17 +277,6 @@ class _LintStream(trio.abc.Stream):
         return getattr(self._inner, name)  # socket extras of a hijacked stream
 
 
-async def _close(body: Any) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
-        return
-    close = getattr(body, "close", None)
-    if close is not None:
-        result = close()
-        if inspect.isawaitable(result):
-            await result
-
 
 class _LintBody:
     """Base of the body wrappers: counts consumption and closing."""
@@ -350,7 +338,7 @@ class _LintAsyncIterable(_LintBody):
         self.closed += 1
         if self._iterator is not None:
             await self._iterator.aclose()
-        await _close(self._body)
+        await close_body(self._body)
 
 
 class _LintFileIterable(_LintAsyncIterable):
@@ -379,7 +367,7 @@ class _LintStreamingBody(_LintBody):
 
     async def aclose(self) -> None:
         self.closed += 1
-        await _close(self._body)
+        await close_body(self._body)
 
 
 def _check_path(body: Any, declared: int | None) -> None:

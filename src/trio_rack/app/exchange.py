@@ -70,7 +70,7 @@ from .accesslog import escape
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
 from .head import RequestHead
-from .response import REASONS, BodyKind, PreparedResponse, check_chunk, encode_headers, prepare_response
+from .response import REASONS, BodyKind, PreparedResponse, check_chunk, close_body, encode_headers, prepare_response
 from .streams import HijackedStream, RequestBody, ResponseStream
 
 __all__ = ["Exchange", "Outcome", "ResponseSink", "ResponseState"]
@@ -656,15 +656,7 @@ async def _close_body(body: Any) -> None:
     if body is None:
         return
     try:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
-            return
-        close = getattr(body, "close", None)
-        if close is not None:
-            ret = close()
-            if inspect.isawaitable(ret):
-                await ret
+        await close_body(body)
     except Exception:
         log.exception("closing the response body failed")
 

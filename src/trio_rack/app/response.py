@@ -13,6 +13,7 @@ The server owns the framing: hop-by-hop headers the app sets are dropped with a 
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
 import re
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from ..errors import AppError
 
 __all__ = [
     "AppError",
+    "close_body",
     "BodyKind",
     "PreparedResponse",
     "encode_headers",
@@ -196,3 +198,17 @@ def prepare_response(result: Any) -> PreparedResponse:
         if hijack is None:
             wire.append((b"content-length", str(length).encode("ascii")))
     return PreparedResponse(status, wire, kind, body, chunks, length, hijack, app_length)
+
+
+async def close_body(body: Any) -> None:
+    """Call the body's ``aclose()`` or ``close()`` (whichever it has; a sync ``close`` may return
+    an awaitable).  The request cycle and the middleware that replace a body share this rule."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+        return
+    close = getattr(body, "close", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
