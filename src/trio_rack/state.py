@@ -97,7 +97,10 @@ class ServerState:
         self.active: set[LiveRequest] = set()
         self.connections: set[ConnectionHandle] = set()
         self.draining = False
-        #: Set when the last connection closes during a graceful shutdown.
+        #: Connections accepted and not yet closed (counted at accept, before their task runs:
+        #: a connection still choosing its protocol is not yet in ``connections``).
+        self.accepted = 0
+        #: Set when the last accepted connection closes during a graceful shutdown.
         self.all_closed = trio.Event()
         #: Set when a graceful shutdown begins; apps see it as ``env["trio_rack.shutdown"]``.
         self.shutdown_started = trio.Event()

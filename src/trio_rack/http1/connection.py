@@ -132,7 +132,7 @@ class HTTPConnection:
     __slots__ = (
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
-        "_body_wire", "_head_only",
+        "_body_wire", "_head_only", "_fresh",
         "_body_rate",
     )  # fmt: skip
 
@@ -151,6 +151,11 @@ class HTTPConnection:
         self.exchange: Exchange | None = None
         self._cancel_reason: str | None = None
         self.client_gone = False
+        #: True until the first request head arrives.  A graceful drain closes idle keep-alive
+        #: connections at once, but lets a connection accepted just before it send its first
+        #: request (bounded by the header and graceful timeouts): closing it unanswered would fail
+        #: a request that was never a keep-alive race (a rolling restart's new connections).
+        self._fresh = True
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -179,15 +184,12 @@ class HTTPConnection:
         finally:
             deadlines.in_scope = False
             state.connections.discard(self)
-            if state.draining and not state.connections:
-                state.all_closed.set()
 
     async def _serve_requests(self) -> bool:
         """The keep-alive loop.  Returns True if the connection was hijacked."""
-        first = True
         while True:
-            request = await self._read_request(first)
-            first = False
+            request = await self._read_request(self._fresh)
+            self._fresh = False
             if request is None:
                 return False
             self._head_only = request.method == b"HEAD"
@@ -285,7 +287,7 @@ class HTTPConnection:
                         return None
                     if self.deadlines.read_phase is ReadPhase.IDLE:
                         self.deadlines.set_read(ReadPhase.HEAD, head_deadline)
-                elif self.state.draining:
+                elif self.state.draining and not self._fresh:
                     return None  # graceful shutdown: no new request on this connection
                 await self._receive_into_h11()
                 continue
@@ -574,6 +576,6 @@ class HTTPConnection:
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: end the connection now if it is waiting for a next request."""
-        if self.deadlines.read_phase is ReadPhase.IDLE and self.deadlines.in_scope:
+        if self.deadlines.read_phase is ReadPhase.IDLE and self.deadlines.in_scope and not self._fresh:
             self._cancel_reason = "closed while idle: server shutting down"
             self.deadlines.scope.cancel()

@@ -185,8 +185,6 @@ class H2Connection:
                 stream.on_broken("connection closed")
         finally:
             state.connections.discard(self)
-            if state.draining and not state.connections:
-                state.all_closed.set()
 
     async def _read_loop(self) -> None:
         self._update_idle(first=True)

@@ -393,7 +393,9 @@ async def _drain(state: ServerState, connections: trio.Nursery) -> None:
     for conn in list(state.connections):
         conn.close_if_idle()
     with trio.move_on_after(state.limits.graceful_timeout):
-        if state.connections:
+        # every accepted connection, including one not yet past choosing its protocol (which
+        # would otherwise be cancelled unanswered: a rolling restart's new connections)
+        if state.accepted:
             await state.all_closed.wait()
     if state.connections:
         log.info("graceful timeout: cancelling %d connection(s)", len(state.connections))
@@ -442,6 +444,7 @@ async def _accept_loop(
                     slots.release()
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                state.accepted += 1  # before the task runs: the drain must wait for it too
                 nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2)
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
@@ -491,6 +494,9 @@ async def _handle_connection(
         log.exception("connection from %s crashed; closing it", bind)
     finally:
         slots.release()
+        state.accepted -= 1
+        if state.draining and not state.accepted:
+            state.all_closed.set()
         await trio.aclose_forcefully(transport)
         if transport is not stream:
             await trio.aclose_forcefully(stream)
