@@ -290,3 +290,26 @@ def test_bad_limits_are_config_errors(bad: dict[str, Any]) -> None:
 
     with pytest.raises(ConfigError):
         Limits(**bad)
+
+
+@pytest.mark.parametrize("overloaded", [False, True], ids=["response", "overload-503"])
+async def test_a_client_that_never_reads_is_dropped_after_the_write_timeout_even_for_a_503(
+    autojump_clock: trio.testing.MockClock, overloaded: bool
+) -> None:
+    """The write timeout (enforced by the sweep cancelling the request's scope) holds for the
+    ``--limit-concurrency`` 503 too: it used to be written outside the scope, so a client that
+    pipelined and never read held the connection until shutdown."""
+    from trio_rack.testing import ServerState, serve_stream
+
+    async def app(env: Any) -> Any:
+        return 200, {}, [b"ok"]
+
+    client, server = trio.testing.lockstep_stream_pair()  # a send blocks until the peer reads
+    state = ServerState(app, Limits(write_timeout=5, liveness_interval=1), access_log=False)
+    if overloaded:
+        state.max_in_flight = 0
+    with trio.fail_after(30):  # virtual seconds: the server's task must end by itself
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_stream, server, state)
+            await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # ... and never read
+    await trio.aclose_forcefully(client)

@@ -247,7 +247,8 @@ class Exchange:
         outcome = Outcome.CLOSE
         try:
             if state.in_flight > state.max_in_flight:
-                outcome = await self._overloaded()
+                with self._scope:  # the write timeout (the sweep) cancels this scope, as for any response
+                    outcome = await self._overloaded()
             elif state.request_nursery:
                 outcome = await self._respond_in_nursery()
             else:
@@ -330,7 +331,11 @@ class Exchange:
         if self._response is ResponseState.STREAMING:
             self.sink.abort()
         elif timed_out and self._response is ResponseState.PENDING:
-            await self._send_error(503)  # the sink adds connection: close
+            # a fresh scope for the 503's write: the sweep enforces the write timeout by
+            # cancelling ``_scope``, and the request's own has already been used up
+            self._scope = trio.CancelScope()
+            with self._scope:
+                await self._send_error(503)  # the sink adds connection: close
         return Outcome.CLOSE
 
     def cancel(self, reason: str, *, client_gone: bool = False) -> None:
