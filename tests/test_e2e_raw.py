@@ -621,3 +621,30 @@ async def test_server_logs_do_not_crash_on_many_quick_connections(
         assert (await ResponseReader(client).next()).body == b"/still-fine"
         await client.aclose()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_aborted_close_delimited_http_1_0_body_ends_with_a_reset(nursery: trio.Nursery) -> None:
+    """For an HTTP/1.0 client a streamed body ends when the connection does, so an orderly
+    close would say "complete".  A body that fails half-way must end with a reset instead;
+    a complete one still ends with a clean EOF."""
+
+    async def app(env: dict[str, object]) -> object:
+        async def body(stream: trio.abc.Stream) -> None:
+            await stream.send_all(b"part one, ")
+            if env["PATH_INFO"] == "/fail":
+                raise RuntimeError("the body fails half-way")
+            await stream.send_all(b"part two")
+
+        return 200, {"content-type": "text/plain"}, body
+
+    bind = await start_server(nursery, app)
+    with trio.fail_after(5):
+        outcomes = {}
+        for path in ("/ok", "/fail"):
+            client = await open_client(bind)
+            await client.send_all(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            raw, how = await read_until_eof(client)
+            await client.aclose()
+            outcomes[path] = (how, raw.endswith(b"part one, part two"))
+    assert outcomes["/ok"] == ("eof", True)
+    assert outcomes["/fail"][0] == "reset", "a failed close-delimited body must not look complete"

@@ -36,6 +36,8 @@ import logging
 import math
 import os
 import re
+import socket
+import struct
 from typing import Any
 
 import h11
@@ -505,8 +507,22 @@ class HTTPConnection:
         return self.writer.blocked_since
 
     def abort(self) -> None:
-        """The response failed mid-body: the connection closes without finishing it."""
+        """The response failed mid-body: the connection closes without finishing it.
+
+        A chunked or ``content-length`` body shows the cut (no last chunk, too few bytes).  A
+        close-delimited one (an HTTP/1.0 client's streamed body) would end with an orderly
+        FIN, which *means* "complete": it is reset instead (``SO_LINGER`` 0), so the client
+        sees an error, never a short body taken for a whole one.
+        """
         self._must_close = True
+        if self.h11.our_state is h11.SEND_BODY and self.h11.their_http_version == b"1.0":
+            sock = _socket_of(self.transport)
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            self.client_gone = True  # no orderly half-close: the listener's close resets
 
     async def receive_body(self) -> bytes:
         """The next piece of the decoded request body, b"" at its end (for ``rack.input``)."""
@@ -579,3 +595,8 @@ class HTTPConnection:
         if self.deadlines.read_phase is ReadPhase.IDLE and self.deadlines.in_scope and not self._fresh:
             self._cancel_reason = "closed while idle: server shutting down"
             self.deadlines.scope.cancel()
+
+
+def _socket_of(stream: trio.abc.Stream) -> Any:
+    """The trio socket under ``stream`` (plain TCP only: TLS has its own close), or None."""
+    return getattr(stream, "socket", None) if isinstance(stream, trio.SocketStream) else None
