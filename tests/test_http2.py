@@ -757,3 +757,20 @@ async def test_a_file_body_is_sent_as_data_frames(tmp_path: Any) -> None:
     async with memory_h2_connection(ranged) as client:
         response = await client.request("GET", "/")
     assert response.status == 200 and response.body == bytes(range(10, 15))
+
+
+async def test_a_partial_hijack_that_fails_is_reset_not_ended_cleanly() -> None:
+    """On HTTP/2 a partial hijack is a framed stream: if the app raises half-way, the stream
+    gets RST_STREAM, so the client cannot take the half payload for the whole."""
+
+    async def app(env: Any) -> Any:
+        async def hijack(stream: trio.abc.Stream) -> None:
+            await stream.send_all(b"first half")
+            raise RuntimeError("the app fails mid-stream")
+
+        return 200, {"rack.hijack": hijack}, []
+
+    async with memory_h2_connection(app) as client:
+        await client.request("GET", "/")
+        result = client.results[max(client.results)]
+    assert not result.ended and result.reset is not None

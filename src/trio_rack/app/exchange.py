@@ -367,7 +367,9 @@ class Exchange:
             except Exception as exc:
                 self._error = exc
                 if self._hijacked is not None:
-                    log.error("app failed after a full hijack", exc_info=exc)
+                    log.error("app failed after a hijack", exc_info=exc)
+                    if not self.sink.can_full_hijack:  # an HTTP/2 tunnel: reset, not a clean END_STREAM
+                        self.sink.abort()
                     return Outcome.HIJACKED
                 return await self._fail(exc)
             self._result = result  # its body is closed in _finish, valid or not
@@ -414,8 +416,10 @@ class Exchange:
             status = 0
         if self._response is ResponseState.PENDING:
             await self._send_error(status)
-        elif self._response is ResponseState.STREAMING:
-            self.sink.abort()
+        elif self._response is ResponseState.STREAMING or (
+            self._response is ResponseState.HIJACKED and not self.sink.can_full_hijack
+        ):
+            self.sink.abort()  # (a failed partial hijack on HTTP/2: RST_STREAM, not END_STREAM)
         return Outcome.CLOSE
 
     async def _send_error(self, status: int) -> None:
