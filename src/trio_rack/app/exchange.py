@@ -212,10 +212,6 @@ class Exchange:
         self._deadline = math.inf
         self.env = self._make_env()
 
-    @property
-    def response_started(self) -> bool:
-        return self._response is not ResponseState.PENDING
-
     def _make_env(self) -> Env:
         env = build_env(self.head, self.info)
         env["rack.input"] = self._request_body
@@ -367,8 +363,10 @@ class Exchange:
             except Exception as exc:
                 self._error = exc
                 if self._hijacked is not None:
-                    log.error("app failed after a hijack", exc_info=exc)
-                    if not self.sink.can_full_hijack:  # an HTTP/2 tunnel: reset, not a clean END_STREAM
+                    if self.sink.can_full_hijack:
+                        log.error("app failed after a full hijack", exc_info=exc)
+                    else:  # an HTTP/2 tunnel: reset, not a clean END_STREAM
+                        log.error("app failed after opening a tunnel", exc_info=exc)
                         self.sink.abort()
                     return Outcome.HIJACKED
                 return await self._fail(exc)
@@ -436,9 +434,6 @@ class Exchange:
 
     # ----------------------------------------------------------------------- the response
 
-    def _final_headers(self, prepared: PreparedResponse) -> Headers:
-        return _with_date_and_server(prepared.headers)
-
     async def _send_response(self, prepared: PreparedResponse) -> Outcome:
         if prepared.hijack is not None:
             return await self._partial_hijack(prepared)
@@ -447,7 +442,7 @@ class Exchange:
         if kind is BodyKind.BUFFERED:
             self._response = ResponseState.STREAMING
             await self.sink.send_whole(
-                prepared.status, self._final_headers(prepared), prepared.chunks, prepared.length, no_body
+                prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
             )
             self._response = ResponseState.DONE
             if not no_body:
@@ -483,7 +478,7 @@ class Exchange:
         prepared = self._prepared
         assert prepared is not None
         self._response = ResponseState.STREAMING
-        await self.sink.send_head(prepared.status, self._final_headers(prepared))
+        await self.sink.send_head(prepared.status, _with_date_and_server(prepared.headers))
 
     # BodySink, for ResponseStream and the iterable bodies
     async def send_data(self, data: bytes) -> None:
@@ -567,8 +562,7 @@ class Exchange:
 
     async def _partial_hijack(self, prepared: PreparedResponse) -> Outcome:
         """Send the head as the app wrote it (no body framing), then await ``hijack(stream)``."""
-        headers = self._final_headers(prepared)
-        self._response = ResponseState.STREAMING
+        headers = _with_date_and_server(prepared.headers)
         stream = await self.sink.start_partial_hijack(prepared.status, headers, self._hand_over())
         self._hijacked = stream
         await prepared.hijack(stream)
