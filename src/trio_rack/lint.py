@@ -51,6 +51,7 @@ from typing import Any
 import trio
 
 from .app.response import HOP_BY_HOP, AppError, BodyKind, classify_body, close_body, encode_headers, prepare_response
+from .app.streams import read_all
 from .types import App, Env, Response
 
 __all__ = ["Lint", "LintError", "RULES"]
@@ -219,14 +220,7 @@ class _LintInput(trio.abc.ReceiveStream):
         return await self._inner.receive_some(max_bytes)
 
     async def read_all(self, limit: int | None = None) -> bytes:
-        parts = []
-        size = 0
-        while data := await self.receive_some():
-            size += len(data)
-            if limit is not None and size > limit:
-                raise ValueError(f"request body exceeds {limit} bytes")
-            parts.append(data)
-        return b"".join(parts)
+        return await read_all(self, limit)
 
     async def aclose(self) -> None:
         self._closed = True

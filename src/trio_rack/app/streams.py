@@ -21,7 +21,7 @@ import trio
 
 from ..errors import RequestBodyError
 
-__all__ = ["BodySink", "BodySource", "Busy", "HijackedStream", "RequestBody", "ResponseStream"]
+__all__ = ["read_all", "BodySink", "BodySource", "Busy", "HijackedStream", "RequestBody", "ResponseStream"]
 
 
 class BodySource(Protocol):
@@ -128,14 +128,7 @@ class RequestBody(trio.abc.ReceiveStream):
 
     async def read_all(self, limit: int | None = None) -> bytes:
         """Convenience: the whole remaining body (at most ``limit`` bytes, else ValueError)."""
-        parts = []
-        size = 0
-        while data := await self.receive_some():
-            size += len(data)
-            if limit is not None and size > limit:
-                raise ValueError(f"request body exceeds {limit} bytes")
-            parts.append(data)
-        return b"".join(parts)
+        return await read_all(self, limit)
 
     def take_leftover(self) -> bytes:
         """Hand over bytes already decoded but not yet read (used by the full hijack)."""
@@ -312,3 +305,16 @@ class HijackedStream(trio.abc.Stream):
         if name in ("socket", "getpeercert", "selected_alpn_protocol", "cipher", "transport_stream"):
             return getattr(self.transport, name)
         raise AttributeError(name)
+
+
+async def read_all(stream: trio.abc.ReceiveStream, limit: int | None = None) -> bytes:
+    """Everything ``stream`` still gives, at most ``limit`` bytes (else ValueError): the body of
+    ``rack.input.read_all()``, shared with the views that wrap it (Lint's)."""
+    parts = []
+    size = 0
+    while data := await stream.receive_some():
+        size += len(data)
+        if limit is not None and size > limit:
+            raise ValueError(f"request body exceeds {limit} bytes")
+        parts.append(data)
+    return b"".join(parts)
