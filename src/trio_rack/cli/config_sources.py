@@ -44,11 +44,11 @@ __all__ = ["ENV_PREFIX", "Resolved", "add_config_flags", "env_name", "file_key",
 
 ENV_PREFIX = "TRIO_RACK_"
 #: Environment variables with that prefix that are not flags.
-NOT_FLAGS = {"TRIO_RACK_STATE_DIR", "TRIO_RACK_CONFIG", "TRIO_RACK_READY_FD"}
+NOT_FLAGS = {"TRIO_RACK_STATE_DIR", "TRIO_RACK_CONFIG"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 #: Keys of the serve parser that are not settings.
-_SKIP = {"help", "config", "print_config", "worker"}
+_SKIP = {"help", "config", "print_config", "worker", "ready_fd"}
 
 
 class _Unset:

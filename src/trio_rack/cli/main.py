@@ -48,7 +48,7 @@ from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import CLIENT_CERT_MODES, DEFAULT_BIND, TLS_VERSIONS, Bind, ConfigError, Limits, TLSConfig, parse_bind
 from ..interface import INTERFACES, LIFESPAN_MODES, LifespanFailure, ServedApp, prepare
 from ..net.tls import make_server_context
-from ..server import systemd, workers
+from ..server import ready_pipe, systemd, workers
 from ..server.certs import DevCert, dev_certificate
 from ..server.serve import serve, watch_signals
 from . import config_sources, hints, reload
@@ -456,7 +456,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         functools.partial(
             _serve_until_signalled,
             serving,
-            announce=(_worker_ready(args) or reload.ready_announcer()) if args.worker else announce,
+            announce=_worker_ready(args) if args.worker else announce,
             lifeline=args.worker,
             budget=budget,
             notifier=notifier,
@@ -668,12 +668,13 @@ async def _recycle_when_spent(budget: workers.RequestBudget, shutdown: trio.Even
 
 
 def _worker_ready(args: argparse.Namespace) -> Callable[[list[Bind]], None] | None:
-    """A worker's "announce": tell the supervisor, through ``--ready-fd``, that it serves."""
+    """A worker's "announce": tell its parent (the ``-n`` supervisor or the ``--reload``
+    reloader), through ``--ready-fd``, that it serves."""
     fd = args.ready_fd
     if fd is None:
         return None
     os.set_inheritable(fd, False)  # not for the app's children
-    return lambda _bound: workers.report_ready(fd)
+    return lambda _bound: ready_pipe.report_ready(fd)
 
 
 def _announce(bound: list[Bind], *, dev: DevCert | None, interface: str = "rack") -> None:

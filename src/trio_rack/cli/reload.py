@@ -9,8 +9,8 @@ inherited sockets, as :mod:`trio_rack.server.workers` does) and watches files wi
 `watchfiles <https://watchfiles.helpmanual.io>`_.  When a file changes:
 
 1. a **new** worker is started beside the old one, on the same sockets;
-2. it imports the app and starts accepting, then writes one byte to a *ready pipe* (its fd is
-   in ``TRIO_RACK_READY_FD``); only then
+2. it imports the app and starts accepting, then reports through its *ready pipe*
+   (``--ready-fd``, :mod:`trio_rack.server.ready_pipe`, as ``-n`` workers do); only then
 3. the **old** worker gets SIGTERM and shuts down gracefully (requests in flight finish).
 
 Because the sockets stay open in the reloader and some worker is accepting at every moment,
@@ -46,20 +46,17 @@ from typing import Any
 import trio
 
 from ..config import Bind, ConfigError
+from ..server import ready_pipe
 from ..server.serve import open_sockets, remove_unix_socket_files
 from ..server.workers import describe_exit
 
-__all__ = ["READY_ENV", "add_reload_flags", "check_reload_args", "ready_announcer", "run_reloading"]
+__all__ = ["add_reload_flags", "check_reload_args", "run_reloading"]
 
 log = logging.getLogger("trio_rack.error")
 
-#: The environment variable naming a worker's ready pipe (write end).
-READY_ENV = "TRIO_RACK_READY_FD"
 DEFAULT_INCLUDE = ("*.py",)
 #: watchfiles batches changes for this long (ms): an editor's save is often several writes.
 DEBOUNCE_MS = 300
-#: Seconds a new worker may take to import the app and start listening.
-READY_TIMEOUT = 60.0
 
 
 def add_reload_flags(parser: argparse.ArgumentParser) -> None:
@@ -120,23 +117,6 @@ class GlobFilter:
         if not self._default(change, path):
             return False
         return self._matches(path, self.include) and not self._matches(path, self.exclude)
-
-
-def ready_announcer() -> Callable[[list[Bind]], None] | None:
-    """In a worker started by the reloader: a callable that reports "serving" through the ready
-    pipe (then closes it); None otherwise.  The variable is removed so the app never sees it."""
-    value = os.environ.pop(READY_ENV, None)
-    if value is None:
-        return None
-    fd = int(value)
-
-    def ready(bound: list[Bind]) -> None:
-        try:
-            os.write(fd, b"1")
-        finally:
-            os.close(fd)
-
-    return ready
 
 
 def run_reloading(
@@ -245,18 +225,15 @@ class Reloader:
 
     async def _start_worker(self) -> Worker | None:
         """Start a worker and wait until it serves (the Worker) or exits first (None)."""
-        ready_read, ready_write = os.pipe()
-        os.set_inheritable(ready_write, True)
+        ready_read, ready_write = ready_pipe.open_ready_pipe()
         try:
-            env = {**os.environ, READY_ENV: str(ready_write)}
             proc: trio.Process = await self.nursery.start(
                 functools.partial(
                     trio.run_process,
-                    self.command,
+                    ready_pipe.child_argv(self.command, ready_write),
                     check=False,
                     stdin=self.lifeline,
                     pass_fds=(*self.pass_fds, ready_write),
-                    env=env,
                     start_new_session=True,
                 )
             )
@@ -267,13 +244,9 @@ class Reloader:
             os.close(ready_write)
         worker = Worker(proc)
         self.nursery.start_soon(self._reap, worker)
-        async with trio.lowlevel.FdStream(ready_read) as ready:
-            with trio.move_on_after(READY_TIMEOUT):
-                try:
-                    if await ready.receive_some(1):
-                        return worker
-                except (trio.BrokenResourceError, OSError):
-                    pass
+        with trio.move_on_after(ready_pipe.READY_TIMEOUT):
+            if await ready_pipe.wait_ready(ready_read):
+                return worker
         if proc.returncode is None:
             proc.kill()
         await worker.exited.wait()

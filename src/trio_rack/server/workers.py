@@ -39,7 +39,7 @@ flight finish, idle keep-alive connections close), and the next slot's replaceme
 The listening sockets are the supervisor's and never close, so no connection is refused: a
 connection arriving meanwhile is queued in the backlog and accepted by whichever worker is
 accepting.  A new worker that exits before it serves (a syntax error in the changed app), or
-does not serve within :data:`READY_TIMEOUT`, stops the restart with one error line; the old
+does not serve within ``ready_pipe.READY_TIMEOUT`` (60 s), stops the restart with one error line; the old
 workers (and the slots already replaced) go on serving.  The slot's keeper task follows the
 handover: it waits for the old worker to exit, then watches the new one as before.
 
@@ -63,15 +63,14 @@ from typing import Any
 import trio
 
 from ..config import Bind
+from . import ready_pipe
 from .serve import BACKLOG, open_sockets, remove_unix_socket_files
 from .systemd import Notifier
 
 __all__ = [
     "CONFIG_ERROR_EXIT",
-    "READY_MESSAGE",
     "RECYCLE_EXIT",
     "RequestBudget",
-    "report_ready",
     "supervise",
     "watch_lifeline",
 ]
@@ -89,10 +88,6 @@ RECYCLE_EXIT = 75
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 STABLE_AFTER = 10.0
-#: What a worker writes to its ready pipe (``--ready-fd``) once its listeners accept.
-READY_MESSAGE = b"ready\n"
-#: How long a rolling restart waits for a new worker to serve before giving up on it.
-READY_TIMEOUT = 60.0
 
 WorkerCommand = Callable[[Sequence[Bind]], list[str]]
 
@@ -254,10 +249,10 @@ class Supervisor:
         end belongs to the :meth:`_watch_ready` task, which closes it.
         """
         assert self._nursery is not None
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = ready_pipe.open_ready_pipe()
         self._starting += 1
         try:
-            argv = [*self.command, "--ready-fd", str(write_fd)]
+            argv = ready_pipe.child_argv(self.command, write_fd)
             worker: Worker = await self._nursery.start(self._run_process, slot, argv, (*self.pass_fds, write_fd))
         except BaseException:
             os.close(read_fd)
@@ -298,17 +293,7 @@ class Supervisor:
     async def _watch_ready(self, worker: Worker, read_fd: int) -> None:
         """Set ``worker.ready`` when the worker writes ``ready`` to its pipe (after its
         listeners accept); EOF first means it exited (or failed) before serving."""
-        data = b""
-        async with trio.lowlevel.FdStream(read_fd) as stream:
-            try:
-                while b"\n" not in data and len(data) < 64:
-                    chunk = await stream.receive_some(64)
-                    if not chunk:
-                        break
-                    data += chunk
-            except (trio.BrokenResourceError, OSError):
-                pass
-        if data.startswith(READY_MESSAGE):
+        if await ready_pipe.wait_ready(read_fd):
             log.info("worker %d (pid %d) is serving", worker.slot, worker.pid)
             worker.ready.set()
 
@@ -415,7 +400,7 @@ class Supervisor:
             for slot in range(1, self.count + 1):
                 old = self.workers[slot]
                 new = await self._spawn(slot)
-                with trio.move_on_after(READY_TIMEOUT):
+                with trio.move_on_after(ready_pipe.READY_TIMEOUT):
                     await _first(new.ready, new.exited, self.stopping)
                 if self.stopping.is_set():
                     new.proc.send_signal(signal.SIGTERM)
@@ -426,7 +411,7 @@ class Supervisor:
                         assert new.proc.returncode is not None
                         why = f"exited ({describe_exit(new.proc.returncode)})"
                     else:
-                        why = f"did not serve within {READY_TIMEOUT:.0f} s"
+                        why = f"did not serve within {ready_pipe.READY_TIMEOUT:.0f} s"
                         new.proc.kill()
                     status = (
                         f"rolling restart stopped: the new worker {slot} (pid {new.pid}) {why} before serving; "
@@ -467,16 +452,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"status {code}"
-
-
-def report_ready(fd: int) -> None:
-    """In a worker: tell the supervisor (through the ``--ready-fd`` pipe) that we serve."""
-    try:
-        os.write(fd, READY_MESSAGE)
-    except OSError as exc:
-        log.warning("could not report readiness to the supervisor: %s", exc.strerror)
-    finally:
-        os.close(fd)
 
 
 async def watch_lifeline(shutdown: trio.Event, *, fd: int = 0) -> None:
