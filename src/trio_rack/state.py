@@ -18,7 +18,7 @@ import trio
 from .config import Limits
 from .types import App
 
-__all__ = ["ConnectionHandle", "LiveRequest", "ServerState", "SERVER_HEADER", "date_header"]
+__all__ = ["ConnectionHandle", "LiveRequest", "ReadDeadline", "ServerState", "SERVER_HEADER", "date_header"]
 
 SERVER_HEADER = (b"server", b"trio-rack")
 
@@ -38,6 +38,14 @@ class LiveRequest(Protocol):
 
     def cancel_stalled_write(self) -> None:
         """A write has been blocked past the write timeout: drop the client, cancel the app."""
+
+
+class ReadDeadline(Protocol):
+    """A connection's read deadline, which the liveness sweep enforces (net/transport.py)."""
+
+    def expire_if_due(self, now: float) -> bool:
+        """Cancel the connection's reads if their deadline is at or before ``now``; whether it did."""
+        ...
 
 
 class ConnectionHandle(Protocol):
@@ -96,6 +104,8 @@ class ServerState:
         self.overload_logged_at = -math.inf
         self.active: set[LiveRequest] = set()
         self.connections: set[ConnectionHandle] = set()
+        #: The read deadlines of open HTTP/1 connections: the sweep cancels those that passed.
+        self.read_deadlines: set[ReadDeadline] = set()
         self.draining = False
         #: Connections accepted and not yet closed (counted at accept, before their task runs:
         #: a connection still choosing its protocol is not yet in ``connections``).

@@ -14,9 +14,9 @@ are parsed first) or closes.
 * **One writer, one reader.**  Every write goes through one :class:`~trio_rack.net.transport.Writer`.
   Outside the app only this task reads; while the app runs, reads happen only on its behalf
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
-* **One cancel scope per connection, moving deadlines**
+* **One cancel scope per connection, read deadlines the sweep enforces**
   (:class:`~trio_rack.net.transport.Deadlines`): idle, head and body timeouts end the
-  connection; :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one
+  connection (up to one sweep interval late: no scope deadline moves per request); :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one
   is due.  A write blocked past the write timeout is found by the liveness sweeper, which
   cancels the request (see :mod:`trio_rack.net.transport`).  The request has a scope of its
   own, inside the exchange: a vanished client or a request deadline cancels the request, and
@@ -174,6 +174,7 @@ class HTTPConnection:
         state = self.state
         state.connections.add(self)
         deadlines = self.deadlines
+        state.read_deadlines.add(deadlines)
         try:
             with deadlines.scope:
                 deadlines.in_scope = True
@@ -185,6 +186,7 @@ class HTTPConnection:
                 await shutdown_transport(self.transport)
         finally:
             deadlines.in_scope = False
+            state.read_deadlines.discard(deadlines)
             state.connections.discard(self)
 
     async def _serve_requests(self) -> bool:

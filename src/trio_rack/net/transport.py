@@ -2,10 +2,17 @@
 
 Theory of operation
 -------------------
-* **One cancel scope per connection, a moving read deadline.**  A driver runs its connection
-  inside :attr:`Deadlines.scope`, whose deadline is the current read deadline (idle, head, body,
-  drain: the :class:`ReadPhase` says which, so when it fires the driver knows what timed out).
-  Entering a scope per read cost more than h11's parsing; moving one deadline costs little.
+* **One cancel scope per connection, a read deadline the sweeper enforces.**  A driver runs its
+  connection inside :attr:`Deadlines.scope`; the current read deadline (idle, head, body,
+  drain: the :class:`ReadPhase` says which, so when it passes the driver knows what timed out)
+  is a plain float, :attr:`Deadlines.read_deadline`.  The liveness sweeper, which wakes about
+  once a second anyway, cancels the scope of every connection whose read deadline has passed
+  (:meth:`Deadlines.expire_if_due`), so a timeout fires up to one sweep interval
+  (``liveness_interval``) late.  Entering a scope per read cost more than h11's parsing; moving
+  the one scope's deadline twice a request (to the idle deadline, then to infinity while the
+  app runs) cost 36,000 instructions of a hello request (bench/README.md, "Cost model");
+  storing a float costs next to nothing.  Exact and race-free all the same: the sweep runs
+  in the connection's own Trio run, between its steps, so it never sees a phase half-changed.
 * **One writer, stalls found by the sweeper.**  Every byte reaches the stream through
   :meth:`Writer.write`, one task at a time (an app may read ``rack.input`` — which can send
   ``100 Continue`` — in one task while its streaming body writes in another).  A write inside
@@ -71,19 +78,33 @@ class ReadPhase(enum.Enum):
 
 
 class Deadlines:
-    """The connection's one cancel scope and the read deadline that moves it."""
+    """The connection's one cancel scope and its read deadline, enforced by the liveness sweep.
 
-    __slots__ = ("scope", "in_scope", "read_phase")
+    Registered in :attr:`~trio_rack.state.ServerState.read_deadlines` by the driver for the
+    connection's life (see the module docstring for why no scope deadline moves).
+    """
+
+    __slots__ = ("scope", "in_scope", "read_phase", "read_deadline")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         #: True while the driver runs inside :attr:`scope` (writes after it time out on their own).
         self.in_scope = False
         self.read_phase = ReadPhase.IDLE
+        #: When the read under way times out (Trio's clock); ``math.inf`` while none does.
+        self.read_deadline = math.inf
 
     def set_read(self, phase: ReadPhase, deadline: float) -> None:
         self.read_phase = phase
-        self.scope.deadline = deadline
+        self.read_deadline = deadline
+
+    def expire_if_due(self, now: float) -> bool:
+        """The sweep's visit: cancel the connection's scope if its read deadline has passed."""
+        if self.read_deadline > now or not self.in_scope:
+            return False
+        self.read_deadline = math.inf
+        self.scope.cancel()
+        return True
 
 
 class Writer:

@@ -8,6 +8,9 @@ shut down its sending side; ``POLLHUP``/``POLLERR``: reset).  Nothing is read, s
 lost; a request whose peer is gone gets its app's cancel scope cancelled.  The same visit
 enforces the write timeout: a request whose response write has been blocked that long is
 cancelled as if its client had gone (so the timeout holds to within one sweep interval).
+The sweep also enforces the connections' read deadlines (idle, head, body, drain): a deadline
+is a float each connection updates, and the sweep cancels the connection whose deadline has
+passed — cheaper per request than moving a cancel scope's deadline (see net/transport.py).
 
 Consequence worth documenting: a client that half-closes (``shutdown(SHUT_WR)``) after sending
 its request counts as gone, as with Uvicorn and Hypercorn.
@@ -29,12 +32,18 @@ _HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 def sweep_once(state: ServerState) -> int:
     """Visit every active request once; cancel the apps of vanished or stalled clients.  Returns how many.
 
+    First, every connection whose read deadline has passed is cancelled (and counted).
+
     A client is stalled when a response write has been blocked for ``limits.write_timeout``
     (the writers record when each write started; see :mod:`trio_rack.net.transport`).
     """
     by_fd: dict[int, list[LiveRequest]] = {}
-    stalled_before = trio.current_time() - state.limits.write_timeout
+    now = trio.current_time()
+    stalled_before = now - state.limits.write_timeout
     stalled = 0
+    for reader in list(state.read_deadlines):
+        if reader.expire_if_due(now):
+            stalled += 1
     for request in list(state.active):
         if request.write_blocked_since() <= stalled_before:
             request.cancel_stalled_write()
