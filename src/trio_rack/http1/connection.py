@@ -16,10 +16,11 @@ are parsed first) or closes.
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
 * **One cancel scope per connection, read deadlines the sweep enforces**
   (:class:`~trio_rack.net.transport.Deadlines`): idle, head and body timeouts end the
-  connection (up to one sweep interval late: no scope deadline moves per request); :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one
-  is due.  A write blocked past the write timeout is found by the liveness sweeper, which
-  cancels the request (see :mod:`trio_rack.net.transport`).  The request has a scope of its
-  own, inside the exchange: a vanished client or a request deadline cancels the request, and
+  connection (at most 25 % late: no scope deadline moves per request);
+  :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one is due.
+  A write blocked past the write timeout is found by the liveness sweeper, which cancels the
+  request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
+  the exchange: a vanished client or a request deadline cancels the request, and
   the exchange records why.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and

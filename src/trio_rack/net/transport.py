@@ -7,8 +7,9 @@ Theory of operation
   drain: the :class:`ReadPhase` says which, so when it passes the driver knows what timed out)
   is a plain float, :attr:`Deadlines.read_deadline`.  The liveness sweeper, which wakes about
   once a second anyway, cancels the scope of every connection whose read deadline has passed
-  (:meth:`Deadlines.expire_if_due`), so a timeout fires up to one sweep interval
-  (``liveness_interval``) late.  Entering a scope per read cost more than h11's parsing; moving
+  (:meth:`Deadlines.expire_if_due`), checking them every quarter of the shortest read timeout
+  (at least every ``liveness_interval``: :func:`~trio_rack.server.liveness.read_deadline_tick`),
+  so a timeout fires at most 25 % late, never early.  Entering a scope per read cost more than h11's parsing; moving
   the one scope's deadline twice a request (to the idle deadline, then to infinity while the
   app runs) cost 36,000 instructions of a hello request (bench/README.md, "Cost model");
   storing a float costs next to nothing.  Exact and race-free all the same: the sweep runs

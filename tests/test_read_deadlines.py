@@ -1,0 +1,91 @@
+"""Read deadlines (idle, head, body) as floats the liveness sweep enforces (issue #12 point 2).
+
+The connection's cancel scope no longer carries a moving deadline; these tests pin what
+replaced it: the sweep cancels a connection whose read deadline has passed, never one whose
+deadline is ahead or which has left its scope, and each timeout fires no earlier than set and
+at most a quarter of the shortest read timeout late.  Autojump clock: no real waiting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+
+from trio_rack import Limits
+from trio_rack.net.transport import Deadlines, ReadPhase
+from trio_rack.server.liveness import expire_read_deadlines, read_deadline_tick
+from trio_rack.testing import ServerState, memory_connection, read_until_closed
+
+
+async def hello(env: dict[str, object]) -> tuple[int, dict[str, str], list[bytes]]:
+    return 200, {"content-type": "text/plain"}, [b"hi"]
+
+
+def test_the_tick_is_a_quarter_of_the_shortest_read_timeout_at_most_the_liveness_interval() -> None:
+    assert read_deadline_tick(Limits()) == 1.0  # defaults: 5 s keep-alive / 4 > 1 s
+    assert read_deadline_tick(Limits(header_timeout=0.5)) == 0.125
+    assert read_deadline_tick(Limits(keepalive_timeout=2.0, liveness_interval=0.25)) == 0.25
+    assert read_deadline_tick(Limits(body_timeout=0.002)) == 0.001  # never a busy loop
+
+
+async def test_expire_if_due_cancels_only_a_passed_deadline_inside_the_scope() -> None:
+    deadlines = Deadlines()
+    now = trio.current_time()
+    deadlines.set_read(ReadPhase.HEAD, now - 1)
+    assert not deadlines.expire_if_due(now)  # not yet running inside its scope
+    deadlines.in_scope = True
+    deadlines.set_read(ReadPhase.HEAD, now + 1)
+    assert not deadlines.expire_if_due(now)
+    assert not deadlines.scope.cancel_called
+    assert deadlines.expire_if_due(now + 1)
+    assert deadlines.scope.cancel_called
+    assert deadlines.read_deadline == math.inf  # counted once, not at every later sweep
+    assert not deadlines.expire_if_due(now + 2)
+    assert deadlines.read_phase is ReadPhase.HEAD  # the driver still knows what timed out
+
+
+async def test_the_sweep_counts_and_cancels_the_passed_ones() -> None:
+    state = ServerState(hello, Limits(), access_log=False)
+    late, early = Deadlines(), Deadlines()
+    for d in (late, early):
+        d.in_scope = True
+        state.read_deadlines.add(d)
+    now = trio.current_time()
+    late.set_read(ReadPhase.IDLE, now - 0.1)
+    early.set_read(ReadPhase.IDLE, now + 10)
+    assert expire_read_deadlines(state, now) == 1
+    assert late.scope.cancel_called and not early.scope.cancel_called
+
+
+async def test_keepalive_timeout_closes_an_idle_connection_on_time(autojump_clock: trio.testing.MockClock) -> None:
+    limits = Limits(keepalive_timeout=2.0)
+    async with memory_connection(hello, limits=limits) as client:
+        response = await client.request("GET", "/")
+        assert response.status == 200
+        start = trio.current_time()
+        assert await read_until_closed(client.stream) == b""  # closed without a word
+        elapsed = trio.current_time() - start
+    assert 2.0 <= elapsed <= 2.0 * 1.25 + 0.01, elapsed
+
+
+async def test_a_slow_head_gets_408_on_time_and_an_app_running_long_is_never_cut(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = Limits(header_timeout=4.0)
+    async with memory_connection(hello, limits=limits) as client:
+        start = trio.current_time()
+        await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+        data = await read_until_closed(client.stream)
+        elapsed = trio.current_time() - start
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert 4.0 <= elapsed <= 5.01, elapsed
+
+    async def slow(env: dict[str, object]) -> tuple[int, dict[str, str], list[bytes]]:
+        await trio.sleep(60)  # far past every read timeout: no read deadline while the app runs
+        return 200, {"content-type": "text/plain"}, [b"late"]
+
+    async with memory_connection(slow, limits=Limits(header_timeout=1.0, keepalive_timeout=1.0)) as client:
+        response = await client.request("GET", "/")
+    assert (response.status, response.body) == (200, b"late")
