@@ -20,7 +20,12 @@ with ``set_comma_header`` from ``h11._connection``'s namespace, only for respons
 (``_clean_up_response_headers_for_sending``); :func:`lower_case_framing_headers` puts a variant
 there that keeps the lower-case name.  Names are case-insensitive (RFC 9110 §5.1): only the
 spelling changes.  Installed only over the exact function it replaces; ``tests/test_wire_case``
-checks the bytes on the wire.
+checks the bytes on the wire.  The variant also skips the name/value regexes h11 would run again
+(``_parsed=True``): every header it gets back came from a ``Headers`` h11 built (validated, or
+the exchange's already validated head), and the values it adds are h11's constants or
+comma-separated pieces of those values; the framing checks (content-length,
+transfer-encoding) still run.  That second pass cost every streamed and every
+``connection: close`` response about 10 µs (profiled).
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ def lower_case_framing_headers() -> bool:
 
 
 def _set_comma_header_lower(headers: _headers.Headers, name: bytes, new_values: list[bytes]) -> _headers.Headers:
-    """h11's ``set_comma_header`` (h11 0.14–0.16), with ``name`` kept as given (lower-case)."""
+    """h11's ``set_comma_header`` (h11 0.14–0.16), with ``name`` kept as given (lower-case), and
+    without revalidating headers already validated (see the module docstring)."""
     new_headers = [(raw, value) for raw, found, value in headers._full_items if found != name]
     new_headers.extend((name, value) for value in new_values)
-    return _headers.normalize_and_validate(new_headers)
+    return _headers.normalize_and_validate(new_headers, _parsed=True)
