@@ -497,8 +497,13 @@ async def _handle_connection(
         state.accepted -= 1
         if state.draining and not state.accepted:
             state.all_closed.set()
-        await trio.aclose_forcefully(transport)
-        if transport is not stream:
+        if transport is stream:
+            # A plain socket: what ``SocketStream.aclose()`` does before its checkpoint, which
+            # ``aclose_forcefully`` wraps in a cancelled scope: two cancel scopes per connection
+            # for no effect (a socket's close cannot block).
+            stream.socket.close()
+        else:
+            await trio.aclose_forcefully(transport)
             await trio.aclose_forcefully(stream)
 
 
