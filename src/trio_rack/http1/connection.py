@@ -53,6 +53,7 @@ from ..config import Limits
 from ..errors import AppError, ClientGone, RequestBodyError
 from ..files import FILE_IO_LIMITER
 from ..net.transport import (
+    BODY_RECEIVE_SIZE,
     COALESCE_LIMIT,
     RECEIVE_SIZE,
     WRITE_SLICE,
@@ -227,10 +228,11 @@ class HTTPConnection:
             log.debug("%s: %s timeout; closing", who, phase.value)
             await shutdown_transport(self.transport)
 
-    async def _receive_into_h11(self) -> int:
-        """Read once from the transport into h11; how many bytes.  EOF and resets become b""."""
+    async def _receive_into_h11(self, size: int = RECEIVE_SIZE) -> int:
+        """Read once (at most ``size`` bytes) from the transport into h11; how many bytes.  EOF
+        and resets become b""."""
         try:
-            data = await self.transport.receive_some(RECEIVE_SIZE)
+            data = await self.transport.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         self.h11.receive_data(bytes(data))
@@ -531,6 +533,7 @@ class HTTPConnection:
         """The next piece of the decoded request body, b"" at its end (for ``rack.input``)."""
         h = self.h11
         limit = self.limits.max_body_size
+        size = BODY_RECEIVE_SIZE if limit is None else RECEIVE_SIZE
         while True:
             if h.they_are_waiting_for_100_continue and not self._started:
                 await self.writer.write(h.send(_CONTINUE))
@@ -558,14 +561,14 @@ class HTTPConnection:
                 if left < self.limits.body_timeout:
                     # --min-body-rate would fail before the body timeout: wait only that long.
                     with trio.move_on_after(max(left, 0.0)) as slow:
-                        received = await self._receive_into_h11()  # cancelled on body timeout too
+                        received = await self._receive_into_h11(size)  # cancelled on body timeout too
                     if slow.cancelled_caught:
                         self._must_close = True
                         raise RequestBodyError(
                             408, f"request body slower than {rate.min_rate:g} bytes a second (--min-body-rate)"
                         )
                 else:
-                    received = await self._receive_into_h11()  # cancelled on timeout
+                    received = await self._receive_into_h11(size)  # cancelled on timeout
                 rate.record(trio.current_time() - now, received)
                 self._body_wire += received
                 self.deadlines.set_read(ReadPhase.APP, math.inf)
