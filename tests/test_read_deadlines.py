@@ -89,3 +89,4 @@ async def test_a_slow_head_gets_408_on_time_and_an_app_running_long_is_never_cut
     async with memory_connection(slow, limits=Limits(header_timeout=1.0, keepalive_timeout=1.0)) as client:
         response = await client.request("GET", "/")
     assert (response.status, response.body) == (200, b"late")
+
