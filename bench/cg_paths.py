@@ -11,6 +11,8 @@ shutdown cancelling out.  Kernel time is not counted.  Modes (apps are ``bench/r
 and, for ``stream``, a generator app this script writes to a temporary file):
 
 ``hello``   one keep-alive request (what ``bench/ab_instructions.sh`` measures)
+``hello64`` one keep-alive request of 64 connections' rounds (64 requests sent, then the 64
+            responses read): the scheduling of many connections, as wrk's ``-c64``
 ``new``     one request on a new connection (``Connection: close``): accept, first read,
             set-up, orderly close, and the request
 ``stream``  one one-byte chunk of a streamed (chunked) response, with no sleep between chunks
@@ -63,6 +65,17 @@ def _drive(mode: str, port: int, n: int) -> None:
                 buf = b""
                 while b"Hello" not in buf:
                     buf += c.recv(65536)
+    elif mode == "hello64":
+        conns = [_connect(port) for _ in range(64)]
+        for _ in range(n // 64):
+            for c in conns:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for c in conns:
+                buf = b""
+                while b"Hello" not in buf:
+                    buf += c.recv(65536)
+        for c in conns:
+            c.close()
     elif mode == "new":
         _connect(port).close()
         for _ in range(n):
@@ -115,7 +128,7 @@ def count(src: str, mode: str, n: int, python: str, app: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["hello", "new", "stream", "upload"])
+    parser.add_argument("mode", choices=["hello", "hello64", "new", "stream", "upload"])
     parser.add_argument("n1", type=int)
     parser.add_argument("n2", type=int)
     parser.add_argument("src", nargs="+")
