@@ -19,6 +19,9 @@ from trio_rack import Limits
 from trio_rack.lint import LintError
 from trio_rack.testing import memory_connection, read_until_closed
 
+#: Every test here runs on both HTTP/1 parsers (h11 and httptools): see conftest.py.
+pytestmark = pytest.mark.http1_parsers
+
 #: Lint rules a *server* breaks (its env, calling the app twice, not closing or re-reading a
 #: body): any of these logged fails the test.  The rules an app breaks show as the 500 the
 #: contract tests here expect of a broken app anyway.

@@ -66,6 +66,7 @@ from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
 from ._h11_patch import lower_case_framing_headers, tighten_chunk_extensions
 from .body_rate import BodyRate
+from .parsers import new_parser
 from .wire import serialize_head
 
 __all__ = ["HTTPConnection"]
@@ -135,18 +136,23 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only", "_fresh",
-        "_body_rate",
+        "_body_rate", "parser",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
     can_full_hijack = True
 
-    def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
+    def __init__(
+        self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo, parser: str | None = None
+    ) -> None:
         self.transport = transport
         self.state = state
         self.info = info
         self.limits: Limits = state.limits
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=state.limits.max_head_size)
+        #: "h11" or "httptools" (:mod:`.parsers`): the state's unless the caller (a test) says.
+        self.parser = parser or state.http1_parser
+        #: Named for h11, whose API both parsers speak (:mod:`.httptools_engine`).
+        self.h11 = new_parser(self.parser, state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
         self.deadlines = Deadlines()
         self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
@@ -271,12 +277,12 @@ class HTTPConnection:
                     skipped += skip // 2
                     # h11 has no way to drop bytes it buffered, and is in its ERROR state now:
                     # a fresh one (equal to a reset one between keep-alive requests) gets the rest.
-                    self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
+                    self.h11 = new_parser(self.parser, limits.max_head_size)
                     if rest == b"\r":  # h11 refuses a lone CR that may begin another empty line
                         if not await self._receive_into_h11():
                             return None
                         rest += self.h11.trailing_data[0]
-                        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
+                        self.h11 = new_parser(self.parser, limits.max_head_size)
                     if rest:  # (receive_data(b"") would mean end of file)
                         self.h11.receive_data(rest)
                     continue
