@@ -237,18 +237,19 @@ class HttptoolsConnection:
         problem = _h11_grammar_problem(parser.get_method(), sink.url, version, fields, head)
         if problem is not None:
             return self._h11_head()
-        request = Request(
-            method=parser.get_method(), target=sink.url, headers=fields, http_version=version, _parsed=True
-        )
-        self._buf._extract(end)
-        return request
+        self._buf._extract(end)  # before h11's checks below raise, as h11 consumes the head first
+        return Request(method=parser.get_method(), target=sink.url, headers=fields, http_version=version, _parsed=True)
 
     def _h11_head(self) -> Request | None:
         """h11's verdict on the buffered head: its error raised, or its request (consumed)."""
         judge = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
         buffered = bytes(self._buf)
         judge.receive_data(buffered)
-        event = judge.next_event()  # raises h11's RemoteProtocolError
+        try:
+            event = judge.next_event()
+        except RemoteProtocolError:  # h11's error, with what h11 had consumed of the buffer
+            self._buf._extract(len(buffered) - len(judge.trailing_data[0]))
+            raise
         if type(event) is not Request:
             return None
         self._buf._extract(len(buffered) - len(judge.trailing_data[0]))
@@ -354,9 +355,7 @@ class HttptoolsConnection:
                 f"not in a reusable state. self.states={{CLIENT: {self.their_state}, SERVER: {self.our_state}}}"
             )
         self.their_state = self.our_state = IDLE
-        self._request_method = None
-        self.their_http_version = None
-        self.they_are_waiting_for_100_continue = False
+        self._request_method = None  # their_http_version stays, as h11 keeps it
         self._chunked = None
         self._remaining = 0
 
