@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from e2e_support import curl, parse_responses
-from process_support import assert_one_error_line, running, run_to_completion
+from process_support import assert_one_error_line, run_to_completion, running
 from trio_rack.http1.httptools_engine import AVAILABLE
 
 APP = """

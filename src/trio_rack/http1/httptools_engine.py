@@ -52,6 +52,7 @@ from h11._readers import ChunkedReader
 from h11._receivebuffer import ReceiveBuffer
 from h11._util import LocalProtocolError, RemoteProtocolError
 
+httptools: Any
 try:  # optional: the [speedups] extra
     import httptools
 except ImportError:  # pragma: no cover - exercised where httptools is missing
@@ -69,7 +70,7 @@ DONE = h11.DONE
 MUST_CLOSE = h11.MUST_CLOSE
 CLOSED = h11.CLOSED
 ERROR = h11.ERROR
-MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL
+MIGHT_SWITCH_PROTOCOL = h11._state.MIGHT_SWITCH_PROTOCOL
 SWITCHED_PROTOCOL = h11.SWITCHED_PROTOCOL
 NEED_DATA = h11.NEED_DATA
 PAUSED = h11.PAUSED
@@ -83,8 +84,7 @@ ConnectionClosed = h11.ConnectionClosed
 _SWITCH_UPGRADE = "upgrade"
 _SWITCH_CONNECT = "connect"
 #: h11's request-line and header-line grammar (h11/_abnf.py), for what llhttp lets through.
-_REQUEST_LINE_RE = h11._readers.request_line_re  # type: ignore[attr-defined]
-_HEADER_FIELD_RE = h11._readers.header_field_re  # type: ignore[attr-defined]
+_REQUEST_LINE_RE = h11._readers.request_line_re
 #: A blank line ending a head the way h11 also takes it (bare LF): left to h11 to judge.
 _LF_HEAD_END_RE = re.compile(rb"\n\r?\n")
 _EMPTY_HEADERS = h11.EndOfMessage().headers
@@ -178,6 +178,7 @@ class HttptoolsConnection:
     def _extract_event(self) -> Any:
         state = self.their_state
         buf = self._buf
+        event: Any
         if state is SEND_BODY:
             chunked = self._chunked
             if chunked is not None:
@@ -186,13 +187,13 @@ class HttptoolsConnection:
                 event = EndOfMessage()
             else:
                 data = buf.maybe_extract_at_most(self._remaining)
-                event = None if data is None else Data(data=data)
+                event = None if data is None else Data(data=data)  # type: ignore[arg-type]  # as h11
             if event is None and not buf and self._closed:
                 if chunked is not None:
                     chunked.read_eof()
                 raise RemoteProtocolError(
-                    "peer closed connection without sending complete message body: "
-                    f"received {self._length - self._remaining} bytes, expected {self._length}"
+                    "peer closed connection without sending complete message body "
+                    f"(received {self._length - self._remaining} bytes, expected {self._length})"
                 )
         elif state is IDLE:
             event = self._read_head()
@@ -272,7 +273,9 @@ class HttptoolsConnection:
             return
         if kind is ConnectionClosed:
             if self.their_state not in (IDLE, DONE, MUST_CLOSE, CLOSED):
-                raise LocalProtocolError(f"can't handle event type ConnectionClosed when role=CLIENT and state={self.their_state}")
+                raise LocalProtocolError(
+                    f"can't handle event type ConnectionClosed when role=CLIENT and state={self.their_state}"
+                )
             self.their_state = CLOSED
             self._settle()
             return

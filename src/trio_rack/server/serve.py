@@ -33,8 +33,8 @@ import trio
 from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
-from ..interface import prepare as prepare_app
 from ..http1.parsers import resolve_parser
+from ..interface import prepare as prepare_app
 from ..logs import ensure_default_logging
 from ..net.dispatch import choose_driver
 from ..net.tls import accept_tls, make_server_context, tls_info
