@@ -283,7 +283,7 @@ class HttptoolsConnection:
         close = expect = upgrade = False
         chunked = False
         length = 0
-        for name, value in event.headers:
+        for _, name, value in event.headers._full_items:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
@@ -450,20 +450,23 @@ class HttptoolsConnection:
         status = event.status_code
         items = event.headers._full_items
         method = self._request_method
-        # h11's _clean_up_response_headers_for_sending (headers chosen as for GET on a HEAD)...
+        # h11's _clean_up_response_headers_for_sending (headers chosen as for GET on a HEAD),
+        # then _body_framing of the cleaned response for the body writer; one pass when the
+        # head needs no change (the common case).  Values are h11-normalised: a content-length
+        # is one number, a transfer-encoding is "chunked".
+        framing, length, closing = _scan(items)
         if status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300):
-            choose_framing = "length"
-        else:
-            choose_framing = _framing(items)[0]
+            framing, length = "length", 0
         need_close = False
-        if choose_framing != "length":
+        if framing != "length":
             items = _without(items, b"content-length")
+            items = _without(items, b"transfer-encoding")
             if self.their_http_version is None or self.their_http_version < b"1.1":
-                items = _without(items, b"transfer-encoding")
+                framing = "http/1.0"
                 if method != b"HEAD":
                     need_close = True
             else:
-                items = _without(items, b"transfer-encoding")
+                framing = "chunked"
                 items.append((b"transfer-encoding", b"transfer-encoding", b"chunked"))
         if not self._keep_alive or need_close:
             tokens: set[bytes] = set()
@@ -474,11 +477,9 @@ class HttptoolsConnection:
             tokens.add(b"close")
             items = _without(items, b"connection")
             items.extend((b"connection", b"connection", token) for token in sorted(tokens))
-        # ... then _body_framing of the cleaned response for the body writer
-        if status in (204, 304) or method == b"HEAD" or (method == b"CONNECT" and 200 <= status < 300):
+            closing = True
+        if method == b"HEAD":
             framing, length = "length", 0
-        else:
-            framing, length = _framing(items)
         # the state machine
         switch = _SWITCH_CONNECT if _SWITCH_CONNECT in self._proposals and 200 <= status < 300 else None
         if state is not IDLE and state is not SEND_RESPONSE:
@@ -489,10 +490,8 @@ class HttptoolsConnection:
         else:
             self.our_state = SWITCHED_PROTOCOL
         self.they_are_waiting_for_100_continue = False
-        for _, name, value in items:
-            if name == b"connection" and b"close" in _comma_values(value):
-                self._keep_alive = False
-                break
+        if closing:
+            self._keep_alive = False
         self._settle()
         if self.our_state is SEND_BODY:
             self._out = framing
@@ -510,17 +509,24 @@ class HttptoolsConnection:
         return h11.CLIENT
 
 
-def _framing(items: list[tuple[bytes, bytes, bytes]]) -> tuple[str, int]:
-    """h11's ``_body_framing`` for a response with a body: chunked, a length, or close-delimited."""
-    length = None
+def _scan(items: list[tuple[bytes, bytes, bytes]]) -> tuple[str, int, bool]:
+    """h11's ``_body_framing`` for a response with a body (chunked, a length, or close-delimited:
+    "http/1.0"), and whether ``connection`` says ``close``, in one pass."""
+    length = -1
+    chunked = closing = False
     for _, name, value in items:
-        if name == b"transfer-encoding" and _comma_values(value):
-            return "chunked", 0
-        if name == b"content-length" and length is None:
-            length = int(_comma_values(value)[0])
-    if length is not None:
-        return "length", length
-    return "http/1.0", 0
+        if name == b"content-length":
+            if length < 0:
+                length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"connection" and b"close" in _comma_values(value):
+            closing = True
+    if chunked:
+        return "chunked", 0, closing
+    if length >= 0:
+        return "length", length, closing
+    return "http/1.0", 0, closing
 
 
 def _without(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> list[tuple[bytes, bytes, bytes]]:
