@@ -115,7 +115,7 @@ class HttptoolsConnection:
     """The server side of one HTTP/1 connection, parsed by llhttp, judged like h11 (see the module)."""
 
     __slots__ = (
-        "_max", "_buf", "_closed", "_sink", "_parser", "our_state", "their_state",
+        "_max", "_buf", "_closed", "_searched", "_sink", "_parser", "our_state", "their_state",
         "_keep_alive", "_proposals", "_request_method", "their_http_version",
         "they_are_waiting_for_100_continue", "_remaining", "_length", "_chunked", "_out", "_out_left",
     )  # fmt: skip
@@ -126,6 +126,7 @@ class HttptoolsConnection:
         self._max = max_incomplete_event_size
         self._buf = ReceiveBuffer()
         self._closed = False
+        self._searched = 0  # where the search for the head's end resumes
         self._sink = _Sink()
         self._parser = httptools.HttpRequestParser(self._sink)
         self.our_state: Any = IDLE
@@ -215,11 +216,14 @@ class HttptoolsConnection:
         data = self._buf._data
         if not data:
             return None
-        end = data.find(b"\r\n\r\n")
+        searched = self._searched
+        end = data.find(b"\r\n\r\n", searched)
         if end < 0:
-            if data[0] < 0x21 or _LF_HEAD_END_RE.search(data) is not None:
+            if data[0] < 0x21 or _LF_HEAD_END_RE.search(data, searched) is not None:
                 return self._h11_head()  # h11's verdict on a bad start or a bare-LF head
+            self._searched = max(0, len(data) - 3)  # a head arriving in pieces is searched once
             return None
+        self._searched = 0
         if data[0] < 0x21:
             return self._h11_head()  # leading empty line / whitespace: h11's exact error
         end += 4
@@ -243,6 +247,7 @@ class HttptoolsConnection:
 
     def _h11_head(self) -> Request | None:
         """h11's verdict on the buffered head: its error raised, or its request (consumed)."""
+        self._searched = 0
         judge = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
         buffered = bytes(self._buf)
         judge.receive_data(buffered)
