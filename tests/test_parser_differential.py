@@ -242,3 +242,32 @@ def test_the_harness_tells_a_request_from_a_rejection() -> None:
     assert accepted[-1][1] == (b"GET", False)
     refused, _ = both([b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"])
     assert refused[-2][0] in ("reject", "check-reject")
+
+
+def test_auto_is_httptools_when_installed_and_names_are_checked() -> None:
+    from trio_rack import ConfigError
+    from trio_rack.http1.parsers import resolve_parser
+
+    assert resolve_parser("auto") == "httptools"
+    assert resolve_parser("h11") == "h11"
+    with pytest.raises(ConfigError, match="one of auto, h11, httptools"):
+        resolve_parser("llhttp")
+
+
+async def test_each_parser_serves_a_memory_connection_and_says_which() -> None:
+    """``memory_connection(http1_parser=...)`` really swaps the parser under the driver."""
+    from trio_rack.testing import ServerState, memory_connection
+
+    seen: list[str] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    for parser in ("h11", "httptools"):
+        state = ServerState(app, LIMITS, access_log=False)
+        async with memory_connection(app, state=state, http1_parser=parser) as client:
+            response = await client.request("GET", "/")
+            assert (response.status, response.body) == (200, b"hi")
+            [connection] = state.connections
+            seen.append(type(connection.h11).__name__)  # type: ignore[attr-defined]
+    assert seen == ["Connection", "HttptoolsConnection"]
