@@ -63,6 +63,7 @@ from typing import Any, Protocol
 import trio
 
 from ..errors import AppError, ClientGone
+from ..files import open_file, read_slices
 from ..state import SERVER_HEADER, ServerState, date_header
 from ..types import Env
 from . import accesslog
@@ -122,12 +123,14 @@ class ResponseSink(Protocol):
         """The end of a streamed response; AppError if short of a declared ``content-length``."""
         ...
 
-    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
-        """Body bytes of a streamed response straight from a file (``length`` None: to its end).
+    async def send_file(self, fd: int, offset: int, length: int | None) -> int | None:
+        """Body bytes of a streamed response straight from an open file (``length`` None: to
+        its end).
 
         The zero-copy path for a body naming a file (``FileBody``, Rack's ``to_path``): the
-        bytes sent, or None where the sink cannot (TLS, HTTP/2): the exchange then iterates
-        the body.  The head has gone out already; AppError when the framing or file disagree.
+        bytes sent, or None where the sink cannot (TLS, HTTP/2): the exchange then reads the
+        file in slices.  The head has gone out already; AppError when the framing or file
+        disagree.  The exchange owns ``fd`` (opened before the head, closed after).
         """
         ...
 
@@ -406,6 +409,12 @@ class Exchange:
             # no traceback, and its status while one can still be sent.
             log.info("%s: %s", who, exc)
             status = failure.status
+        elif isinstance(exc, AppError):  # the server's own finding: one line says it all
+            if pending:
+                log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
+            else:
+                log.error("response aborted after the head was sent: %s", exc)
+            status = 500 if pending else 0
         elif pending:
             log.error("app raised before the response started", exc_info=exc)
             status = 500
@@ -459,7 +468,8 @@ class Exchange:
                 self.sink.abort()
                 return Outcome.CLOSE
             await self.end()
-        elif (where := _file_of(prepared.body)) is not None and await self._send_file(*where):
+        elif (where := _file_of(prepared.body)) is not None:
+            await self._send_file(*where)
             await self.end()
         elif kind is BodyKind.ASYNC_ITERABLE:
             async for chunk in prepared.body:
@@ -492,14 +502,24 @@ class Exchange:
         await self.sink.send_data(data)
         self._sent += len(data)
 
-    async def _send_file(self, path: str, offset: int, length: int | None) -> bool:
-        """A body naming a file: offer it to the sink whole (sendfile); False to iterate it instead."""
-        await self._start()
-        sent = await self.sink.send_file(path, offset, length)
-        if sent is None:
-            return False
-        self._sent += sent
-        return True
+    async def _send_file(self, path: str, offset: int, length: int | None) -> None:
+        """A body naming a file: opened before the head goes out (a missing or unreadable file
+        is a 500, not a 200 cut short), then offered to the sink whole (sendfile) or read in
+        slices where the sink declines.  The descriptor is closed here."""
+        try:
+            fd = await open_file(path)
+        except OSError as exc:
+            raise AppError(f"file body {path!r} cannot be opened: {exc.strerror or exc}") from None
+        try:
+            await self._start()
+            sent = await self.sink.send_file(fd, offset, length)
+            if sent is not None:
+                self._sent += sent
+                return
+            async for chunk in read_slices(fd, offset, length):
+                await self.send_data(chunk)
+        finally:
+            os.close(fd)
 
     async def end(self) -> None:
         """Finish the response.  A body that never wrote gets ``content-length: 0``."""

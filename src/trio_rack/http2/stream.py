@@ -187,9 +187,9 @@ class H2Stream:
         just before it); it is released when the stream ends."""
         self.discarding = True
 
-    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
+    async def send_file(self, fd: int, offset: int, length: int | None) -> int | None:
         """No zero-copy path on HTTP/2: file bytes go out as DATA frames under flow control, so
-        the exchange reads the body in slices (None)."""
+        the exchange reads the file in slices (None)."""
         return None
 
     def write_blocked_since(self) -> float:
