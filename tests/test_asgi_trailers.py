@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import shutil
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,10 @@ import pytest
 import trio
 from h2.errors import ErrorCodes
 
+from asgi_support import h2_client
 from asgi_support import serving as _serving
 from e2e_support import client_ssl_context, make_tls_files
-from trio_rack.testing.h2 import H2MemoryClient, StreamResult
+from trio_rack.testing.h2 import StreamResult
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -28,23 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def serving(app: Any, **kwargs: Any) -> Any:
     kwargs.setdefault("lifespan", "off")
     return _serving(app, **kwargs)
-
-
-@asynccontextmanager
-async def h2_client(url: str, context: ssl.SSLContext | None) -> AsyncIterator[H2MemoryClient]:
-    """The h2 library as a client over a real TCP socket: prior knowledge on a plain bind,
-    ALPN ``h2`` over TLS (the server must pick h2, or the test fails)."""
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    tcp = await trio.open_tcp_stream(host, int(port))
-    stream: trio.abc.Stream = tcp
-    if context is not None:
-        context.set_alpn_protocols(["h2"])
-        tls = trio.SSLStream(tcp, context, server_hostname=host)
-        await tls.do_handshake()
-        assert tls.selected_alpn_protocol() == "h2"
-        stream = tls
-    async with stream:
-        yield H2MemoryClient(stream)
 
 
 async def fetch(url: str, context: ssl.SSLContext | None, path: str = "/", method: str = "GET") -> StreamResult:
