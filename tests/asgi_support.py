@@ -133,7 +133,9 @@ async def eventually(condition: Any) -> None:
 
 # ------------------------------------------------------------------------ HTTP/2 clients
 
-#: The wire protocols the framework suites run over (httpx speaks both).
+#: The wire protocols the framework suites run over (httpx speaks both); the same names as
+#: ``trio_rack.testing.PROTOCOLS`` (the ``protocol`` fixture), so either works with
+#: :func:`httpx_options`.
 WIRES = ["http1", "http2"]
 
 
