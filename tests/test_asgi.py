@@ -349,6 +349,23 @@ async def test_app_raising_after_start_over_http2_resets_the_stream() -> None:
     assert not result.ended and result.reset == 2  # INTERNAL_ERROR
 
 
+async def test_app_raising_after_a_whole_response_is_logged(caplog: Any, protocol: str) -> None:
+    """The response was complete (held whole for the server) when the app raised: the client
+    gets it, and the app's bug is logged rather than dropped with the unused error."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"whole"})
+        raise RuntimeError("bug after the response")
+
+    async with serving(app) as url:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
+            response = await client.get(url + "/")
+            await eventually(lambda: "bug after the response" in caplog.text)
+    assert response.status_code == 200 and response.text == "whole"
+    assert "ASGI app raised after its response was complete" in caplog.text
+
+
 async def test_app_returning_without_a_response_gets_500(caplog: Any, protocol: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
