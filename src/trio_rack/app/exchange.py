@@ -35,7 +35,8 @@ Request-scoped nursery: an app object with a true ``trio_rack_request_nursery`` 
 ASGI adapter) gets ``env["trio_rack.nursery"]``, opened around the app call and the response, so
 a task it starts may keep producing the response after ``app(env)`` returned; the exchange waits
 for those tasks, and they are cancelled with the request.  With it comes
-``env["trio_rack.disconnected"]``, set when the client is known to be gone.
+``env["trio_rack.disconnected"]``, set when the client is known to be gone, and, where the
+sink can send trailers (HTTP/2), ``env["trio_rack.set_trailers"]`` (ASGI's trailers extension).
 
 Deadline (``--request-timeout``): when configured, :meth:`Exchange.run` sets the request
 scope's deadline as the app is called — only then, so the hot path without it pays one
@@ -71,7 +72,16 @@ from .accesslog import escape
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
 from .head import RequestHead
-from .response import REASONS, BodyKind, PreparedResponse, check_chunk, close_body, encode_headers, prepare_response
+from .response import (
+    REASONS,
+    BodyKind,
+    PreparedResponse,
+    check_chunk,
+    check_trailers,
+    close_body,
+    encode_headers,
+    prepare_response,
+)
 from .streams import HijackedStream, RequestBody, ResponseStream
 
 __all__ = ["Exchange", "Outcome", "ResponseSink", "ResponseState"]
@@ -92,6 +102,8 @@ class ResponseSink(Protocol):
 
     #: Whether ``env["rack.hijack"]`` may hand over the raw connection (not on a multiplexed one).
     can_full_hijack: bool
+    #: Whether a streamed response may end with trailers (:meth:`set_trailers`): HTTP/2 only.
+    can_send_trailers: bool
     #: The socket the liveness sweeper polls for a hang-up; None for in-memory transports.
     fileno: int | None
 
@@ -132,6 +144,10 @@ class ResponseSink(Protocol):
         file in slices.  The head has gone out already; AppError when the framing or file
         disagree.  The exchange owns ``fd`` (opened before the head, closed after).
         """
+        ...
+
+    def set_trailers(self, trailers: Headers) -> None:
+        """Trailers (validated) for :meth:`end` to send after the body; only if ``can_send_trailers``."""
         ...
 
     async def send_error(self, status: int, body: bytes) -> None:
@@ -304,6 +320,8 @@ class Exchange:
                 if self.state.request_timeout is not None:
                     self._arm_deadline(self.state.request_timeout)
                 self.env["trio_rack.nursery"] = nursery
+                if self.sink.can_send_trailers:
+                    self.env["trio_rack.set_trailers"] = self._set_trailers
                 outcome = await self._respond()
         except Exception as exc:  # a task of the app's failed (the adapter should catch its own)
             self._error = exc
@@ -536,6 +554,18 @@ class Exchange:
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.sink.wait_send_all_might_not_block()
+
+    def _set_trailers(self, trailers: Any) -> None:
+        """``env["trio_rack.set_trailers"](pairs)``: end the streamed response with trailers.
+
+        Given only to adapters (``trio_rack_request_nursery``: ASGI's ``http.response.trailers``)
+        and only where the sink can send them (HTTP/2): Rack 3 has no response trailers, so a
+        native app gets no such key.  Call it before the body ends; :meth:`end` sends them.
+        Invalid trailers raise AppError (the adapter's failure then resets the stream).
+        """
+        if self._response is ResponseState.DONE or self._response is ResponseState.HIJACKED:
+            raise RuntimeError("trailers must be set before the response ends")
+        self.sink.set_trailers(check_trailers(trailers))
 
     async def _early_hints(self, headers: dict[str, Any]) -> None:
         """``env["rack.early_hints"]``: a 103 before the final response (where the protocol has one)."""

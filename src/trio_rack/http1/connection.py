@@ -134,6 +134,9 @@ class HTTPConnection:
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
     can_full_hijack = True
+    #: No response trailers on HTTP/1 (h11 could send chunked ones, but clients and proxies
+    #: mostly drop them, and ASGI's trailers extension is offered on HTTP/2 only).
+    can_send_trailers = False
 
     def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
         self.transport = transport
@@ -566,6 +569,10 @@ class HTTPConnection:
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
+
+    def set_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Never called: ``can_send_trailers`` is False (the exchange offers no trailers here)."""
+        raise RuntimeError("response trailers are not sent over HTTP/1")
 
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""
