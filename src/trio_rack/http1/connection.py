@@ -50,7 +50,6 @@ from ..app.response import REASONS
 from ..app.streams import HijackedStream
 from ..config import Limits
 from ..errors import AppError, ClientGone, RequestBodyError
-from ..files import FILE_IO_LIMITER
 from ..net.transport import (
     COALESCE_LIMIT,
     RECEIVE_SIZE,
@@ -119,11 +118,6 @@ class _FileSlice:
         return self.size
 
 
-def _open_for_sending(path: str) -> int:
-    """Open ``path`` read-only (in a worker thread: ``open`` may wait on the disk)."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-
 class HTTPConnection:
     """Serve HTTP/1.1 requests on one transport until it closes, is hijacked or is cancelled.
 
@@ -141,6 +135,9 @@ class HTTPConnection:
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
     can_full_hijack = True
+    #: No response trailers on HTTP/1 (h11 could send chunked ones, but clients and proxies
+    #: mostly drop them, and ASGI's trailers extension is offered on HTTP/2 only).
+    can_send_trailers = False
 
     def __init__(
         self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo, parser: str | None = None
@@ -442,44 +439,41 @@ class HTTPConnection:
             for piece in pieces:
                 await self.writer.write(piece)
 
-    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
-        """Send ``length`` bytes of ``path`` from ``offset`` (None: to its end) with ``os.sendfile``.
+    async def send_file(self, fd: int, offset: int, length: int | None) -> int | None:
+        """Send ``length`` bytes of the open file ``fd`` from ``offset`` (None: to its end) with
+        ``os.sendfile``.
 
         Zero copy needs the kernel to see the wire: only a plain TCP (or Unix) socket stream
         qualifies; over TLS this returns None and the exchange reads the body in slices.  h11
         keeps the framing: each slice is passed through it as a placeholder with a length
         (:class:`_FileSlice`), so it checks ``content-length`` and writes chunk headers while
-        the bytes themselves go from the page cache to the socket.  The file is opened in a
-        worker thread and closed in a ``finally``.  Returns the bytes sent.
+        the bytes themselves go from the page cache to the socket.  The exchange opened the file
+        (before the head) and closes it.  Returns the bytes sent.
         """
         if type(self.transport) is not trio.SocketStream:
             return None
-        fd = await trio.to_thread.run_sync(_open_for_sending, path, limiter=FILE_IO_LIMITER)
-        try:
-            size = os.fstat(fd).st_size
-            remaining = max(0, size - offset) if length is None else length
-            total = remaining
-            h = self.h11
-            while remaining > 0:
-                count = min(remaining, WRITE_SLICE)
-                try:
-                    placeholder: Any = _FileSlice(count)  # h11 needs only len(); see the docstring
-                    pieces: list[Any] = h.send_with_data_passthrough(h11.Data(data=placeholder)) or []
-                except h11.LocalProtocolError as exc:
-                    raise AppError(f"response body does not match its framing: {exc}") from None
-                # h11 returns [framing..., the placeholder, framing...]: bytes around the file's.
-                at = next(i for i, piece in enumerate(pieces) if type(piece) is _FileSlice)
-                try:
-                    await self.writer.send_file(
-                        b"".join(pieces[:at]), fd, offset, count, b"".join(pieces[at + 1 :])
-                    )
-                except EOFError as exc:
-                    raise AppError(f"file body {path!r} shrank while being sent: {exc}") from None
-                offset += count
-                remaining -= count
-            return total
-        finally:
-            os.close(fd)
+        size = os.fstat(fd).st_size
+        remaining = max(0, size - offset) if length is None else length
+        total = remaining
+        h = self.h11
+        while remaining > 0:
+            count = min(remaining, WRITE_SLICE)
+            try:
+                placeholder: Any = _FileSlice(count)  # h11 needs only len(); see the docstring
+                pieces: list[Any] = h.send_with_data_passthrough(h11.Data(data=placeholder)) or []
+            except h11.LocalProtocolError as exc:
+                raise AppError(f"response body does not match its framing: {exc}") from None
+            # h11 returns [framing..., the placeholder, framing...]: bytes around the file's.
+            at = next(i for i, piece in enumerate(pieces) if type(piece) is _FileSlice)
+            try:
+                await self.writer.send_file(
+                    b"".join(pieces[:at]), fd, offset, count, b"".join(pieces[at + 1 :])
+                )
+            except EOFError as exc:
+                raise AppError(f"file body shrank while being sent: {exc}") from None
+            offset += count
+            remaining -= count
+        return total
 
     async def end(self) -> None:
         """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""
@@ -581,6 +575,10 @@ class HTTPConnection:
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
+
+    def set_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Never called: ``can_send_trailers`` is False (the exchange offers no trailers here)."""
+        raise RuntimeError("response trailers are not sent over HTTP/1")
 
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""
