@@ -34,7 +34,8 @@ class ServerSpec:
     label: str
     #: a peer: runs from the peers' virtualenv (``None``: this interpreter)
     venv_tool: str | None
-    #: scenarios it cannot serve (the bare loop has no request-body parsing)
+    #: scenarios it cannot serve (the bare loop has no request-body parsing) or that are left
+    #: out for time (the httptools row's streams: the parser is not what a stream costs)
     unsupported: frozenset[str] = frozenset()
 
     def argv(
@@ -42,7 +43,7 @@ class ServerSpec:
     ) -> list[str]:
         bin_ = venv / "bin"
         host = "127.0.0.1"
-        if self.name == "trio-rack":
+        if self.name in ("trio-rack", "trio-rack-httptools"):
             scheme = "https" if tls else "http"
             argv = [
                 sys.executable,
@@ -63,6 +64,8 @@ class ServerSpec:
             argv += ["-n", str(workers)]
             if tls:
                 argv += ["--cert", str(tls.cert), "--key", str(tls.key)]
+            if self.name == "trio-rack-httptools":
+                argv += ["--http1-parser", "httptools"]
             return argv
         if self.name == "bare-trio":
             assert workers == 1
@@ -147,6 +150,9 @@ SPECS = {
     spec.name: spec
     for spec in [
         ServerSpec("trio-rack", "trio-rack", None),
+        # the optional fast HTTP/1 parser (``[speedups]`` extra); bench/run skips it with a note
+        # when the CLI has no ``--http1-parser`` or httptools is not importable
+        ServerSpec("trio-rack-httptools", "trio-rack, httptools parser", None, frozenset({"streams"})),
         ServerSpec("hypercorn-trio", "Hypercorn, trio worker", "hypercorn"),
         ServerSpec("uvicorn-h11", "Uvicorn, h11 + asyncio", "uvicorn"),
         ServerSpec("uvicorn-httptools", "Uvicorn, httptools + uvloop", "uvicorn"),
