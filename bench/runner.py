@@ -18,6 +18,15 @@ Theory of operation
   The table shows the median of the rounds; ratios are trio-rack over each peer, same run.
 * **Streams** run once per N, each on a fresh server, so earlier scenarios' memory does not
   blur the RSS figures.  The workers scenario has rounds of its own.
+* **Groups beyond the hello app.**  HTTP/2 hello (``h2_bench``) runs in every round; the
+  websocket group (``ws_bench``), the static file (``static_bench``, beside nginx) and scaling
+  (``scaling``) run once per run, after the streams: they are long, and their figures are
+  single measurements.  Each reuses its script's functions; ``--skip h2,websocket,static,scaling``.
+* **Two trio-rack rows**: the default (h11) and ``--http1-parser httptools`` when the trio-rack
+  under test has the flag and httptools imports (else a note).  Both are "ours": either failing
+  fails the run.
+* **Targets.**  ``_targets`` judges issue #12's targets from the run's figures; a full run
+  writes that table and the results into bench/README.md (``--no-readme``: neither).
 * **Failure policy.**  Anything wrong with trio-rack (a crash, a wrong answer, a wrk error, a
   stream that does not complete) stops the run with exit status 1: that is what CI checks.
   A peer's failure is a note in the output, never a failure of the run.  Nothing is
@@ -524,8 +533,11 @@ class Run:
         """The static file from trio-rack's ``Files`` (sendfile) and from nginx, curl round-robin."""
         plan = self.plan
         ours, nginx = SPECS["trio-rack"], NGINX
-        if not Path(static_bench.NGINX).exists():
-            self.note(nginx, f"static file: nginx not found ({static_bench.NGINX}); trio-rack's row alone")
+        if not Path(static_bench.NGINX).exists() or not Path(static_bench.CURL).exists():
+            self.results["skipped"].append(
+                f"static file skipped: needs {static_bench.NGINX} and {static_bench.CURL} (Debian nginx-light, curl)"
+            )
+            return
         try:
             speeds = static_bench.measure(
                 plan.static_mib, plan.static_runs, server=["taskset", "-c", SERVER_CPU]
@@ -849,7 +861,7 @@ def render(run: Run, command: str, elapsed: float) -> str:
         ]
     notes = [
         f"- {results['servers'][n]['label']}: {m}"
-        for n in order
+        for n in order + [n for n in results["servers"] if n not in order]  # nginx: a group's peer only
         for m in results["servers"][n]["notes"]
     ]
     notes += [f"- {m}" for m in results.get("skipped", [])]
@@ -1105,6 +1117,9 @@ def _guarded(run: Run, spec: ServerSpec, what: str, fn: Any, *args: Any) -> None
 
 def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
     plan = run.plan
+    h2 = "h2" not in skip and Path(h2_bench.H2LOAD).exists()
+    if "h2" not in skip and not h2:
+        run.results["skipped"].append(f"HTTP/2 hello skipped: needs {h2_bench.H2LOAD} (Debian nghttp2-client)")
     if "rounds" not in skip:
         for rnd in range(plan.rounds):
             order = specs[rnd % len(specs) :] + specs[: rnd % len(specs)]
@@ -1112,7 +1127,7 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
                 run.log(f"round {rnd + 1}/{plan.rounds}: {spec.name}")
                 _guarded(run, spec, "plain HTTP scenarios", run.bench_plain, spec)
                 _guarded(run, spec, "TLS scenarios", run.bench_tls, spec)
-                if "h2" not in skip and spec.name in H2_SERVERS and (plan.group_peers or spec.name == "trio-rack"):
+                if h2 and spec.name in H2_SERVERS and (plan.group_peers or spec.name == "trio-rack"):
                     _guarded(run, spec, "HTTP/2 hello", run.bench_h2, spec)
     if "streams" not in skip:
         for spec in specs:
