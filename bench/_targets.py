@@ -56,7 +56,7 @@ class Measure:
             a, b = get(*self.ours), get(*self.theirs)
         if a is None or b is None or not b:
             missing = [s for s, v in ((self.ours[0], a), (self.theirs[0], b)) if v is None]
-            return None, f"not measured in this run ({', '.join(missing) or 'a zero'}: see Notes)"
+            return None, f"no figure for {', '.join(missing) or 'a zero'} in this run (skipped or failed: see Notes)"
         return a / b, f"{a / b:.2f}× ({_num(a)} / {_num(b)} {self.unit})"
 
 
@@ -71,8 +71,8 @@ class Absolute:
     def __call__(self, figs: Figures) -> tuple[float | None, str]:
         a, b = figs.get(*self.ours), figs.get(*self.beside)
         if a is None:
-            return None, f"not measured in this run ({self.ours[0]}: see Notes)"
-        extra = f"; {a / b:.2f}× {self.beside[0]}'s {_num(b)}" if b else ""
+            return None, f"no figure for {self.ours[0]} in this run (skipped or failed: see Notes)"
+        extra = f"; {a / b:.2f}× {SHORT.get(self.beside[0], self.beside[0])}'s {_num(b)}" if b else ""
         return a, f"{_num(a)} {self.unit}{extra}"
 
 
@@ -95,6 +95,7 @@ def _num(value: float) -> str:
 
 TR, HT, UV, HY, BARE = "trio-rack", "trio-rack-httptools", "uvicorn-h11", "hypercorn-trio", "bare-trio"
 GE, LE = operator.ge, operator.le
+SHORT = {UV: "Uvicorn-h11"}
 
 TARGETS = (
     Target("2. hello keep-alive, default install (h11)", "≥ 0.8× Uvicorn-h11",
@@ -163,8 +164,10 @@ def targets_table(results: dict[str, Any]) -> str:
             verdict = "shown"
         else:
             op, limit = t.check
-            ok = op(round(value, 2), limit)  # judged on the ratio as printed
+            ok = op(value, limit)
             verdict = "**met**" if ok else "not met"
+            if not ok and f"{value:.2f}" == f"{limit:.2f}":  # "0.80×, not met" needs its third digit
+                detail += f" (exactly {value:.3f})"
             (met if ok else missed).append(t)
         lines.append(f"| {t.what} | {t.threshold} | {detail} | {verdict} |")
     scaling = _scaling_row(results)
