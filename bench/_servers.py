@@ -13,12 +13,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BENCH", "SPECS", "ServerSpec", "TLSFiles"]
+__all__ = ["BENCH", "SPECS", "TRIO_RACK_ARGS", "ServerSpec", "TLSFiles", "trio_rack_args"]
 
 BENCH = Path(__file__).resolve().parent
 #: Connection caps raised for the streams scenario (10,000 streams plus headroom).
 MAX_CONNECTIONS = 30_000
 BACKLOG = 2048
+#: Extra arguments of every default trio-rack row: ``bench/run`` sets ``--http1-parser h11`` when
+#: the trio-rack under test has that flag, so that "trio-rack" is the default install's parser
+#: (h11) even where httptools is installed and ``auto`` would pick it; the httptools row is
+#: ``trio-rack-httptools``.  Read it through :func:`trio_rack_args` (it is set after import).
+TRIO_RACK_ARGS: list[str] = []
+
+
+def trio_rack_args() -> list[str]:
+    return list(TRIO_RACK_ARGS)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class ServerSpec:
                 argv += ["--cert", str(tls.cert), "--key", str(tls.key)]
             if self.name == "trio-rack-httptools":
                 argv += ["--http1-parser", "httptools"]
+            else:
+                argv += trio_rack_args()
             return argv
         if self.name == "bare-trio":
             assert workers == 1

@@ -78,7 +78,7 @@ from _scenarios import (
     worker_stats,
     wrk,
 )
-from _servers import BENCH, MAX_CONNECTIONS, SPECS, ServerSpec, TLSFiles
+from _servers import BENCH, MAX_CONNECTIONS, SPECS, TRIO_RACK_ARGS, ServerSpec, TLSFiles
 from _targets import BEGIN as TARGETS_BEGIN
 from _targets import END as TARGETS_END
 from _targets import targets_table
@@ -383,7 +383,7 @@ class Run:
                     "--log-level",
                     "warning",
                 ]
-                argv += ["--max-connections", str(MAX_CONNECTIONS)]
+                argv += ["--max-connections", str(MAX_CONNECTIONS), *TRIO_RACK_ARGS]
                 server.spawn(
                     argv,
                     log=self.out / "logs" / f"trio-rack-reuseport-{i}.log",
@@ -680,16 +680,21 @@ def _available(spec: ServerSpec) -> str | None:
     return None if ok else f"cannot import {check} in {VENV}"
 
 
+def _has_parser_flag() -> bool:
+    """Whether the trio-rack under test has ``--http1-parser`` (``PYTHONPATH`` may be a ``--ref`` snapshot)."""
+    helped = subprocess.run(
+        [sys.executable, "-m", "trio_rack", "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    return "--http1-parser" in helped.stdout
+
+
 def _httptools_missing() -> str | None:
     """Why trio-rack cannot serve with ``--http1-parser httptools`` here (None: it can).
 
     Asked of the trio-rack under test (``PYTHONPATH`` may point at a ``--ref`` snapshot): its
     ``serve --help`` must list the flag, and httptools (the ``[speedups]`` extra) must import.
     """
-    helped = subprocess.run(
-        [sys.executable, "-m", "trio_rack", "serve", "--help"], capture_output=True, text=True, check=False
-    )
-    if "--http1-parser" not in helped.stdout:
+    if not _has_parser_flag():
         return "this trio-rack has no --http1-parser flag"
     imported = subprocess.run([sys.executable, "-c", "import httptools"], capture_output=True, check=False)
     if imported.returncode:
@@ -1033,6 +1038,13 @@ def main() -> int:
     }
     if plan.peer_note:
         run.results["skipped"].append(plan.peer_note)
+    if _has_parser_flag():
+        # "trio-rack" is the default install (h11), even where httptools is installed for its own row
+        TRIO_RACK_ARGS[:] = ["--http1-parser", "h11"]
+        run.results["skipped"].append(
+            "trio-rack's default rows (and its FastAPI and Flask rows) run with `--http1-parser h11`: the default "
+            "install's parser; the websocket and static-file groups leave the parser to `auto`"
+        )
     specs = []
     for name in plan.servers:
         why = _available(SPECS[name])
