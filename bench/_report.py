@@ -225,13 +225,13 @@ def workers_table(workers: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, section: str) -> None:
-    """Replace what is between the result markers (or append the section with them)."""
+def update_readme(readme: Path, section: str, *, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what is between the markers (the results', by default), or append the section with them."""
     text = readme.read_text() if readme.exists() else ""
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
-    if BEGIN in text and END in text:
+    block = f"{begin}\n{section.strip()}\n{end}"
+    if begin in text and end in text:
         text = re.sub(
-            re.escape(BEGIN) + ".*?" + re.escape(END),
+            re.escape(begin) + ".*?" + re.escape(end),
             lambda _: block,
             text,
             flags=re.DOTALL,

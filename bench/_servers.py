@@ -13,12 +13,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BENCH", "SPECS", "ServerSpec", "TLSFiles"]
+__all__ = ["BENCH", "SPECS", "TRIO_RACK_ARGS", "ServerSpec", "TLSFiles", "trio_rack_args"]
 
 BENCH = Path(__file__).resolve().parent
 #: Connection caps raised for the streams scenario (10,000 streams plus headroom).
 MAX_CONNECTIONS = 30_000
 BACKLOG = 2048
+#: Extra arguments of every default trio-rack row: ``bench/run`` sets ``--http1-parser h11`` when
+#: the trio-rack under test has that flag, so that "trio-rack" is the default install's parser
+#: (h11) even where httptools is installed and ``auto`` would pick it; the httptools row is
+#: ``trio-rack-httptools``.  Read it through :func:`trio_rack_args` (it is set after import).
+TRIO_RACK_ARGS: list[str] = []
+
+
+def trio_rack_args() -> list[str]:
+    return list(TRIO_RACK_ARGS)
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,8 @@ class ServerSpec:
     label: str
     #: a peer: runs from the peers' virtualenv (``None``: this interpreter)
     venv_tool: str | None
-    #: scenarios it cannot serve (the bare loop has no request-body parsing)
+    #: scenarios it cannot serve (the bare loop has no request-body parsing) or that are left
+    #: out for time (the httptools row's streams: the parser is not what a stream costs)
     unsupported: frozenset[str] = frozenset()
 
     def argv(
@@ -42,7 +52,7 @@ class ServerSpec:
     ) -> list[str]:
         bin_ = venv / "bin"
         host = "127.0.0.1"
-        if self.name == "trio-rack":
+        if self.name in ("trio-rack", "trio-rack-httptools"):
             scheme = "https" if tls else "http"
             argv = [
                 sys.executable,
@@ -63,6 +73,10 @@ class ServerSpec:
             argv += ["-n", str(workers)]
             if tls:
                 argv += ["--cert", str(tls.cert), "--key", str(tls.key)]
+            if self.name == "trio-rack-httptools":
+                argv += ["--http1-parser", "httptools"]
+            else:
+                argv += trio_rack_args()
             return argv
         if self.name == "bare-trio":
             assert workers == 1
@@ -147,6 +161,9 @@ SPECS = {
     spec.name: spec
     for spec in [
         ServerSpec("trio-rack", "trio-rack", None),
+        # the optional fast HTTP/1 parser (``[speedups]`` extra); bench/run skips it with a note
+        # when the CLI has no ``--http1-parser`` or httptools is not importable
+        ServerSpec("trio-rack-httptools", "trio-rack, httptools parser", None, frozenset({"streams"})),
         ServerSpec("hypercorn-trio", "Hypercorn, trio worker", "hypercorn"),
         ServerSpec("uvicorn-h11", "Uvicorn, h11 + asyncio", "uvicorn"),
         ServerSpec("uvicorn-httptools", "Uvicorn, httptools + uvloop", "uvicorn"),

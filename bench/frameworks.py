@@ -22,7 +22,7 @@ from typing import Any
 
 from _procs import ServerError, ServerProcess, free_port
 from _scenarios import wrk
-from _servers import BENCH
+from _servers import BENCH, trio_rack_args
 
 __all__ = ["CONFIGS", "bench_frameworks", "frameworks_table"]
 
@@ -41,7 +41,7 @@ class FrameworkConfig:
             spec = "rack_app.py" if self.interface == "rack" else self.app
             return [
                 sys.executable, "-m", "trio_rack", "serve", spec, "--interface", self.interface,
-                "-b", f"http://{host}:{port}", "--no-access-log", "--log-level", "warning",
+                "-b", f"http://{host}:{port}", "--no-access-log", "--log-level", "warning", *trio_rack_args(),
             ]  # fmt: skip
         if self.server == "hypercorn-trio":
             return [

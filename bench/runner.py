@@ -18,6 +18,15 @@ Theory of operation
   The table shows the median of the rounds; ratios are trio-rack over each peer, same run.
 * **Streams** run once per N, each on a fresh server, so earlier scenarios' memory does not
   blur the RSS figures.  The workers scenario has rounds of its own.
+* **Groups beyond the hello app.**  HTTP/2 hello (``h2_bench``) runs in every round; the
+  websocket group (``ws_bench``), the static file (``static_bench``, beside nginx) and scaling
+  (``scaling``) run once per run, after the streams: they are long, and their figures are
+  single measurements.  Each reuses its script's functions; ``--skip h2,websocket,static,scaling``.
+* **Two trio-rack rows**: the default (h11) and ``--http1-parser httptools`` when the trio-rack
+  under test has the flag and httptools imports (else a note).  Both are "ours": either failing
+  fails the run.
+* **Targets.**  ``_targets`` judges issue #12's targets from the run's figures; a full run
+  writes that table and the results into bench/README.md (``--no-readme``: neither).
 * **Failure policy.**  Anything wrong with trio-rack (a crash, a wrong answer, a wrk error, a
   stream that does not complete) stops the run with exit status 1: that is what CI checks.
   A peer's failure is a note in the output, never a failure of the run.  Nothing is
@@ -44,10 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h2_bench
+import scaling
+import static_bench
+import ws_bench
 from _procs import ServerError, ServerProcess, cpu_seconds, free_port, http_request
 from _report import (
+    fmt,
     latency_table,
     main_table,
+    medians,
     metric_rows,
     streams_table,
     update_readme,
@@ -55,6 +70,7 @@ from _report import (
 )
 from _scenarios import (
     UPLOAD_BYTES,
+    ForeignLoad,
     fixed_rate,
     smoke,
     streams,
@@ -62,7 +78,10 @@ from _scenarios import (
     worker_stats,
     wrk,
 )
-from _servers import BENCH, MAX_CONNECTIONS, SPECS, ServerSpec, TLSFiles
+from _servers import BENCH, MAX_CONNECTIONS, SPECS, TRIO_RACK_ARGS, ServerSpec, TLSFiles
+from _targets import BEGIN as TARGETS_BEGIN
+from _targets import END as TARGETS_END
+from _targets import targets_table
 from frameworks import CONFIGS as FRAMEWORK_CONFIGS
 from frameworks import bench_frameworks, frameworks_table
 
@@ -101,12 +120,28 @@ class Plan:
     quiet_wait: float = 0.0  # see Run.quietly
     quiet_budget: float = 0.0
     peer_note: str = ""
-    #: the frameworks scenario with the peers (False: trio-rack's rows only, to stay quick)
-    framework_peers: bool = True
+    #: the frameworks, HTTP/2, websocket and scaling groups with the peers (False: trio-rack's
+    #: rows only, to stay quick; the static group always has nginx beside trio-rack)
+    group_peers: bool = True
+    #: seconds of each round's HTTP/2 hello (h2load -c 16 -m 16; ``h2_bench.hello``)
+    h2_seconds: float = 5
+    #: websocket echo: connection counts, seconds each, and the idle websockets of the memory
+    #: figure (``ws_bench.measure``; once per run, not per round)
+    ws_fan: tuple[int, ...] = (100, 1000)
+    ws_seconds: float = 5
+    ws_idle: int = 10_000
+    #: the static file (``static_bench.measure``; once per run): MiB and downloads each
+    static_mib: int = 256
+    static_runs: int = 5
+    #: scaling (``scaling.measure_server``; once per run): connection counts, seconds
+    scaling_levels: tuple[int, ...] = (1, 64, 512)
+    scaling_hello: float = 3
+    scaling_streams: int = 5
 
 
 ALL_SERVERS = (
     "trio-rack",
+    "trio-rack-httptools",
     "hypercorn-trio",
     "uvicorn-h11",
     "uvicorn-httptools",
@@ -145,7 +180,7 @@ PLANS = {
         quiet_budget=120,
     ),
     "quick": Plan(
-        servers=("trio-rack", "bare-trio", "uvicorn-h11", "hypercorn-trio"),
+        servers=("trio-rack", "trio-rack-httptools", "bare-trio", "uvicorn-h11", "hypercorn-trio"),
         rounds=1,
         hello=2,
         short=1,
@@ -158,14 +193,30 @@ PLANS = {
         workers_ka=2,
         workers_close=0,
         workers_sequential=200,
-        peer_note="quick mode: Uvicorn (httptools) and Granian are left out to stay under two minutes",
-        framework_peers=False,
+        peer_note=(
+            "quick mode: Uvicorn (httptools) and Granian are left out to stay under two minutes; "
+            "the frameworks, HTTP/2 and websocket groups run trio-rack's rows only, the static file is 16 MiB, "
+            "no scaling group"
+        ),
+        group_peers=False,
+        h2_seconds=1,
+        ws_fan=(100,),
+        ws_seconds=1,
+        ws_idle=300,
+        static_mib=16,
+        static_runs=1,
+        scaling_levels=(),
     ),
 }
 
 
 class TrioRackFailed(Exception):
     """trio-rack itself misbehaved: the run fails."""
+
+
+def ours(spec: ServerSpec) -> bool:
+    """trio-rack in any of its configurations (the default parser or httptools): its failure fails the run."""
+    return spec.name.startswith("trio-rack")
 
 
 @dataclass
@@ -197,7 +248,7 @@ class Run:
     def note(self, spec: ServerSpec, message: str, *, error: bool = True) -> None:
         """A remark in the output; an ``error`` of trio-rack's also stops the run."""
         self.log(f"{spec.name}: {message}")
-        if error and spec.name == "trio-rack":
+        if error and ours(spec):
             raise TrioRackFailed(message)
         self.server_results(spec)["notes"].append(message)
 
@@ -332,7 +383,7 @@ class Run:
                     "--log-level",
                     "warning",
                 ]
-                argv += ["--max-connections", str(MAX_CONNECTIONS)]
+                argv += ["--max-connections", str(MAX_CONNECTIONS), *TRIO_RACK_ARGS]
                 server.spawn(
                     argv,
                     log=self.out / "logs" / f"trio-rack-reuseport-{i}.log",
@@ -443,6 +494,82 @@ class Run:
                 error=False,
             )
 
+    # -- the groups beyond the hello app: HTTP/2, websockets, the static file, scaling ---------------
+
+    def bench_h2(self, spec: ServerSpec) -> None:
+        """One round's HTTP/2 hello (``h2load -c 16 -m 16``, cleartext with prior knowledge)."""
+        server = h2_bench.start(spec.name, self.out / "logs")
+        try:
+            seconds = self.plan.h2_seconds
+
+            def once() -> dict[str, Any]:
+                foreign = ForeignLoad(server)
+                rps = h2_bench.hello(server.port, seconds)
+                return {"rps": rps, "foreign_cores": round(foreign.cores(), 2)}
+
+            r = self.quietly(once, f"{spec.name} h2")
+            failed = h2_bench.FAILED_REQUESTS.get(server.port)
+            errors = {"failed requests": failed} if failed else None
+            self.record(spec, "h2_hello", r["rps"], errors, r["foreign_cores"])
+            server.check_alive()
+        finally:
+            server.stop()
+
+    def bench_ws(self, spec: ServerSpec) -> None:
+        """Websocket echo at each of ``ws_fan`` connections, then KiB per idle websocket (fresh process)."""
+        import trio
+
+        plan = self.plan
+        try:
+            r = trio.run(ws_bench.measure, WS_NAMES[spec.name], plan.ws_seconds, plan.ws_idle, list(plan.ws_fan))
+        except Exception as exc:  # a start failure, a closed connection, a time limit (maybe in a group)
+            raise ServerError(f"websocket: {type(exc).__name__}: {exc}") from None
+        for n in plan.ws_fan:
+            self.record(spec, f"ws_rate_{n}", r[f"echo_{n}"])
+            self.record(spec, f"ws_cpu_{n}", r[f"cpu_{n}"])
+        self.record(spec, "ws_idle_kib", r["kib_per_ws"])
+
+    def bench_static(self) -> None:
+        """The static file from trio-rack's ``Files`` (sendfile) and from nginx, curl round-robin."""
+        plan = self.plan
+        ours, nginx = SPECS["trio-rack"], NGINX
+        if not Path(static_bench.NGINX).exists() or not Path(static_bench.CURL).exists():
+            self.results["skipped"].append(
+                f"static file skipped: needs {static_bench.NGINX} and {static_bench.CURL} (Debian nginx-light, curl)"
+            )
+            return
+        try:
+            speeds = static_bench.measure(
+                plan.static_mib, plan.static_runs, server=["taskset", "-c", SERVER_CPU]
+            )
+        except static_bench.StaticError as exc:
+            if exc.who == "trio-rack":
+                raise TrioRackFailed(f"static file: {exc}") from None
+            self.note(nginx, f"static file: {exc}")
+            return
+        for spec, label in ((ours, static_bench.FILES_LABEL), (nginx, static_bench.NGINX_LABEL)):
+            for speed in speeds[label]:
+                self.record(spec, "static_mbps", speed / 1e6)
+        for speed in speeds[static_bench.GENERATOR_LABEL]:
+            self.record(ours, "static_gen_mbps", speed / 1e6)
+
+    def bench_scaling(self, spec: ServerSpec) -> None:
+        """Hello and streams at each of ``scaling_levels`` connections (``scaling.measure_server``)."""
+        plan = self.plan
+        levels = list(plan.scaling_levels)
+        data = scaling.measure_server(spec.name, levels, plan.scaling_hello, plan.scaling_streams, self.client_python)
+        self.results.setdefault("scaling", {})[spec.name] = data
+        for c in levels:
+            hello, stream = data["hello"][c], data["streams"][c]
+            self.log(
+                f"{spec.name} scaling c={c}: hello {hello['rps']:,.0f} req/s; streams {stream['done_s']:.1f} s, "
+                f"{stream['cpu_ms_per_stream']:.2f} ms CPU, {stream['kib_per_stream']:.1f} KiB each"
+            )
+            if hello["errors"]:
+                self.note(spec, f"scaling hello c={c}: errors {hello['errors']}")
+            if stream["errors"] or stream["open"] < c:
+                self.note(spec, f"scaling streams c={c}: {stream['open']} of {c} open, errors {stream['errors']}")
+
     def bench_workers(self, config: WorkerConfig, record: dict[str, Any]) -> None:
         plan = self.plan
         spec = SPECS[config.server]
@@ -519,8 +646,19 @@ class Run:
         record["rounds"].append(result)
 
 
+#: the websocket group's servers: ours -> ws_bench's names (its Uvicorn runs with its defaults,
+#: uvloop + httptools, and ``--ws wsproto``: the "Uvicorn, httptools + uvloop" column)
+WS_NAMES = {"trio-rack": "trio-rack", "hypercorn-trio": "hypercorn", "uvicorn-httptools": "uvicorn"}
+H2_SERVERS = ("trio-rack", "hypercorn-trio", "granian")
+SCALING_SERVERS = ("trio-rack", "uvicorn-h11", "hypercorn-trio", "bare-trio")
+#: nginx is a peer of the static-file group only (``static_bench``), not a column of the main table
+NGINX = ServerSpec("nginx", "nginx (sendfile on)", None)
+
+
 def _available(spec: ServerSpec) -> str | None:
     """None if the server can run, else why not."""
+    if spec.name == "trio-rack-httptools":
+        return _httptools_missing()
     if spec.venv_tool is None:
         return None
     tool = VENV / "bin" / spec.venv_tool
@@ -540,6 +678,28 @@ def _available(spec: ServerSpec) -> str | None:
         == 0
     )
     return None if ok else f"cannot import {check} in {VENV}"
+
+
+def _has_parser_flag() -> bool:
+    """Whether the trio-rack under test has ``--http1-parser`` (``PYTHONPATH`` may be a ``--ref`` snapshot)."""
+    helped = subprocess.run(
+        [sys.executable, "-m", "trio_rack", "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    return "--http1-parser" in helped.stdout
+
+
+def _httptools_missing() -> str | None:
+    """Why trio-rack cannot serve with ``--http1-parser httptools`` here (None: it can).
+
+    Asked of the trio-rack under test (``PYTHONPATH`` may point at a ``--ref`` snapshot): its
+    ``serve --help`` must list the flag, and httptools (the ``[speedups]`` extra) must import.
+    """
+    if not _has_parser_flag():
+        return "this trio-rack has no --http1-parser flag"
+    imported = subprocess.run([sys.executable, "-c", "import httptools"], capture_output=True, check=False)
+    if imported.returncode:
+        return "httptools is not installed (pip install 'trio-rack[speedups]')"
+    return None
 
 
 def _make_tls(directory: Path) -> TLSFiles:
@@ -676,6 +836,24 @@ def render(run: Run, command: str, elapsed: float) -> str:
         "",
         main_table(results, order, rows),
     ]
+    beyond = beyond_table(results, plan)
+    if beyond:
+        parts += [
+            "",
+            (
+                "**Beyond the hello app** (the same run; each group against its own peers; in brackets trio-rack's "
+                "figure divided by the peer's): HTTP/2 hello is `h2load -c 16 -m 16` over cleartext h2 with prior "
+                f"knowledge for {plan.h2_seconds:g} s a round (`h2_bench.py`); websocket echo is one 32-byte text "
+                f"message in flight per connection for {plan.ws_seconds:g} s, server CPU from `/proc`, every server on "
+                "wsproto (Uvicorn with its defaults, uvloop + httptools, `--ws wsproto`), and peak RSS per idle "
+                f"websocket at {plan.ws_idle:,} on a fresh process (`ws_bench.py`; once per run); the static file is "
+                f"{plan.static_mib} MiB from `trio_rack.static.Files` (a `FileBody`, sent with `sendfile`) and from "
+                f"nginx `sendfile on`, {plan.static_runs} curl downloads each, round-robin, medians "
+                "(`static_bench.py`; once per run):"
+            ),
+            "",
+            beyond,
+        ]
     foreign = results.get("foreign") or []
     if foreign:
         parts += [
@@ -688,7 +866,7 @@ def render(run: Run, command: str, elapsed: float) -> str:
         ]
     notes = [
         f"- {results['servers'][n]['label']}: {m}"
-        for n in order
+        for n in order + [n for n in results["servers"] if n not in order]  # nginx: a group's peer only
         for m in results["servers"][n]["notes"]
     ]
     notes += [f"- {m}" for m in results.get("skipped", [])]
@@ -729,6 +907,18 @@ def render(run: Run, command: str, elapsed: float) -> str:
             "",
             frameworks_table(results["frameworks"]),
         ]
+    if results.get("scaling"):
+        parts += [
+            "",
+            (
+                "**Scaling with load** (once per run; one worker each, server on core 0; hello on one server "
+                "process per server, streams on a fresh one per C; `scaling.py`):"
+            ),
+            "",
+            scaling.tables(
+                results["scaling"], list(plan.scaling_levels), plan.scaling_hello, plan.scaling_streams
+            ),
+        ]
     if results.get("workers"):
         parts += [
             "",
@@ -740,6 +930,44 @@ def render(run: Run, command: str, elapsed: float) -> str:
             workers_table(results["workers"]),
         ]
     return "\n".join(parts)
+
+
+#: (key, row label, higher is better, digits, peers) of the "Beyond the hello app" table
+BEYOND_ROWS: tuple[tuple[str, str, bool, int, tuple[str, ...]], ...] = (
+    ("h2_hello", "HTTP/2 hello, `h2load -c 16 -m 16`, req/s", True, 0, ("hypercorn-trio", "granian")),
+    *(
+        row
+        for n in (100, 1000)
+        for row in (
+            (f"ws_rate_{n}", f"websocket echo, {n:,} connections, messages/s", True, 0,
+             ("hypercorn-trio", "uvicorn-httptools")),
+            (f"ws_cpu_{n}", f"websocket echo, {n:,} connections, server CPU µs per message", False, 0,
+             ("hypercorn-trio", "uvicorn-httptools")),
+        )
+    ),  # fmt: skip
+    ("ws_idle_kib", "KiB of RSS per idle websocket", False, 1, ("hypercorn-trio", "uvicorn-httptools")),
+    ("static_mbps", "static file through sendfile, MB/s", True, 0, ("nginx",)),
+    ("static_gen_mbps", "the same bytes from a generator body (no file), MB/s", True, 0, ("nginx",)),
+)
+
+
+def beyond_table(results: dict[str, Any], plan: Plan) -> str:
+    """HTTP/2, websockets and the static file: trio-rack's figure, then each peer's with the ratio."""
+    servers = results["servers"]
+    meds = {name: medians(server) for name, server in servers.items()}
+    mine_all = meds.get("trio-rack", {})
+    lines = ["| scenario | trio-rack | peers (trio-rack ÷ peer) |", "|---|---|---|"]
+    for key, label, higher, digits, peers in BEYOND_ROWS:
+        mine = mine_all.get(key)
+        if mine is None:
+            continue
+        cells = []
+        for peer in peers:
+            theirs = meds.get(peer, {}).get(key if key != "static_gen_mbps" else "static_mbps")
+            if theirs:
+                cells.append(f"{servers[peer]['label']} {fmt(theirs, digits)} ({mine / theirs:.2f}×)")
+        lines.append(f"| {label} {'↑' if higher else '↓'} | {fmt(mine, digits)} | {'; '.join(cells) or '—'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def main() -> int:
@@ -766,7 +994,7 @@ def main() -> int:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to skip: rounds,streams,workers,frameworks",
+        help="comma-separated parts to skip: rounds,streams,workers,frameworks,h2,websocket,static,scaling",
     )
     parser.add_argument(
         "--ref",
@@ -810,6 +1038,13 @@ def main() -> int:
     }
     if plan.peer_note:
         run.results["skipped"].append(plan.peer_note)
+    if _has_parser_flag():
+        # "trio-rack" is the default install (h11), even where httptools is installed for its own row
+        TRIO_RACK_ARGS[:] = ["--http1-parser", "h11"]
+        run.results["skipped"].append(
+            "trio-rack's default rows (and its FastAPI and Flask rows) run with `--http1-parser h11`: the default "
+            "install's parser; the websocket and static-file groups leave the parser to `auto`"
+        )
     specs = []
     for name in plan.servers:
         why = _available(SPECS[name])
@@ -838,8 +1073,13 @@ def main() -> int:
         )
     elapsed = time.monotonic() - run.started
     section = render(run, command, elapsed)
-    (out / "results.md").write_text(section + "\n")
-    print("\n" + section + "\n", flush=True)
+    targets = (
+        f"Judged from the run in \"Results\" below (`{command}`, {run.results['meta']['date']}, "
+        f"trio-rack {run.results['meta']['trio-rack']}), by `bench/_targets.py`:\n\n"
+        + targets_table(run.results)
+    )
+    (out / "results.md").write_text(section + "\n\n## Targets\n\n" + targets + "\n")
+    print("\n" + section + "\n\n" + targets + "\n", flush=True)
     if failed:
         print(
             f"bench/run: FAILED: trio-rack: {failed}\n(logs in {out / 'logs'})",
@@ -849,6 +1089,7 @@ def main() -> int:
         return 1
     if not args.quick and not args.no_readme:
         update_readme(BENCH / "README.md", section)
+        update_readme(BENCH / "README.md", targets, begin=TARGETS_BEGIN, end=TARGETS_END)
         run.log("bench/README.md updated")
     run.log(f"done in {elapsed:.0f} s; raw results in {out}")
     return 0
@@ -881,13 +1122,16 @@ def _guarded(run: Run, spec: ServerSpec, what: str, fn: Any, *args: Any) -> None
     try:
         fn(*args)
     except ServerError as exc:
-        if spec.name == "trio-rack":
+        if ours(spec):
             raise TrioRackFailed(f"{what}: {exc}") from None
         run.note(spec, f"{what} failed: {exc}")
 
 
 def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
     plan = run.plan
+    h2 = "h2" not in skip and Path(h2_bench.H2LOAD).exists()
+    if "h2" not in skip and not h2:
+        run.results["skipped"].append(f"HTTP/2 hello skipped: needs {h2_bench.H2LOAD} (Debian nghttp2-client)")
     if "rounds" not in skip:
         for rnd in range(plan.rounds):
             order = specs[rnd % len(specs) :] + specs[: rnd % len(specs)]
@@ -895,15 +1139,20 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
                 run.log(f"round {rnd + 1}/{plan.rounds}: {spec.name}")
                 _guarded(run, spec, "plain HTTP scenarios", run.bench_plain, spec)
                 _guarded(run, spec, "TLS scenarios", run.bench_tls, spec)
+                if h2 and spec.name in H2_SERVERS and (plan.group_peers or spec.name == "trio-rack"):
+                    _guarded(run, spec, "HTTP/2 hello", run.bench_h2, spec)
     if "streams" not in skip:
         for spec in specs:
+            if "streams" in spec.unsupported:
+                continue
             for n in plan.stream_ns:
                 _guarded(run, spec, f"streams n={n}", run.bench_streams, spec, n)
+    _run_groups(run, specs, skip)
     if "frameworks" not in skip:
         available = {s.name for s in specs}
         configs = [
             c for c in FRAMEWORK_CONFIGS
-            if c.server in available and (plan.framework_peers or c.server == "trio-rack")
+            if c.server in available and (plan.group_peers or c.server == "trio-rack")
         ]  # fmt: skip
         fw_records = [
             {"key": c.key, "label": c.label, "server": c.server, "rps": [], "p99_ms": []} for c in configs
@@ -936,6 +1185,26 @@ def _run_all(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
                     config,
                     record,
                 )
+
+
+def _run_groups(run: Run, specs: list[ServerSpec], skip: set[str]) -> None:
+    """The groups measured once per run, not per round: websockets, the static file, scaling."""
+    plan = run.plan
+
+    def chosen(names: tuple[str, ...] | dict[str, str]) -> list[ServerSpec]:
+        return [s for s in specs if s.name in names and (plan.group_peers or s.name == "trio-rack")]
+
+    if "websocket" not in skip and plan.ws_fan:
+        for spec in chosen(WS_NAMES):
+            run.log(f"websocket: {spec.name}")
+            _guarded(run, spec, "websocket", run.bench_ws, spec)
+    if "static" not in skip and plan.static_mib and "trio-rack" in {s.name for s in specs}:
+        run.log("static file: trio-rack and nginx")
+        _guarded(run, SPECS["trio-rack"], "static file", run.bench_static)
+    if "scaling" not in skip and plan.scaling_levels:
+        for spec in chosen(SCALING_SERVERS):
+            run.log(f"scaling: {spec.name}")
+            _guarded(run, spec, "scaling", run.bench_scaling, spec)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,24 @@ def streams(server: ServerProcess, n: int, seconds: int, python: str) -> dict[st
     }
 
 
+def measure_server(
+    name: str, levels: list[int], hello_seconds: float, stream_seconds: int, python: str
+) -> dict[str, Any]:
+    """Hello at every level on one fresh server, then streams at every level, each on a fresh server."""
+    server = start(name)
+    try:
+        result: dict[str, Any] = {"hello": hello(server, levels, hello_seconds), "streams": {}}
+    finally:
+        server.stop()
+    for n in levels:  # a fresh server per N, as bench/run does
+        server = start(name)
+        try:
+            result["streams"][n] = streams(server, n, stream_seconds, python)
+        finally:
+            server.stop()
+    return result
+
+
 def ratio(ours: float, theirs: float) -> str:
     return f" ({ours / theirs:.2f}×)" if theirs else ""
 
@@ -127,40 +145,34 @@ def main() -> None:
             continue
         print(f"{spec.label} ...", file=sys.stderr, flush=True)
         try:
-            server = start(name)
-            try:
-                data[name] = {"hello": hello(server, levels, args.hello_seconds), "streams": {}}
-            finally:
-                server.stop()
-            for n in levels:  # a fresh server per N, as bench/run does
-                server = start(name)
-                try:
-                    data[name]["streams"][n] = streams(server, n, args.stream_seconds, python)
-                finally:
-                    server.stop()
+            data[name] = measure_server(name, levels, args.hello_seconds, args.stream_seconds, python)
         except Exception as exc:  # a peer's failure is a note; trio-rack's too, here (nothing is asserted)
             notes.append(f"{spec.label}: {exc}")
-            data.pop(name, None)
     print(json.dumps(data), file=sys.stderr)
+    print(tables(data, levels, args.hello_seconds, args.stream_seconds))
+    for note in notes:
+        print(f"- {note}")
+
+
+def tables(data: dict[str, Any], levels: list[int], hello_seconds: float, stream_seconds: int) -> str:
+    """The two markdown tables (hello, streams) of ``data``: {server: {"hello": {C: ...}, "streams": {C: ...}}}."""
     names = list(data)
     ours = data.get("trio-rack")
     labels = [SPECS[n].label for n in names]
-    print(f"\n**hello, keep-alive** (`wrk -t1 -cC -d{args.hello_seconds:g}s`): req/s, and in brackets trio-rack's"
-          " divided by the server's (↑)\n")  # fmt: skip
-    print("| connections | " + " | ".join(labels) + " |")
-    print("|---|" + "---|" * len(names))
+    out = [f"**hello, keep-alive** (`wrk -t1 -cC -d{hello_seconds:g}s`): req/s, and in brackets trio-rack's"
+           " divided by the server's (↑)", ""]  # fmt: skip
+    out += ["| connections | " + " | ".join(labels) + " |", "|---|" + "---|" * len(names)]
     for c in levels:
         cells = []
         for n in names:
             rps = data[n]["hello"][c]["rps"]
             r = ratio(ours["hello"][c]["rps"], rps) if ours and n != "trio-rack" else ""
-            cells.append(f"{rps:,.0f} ({1e6 / rps:.0f} µs){r}")
-        print(f"| {c} | " + " | ".join(cells) + " |")
-    print(f"\n**streams** (`clients.py streams -n C --seconds {args.stream_seconds}`): server CPU ms per stream"
-          " (↓; in brackets trio-rack's divided by the server's), KiB of RSS per open stream,"
-          " s until all done\n")  # fmt: skip
-    print("| connections | " + " | ".join(labels) + " |")
-    print("|---|" + "---|" * len(names))
+            cells.append(f"{rps:,.0f} ({1e6 / rps:.0f} µs){r}" if rps else "—")
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
+    out += ["", f"**streams** (`clients.py streams -n C --seconds {stream_seconds}`): server CPU ms per stream"
+            " (↓; in brackets trio-rack's divided by the server's), KiB of RSS per open stream,"
+            " s until all done", ""]  # fmt: skip
+    out += ["| connections | " + " | ".join(labels) + " |", "|---|" + "---|" * len(names)]
     for c in levels:
         cells = []
         for n in names:
@@ -169,17 +181,16 @@ def main() -> None:
             r = ratio(mine, s["cpu_ms_per_stream"]) if mine is not None else ""
             err = f", {s['errors']} errors" if s["errors"] else ""
             cells.append(f"{s['cpu_ms_per_stream']:.2f} ms{r}; {s['kib_per_stream']:.1f} KiB; {s['done_s']:.1f} s{err}")
-        print(f"| {c} | " + " | ".join(cells) + " |")
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
     errors = {n: {c: v["errors"] for c, v in data[n]["hello"].items() if v["errors"]} for n in names}
     errors = {n: e for n, e in errors.items() if e}
     if errors:
-        print(f"\nwrk errors: {errors}")
+        out += ["", f"wrk errors: {errors}"]
     foreign = [v["foreign"] for n in names for v in data[n]["hello"].values()]
     if foreign:
-        print(f"\nOther processes used {sum(foreign) / len(foreign):.2f} cores on average during the wrk runs"
-              f" (most {max(foreign):.2f}).")  # fmt: skip
-    for note in notes:
-        print(f"- {note}")
+        out += ["", f"Other processes used {sum(foreign) / len(foreign):.2f} cores on average during the wrk runs"
+                f" (most {max(foreign):.2f})."]  # fmt: skip
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

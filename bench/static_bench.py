@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from _procs import free_port
@@ -84,31 +85,39 @@ http {{
 """
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+class StaticError(Exception):
+    """One server failed to start or to serve the file whole; ``who`` names it."""
+
+    def __init__(self, who: str, message: str) -> None:
+        super().__init__(message)
+        self.who = who
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], who: str) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"static_bench: {what} exited with {proc.returncode}")
+            raise StaticError(who, f"static_bench: {who} exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit(f"static_bench: {what} did not start listening on {port}")
+    raise StaticError(who, f"static_bench: {who} did not start listening on {port}")
 
 
-def download(url: str, size: int) -> float:
-    """One download with curl; its bytes per second."""
+def download(url: str, size: int, who: str, client: Sequence[str] = ()) -> float:
+    """One download with curl (run under the ``client`` prefix, e.g. a taskset); its bytes per second."""
     out = subprocess.run(
-        [CURL, "-q", "-sS", "--noproxy", "*", "--max-time", "120", "-o", "/dev/null",
+        [*client, CURL, "-q", "-sS", "--noproxy", "*", "--max-time", "120", "-o", "/dev/null",
          "-w", "%{size_download} %{speed_download} %{http_code}", url],
         capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
     )
     if out.returncode != 0:
-        raise SystemExit(f"static_bench: curl {url} failed: {out.stderr.strip()}")
+        raise StaticError(who, f"static_bench: curl {url} failed: {out.stderr.strip()}")
     got, speed, status = out.stdout.split()
     if int(got) != size or status != "200":
-        raise SystemExit(f"static_bench: {url} gave {status} with {got} bytes, expected {size}")
+        raise StaticError(who, f"static_bench: {url} gave {status} with {got} bytes, expected {size}")
     return float(speed)
 
 
@@ -122,14 +131,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
-    size = args.size_mib * MIB
-    results: dict[str, float] = {}
-    best: dict[str, float] = {}
+NGINX_LABEL, FILES_LABEL, GENERATOR_LABEL = (
+    "nginx (sendfile on)", "trio-rack Files (FileBody)", "trio-rack generator body",
+)
+
+
+def measure(
+    size_mib: int, runs: int, *, server: Sequence[str] = (), client: Sequence[str] = ()
+) -> dict[str, list[float]]:
+    """Every download's bytes/s, by label: nginx, trio-rack's ``Files``, the generator body.
+
+    ``server`` and ``client`` prefix the servers' and curl's command lines (``bench/run`` pins
+    them to their cores with ``taskset``).  The file lives in a temporary directory this call
+    creates and removes; both servers are started and stopped (by PID) here.  A failure raises
+    :class:`StaticError` naming the server at fault (``"nginx"`` or ``"trio-rack"``).
+    """
+    size = size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="trio-rack-static-bench-") as tmp:
         directory = Path(tmp)
         os.chmod(directory, 0o755)
@@ -137,7 +154,7 @@ def main() -> int:
         root.mkdir()
         block = os.urandom(MIB)
         with open(root / "big.bin", "wb") as f:
-            for _ in range(args.size_mib):
+            for _ in range(size_mib):
                 f.write(block)
         (directory / "app.py").write_text(APP.format(root=str(root), size=size))
         rack_port, nginx_port = free_port(), free_port()
@@ -147,34 +164,46 @@ def main() -> int:
         try:
             env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
             rack = subprocess.Popen(
-                [sys.executable, "-m", "trio_rack", "serve", str(directory / "app.py"), "-b",
+                [*server, sys.executable, "-m", "trio_rack", "serve", str(directory / "app.py"), "-b",
                  f"http://127.0.0.1:{rack_port}", "--no-access-log", "--log-level", "warning"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
             )
             procs.append(rack)
             nginx = subprocess.Popen(
-                [NGINX, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")],
+                [*server, NGINX, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             procs.append(nginx)
             wait_ready(rack_port, rack, "trio-rack")
             wait_ready(nginx_port, nginx, "nginx")
             cases = [
-                ("nginx (sendfile on)", f"http://127.0.0.1:{nginx_port}/big.bin"),
-                ("trio-rack Files (FileBody)", f"http://127.0.0.1:{rack_port}/big.bin"),
-                ("trio-rack generator body", f"http://127.0.0.1:{rack_port}/gen"),
+                (NGINX_LABEL, "nginx", f"http://127.0.0.1:{nginx_port}/big.bin"),
+                (FILES_LABEL, "trio-rack", f"http://127.0.0.1:{rack_port}/big.bin"),
+                (GENERATOR_LABEL, "trio-rack", f"http://127.0.0.1:{rack_port}/gen"),
             ]
-            download(cases[0][1], size)  # warm the page cache
-            speeds: dict[str, list[float]] = {label: [] for label, _ in cases}
-            for _ in range(args.runs):  # round-robin: a noisy moment hits every server alike
-                for label, url in cases:
-                    speeds[label].append(download(url, size))
-            results = {label: statistics.median(values) for label, values in speeds.items()}
-            best = {label: max(values) for label, values in speeds.items()}
+            download(cases[0][2], size, "nginx", client)  # warm the page cache
+            speeds: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+            for _ in range(runs):  # round-robin: a noisy moment hits every server alike
+                for label, who, url in cases:
+                    speeds[label].append(download(url, size, who, client))
+            return speeds
         finally:
             for proc in procs:
                 stop(proc)
-    ceiling = results["nginx (sendfile on)"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    try:
+        speeds = measure(args.size_mib, args.runs)
+    except StaticError as exc:
+        raise SystemExit(str(exc)) from None
+    results = {label: statistics.median(values) for label, values in speeds.items()}
+    best = {label: max(values) for label, values in speeds.items()}
+    ceiling = results[NGINX_LABEL]
     print(f"static file, {args.size_mib} MiB over plain HTTP on 127.0.0.1, {args.runs} curl downloads each")
     print()
     print("| server | MB/s (median) | MB/s (best) | ratio to nginx (medians) |")

@@ -110,7 +110,9 @@ class Server:
         self.name = name
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        env["PYTHONPATH"] = str(BENCH)
+        # bench/ for the peers' ``ws_bench:app``, ahead of (not instead of) the caller's path, which
+        # may put a trio-rack snapshot first (``bench/run --ref``)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             server_argv(name, self.port), cwd=BENCH, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

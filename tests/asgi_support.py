@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -128,3 +129,43 @@ async def eventually(condition: Any) -> None:
     which the test cannot hand an Event to); fail after 5 seconds."""
     with trio.fail_after(5):
         await wait_until(condition, poll=0.01)  # the condition belongs to code we do not control
+
+
+# ------------------------------------------------------------------------ HTTP/2 clients
+
+#: The wire protocols the framework suites run over (httpx speaks both); the same names as
+#: ``trio_rack.testing.PROTOCOLS`` (the ``protocol`` fixture), so either works with
+#: :func:`httpx_options`.
+WIRES = ["http1", "http2"]
+
+
+def httpx_options(wire: str) -> dict[str, Any]:
+    """httpx over HTTP/1.1, or HTTP/2 only: prior knowledge (h2c) on a plain bind, ALPN ``h2``
+    over TLS — so a server that fell back to HTTP/1.1 fails the request instead of passing."""
+    return {"http1": False, "http2": True} if wire == "http2" else {}
+
+
+def http_version(wire: str) -> str:
+    """What httpx's ``response.http_version`` must say on ``wire``."""
+    return "HTTP/2" if wire == "http2" else "HTTP/1.1"
+
+
+@asynccontextmanager
+async def h2_client(url: str, context: ssl.SSLContext | None = None) -> AsyncIterator[Any]:
+    """The h2 library as a client (:class:`trio_rack.testing.h2.H2MemoryClient`, whose h2 state
+    machine works over any stream) over a real TCP socket to ``url``: prior knowledge on a
+    plain bind, ALPN ``h2`` over TLS (asserted).  For what httpx cannot do: read trailers,
+    reset one stream, RFC 8441 websockets.  Closes the socket on exit."""
+    from trio_rack.testing.h2 import H2MemoryClient
+
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    tcp = await trio.open_tcp_stream(host, int(port))
+    stream: trio.abc.Stream = tcp
+    if context is not None:
+        context.set_alpn_protocols(["h2"])
+        tls = trio.SSLStream(tcp, context, server_hostname=host)
+        await tls.do_handshake()
+        assert tls.selected_alpn_protocol() == "h2"
+        stream = tls
+    async with stream:
+        yield H2MemoryClient(stream)

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import trio_rack
-from asgi_support import eventually
+from asgi_support import WIRES, eventually, h2_client, http_version, httpx_options
 from asgi_support import serving as _serving
 from e2e_support import client_ssl_context, make_tls_files, read_until, read_until_eof
 from trio_rack.asgi import LifespanFailure
@@ -138,11 +138,6 @@ async def test_http_scope_has_every_required_key_with_the_right_types() -> None:
     assert isinstance(seen["extensions"]["trio_rack.shutdown"], trio.Event)
 
 
-def client_options(protocol: str) -> dict[str, Any]:
-    """httpx over HTTP/1.1, or HTTP/2 with prior knowledge on the same plain port."""
-    return {"http1": False, "http2": True} if protocol == "http2" else {}
-
-
 async def test_http_1_0_scope_version() -> None:
     seen: dict[str, Any] = {}
 
@@ -157,7 +152,8 @@ async def test_http_1_0_scope_version() -> None:
     assert seen["http_version"] == "1.0"
 
 
-async def test_tls_scope_and_extension(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_tls_scope_and_extension(tmp_path: Path, wire: str) -> None:
     tls = make_tls_files(tmp_path)
     seen: dict[str, Any] = {}
 
@@ -167,10 +163,11 @@ async def test_tls_scope_and_extension(tmp_path: Path) -> None:
         await send({"type": "http.response.body", "body": b"secure"})
 
     async with serving(app, tls=tls) as url:
-        async with httpx.AsyncClient(verify=client_ssl_context(tls)) as client:
+        async with httpx.AsyncClient(verify=client_ssl_context(tls), **httpx_options(wire)) as client:
             response = await client.get(url + "/")
-    assert response.text == "secure"
+    assert response.text == "secure" and response.http_version == http_version(wire)
     assert seen["scheme"] == "https"
+    assert seen["http_version"] == ("2" if wire == "http2" else "1.1")
     info = seen["extensions"]["tls"]
     assert info["tls_version"] in (0x0303, 0x0304)
     assert isinstance(info["cipher_suite"], int) and info["cipher_suite"] > 0
@@ -204,6 +201,54 @@ async def test_request_body_is_read_on_demand_not_ahead() -> None:
             with trio.fail_after(5):
                 got = await read_until(stream, b"0\r\n\r\n", buffer=got)
     assert b"|world|0" in got
+
+
+async def test_request_body_is_read_on_demand_over_http2() -> None:
+    """The same over HTTP/2: the first DATA frame is answered before the second is sent."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        first = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        echo = first["body"] + b"|%d" % first["more_body"]
+        await send({"type": "http.response.body", "body": echo, "more_body": True})
+        second = await receive()
+        await send({"type": "http.response.body", "body": b"|" + second["body"] + b"|%d" % second["more_body"]})
+
+    async with serving(app) as url, h2_client(url) as client:
+        sid = await client.start_request("POST", "/", headers=[("content-length", "10")], end_stream=False)
+        await client.send_body(sid, b"hello")
+        result = client.results[sid]
+        with trio.fail_after(5):
+            await client.read_until(lambda: b"hello|1" in b"".join(result.chunks))
+        await client.send_body(sid, b"world", end_stream=True)
+        with trio.fail_after(5):
+            await client.read_stream(sid)
+    assert b"".join(result.chunks) == b"hello|1|world|0" and result.reset is None
+
+
+async def test_request_body_of_unknown_length_over_http2_ends_with_end_stream() -> None:
+    """HTTP/2's counterpart of a chunked body: DATA frames without ``content-length``, the end
+    being END_STREAM: ``more_body`` True until then (never False early, never a hang)."""
+    messages: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            messages.append(message)
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"".join(m.get("body", repr(m).encode()) for m in messages)})
+
+    async with serving(app) as url, h2_client(url) as client:
+        sid = await client.start_request("POST", "/", end_stream=False)
+        await client.send_body(sid, b"abc")
+        await client.send_body(sid, b"de", end_stream=True)
+        with trio.fail_after(5):
+            result = await client.read_stream(sid)
+    assert b"".join(result.chunks) == b"abcde"
+    assert all(m["type"] == "http.request" for m in messages), messages
+    assert messages[-1]["more_body"] is False and messages[0]["more_body"] is True
 
 
 async def test_chunked_request_body_arrives_with_more_body_then_the_end() -> None:
@@ -246,7 +291,7 @@ async def test_disconnect_after_the_response_and_in_a_cancelled_scope(protocol: 
         done.set()
 
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
             with trio.fail_after(5):
                 await done.wait()
@@ -265,7 +310,7 @@ async def test_app_raising_before_start_gets_500_and_the_server_keeps_serving(ca
         await send({"type": "http.response.body", "body": b"fine"})
 
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             bad = await client.get(url + "/boom")
             good = await client.get(url + "/")
     assert bad.status_code == 500
@@ -287,12 +332,46 @@ async def test_app_raising_after_start_aborts_the_response_visibly() -> None:
     assert not data.endswith(b"0\r\n\r\n")  # no terminating chunk: the client sees the abort
 
 
+async def test_app_raising_after_start_over_http2_resets_the_stream() -> None:
+    """HTTP/2's visible abort: RST_STREAM after the partial body, never END_STREAM."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await trio.sleep(0.05)
+        raise RuntimeError("mid-stream")
+
+    async with serving(app) as url, h2_client(url) as client:
+        sid = await client.start_request("GET", "/")
+        with trio.fail_after(5):
+            result = await client.read_stream(sid)
+    assert result.status == 200 and b"".join(result.chunks) == b"partial"
+    assert not result.ended and result.reset == 2  # INTERNAL_ERROR
+
+
+async def test_app_raising_after_a_whole_response_is_logged(caplog: Any, protocol: str) -> None:
+    """The response was complete (held whole for the server) when the app raised: the client
+    gets it, and the app's bug is logged rather than dropped with the unused error."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"whole"})
+        raise RuntimeError("bug after the response")
+
+    async with serving(app) as url:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
+            response = await client.get(url + "/")
+            await eventually(lambda: "bug after the response" in caplog.text)
+    assert response.status_code == 200 and response.text == "whole"
+    assert "ASGI app raised after its response was complete" in caplog.text
+
+
 async def test_app_returning_without_a_response_gets_500(caplog: Any, protocol: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
 
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.status_code == 500
     assert "without sending 'http.response.start'" in caplog.text
@@ -318,7 +397,7 @@ async def test_messages_out_of_order_are_named(
             await send(message)
 
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.status_code == 500
     assert named in caplog.text
@@ -332,7 +411,7 @@ async def test_asyncio_only_app_fails_with_one_line_saying_so(caplog: Any, proto
 
     caplog.set_level(logging.INFO, logger="trio_rack")
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.status_code == 500
     records = [r for r in caplog.records if "asyncio" in r.getMessage()]
@@ -367,6 +446,44 @@ async def test_streaming_app_is_cancelled_when_the_client_leaves() -> None:
             await ended.wait()
 
 
+async def test_streaming_app_is_cancelled_at_rst_stream_and_send_raises_oserror() -> None:
+    """Over HTTP/2 the client leaves one stream with RST_STREAM: the app is cancelled at once
+    (its finally runs), a shielded send() raises OSError (spec 2.4), and the connection's
+    other streams go on."""
+    ended = trio.Event()
+    raised: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/other":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"other"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                await trio.sleep(0.05)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await send({"type": "http.response.body", "body": b"late"})
+                except OSError as exc:
+                    raised.append(exc)
+            ended.set()
+
+    async with serving(app) as url, h2_client(url) as client:
+        sid = await client.start_request("GET", "/ticks")
+        with trio.fail_after(5):
+            await client.read_until(lambda: b"tick" in b"".join(client.results[sid].chunks))
+        await client.reset(sid)
+        with trio.fail_after(1):
+            await ended.wait()
+        with trio.fail_after(5):
+            other = await client.request("GET", "/other")
+    assert isinstance(raised[0], OSError)
+    assert other.status == 200 and other.body == b"other"
+
+
 # ---------------------------------------------------------------------------- extensions
 
 
@@ -396,7 +513,7 @@ async def test_pathsend_serves_a_file(tmp_path: Path, protocol: str) -> None:
         await send({"type": "http.response.pathsend", "path": str(path)})
 
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.content == path.read_bytes()
 
@@ -457,7 +574,7 @@ async def test_lifespan_startup_state_and_shutdown_after_the_drain(protocol: str
     shutdown = trio.Event()
     async with serving(_lifespan_app(events), shutdown_trigger=shutdown, lifespan="auto") as url:
         assert events == ["startup"]
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             first = await client.get(url + "/")
             second = await client.get(url + "/")
         shutdown.set()
@@ -483,7 +600,7 @@ async def test_lifespan_auto_serves_an_app_that_refuses_it(caplog: Any, protocol
 
     caplog.set_level(logging.INFO, logger="trio_rack")
     async with serving(app, lifespan="auto") as url:
-        async with httpx.AsyncClient(**client_options(protocol)) as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
     assert response.text == "no lifespan"
     assert "does not support lifespan" in caplog.text
@@ -535,7 +652,7 @@ async def test_http2_scope_says_http_version_2_and_offers_no_raw_connection() ->
         await send({"type": "http.response.body", "body": b"over h2"})
 
     async with serving(app) as url:
-        async with httpx.AsyncClient(**client_options("http2")) as client:
+        async with httpx.AsyncClient(**httpx_options("http2")) as client:
             response = await client.get(url + "/x?y=1")
     assert response.http_version == "HTTP/2" and response.text == "over h2"
     assert seen["http_version"] == "2"

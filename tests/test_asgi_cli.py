@@ -160,6 +160,10 @@ async def test_fastapi_main_app_with_lifespan_and_sigterm(
             args = ["--cacert", str(ca), *args]
         body = (await curl(*args)).stdout
         assert b'"name":"caf\xc3\xa9"' in body
+        # the same over HTTP/2: h2c prior knowledge on plain, ALPN h2 over TLS (curl -w says which)
+        h2 = "--http2-prior-knowledge" if scheme == "http" else "--http2"
+        got = (await curl(h2, "-w", "\n%{http_version}", *args)).stdout
+        assert b'"name":"caf\xc3\xa9"' in got and got.endswith(b"\n2")
         server.proc.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await server.proc.wait() == 0

@@ -1,7 +1,9 @@
 """ASGI websockets on trio-rack (on top of ``trio_rack.websocket``) with hand-written ASGI apps:
 the message flow, close codes both ways (1005 for a close frame without a code, never 1006),
 close before accept (403), the ``websocket.http.response`` denial, and a frame pipelined
-behind the handshake reaching the app."""
+behind the handshake reaching the app.  Over HTTP/2 (RFC 8441 extended CONNECT, the h2
+library as the client over a real socket): the scope, the message flow and close code, the
+403, the denial, and a frame sent behind the CONNECT headers."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
 
-from asgi_support import eventually
+from asgi_support import eventually, h2_client
 from asgi_support import serving as _serving
 from e2e_support import read_until
 
@@ -182,3 +184,81 @@ async def test_a_frame_pipelined_behind_the_handshake_reaches_the_app() -> None:
                 await read_until(stream, b"\r\n\r\n")
             await eventually(lambda: got)
     assert got == [{"type": "websocket.receive", "text": "early"}]
+
+
+# ------------------------------------------------------------------- HTTP/2 (RFC 8441)
+
+
+async def _open_h2_ws(client: Any, early: bytes = b"") -> int:
+    """An extended CONNECT with ``:protocol websocket``; ``early`` DATA goes out right behind
+    the headers, before the server's answer."""
+    with trio.fail_after(5):
+        await client.read_until(lambda: client.h2.remote_settings.enable_connect_protocol == 1)
+    sid: int = await client.start_request(
+        "CONNECT", "/ws", protocol="websocket", end_stream=False,
+        headers=[("sec-websocket-version", "13"), ("sec-websocket-protocol", "v1, v2")],
+    )  # fmt: skip
+    if early:
+        await client.send_body(sid, early)
+    with trio.fail_after(5):
+        await client.read_until(lambda: client.results[sid].status is not None)
+    return sid
+
+
+async def test_http2_websocket_scope_messages_and_the_peers_close_code() -> None:
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    seen: list[Any] = []
+    done = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["type"], scope["http_version"], scope["scheme"], scope["subprotocols"]))
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept", "subprotocol": "v2", "headers": [(b"x-hello", b"there")]})
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "websocket.disconnect":
+                done.set()
+                return
+            await send({"type": "websocket.send", "text": message["text"].upper()})
+
+    frames = FrameProtocol(client=True, extensions=[])
+    async with serving(app) as url, h2_client(url) as client:
+        sid = await _open_h2_ws(client, early=frames.send_data("early", fin=True))
+        result = client.results[sid]
+        assert result.status == 200
+        assert ("sec-websocket-protocol", "v2") in result.headers and ("x-hello", "there") in result.headers
+        with trio.fail_after(5):
+            await client.read_until(lambda: result.chunks)
+        frames.receive_bytes(b"".join(result.chunks))
+        assert [(f.opcode, f.payload) for f in frames.received_frames()] == [(Opcode.TEXT, "EARLY")]
+        await client.send_body(sid, frames.close(4002, "done here"))
+        with trio.fail_after(5):
+            await done.wait()
+    assert seen[0] == ("websocket", "2", "ws", ["v1", "v2"])
+    assert seen[1] == {"type": "websocket.receive", "text": "early"}  # sent behind the CONNECT
+    assert seen[2]["type"] == "websocket.disconnect" and seen[2]["code"] == 4002
+
+
+async def test_http2_websocket_close_before_accept_and_the_denial() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        if "v1" in scope["subprotocols"] and scope["query_string"] == b"deny":
+            await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b"who are you?"})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    async with serving(app) as url, h2_client(url) as client:
+        refused = await _open_h2_ws(client)
+        with trio.fail_after(5):
+            await client.read_stream(refused)
+        sid = await client.start_request(
+            "CONNECT", "/ws?deny", protocol="websocket", end_stream=False,
+            headers=[("sec-websocket-version", "13"), ("sec-websocket-protocol", "v1")],
+        )  # fmt: skip
+        with trio.fail_after(5):
+            denied = await client.read_stream(sid)
+    assert client.results[refused].status == 403
+    assert denied.status == 401 and b"".join(denied.chunks) == b"who are you?"

@@ -1,5 +1,6 @@
 """A minimal single-file Django app on trio-rack: as WSGI (served), and as ASGI, where Django's
-asyncio-based handler cannot run on Trio — one log line says so, the client gets a 500."""
+asyncio-based handler cannot run on Trio — one log line says so, the client gets a 500.  Both
+over HTTP/1.1 and HTTP/2 (httpx, h2c prior knowledge)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_support import serving
+from asgi_support import WIRES, http_version, httpx_options, serving
 
 pytest.importorskip("django")
 
@@ -44,13 +45,15 @@ if not settings.configured:
     django.setup()
 
 
-async def test_django_wsgi_app() -> None:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_django_wsgi_app(wire: str) -> None:
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
     async with serving(app, root_path="/dj") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(wire)) as client:
             hello = await client.get(url + "/?name=Grace")
+            assert hello.http_version == http_version(wire)
             echoed = await client.post(url + "/echo/", content=b"payload")
             missing = await client.get(url + "/nope/")
     assert hello.status_code == 200
@@ -59,13 +62,15 @@ async def test_django_wsgi_app() -> None:
     assert missing.status_code == 404
 
 
-async def test_django_asgi_handler_needs_asyncio_and_says_so(caplog: Any) -> None:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_django_asgi_handler_needs_asyncio_and_says_so(caplog: Any, wire: str) -> None:
     from django.core.asgi import get_asgi_application
 
     caplog.set_level(logging.INFO, logger="trio_rack")
     async with serving(get_asgi_application(), lifespan="off") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(wire)) as client:
             response = await client.get(url + "/")
+            assert response.http_version == http_version(wire)
     assert response.status_code == 500
     lines = [r for r in caplog.records if "does not run on Trio" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None

@@ -1,5 +1,6 @@
 """A Flask app on trio-rack (``--interface wsgi``): forms, a streaming generator, concurrent
-slow requests on the thread pool, a 10 MiB upload — httpx over real sockets, plain and TLS."""
+slow requests on the thread pool, a 10 MiB upload — httpx over real sockets, plain and TLS,
+over HTTP/1.1 and HTTP/2 (h2c prior knowledge on plain binds, ALPN h2 over TLS)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from asgi_support import serving
+from asgi_support import WIRES, http_version, httpx_options, serving
 from e2e_support import client_ssl_context, make_tls_files
 
 pytest.importorskip("flask")
@@ -27,6 +28,10 @@ def make_app() -> Flask:
     @app.route("/hello/<name>")
     def hello(name: str) -> str:
         return f"hello {name} at {request.script_root}{request.path}"
+
+    @app.route("/version")
+    def version() -> str:
+        return str(request.environ["SERVER_PROTOCOL"])
 
     @app.route("/form", methods=["POST"])
     def form() -> dict[str, Any]:
@@ -66,12 +71,16 @@ def scheme(request: Any) -> str:
     return str(request.param)
 
 
-async def test_flask_forms_streams_uploads_and_concurrency(scheme: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_flask_forms_streams_uploads_and_concurrency(scheme: str, wire: str, tmp_path: Path) -> None:
     tls = make_tls_files(tmp_path) if scheme == "https" else None
     async with serving(make_app(), tls=tls, root_path="/shop") as url:
-        async with httpx.AsyncClient(verify=client_ssl_context(tls) if tls else True, timeout=15) as client:
+        verify = client_ssl_context(tls) if tls else True
+        async with httpx.AsyncClient(verify=verify, timeout=15, **httpx_options(wire)) as client:
             hello = await client.get(url + "/hello/J%C3%BCrgen")
+            assert hello.http_version == http_version(wire)
             assert hello.text == "hello Jürgen at /shop/hello/Jürgen"
+            assert (await client.get(url + "/version")).text == ("HTTP/2" if wire == "http2" else "HTTP/1.1")
             form = await client.post(url + "/form", data={"name": "Ada", "tag": ["a", "b"]})
             assert form.json() == {"name": "Ada", "tags": ["a", "b"]}
 

@@ -1,5 +1,8 @@
 """Starlette and FastAPI apps on trio-rack (``--interface asgi``), with real clients over real
-sockets: httpx for HTTP, the ``websockets`` client for WebSockets, plain and TLS."""
+sockets: httpx for HTTP, the ``websockets`` client for WebSockets, plain and TLS, each over
+HTTP/1.1 and HTTP/2 (``wire``: h2c prior knowledge on plain binds, ALPN h2 over TLS).  Over
+HTTP/2 the websockets are RFC 8441 (extended CONNECT), spoken by the h2 library with wsproto,
+since no Python websocket client speaks RFC 8441."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from asgi_support import eventually, serving
+from asgi_support import WIRES, eventually, h2_client, http_version, httpx_options, serving
 from e2e_support import client_ssl_context, make_tls_files, read_until
 
 pytest.importorskip("starlette")
@@ -42,6 +45,9 @@ def make_starlette(tmp_path: Path) -> Starlette:
 
     async def hello(request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"hello {request.path_params['name']} ({request.state.greeting})")
+
+    async def version(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.scope["http_version"])
 
     async def upload(request: Request) -> JSONResponse:
         sizes = [len(chunk) async for chunk in request.stream()]
@@ -92,6 +98,7 @@ def make_starlette(tmp_path: Path) -> Starlette:
     return Starlette(
         routes=[
             Route("/hello/{name}", hello),
+            Route("/version", version),
             Route("/upload", upload, methods=["POST"]),
             Route("/ticks", ticks),
             Route("/boom", boom),
@@ -109,25 +116,32 @@ def scheme(request: Any) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=WIRES)
+def wire(request: Any) -> str:
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
 async def starlette_server(
-    tmp_path: Path, scheme: str, **kwargs: Any
+    tmp_path: Path, scheme: str, wire: str = "http1", **kwargs: Any
 ) -> AsyncIterator[tuple[str, httpx.AsyncClient, Any]]:
     EVENTS.clear()
     (tmp_path / "file.bin").write_bytes(b"0123456789" * 50_000)
     tls = make_tls_files(tmp_path) if scheme == "https" else None
     context = client_ssl_context(tls) if tls else None
     async with serving(make_starlette(tmp_path), tls=tls, **kwargs) as url:
-        async with httpx.AsyncClient(verify=context or True, timeout=10) as client:
+        async with httpx.AsyncClient(verify=context or True, timeout=10, **httpx_options(wire)) as client:
             yield url, client, context
 
 
-async def test_starlette_routes_json_streams_files_and_errors(tmp_path: Path, scheme: str) -> None:
-    async with starlette_server(tmp_path, scheme) as (url, client, _):
+async def test_starlette_routes_json_streams_files_and_errors(tmp_path: Path, scheme: str, wire: str) -> None:
+    async with starlette_server(tmp_path, scheme, wire) as (url, client, _):
         assert EVENTS == {"startup": True}
         hello = await client.get(url + "/hello/J%C3%BCrgen%20K")
         assert hello.status_code == 200
+        assert hello.http_version == http_version(wire)
         assert hello.text == "hello Jürgen K (hi from lifespan)"
+        assert (await client.get(url + "/version")).text == ("2" if wire == "http2" else "1.1")
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(8):
@@ -164,12 +178,42 @@ async def test_starlette_streaming_is_incremental_and_stops_when_the_client_leav
         assert EVENTS["stream_finally"] - left < 1.6  # within about a second (the liveness poll)
 
 
-async def test_starlette_100_slow_requests_finish_concurrently(tmp_path: Path) -> None:
-    async with starlette_server(tmp_path, "http") as (url, client, _):
+@pytest.mark.parametrize("leave", ["rst_stream", "close_connection"])
+async def test_starlette_streaming_over_http2_is_incremental_and_stops_when_the_client_leaves(
+    tmp_path: Path, leave: str
+) -> None:
+    """The two ways an HTTP/2 client leaves: RST_STREAM on the one stream (the connection
+    stays and serves the next stream), or closing the connection.  Either way the generator's
+    ``finally`` runs within about a second."""
+    async with starlette_server(tmp_path, "http") as (url, _client, _):
+        async with h2_client(url) as client:
+            sid = await client.start_request("GET", "/ticks")
+            result = client.results[sid]
+            with trio.fail_after(5):
+                await client.read_until(lambda: b"tick 0\n" in b"".join(result.chunks))
+                assert b"tick 5" not in b"".join(result.chunks)  # incremental
+                await client.read_until(lambda: b"tick 2\n" in b"".join(result.chunks))
+            left = trio.current_time()
+            if leave == "close_connection":
+                await client.stream.aclose()
+            else:
+                await client.reset(sid)
+                with trio.fail_after(5):
+                    again = await client.request("GET", "/hello/again")
+                assert again.status == 200 and again.body == b"hello again (hi from lifespan)"
+            await eventually(lambda: "stream_finally" in EVENTS)
+            assert EVENTS["stream_finally"] - left < 1.6
+
+
+async def test_starlette_100_slow_requests_finish_concurrently(tmp_path: Path, wire: str) -> None:
+    """Over HTTP/2 the 100 requests are 100 streams of one connection (the server's
+    SETTINGS_MAX_CONCURRENT_STREAMS is 100)."""
+    async with starlette_server(tmp_path, "http", wire) as (url, client, _):
         results: list[int] = []
 
         async def one() -> None:
             response = await client.get(url + "/slow")
+            assert response.http_version == http_version(wire)
             results.append(response.status_code)
 
         start = trio.current_time()
@@ -183,6 +227,7 @@ async def test_starlette_100_slow_requests_finish_concurrently(tmp_path: Path) -
 
 
 async def test_starlette_websockets_subprotocols_and_close_codes(tmp_path: Path, scheme: str) -> None:
+    """HTTP/1.1 (the ``websockets`` client has no RFC 8441); HTTP/2 in the test below."""
     from websockets.asyncio.client import connect  # noqa: F401 - asyncio client: run in a thread below
 
     async with starlette_server(tmp_path, scheme) as (url, _client, context):
@@ -195,6 +240,65 @@ async def test_starlette_websockets_subprotocols_and_close_codes(tmp_path: Path,
     assert result["server_close"] == (4321, "as you wish")
     assert result["refused"] == 403
     assert EVENTS["ws_close_code"] == 4001  # the client's own code, not 1006
+
+
+async def test_starlette_websockets_over_http2_rfc_8441(tmp_path: Path, scheme: str) -> None:
+    """The same websocket routes over HTTP/2: extended CONNECT with ``:protocol websocket``
+    (RFC 8441), the frames as DATA on the stream; subprotocol, echo, the server's close code,
+    the refusal (403) and the client's own close code reaching the app."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    async with starlette_server(tmp_path, scheme) as (url, _client, context):
+        async with h2_client(url, context) as client:
+            with trio.fail_after(5):
+                await client.read_until(lambda: client.h2.remote_settings.enable_connect_protocol == 1)
+            ws_headers = [("sec-websocket-version", "13"), ("sec-websocket-protocol", "nope, echo.v2")]
+
+            async def open_ws(path: str) -> int:
+                sid = await client.start_request(
+                    "CONNECT", path, protocol="websocket", headers=ws_headers, end_stream=False,
+                    scheme="https" if context else "http", authority="localhost",
+                )  # fmt: skip
+                with trio.fail_after(5):
+                    await client.read_until(lambda: client.results[sid].status is not None)
+                return sid
+
+            async def frames_on(sid: int, frames: FrameProtocol, count: int) -> list[Any]:
+                got: list[Any] = []
+
+                def more() -> bool:
+                    chunks = client.results[sid].chunks
+                    frames.receive_bytes(b"".join(chunks))
+                    chunks.clear()
+                    got.extend(frames.received_frames())
+                    return len(got) >= count or client.results[sid].ended
+
+                with trio.fail_after(5):
+                    await client.read_until(more)
+                return got
+
+            sid = await open_ws("/ws")
+            result = client.results[sid]
+            assert result.status == 200 and ("sec-websocket-protocol", "echo.v2") in result.headers
+            frames = FrameProtocol(client=True, extensions=[])
+            await client.send_body(sid, frames.send_data("hello", fin=True))
+            await client.send_body(sid, frames.send_data(b"abc", fin=True))
+            got = await frames_on(sid, frames, 2)
+            assert [(f.opcode, f.payload) for f in got] == [(Opcode.TEXT, "echo hello"), (Opcode.BINARY, b"cba")]
+            await client.send_body(sid, frames.send_data("close-please", fin=True))
+            closing = await frames_on(sid, frames, 1)
+            assert closing[0].opcode == Opcode.CLOSE and closing[0].payload == (4321, "as you wish")
+
+            refused = await open_ws("/refuse")
+            assert client.results[refused].status == 403
+
+            sid = await open_ws("/ws")
+            frames = FrameProtocol(client=True, extensions=[])
+            await client.send_body(sid, frames.send_data("hi", fin=True))
+            await frames_on(sid, frames, 1)
+            await client.send_body(sid, frames.close(4001, "client leaving"))
+            await eventually(lambda: "ws_close_code" in EVENTS)
+            assert EVENTS["ws_close_code"] == 4001  # the client's own code, not 1006
 
 
 def _websocket_session(ws_url: str, context: ssl.SSLContext | None) -> dict[str, Any]:
@@ -254,12 +358,14 @@ async def _after(name: str) -> None:
     EVENTS["background"] = name
 
 
-async def test_fastapi_json_path_params_and_background_tasks(scheme: str, tmp_path: Path) -> None:
+async def test_fastapi_json_path_params_and_background_tasks(scheme: str, wire: str, tmp_path: Path) -> None:
     EVENTS.clear()
     tls = make_tls_files(tmp_path) if scheme == "https" else None
     async with serving(make_fastapi(), tls=tls) as url:
-        async with httpx.AsyncClient(verify=client_ssl_context(tls) if tls else True, timeout=10) as client:
+        verify = client_ssl_context(tls) if tls else True
+        async with httpx.AsyncClient(verify=verify, timeout=10, **httpx_options(wire)) as client:
             got = await client.get(url + "/items/a%2Fb%20c?q=z")
+            assert got.http_version == http_version(wire)
             # Starlette routes on the decoded path: %2F is a slash there, so the route does not match
             assert got.status_code == 404
             got = await client.get(url + "/items/%C3%A9t%C3%A9?q=z")

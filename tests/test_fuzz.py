@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, example, given, settings
@@ -42,6 +43,9 @@ from hypothesis import HealthCheck, example, given, settings
 from e2e_support import parse_responses
 from trio_rack import Limits
 from trio_rack.testing import ConnInfo, ServerState, serve_stream
+
+#: Every test here runs on both HTTP/1 parsers (h11 and httptools): see conftest.py.
+pytestmark = pytest.mark.http1_parsers
 
 MAX_EXAMPLES = int(os.environ.get("TRIO_RACK_FUZZ_EXAMPLES", "1500"))
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import h11
 import pytest
 
+from conftest import HTTP1_PARSERS, HTTPTOOLS_AVAILABLE
 from trio_rack import Limits
+from trio_rack.http1.parsers import new_parser
 from trio_rack.http1.strict import (
     check_request,
     has_head_end,
@@ -22,8 +24,9 @@ from trio_rack.http1.strict import (
 )
 
 
-def parse(head: bytes) -> h11.Request:
-    conn = h11.Connection(h11.SERVER)
+def parse(head: bytes, parser: str = "h11") -> h11.Request:
+    """The request ``parser`` ("h11", "httptools": see trio_rack.http1.parsers) makes of ``head``."""
+    conn = new_parser(parser, 16 * 1024)
     conn.receive_data(head)
     event = conn.next_event()
     assert isinstance(event, h11.Request)
@@ -125,8 +128,12 @@ LIMITS = Limits(max_request_line=64, max_header_count=4, max_body_size=10)
         (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".replace(b"1.1", b"1.2"), 505, "version"),  # RFC 9110 §15.6.6
     ],
 )
-def test_check_request(head: bytes, status: int | None, verdict: str | None) -> None:
-    found = check_request(parse(head), LIMITS)
+@pytest.mark.parametrize("parser", HTTP1_PARSERS)
+def test_check_request(head: bytes, status: int | None, verdict: str | None, parser: str) -> None:
+    """The same verdicts on the requests of either parser (the check runs on both in the driver)."""
+    if parser == "httptools" and not HTTPTOOLS_AVAILABLE:
+        pytest.skip("httptools is not installed (the test extra installs it)")
+    found = check_request(parse(head, parser), LIMITS)
     if status is None:
         assert found is None
     else:

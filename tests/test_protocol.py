@@ -19,6 +19,9 @@ from trio_rack import Limits
 from trio_rack.lint import LintError
 from trio_rack.testing import memory_connection, read_until_closed
 
+#: Every test here runs on both HTTP/1 parsers (h11 and httptools): see conftest.py.
+pytestmark = pytest.mark.http1_parsers
+
 #: Lint rules a *server* breaks (its env, calling the app twice, not closing or re-reading a
 #: body): any of these logged fails the test.  The rules an app breaks show as the 500 the
 #: contract tests here expect of a broken app anyway.
@@ -727,3 +730,16 @@ async def test_malformed_requests_get_the_right_status_and_close(request_bytes, 
     assert data.startswith(b"HTTP/1.1 %d " % status), data[:80]
     assert b"connection: close" in data.lower()
     assert data.count(b"HTTP/1.1") == 1
+
+
+async def test_a_file_body_naming_a_missing_file_is_a_500_not_a_200_cut_short(protocol, tmp_path):
+    """Off the sendfile path (memory streams, TLS, HTTP/2) the file is opened before the head
+    too: the client gets a 500, never a 200 head and then an aborted body."""
+    from trio_rack.files import FileBody
+
+    async def app(env):
+        return 200, {"content-length": "5"}, FileBody(tmp_path / "gone.bin")
+
+    async with memory_connection(app, protocol=protocol) as client:
+        response = await client.request("GET", "/")
+    assert response.status == 500

@@ -165,3 +165,43 @@ async def test_a_client_that_leaves_mid_sendfile_costs_no_traceback(tmp_path, ca
             nursery.cancel_scope.cancel()
     assert raw.endswith(data[5000:6000])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def missing_file_app(tmp_path: Path):
+    """``?missing``: a FileBody naming no file; ``?dir``: one naming a directory; else a real file."""
+    real = tmp_path / "real.txt"
+    real.write_bytes(b"still serving")
+
+    async def app(env):
+        query = env["QUERY_STRING"]
+        if query == "missing":
+            return 200, {"content-length": "10"}, FileBody(tmp_path / "gone.bin")
+        if query == "dir":
+            return 200, {}, FileBody(tmp_path)
+        return 200, {"content-length": "13"}, FileBody(real)
+
+    return app
+
+
+async def test_a_missing_or_non_regular_file_is_a_500_before_any_200_head(tmp_path, caplog):
+    """The file is opened before the head goes out: over sendfile (real TCP) a file that is
+    not there, or a directory, is a clean 500 with the reason logged; the server serves on."""
+    caplog.set_level(logging.INFO, logger="trio_rack")
+    answers = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bind = await start_server(nursery, missing_file_app(tmp_path))
+            for query in (b"missing", b"dir", b"real"):
+                stream = await open_client(bind)
+                await stream.send_all(b"GET /?" + query + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                raw, how = await read_until_eof(stream)
+                await stream.aclose()
+                assert how == "eof"
+                answers.append(parse_responses(raw, [b"GET"])[0])
+            nursery.cancel_scope.cancel()
+    (missing, _), (directory, _), (real, body) = answers
+    assert missing.status_code == 500 and directory.status_code == 500
+    assert real.status_code == 200 and body == b"still serving"
+    text = caplog.text
+    assert "gone.bin" in text and "cannot be opened" in text and "not a regular file" in text
+    assert "Traceback" not in text

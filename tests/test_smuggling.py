@@ -49,6 +49,9 @@ from trio_rack import Limits
 from trio_rack.app.response import AppError
 from trio_rack.testing import ServerState, memory_connection
 
+#: Every test here runs on both HTTP/1 parsers (h11 and httptools): see conftest.py.
+pytestmark = pytest.mark.http1_parsers
+
 HOST = b"Host: a\r\n"
 
 

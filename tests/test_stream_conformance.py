@@ -9,6 +9,7 @@ the classes themselves: closed-ness, busy guards, EOF, ``max_bytes``, cancellati
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -97,3 +98,66 @@ async def test_hijacked_stream_replays_what_was_read_ahead_first() -> None:
     assert await stream.receive_some() == b" bytes"
     assert await stream.receive_some() == b" then the rest"
     await stream.aclose()
+
+
+class ClosableSink(PipeSink):
+    """A PipeSink that records whether the response was ended (``end``) and whose
+    ``wait_send_all_might_not_block`` blocks until cancelled, like a client that does not read."""
+
+    def __init__(self, stream: trio.abc.SendStream) -> None:
+        super().__init__(stream)
+        self.ended = False
+        self.waiting = trio.Event()
+
+    async def end(self) -> None:
+        self.ended = True
+        await super().end()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self.waiting.set()
+        await trio.sleep_forever()
+
+
+async def test_closing_during_a_writability_wait_ends_the_response_cleanly() -> None:
+    """Nothing was half-sent, so the response is complete, not aborted; the waiter is told."""
+    out, _peer = trio.testing.memory_stream_one_way_pair()
+    _unused, into = trio.testing.memory_stream_one_way_pair()
+    sink = ClosableSink(out)
+    stream = ResponseStream(sink, RequestBody(PipeSource(into)))
+    outcome: list[str] = []
+
+    async def waiter() -> None:
+        try:
+            await stream.wait_send_all_might_not_block()
+        except trio.ClosedResourceError:
+            outcome.append("closed")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await sink.waiting.wait()
+        await stream.aclose()
+    assert outcome == ["closed"]
+    assert not stream.aborted
+    assert sink.ended
+
+
+async def test_closing_during_a_send_still_aborts_the_response() -> None:
+    """A send cut off mid-way may have written part of the bytes: only an abort is honest."""
+    out, _peer = trio.testing.lockstep_stream_one_way_pair()  # send_all blocks: nobody reads
+    _unused, into = trio.testing.memory_stream_one_way_pair()
+    sink = ClosableSink(out)
+    stream = ResponseStream(sink, RequestBody(PipeSource(into)))
+    started = trio.Event()
+
+    async def sender() -> None:
+        started.set()
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"x" * 100)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        await started.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        await stream.aclose()
+    assert stream.aborted
+    assert not sink.ended

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from asgi_support import serving
+from asgi_support import h2_client, http_version, httpx_options, serving
 from e2e_support import read_until, read_until_eof
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -87,7 +87,7 @@ async def test_wsgi_input_read_readline_iteration_on_a_chunked_body() -> None:
     assert got == {"first": b"line1\n", "three": b"abc", "lines": [b"line2\n", b"line3\n"], "end": b""}
 
 
-async def test_headers_wait_for_the_first_non_empty_item_and_exc_info_can_replace_them() -> None:
+async def test_headers_wait_for_the_first_non_empty_item_and_exc_info_can_replace_them(protocol: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [("content-type", "text/plain")])
 
@@ -102,9 +102,9 @@ async def test_headers_wait_for_the_first_non_empty_item_and_exc_info_can_replac
         return body()
 
     async with serving(app, interface="wsgi") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
-    assert response.status_code == 503
+    assert response.status_code == 503 and response.http_version == http_version(protocol)
     assert response.headers["x-replaced"] == "yes"
     assert response.text == "replaced"
 
@@ -130,7 +130,7 @@ async def test_exc_info_after_the_head_went_out_reraises_and_aborts() -> None:
     assert not data.endswith(b"0\r\n\r\n")  # aborted visibly
 
 
-async def test_write_callable_and_streamed_iterable_closed_exactly_once() -> None:
+async def test_write_callable_and_streamed_iterable_closed_exactly_once(protocol: str) -> None:
     closed: list[int] = []
 
     class Body:
@@ -152,9 +152,9 @@ async def test_write_callable_and_streamed_iterable_closed_exactly_once() -> Non
         return Body()
 
     async with serving(app, interface="wsgi") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
-    assert response.text == "abc"
+    assert response.text == "abc" and response.http_version == http_version(protocol)
     assert closed == [1]
 
 
@@ -189,7 +189,7 @@ async def test_client_leaving_fails_the_next_write_and_close_still_runs() -> Non
     assert failure and isinstance(failure[0], GeneratorExit)
 
 
-async def test_slow_requests_run_in_parallel_threads_and_the_pool_is_bounded() -> None:
+async def test_slow_requests_run_in_parallel_threads_and_the_pool_is_bounded(protocol: str) -> None:
     active = 0
     peak = 0
     lock = threading.Lock()
@@ -206,7 +206,7 @@ async def test_slow_requests_run_in_parallel_threads_and_the_pool_is_bounded() -
         return [b"slept"]
 
     async with serving(app, interface="wsgi", threads=3) as url:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, **httpx_options(protocol)) as client:
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for _ in range(6):
@@ -214,12 +214,12 @@ async def test_slow_requests_run_in_parallel_threads_and_the_pool_is_bounded() -
                 # the event loop stays free while the threads sleep
                 ping = await client.get(url + "/")
             elapsed = trio.current_time() - start
-    assert ping.text == "slept"
+    assert ping.text == "slept" and ping.http_version == http_version(protocol)  # over h2: 7 streams, 1 connection
     assert peak == 3  # bounded by --threads
     assert 0.9 < elapsed < 3  # 7 requests, 3 at a time: three rounds of 0.5 s
 
 
-async def test_file_wrapper_sends_the_file(tmp_path: Path) -> None:
+async def test_file_wrapper_sends_the_file(tmp_path: Path, protocol: str) -> None:
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(range(256)) * 10_000)
 
@@ -228,19 +228,19 @@ async def test_file_wrapper_sends_the_file(tmp_path: Path) -> None:
         return environ["wsgi.file_wrapper"](open(path, "rb"), 65536)  # noqa: SIM115 - closed by the server
 
     async with serving(app, interface="wsgi") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
-    assert response.content == path.read_bytes()
+    assert response.content == path.read_bytes() and response.http_version == http_version(protocol)
 
 
-async def test_app_raising_before_the_head_gets_500(caplog: Any) -> None:
+async def test_app_raising_before_the_head_gets_500(caplog: Any, protocol: str) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         raise RuntimeError("wsgi boom")
 
     async with serving(app, interface="wsgi") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
-    assert response.status_code == 500
+    assert response.status_code == 500 and response.http_version == http_version(protocol)
     assert "wsgi boom" in caplog.text
 
 
@@ -257,7 +257,7 @@ async def test_header_values_are_latin_1_and_server_port_a_str_on_the_wire() -> 
     assert b"set-cookie: a=1" in head and b"set-cookie: b=2" in head
 
 
-async def test_file_wrapper_over_a_non_file_is_iterated() -> None:
+async def test_file_wrapper_over_a_non_file_is_iterated(protocol: str) -> None:
     import io
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -265,6 +265,98 @@ async def test_file_wrapper_over_a_non_file_is_iterated() -> None:
         return environ["wsgi.file_wrapper"](io.BytesIO(b"in memory " * 1000), 4096)
 
     async with serving(app, interface="wsgi") as url:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(**httpx_options(protocol)) as client:
             response = await client.get(url + "/")
-    assert response.content == b"in memory " * 1000
+    assert response.content == b"in memory " * 1000 and response.http_version == http_version(protocol)
+
+
+# ------------------------------------------------------------------------------- HTTP/2
+# The tests above that speak raw HTTP/1.1 bytes (chunked framing, a closed socket, a missing
+# terminating chunk), over HTTP/2 with the h2 library on a real socket.
+
+
+async def test_environ_over_http2_and_a_body_of_unknown_length() -> None:
+    """``SERVER_PROTOCOL`` is ``HTTP/2``; DATA frames without ``content-length`` read through
+    ``wsgi.input`` line by line up to END_STREAM (``wsgi.input_terminated``: read() to the end)."""
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(environ)
+        stream = environ["wsgi.input"]
+        seen["lines"] = [stream.readline(), stream.read(3), *list(stream), stream.read()]
+        start_response("200 OK", [("X-Name", "café")])
+        return [b"ok"]
+
+    async with serving(app, interface="wsgi", root_path="/app") as url, h2_client(url) as client:
+        sid = await client.start_request("POST", "/app/caf%C3%A9?q=1", end_stream=False)
+        for piece in (b"line1\n", b"abcline2\n", b"line3\n"):
+            await client.send_body(sid, piece)
+        await client.send_body(sid, b"", end_stream=True)
+        with trio.fail_after(5):
+            result = await client.read_stream(sid)
+    assert result.status == 200 and b"".join(result.chunks) == b"ok"
+    assert ("x-name", "café") in result.headers  # latin-1 on the wire (the client decodes it so)
+    assert seen["SERVER_PROTOCOL"] == "HTTP/2"
+    assert seen["SCRIPT_NAME"] == "/app" and seen["PATH_INFO"] == "/café".encode().decode("latin-1")
+    assert seen["QUERY_STRING"] == "q=1" and isinstance(seen["SERVER_PORT"], str)
+    assert seen["wsgi.input_terminated"] is True
+    assert seen["lines"] == [b"line1\n", b"abc", b"line2\n", b"line3\n", b""]
+
+
+async def test_exc_info_after_the_head_over_http2_resets_the_stream() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+
+        def body() -> Any:
+            yield b"first"
+            try:
+                raise KeyError("late")
+            except KeyError:
+                start_response("500 Oops", [], sys.exc_info())  # raises KeyError again
+            yield b"never"
+
+        return body()
+
+    async with serving(app, interface="wsgi") as url, h2_client(url) as client:
+        sid = await client.start_request("GET", "/")
+        with trio.fail_after(5):
+            result = await client.read_stream(sid)
+    assert result.status == 200 and b"".join(result.chunks) == b"first"
+    assert not result.ended and result.reset == 2  # INTERNAL_ERROR: aborted visibly
+
+
+async def test_rst_stream_fails_the_next_write_and_close_still_runs() -> None:
+    """The HTTP/2 client leaves one stream (RST_STREAM): the thread's next write fails, the
+    iterable's close() runs, and the connection's next stream is served."""
+    closed = threading.Event()
+    failure: list[BaseException] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        if environ["PATH_INFO"] == "/next":
+            return [b"next"]
+
+        def body() -> Any:
+            try:
+                for _ in range(2000):
+                    yield b"x" * 1000 + b"\n"
+                    time.sleep(0.01)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+            finally:
+                closed.set()
+
+        return body()
+
+    async with serving(app, interface="wsgi") as url, h2_client(url) as client:
+        sid = await client.start_request("GET", "/")
+        with trio.fail_after(5):
+            await client.read_until(lambda: b"xxxx" in b"".join(client.results[sid].chunks))
+        await client.reset(sid)
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(closed.wait, 5)
+            again = await client.request("GET", "/next")
+    assert closed.is_set()
+    assert failure and isinstance(failure[0], GeneratorExit)
+    assert again.status == 200 and again.body == b"next"

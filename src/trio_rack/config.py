@@ -32,6 +32,9 @@ DEFAULT_BIND = "https://localhost:9292"
 #: ``--lifespan`` / ``serve(lifespan=...)``: run an ASGI app's lifespan protocol always, never, or
 #: when the app supports it.
 LIFESPAN_MODES = ("auto", "on", "off")
+#: ``--http1-parser`` / ``serve(http1_parser=...)``: the sans-IO HTTP/1 parser; ``auto`` is
+#: httptools when installed (the ``speedups`` extra), else h11 (see trio_rack.http1.parsers).
+HTTP1_PARSERS = ("auto", "h11", "httptools")
 
 
 class ConfigError(ValueError):

@@ -12,19 +12,26 @@ The app sets ``content-length`` itself (``static.Files`` does, from ``stat``): t
 checks the body against it, and a file that shrank under it aborts the response visibly rather
 than looking complete.
 
-Resource handling: the file is opened when iteration starts and closed when it ends, fails or
-the server calls :meth:`FileBody.aclose` (it always does, once, after the response).  A
-``FileBody`` may be iterated once.
+The server opens the file *before* it sends the response head (:func:`open_file`), so a file
+that is missing or unreadable is a 500 with the reason in the error log, never a 200 head
+followed by an aborted body; it then reads from that descriptor (:func:`read_slices`) or hands
+it to ``os.sendfile``, and closes it.
+
+Resource handling: iterated by an app or a middleware, the file is opened when iteration
+starts and closed when it ends, fails or the server calls :meth:`FileBody.aclose` (it always
+does, once, after the response).  A ``FileBody`` may be iterated once.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
 
-__all__ = ["FileBody", "FILE_IO_LIMITER", "SLICE"]
+__all__ = ["FILE_IO_LIMITER", "SLICE", "FileBody", "open_file", "read_slices"]
 
 #: Bytes read per thread hop.  The HTTP/1 driver writes slices of 1 MiB (its write timeout is
 #: per slice); reading the same size keeps one read per write.
@@ -55,18 +62,9 @@ class FileBody:
         return self._iterator
 
     async def _slices(self) -> AsyncGenerator[bytes, None]:
-        fd = await trio.to_thread.run_sync(os.open, self.path, os.O_RDONLY | os.O_CLOEXEC, limiter=FILE_IO_LIMITER)
+        fd = await open_file(self.path)
         try:
-            position = self.offset
-            remaining = self.length
-            while remaining is None or remaining > 0:
-                size = SLICE if remaining is None else min(SLICE, remaining)
-                data = await trio.to_thread.run_sync(os.pread, fd, size, position, limiter=FILE_IO_LIMITER)
-                if not data:
-                    return  # end of file (early if it shrank: the server's length check says so)
-                position += len(data)
-                if remaining is not None:
-                    remaining -= len(data)
+            async for data in read_slices(fd, self.offset, self.length):
                 yield data
         finally:
             os.close(fd)
@@ -81,3 +79,37 @@ class FileBody:
 
     def __repr__(self) -> str:
         return f"FileBody({self.path!r}, offset={self.offset}, length={self.length})"
+
+
+def _open_regular(path: str) -> int:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it has no effect on regular files).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL, "not a regular file", path)
+
+
+async def open_file(path: str) -> int:
+    """Open the regular file at ``path`` read-only, in a worker thread (``open`` may wait on
+    the disk); the caller closes the descriptor.  OSError when it is missing, unreadable or
+    not a regular file (a directory or a FIFO would fail later, or block)."""
+    return await trio.to_thread.run_sync(_open_regular, path, limiter=FILE_IO_LIMITER)
+
+
+async def read_slices(fd: int, offset: int, length: int | None) -> AsyncGenerator[bytes, None]:
+    """``length`` bytes (None: to the end) of the open file ``fd`` from ``offset``, in slices of
+    :data:`SLICE` read with ``os.pread`` in a worker thread.  Stops early at the end of the file
+    (if it shrank, the server's length check says so).  Does not close ``fd``."""
+    position = offset
+    remaining = length
+    while remaining is None or remaining > 0:
+        size = SLICE if remaining is None else min(SLICE, remaining)
+        data = await trio.to_thread.run_sync(os.pread, fd, size, position, limiter=FILE_IO_LIMITER)
+        if not data:
+            return
+        position += len(data)
+        if remaining is not None:
+            remaining -= len(data)
+        yield data

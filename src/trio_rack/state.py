@@ -86,8 +86,12 @@ class ServerState:
     ``in_flight`` counts the exchanges running their app (``--limit-concurrency``).
     """
 
-    def __init__(self, app: App, limits: Limits, *, access_log: bool = True, proxy: Any = None) -> None:
+    def __init__(
+        self, app: App, limits: Limits, *, access_log: bool = True, proxy: Any = None, http1_parser: str = "h11"
+    ) -> None:
         self.app = app
+        #: The HTTP/1 parser, resolved ("h11" or "httptools": ``serve()`` resolves "auto").
+        self.http1_parser = http1_parser
         #: The app asks for a request-scoped nursery (the ASGI adapter): see app/exchange.py.
         self.request_nursery = bool(getattr(app, "trio_rack_request_nursery", False))
         self.limits = limits

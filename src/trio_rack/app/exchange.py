@@ -35,7 +35,8 @@ Request-scoped nursery: an app object with a true ``trio_rack_request_nursery`` 
 ASGI adapter) gets ``env["trio_rack.nursery"]``, opened around the app call and the response, so
 a task it starts may keep producing the response after ``app(env)`` returned; the exchange waits
 for those tasks, and they are cancelled with the request.  With it comes
-``env["trio_rack.disconnected"]``, set when the client is known to be gone.
+``env["trio_rack.disconnected"]``, set when the client is known to be gone, and, where the
+sink can send trailers (HTTP/2), ``env["trio_rack.set_trailers"]`` (ASGI's trailers extension).
 
 Deadline (``--request-timeout``): when configured, :meth:`Exchange.run` sets the request
 scope's deadline as the app is called — only then, so the hot path without it pays one
@@ -63,6 +64,7 @@ from typing import Any, Protocol
 import trio
 
 from ..errors import AppError, ClientGone
+from ..files import open_file, read_slices
 from ..state import SERVER_HEADER, ServerState, date_header
 from ..types import Env
 from . import accesslog
@@ -70,7 +72,16 @@ from .accesslog import escape
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
 from .head import RequestHead
-from .response import REASONS, BodyKind, PreparedResponse, check_chunk, close_body, encode_headers, prepare_response
+from .response import (
+    REASONS,
+    BodyKind,
+    PreparedResponse,
+    check_chunk,
+    check_trailers,
+    close_body,
+    encode_headers,
+    prepare_response,
+)
 from .streams import HijackedStream, RequestBody, ResponseStream
 
 __all__ = ["Exchange", "Outcome", "ResponseSink", "ResponseState"]
@@ -91,6 +102,8 @@ class ResponseSink(Protocol):
 
     #: Whether ``env["rack.hijack"]`` may hand over the raw connection (not on a multiplexed one).
     can_full_hijack: bool
+    #: Whether a streamed response may end with trailers (:meth:`set_trailers`): HTTP/2 only.
+    can_send_trailers: bool
     #: The socket the liveness sweeper polls for a hang-up; None for in-memory transports.
     fileno: int | None
 
@@ -122,13 +135,19 @@ class ResponseSink(Protocol):
         """The end of a streamed response; AppError if short of a declared ``content-length``."""
         ...
 
-    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
-        """Body bytes of a streamed response straight from a file (``length`` None: to its end).
+    async def send_file(self, fd: int, offset: int, length: int | None) -> int | None:
+        """Body bytes of a streamed response straight from an open file (``length`` None: to
+        its end).
 
         The zero-copy path for a body naming a file (``FileBody``, Rack's ``to_path``): the
-        bytes sent, or None where the sink cannot (TLS, HTTP/2): the exchange then iterates
-        the body.  The head has gone out already; AppError when the framing or file disagree.
+        bytes sent, or None where the sink cannot (TLS, HTTP/2): the exchange then reads the
+        file in slices.  The head has gone out already; AppError when the framing or file
+        disagree.  The exchange owns ``fd`` (opened before the head, closed after).
         """
+        ...
+
+    def set_trailers(self, trailers: Headers) -> None:
+        """Trailers (validated) for :meth:`end` to send after the body; only if ``can_send_trailers``."""
         ...
 
     async def send_error(self, status: int, body: bytes) -> None:
@@ -301,6 +320,8 @@ class Exchange:
                 if self.state.request_timeout is not None:
                     self._arm_deadline(self.state.request_timeout)
                 self.env["trio_rack.nursery"] = nursery
+                if self.sink.can_send_trailers:
+                    self.env["trio_rack.set_trailers"] = self._set_trailers
                 outcome = await self._respond()
         except Exception as exc:  # a task of the app's failed (the adapter should catch its own)
             self._error = exc
@@ -406,6 +427,12 @@ class Exchange:
             # no traceback, and its status while one can still be sent.
             log.info("%s: %s", who, exc)
             status = failure.status
+        elif isinstance(exc, AppError):  # the server's own finding: one line says it all
+            if pending:
+                log.error("app %r broke the contract: %s", _app_name(self.state.app), exc)
+            else:
+                log.error("response aborted after the head was sent: %s", exc)
+            status = 500 if pending else 0
         elif pending:
             log.error("app raised before the response started", exc_info=exc)
             status = 500
@@ -459,7 +486,8 @@ class Exchange:
                 self.sink.abort()
                 return Outcome.CLOSE
             await self.end()
-        elif (where := _file_of(prepared.body)) is not None and await self._send_file(*where):
+        elif (where := _file_of(prepared.body)) is not None:
+            await self._send_file(*where)
             await self.end()
         elif kind is BodyKind.ASYNC_ITERABLE:
             async for chunk in prepared.body:
@@ -492,14 +520,24 @@ class Exchange:
         await self.sink.send_data(data)
         self._sent += len(data)
 
-    async def _send_file(self, path: str, offset: int, length: int | None) -> bool:
-        """A body naming a file: offer it to the sink whole (sendfile); False to iterate it instead."""
-        await self._start()
-        sent = await self.sink.send_file(path, offset, length)
-        if sent is None:
-            return False
-        self._sent += sent
-        return True
+    async def _send_file(self, path: str, offset: int, length: int | None) -> None:
+        """A body naming a file: opened before the head goes out (a missing or unreadable file
+        is a 500, not a 200 cut short), then offered to the sink whole (sendfile) or read in
+        slices where the sink declines.  The descriptor is closed here."""
+        try:
+            fd = await open_file(path)
+        except OSError as exc:
+            raise AppError(f"file body {path!r} cannot be opened: {exc.strerror or exc}") from None
+        try:
+            await self._start()
+            sent = await self.sink.send_file(fd, offset, length)
+            if sent is not None:
+                self._sent += sent
+                return
+            async for chunk in read_slices(fd, offset, length):
+                await self.send_data(chunk)
+        finally:
+            os.close(fd)
 
     async def end(self) -> None:
         """Finish the response.  A body that never wrote gets ``content-length: 0``."""
@@ -516,6 +554,18 @@ class Exchange:
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.sink.wait_send_all_might_not_block()
+
+    def _set_trailers(self, trailers: Any) -> None:
+        """``env["trio_rack.set_trailers"](pairs)``: end the streamed response with trailers.
+
+        Given only to adapters (``trio_rack_request_nursery``: ASGI's ``http.response.trailers``)
+        and only where the sink can send them (HTTP/2): Rack 3 has no response trailers, so a
+        native app gets no such key.  Call it before the body ends; :meth:`end` sends them.
+        Invalid trailers raise AppError (the adapter's failure then resets the stream).
+        """
+        if self._response is ResponseState.DONE or self._response is ResponseState.HIJACKED:
+            raise RuntimeError("trailers must be set before the response ends")
+        self.sink.set_trailers(check_trailers(trailers))
 
     async def _early_hints(self, headers: dict[str, Any]) -> None:
         """``env["rack.early_hints"]``: a 103 before the final response (where the protocol has one)."""

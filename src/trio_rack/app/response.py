@@ -28,6 +28,7 @@ __all__ = [
     "close_body",
     "BodyKind",
     "PreparedResponse",
+    "check_trailers",
     "encode_headers",
     "prepare_response",
     "REASONS",
@@ -167,6 +168,45 @@ def encode_headers(headers: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
     if not isinstance(headers, Mapping):
         raise AppError(f"headers must be a dict, got {type(headers).__name__}")
     return _encode_headers(headers, keep_hop_by_hop=False, buffered=True)[0]
+
+
+#: Fields a response must not carry as trailers: connection-specific ones (RFC 9113 §8.2.2)
+#: and those RFC 9110 §6.5.1 keeps out of trailers because a recipient acts on them before
+#: the body (framing, routing, authentication, response control data, content processing).
+FORBIDDEN_TRAILERS = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
+        b"content-length", b"host", b"trailer", b"content-encoding", b"content-type", b"content-range",
+        b"www-authenticate", b"proxy-authenticate", b"authorization", b"cache-control", b"expires",
+        b"date", b"age", b"location", b"retry-after", b"vary",
+    }
+)  # fmt: skip
+
+
+def check_trailers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """Validate response trailers given as ``(name, value)`` byte pairs; return them as a list.
+
+    Names must be lower-case field names (HTTP/2 sends them as they are), never pseudo-headers
+    (``:status``) nor one of :data:`FORBIDDEN_TRAILERS`; values follow the header rules.  A
+    violation is the app's bug: :class:`AppError` naming the field, never a silent drop, since
+    a trailer the client expects (``grpc-status``) must not just go missing.
+    """
+    checked: list[tuple[bytes, bytes]] = []
+    try:
+        pairs = [(bytes(name), bytes(value)) for name, value in headers]
+    except (TypeError, ValueError) as exc:
+        raise AppError(f"trailers must be (bytes, bytes) pairs ({exc})") from None
+    for name, value in pairs:
+        if name.startswith(b":"):
+            raise AppError(f"trailer {name!r}: pseudo-header fields cannot be trailers")
+        if _NAME_RE.fullmatch(name.decode("latin-1")) is None:
+            raise AppError(f"trailer name {name!r:.60} is not a lower-case field name")
+        if name in FORBIDDEN_TRAILERS:
+            raise AppError(f"trailer {name.decode()!r} is not allowed in trailers (RFC 9110 §6.5.1, RFC 9113 §8.2.2)")
+        if _VALUE_RE.fullmatch(value.decode("latin-1")) is None:
+            raise AppError(f"trailer {name.decode()!r}: value {value!r:.80} has CR, LF, NUL or other control bytes")
+        checked.append((name, value))
+    return checked
 
 
 def prepare_response(result: Any) -> PreparedResponse:

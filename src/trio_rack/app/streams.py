@@ -49,11 +49,13 @@ class BodySink(Protocol):
 class Busy:
     """A one-at-a-time guard that raises trio.BusyResourceError instead of queueing."""
 
-    __slots__ = ("_held", "_what")
+    __slots__ = ("_held", "_what", "_released")
 
     def __init__(self, what: str) -> None:
         self._held = False
         self._what = what
+        #: Made only when someone waits for the holder to leave (:meth:`wait_released`).
+        self._released: trio.Event | None = None
 
     def __enter__(self) -> None:
         if self._held:
@@ -62,10 +64,22 @@ class Busy:
 
     def __exit__(self, *exc: object) -> None:
         self._held = False
+        if self._released is not None:
+            self._released.set()
+            self._released = None
 
     @property
     def held(self) -> bool:
         return self._held
+
+    async def wait_released(self) -> None:
+        """Until the task holding the guard has left it.  Not a checkpoint when nobody holds
+        it: a closing caller goes on to its own I/O at once, even in a cancelled scope."""
+        if not self._held:
+            return
+        if self._released is None:
+            self._released = trio.Event()
+        await self._released.wait()
 
 
 class RequestBody(trio.abc.ReceiveStream):
@@ -158,7 +172,7 @@ class ResponseStream(trio.abc.Stream):
     response, after which the connection may serve the next request.
     """
 
-    __slots__ = ("_sink", "_input", "_closed", "_busy", "_pending", "aborted")
+    __slots__ = ("_sink", "_input", "_closed", "_busy", "_pending", "_sending", "aborted")
 
     def __init__(self, sink: BodySink, request_body: RequestBody) -> None:
         self._sink = sink
@@ -167,6 +181,8 @@ class ResponseStream(trio.abc.Stream):
         self._busy = Busy("sending on this stream")
         #: The scope of a send under way, so that closing the stream wakes its sender.
         self._pending: trio.CancelScope | None = None
+        #: Whether that is a send (bytes may be half-written) or only a wait for writability.
+        self._sending = False
         #: Set when closing interrupted a send: the response cannot end cleanly and is aborted.
         self.aborted = False
 
@@ -178,7 +194,7 @@ class ResponseStream(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("the response stream is closed")
         with self._busy:
-            with self._interruptible() as pending:
+            with self._interruptible(sending=True) as pending:
                 await self._sink.send_data(bytes(data) if type(data) is not bytes else data)
             if pending.cancelled_caught:
                 raise trio.ClosedResourceError("the response stream was closed during the send")
@@ -187,20 +203,24 @@ class ResponseStream(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("the response stream is closed")
         with self._busy:
-            with self._interruptible() as pending:
+            with self._interruptible(sending=False) as pending:
                 await self._sink.wait_send_all_might_not_block()
             if pending.cancelled_caught:
                 raise trio.ClosedResourceError("the response stream was closed during the wait")
 
-    def _interruptible(self) -> trio.CancelScope:
+    def _interruptible(self, *, sending: bool) -> trio.CancelScope:
         self._pending = scope = trio.CancelScope()
+        self._sending = sending
         return scope
 
     def _interrupt(self) -> None:
-        """Closing while a send waits: wake it; a half-sent body can only be aborted."""
+        """Closing while a send waits: wake it; a half-sent body can only be aborted.  Closing
+        while a task only waits for writability (nothing half-sent) wakes it, and the response
+        can still end cleanly."""
         if self._pending is not None and not self._pending.cancelled_caught:
             self._pending.cancel()
-            self.aborted = True
+            if self._sending:
+                self.aborted = True
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
@@ -218,6 +238,7 @@ class ResponseStream(trio.abc.Stream):
         if self.aborted:
             await trio.lowlevel.checkpoint()
             return
+        await self._busy.wait_released()  # an interrupted wait leaves the sink before the end uses it
         await self._sink.end()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -12,7 +12,8 @@ Pieces: :mod:`.scope` (the ``http``/``websocket`` scopes, the ``tls`` extension)
 :mod:`.http` (the message state machine of one request), :mod:`.websocket` (websockets on
 :mod:`trio_rack.websocket`), :mod:`.lifespan` (startup/shutdown and the shared ``state``).
 
-Extensions offered in ``scope["extensions"]``: ``http.response.pathsend``, ``tls`` (https),
+Extensions offered in ``scope["extensions"]``: ``http.response.pathsend``,
+``http.response.trailers`` (HTTP/2 only), ``tls`` (https),
 ``websocket.http.response`` (websocket scopes), and ours: ``trio_rack.hijack`` — a callable
 returning the raw connection as a ``trio.abc.Stream`` (HTTP/1 only; the server closes it when
 the app returns) — and ``trio_rack.shutdown``, the graceful-shutdown ``trio.Event``.
@@ -84,6 +85,8 @@ class ASGIAdapter:
         cycle = HTTPCycle(env, scope)
         extensions = self._extensions(env)
         extensions["http.response.pathsend"] = {}
+        if cycle.set_trailers is not None:  # HTTP/2: the sink can end a response with trailers
+            extensions["http.response.trailers"] = {}
         if cycle.hijack is not None:
             extensions["trio_rack.hijack"] = cycle.hijack
         scope["extensions"] = extensions

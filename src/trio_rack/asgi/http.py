@@ -22,6 +22,12 @@ and returns the triple, whose body is then fed by the app's ``http.response.body
   caller inside an already-cancelled scope (Starlette's ``request.is_disconnected()``) still
   gets it.  ``send()`` after the client left raises :class:`ClientDisconnected`, an
   ``OSError`` (spec 2.4).
+* **Trailers** (``http.response.trailers``, HTTP/2 only: offered where the server gives
+  ``env["trio_rack.set_trailers"]``).  ``trailers: True`` on the head makes the response
+  streamed whatever its size; the body messages go out as DATA, the trailers messages are
+  collected (validated as each is sent: a bad one raises in the app's ``send``) and the last
+  one ends the stream with a HEADERS frame.  An app that fails or returns before its last
+  trailers message gets its stream reset, never a response that looks complete.
 * **Errors.**  An app that raises before ``http.response.start`` gets a 500 (the server logs
   the traceback); after it, the streaming body raises and the server aborts the response
   visibly.  An app that returns without a response gets a 500 with a message saying so.
@@ -41,7 +47,7 @@ from typing import Any
 
 import trio
 
-from ..app.response import AppError
+from ..app.response import AppError, check_trailers
 
 __all__ = ["ASGIMessageError", "ClientDisconnected", "HTTPCycle", "PENDING_LIMIT", "asyncio_failure"]
 
@@ -165,6 +171,11 @@ class HTTPCycle:
         self._app_done: trio.Event | None = None
         self._error: BaseException | None = None
         self._hijacked = False
+        # http.response.trailers (HTTP/2 only: the server gives env["trio_rack.set_trailers"])
+        self.set_trailers: Callable[[list[tuple[bytes, bytes]]], None] | None = env.get("trio_rack.set_trailers")
+        self._trailers_wanted = False  # http.response.start said trailers: True
+        self._trailers_done = False  # the last trailers message (more_trailers False) was sent
+        self._trailers: list[tuple[bytes, bytes]] = []
         self.hijack: Callable[[], trio.abc.Stream] | None = None
         if callable(env.get("rack.hijack")):
             self.hijack = self._hijack
@@ -184,7 +195,9 @@ class HTTPCycle:
                 self._error = ClientDisconnected("the client disconnected")
             else:
                 self._error = exc
-                if self._complete or (self._done and self._taken):
+                if self._complete or (self._done and (self._trailers_done or not self._trailers_wanted)):
+                    # Nothing will raise it again (the response is whole, or is held whole for
+                    # the server to take): logged here, or an app bug would pass unseen.
                     log.error("ASGI app raised after its response was complete", exc_info=exc)
         finally:
             self._app_finished = True
@@ -251,6 +264,9 @@ class HTTPCycle:
         if kind == "http.response.pathsend":
             await self._path_send(message)
             return
+        if kind == "http.response.trailers":
+            await self._send_trailers(message)
+            return
         raise ASGIMessageError(f"unknown or unsupported ASGI message type {kind!r} for an http scope")
 
     def _start(self, message: dict[str, Any]) -> None:
@@ -263,7 +279,9 @@ class HTTPCycle:
             raise ASGIMessageError(f"'http.response.start': 'status' must be an int, got {status!r:.40}")
         headers = _rack_headers(message.get("headers", ()), where="'http.response.start'")
         if message.get("trailers"):
-            raise ASGIMessageError("'http.response.start': trailers need HTTP/2 (no 'http.response.trailers' here)")
+            if self.set_trailers is None:
+                raise ASGIMessageError("'http.response.start': trailers need HTTP/2 (no 'http.response.trailers' here)")
+            self._trailers_wanted = True
         self._head = (status, headers)
         self._wake.set()
 
@@ -295,7 +313,7 @@ class HTTPCycle:
         try:
             if body:
                 await self._send_ch.send(body)
-            if not more:
+            if not more and not self._trailers_wanted:
                 self._send_ch.close()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ClientDisconnected("cannot send 'http.response.body': the response is gone") from None
@@ -314,9 +332,30 @@ class HTTPCycle:
         assert self._send_ch is not None
         try:
             await self._send_ch.send(_PathSend(path))
-            self._send_ch.close()
+            if not self._trailers_wanted:
+                self._send_ch.close()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ClientDisconnected("cannot send 'http.response.pathsend': the response is gone") from None
+
+    async def _send_trailers(self, message: dict[str, Any]) -> None:
+        """``http.response.trailers``: collect ``headers``; the last one (``more_trailers``
+        False) ends the response, its trailers going out as the final HEADERS frame."""
+        if not self._trailers_wanted:
+            raise ASGIMessageError("'http.response.trailers' without 'trailers': True in 'http.response.start'")
+        if not self._done:
+            raise ASGIMessageError("'http.response.trailers' before the body ended (more_body was still True)")
+        if self._trailers_done:
+            raise ASGIMessageError("'http.response.trailers' after the last trailers (more_trailers was False)")
+        try:
+            self._trailers += check_trailers(message.get("headers", ()))
+        except AppError as exc:
+            raise ASGIMessageError(f"'http.response.trailers': {exc}") from None
+        if not message.get("more_trailers", False):
+            self._trailers_done = True
+            if self._taken:
+                assert self._send_ch is not None
+                self._send_ch.close()  # the streaming body ends, with the trailers
+        await trio.lowlevel.checkpoint()
 
     # --------------------------------------------------------------------- the rack response
 
@@ -349,7 +388,7 @@ class HTTPCycle:
         self._taken = True
         if self._taken_event is not None:
             self._taken_event.set()
-        if self._done:
+        if self._done and not self._trailers_wanted:
             self._mark_complete()
             if self._pathsend is not None:
                 from ..files import FileBody
@@ -357,7 +396,7 @@ class HTTPCycle:
                 return status, headers, FileBody(self._pathsend.path)
             return status, headers, self._pending
         self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | _PathSend](0)
-        if self._app_finished:  # ended between its head and its end: the body will say so
+        if self._app_finished or self._trailers_done:  # nothing more will come: the body ends
             self._send_ch.close()
         return status, headers, self._stream_body
 
@@ -367,6 +406,9 @@ class HTTPCycle:
             pending, self._pending = self._pending, []
             for chunk in pending:
                 await stream.send_all(chunk)
+            if self._pathsend is not None:  # a pathsend before the head was taken (trailers follow)
+                async for chunk in _file_chunks(self._pathsend.path):
+                    await stream.send_all(chunk)
             async for item in self._recv_ch:
                 if isinstance(item, _PathSend):
                     async for chunk in _file_chunks(item.path):
@@ -377,6 +419,13 @@ class HTTPCycle:
             if self._error is not None:
                 raise AppError(f"ASGI app raised after starting its response: {self._error!r}") from self._error
             raise AppError("ASGI app returned before ending its response (no body message with more_body=False)")
+        if self._trailers_wanted:
+            if not self._trailers_done:
+                if self._error is not None:
+                    raise AppError(f"ASGI app raised before its last trailers: {self._error!r}") from self._error
+                raise AppError("ASGI app returned without its last 'http.response.trailers' (more_trailers=False)")
+            assert self.set_trailers is not None
+            self.set_trailers(self._trailers)
         self._mark_complete()
 
     def _response_finished(self, env: Any, status: Any, headers: Any, error: Any) -> None:

@@ -45,7 +45,18 @@ import trio
 
 from .. import __version__, logs
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
-from ..config import CLIENT_CERT_MODES, DEFAULT_BIND, TLS_VERSIONS, Bind, ConfigError, Limits, TLSConfig, parse_bind
+from ..config import (
+    CLIENT_CERT_MODES,
+    DEFAULT_BIND,
+    HTTP1_PARSERS,
+    TLS_VERSIONS,
+    Bind,
+    ConfigError,
+    Limits,
+    TLSConfig,
+    parse_bind,
+)
+from ..http1.parsers import resolve_parser
 from ..interface import INTERFACES, LIFESPAN_MODES, LifespanFailure, ServedApp, prepare
 from ..net.tls import make_server_context
 from ..server import ready_pipe, systemd, workers
@@ -183,6 +194,13 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         dest="http2",
         action="store_false",
         help="serve HTTP/1.1 only: no ALPN h2 on https binds, no prior-knowledge HTTP/2 on http binds",
+    )
+    parser.add_argument(
+        "--http1-parser",
+        choices=HTTP1_PARSERS,
+        default="auto",
+        help="the HTTP/1 parser: h11, or httptools (llhttp, pip install 'trio-rack[speedups]'), held to "
+        "h11's verdicts; auto is httptools when installed (default: auto)",
     )
     parser.add_argument(
         "--log-format", choices=("text", "json"), default="text",
@@ -421,6 +439,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     app = _interface_flags(args, load_app(args.app, factory=args.factory))  # supervisor too: one error line
     binds = _resolve_binds(args.bind, activated)
     limits = Limits(**_given_limits(args))
+    resolve_parser(args.http1_parser)  # "httptools" without it installed: one error line, here
     proxy = _proxy_policy(args)
     cert, key, dev = _tls_files(args, binds)
     announce = functools.partial(_announce, dev=dev, interface=app.chosen)
@@ -451,6 +470,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         proxy_headers=proxy or False,
         http2=args.http2,
+        http1_parser=args.http1_parser,
     )
     trio.run(
         functools.partial(
@@ -528,6 +548,7 @@ def _worker_command(
     argv.append("--access-log" if args.access_log else "--no-access-log")
     if not args.http2:
         argv.append("--no-http2")
+    argv += ["--http1-parser", args.http1_parser]
     argv += ["--log-format", args.log_format, "--access-log-format", args.access_log_format]
     if args.log_config:
         argv += ["--log-config", str(args.log_config)]

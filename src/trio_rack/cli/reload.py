@@ -47,8 +47,7 @@ import trio
 
 from ..config import Bind, ConfigError
 from ..server import ready_pipe
-from ..server.serve import open_sockets, remove_unix_socket_files
-from ..server.workers import describe_exit
+from ..server.workers import describe_exit, worker_sockets
 
 __all__ = ["add_reload_flags", "check_reload_args", "run_reloading"]
 
@@ -132,24 +131,15 @@ def run_reloading(
     except ImportError:
         raise ConfigError("--reload needs watchfiles: pip install 'trio-rack[reload]' (or watchfiles)") from None
     check_reload_args(args)
-    opened = open_sockets(binds)
-    lifeline_read, lifeline_write = os.pipe()
-    try:
-        fd_binds = [Bind(scheme=b.scheme, kind="fd", fd=s.fileno()) for b, s in opened]
+    with worker_sockets(binds) as held:
         reloader = Reloader(
-            worker_command(fd_binds),
-            sockets=[s for _, s in opened],
-            lifeline=lifeline_read,
+            worker_command(held.fd_binds),
+            sockets=held.sockets,
+            lifeline=held.lifeline,
             dirs=watched_dirs(args),
             watch_filter=GlobFilter(args.reload_include or DEFAULT_INCLUDE, args.reload_exclude or ()),
         )
-        return trio.run(reloader.run, functools.partial(announce, [b for b, _ in opened]))
-    finally:
-        os.close(lifeline_read)
-        os.close(lifeline_write)
-        for _, sock in opened:
-            sock.close()
-        remove_unix_socket_files(binds)
+        return trio.run(reloader.run, functools.partial(announce, held.binds))
 
 
 class Worker:

@@ -51,7 +51,6 @@ from ..app.response import REASONS
 from ..app.streams import HijackedStream
 from ..config import Limits
 from ..errors import AppError, ClientGone, RequestBodyError
-from ..files import FILE_IO_LIMITER
 from ..net.transport import (
     BODY_RECEIVE_SIZE,
     COALESCE_LIMIT,
@@ -68,6 +67,7 @@ from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
 from ._h11_patch import lower_case_framing_headers, tighten_chunk_extensions
 from .body_rate import BodyRate
+from .parsers import new_parser
 from .wire import serialize_head
 
 __all__ = ["HTTPConnection"]
@@ -120,11 +120,6 @@ class _FileSlice:
         return self.size
 
 
-def _open_for_sending(path: str) -> int:
-    """Open ``path`` read-only (in a worker thread: ``open`` may wait on the disk)."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-
 class HTTPConnection:
     """Serve HTTP/1.1 requests on one transport until it closes, is hijacked or is cancelled.
 
@@ -137,18 +132,26 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only", "_fresh",
-        "_body_rate",
+        "_body_rate", "parser",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
     can_full_hijack = True
+    #: No response trailers on HTTP/1 (h11 could send chunked ones, but clients and proxies
+    #: mostly drop them, and ASGI's trailers extension is offered on HTTP/2 only).
+    can_send_trailers = False
 
-    def __init__(self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo) -> None:
+    def __init__(
+        self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo, parser: str | None = None
+    ) -> None:
         self.transport = transport
         self.state = state
         self.info = info
         self.limits: Limits = state.limits
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=state.limits.max_head_size)
+        #: "h11" or "httptools" (:mod:`.parsers`): the state's unless the caller (a test) says.
+        self.parser = parser or state.http1_parser
+        #: Named for h11, whose API both parsers speak (:mod:`.httptools_engine`).
+        self.h11 = new_parser(self.parser, state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
         self.deadlines = Deadlines()
         self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
@@ -276,12 +279,12 @@ class HTTPConnection:
                     skipped += skip // 2
                     # h11 has no way to drop bytes it buffered, and is in its ERROR state now:
                     # a fresh one (equal to a reset one between keep-alive requests) gets the rest.
-                    self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
+                    self.h11 = new_parser(self.parser, limits.max_head_size)
                     if rest == b"\r":  # h11 refuses a lone CR that may begin another empty line
                         if not await self._receive_into_h11():
                             return None
                         rest += self.h11.trailing_data[0]
-                        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_size)
+                        self.h11 = new_parser(self.parser, limits.max_head_size)
                     if rest:  # (receive_data(b"") would mean end of file)
                         self.h11.receive_data(rest)
                     continue
@@ -441,44 +444,41 @@ class HTTPConnection:
             for piece in pieces:
                 await self.writer.write(piece)
 
-    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
-        """Send ``length`` bytes of ``path`` from ``offset`` (None: to its end) with ``os.sendfile``.
+    async def send_file(self, fd: int, offset: int, length: int | None) -> int | None:
+        """Send ``length`` bytes of the open file ``fd`` from ``offset`` (None: to its end) with
+        ``os.sendfile``.
 
         Zero copy needs the kernel to see the wire: only a plain TCP (or Unix) socket stream
         qualifies; over TLS this returns None and the exchange reads the body in slices.  h11
         keeps the framing: each slice is passed through it as a placeholder with a length
         (:class:`_FileSlice`), so it checks ``content-length`` and writes chunk headers while
-        the bytes themselves go from the page cache to the socket.  The file is opened in a
-        worker thread and closed in a ``finally``.  Returns the bytes sent.
+        the bytes themselves go from the page cache to the socket.  The exchange opened the file
+        (before the head) and closes it.  Returns the bytes sent.
         """
         if type(self.transport) is not trio.SocketStream:
             return None
-        fd = await trio.to_thread.run_sync(_open_for_sending, path, limiter=FILE_IO_LIMITER)
-        try:
-            size = os.fstat(fd).st_size
-            remaining = max(0, size - offset) if length is None else length
-            total = remaining
-            h = self.h11
-            while remaining > 0:
-                count = min(remaining, WRITE_SLICE)
-                try:
-                    placeholder: Any = _FileSlice(count)  # h11 needs only len(); see the docstring
-                    pieces: list[Any] = h.send_with_data_passthrough(h11.Data(data=placeholder)) or []
-                except h11.LocalProtocolError as exc:
-                    raise AppError(f"response body does not match its framing: {exc}") from None
-                # h11 returns [framing..., the placeholder, framing...]: bytes around the file's.
-                at = next(i for i, piece in enumerate(pieces) if type(piece) is _FileSlice)
-                try:
-                    await self.writer.send_file(
-                        b"".join(pieces[:at]), fd, offset, count, b"".join(pieces[at + 1 :])
-                    )
-                except EOFError as exc:
-                    raise AppError(f"file body {path!r} shrank while being sent: {exc}") from None
-                offset += count
-                remaining -= count
-            return total
-        finally:
-            os.close(fd)
+        size = os.fstat(fd).st_size
+        remaining = max(0, size - offset) if length is None else length
+        total = remaining
+        h = self.h11
+        while remaining > 0:
+            count = min(remaining, WRITE_SLICE)
+            try:
+                placeholder: Any = _FileSlice(count)  # h11 needs only len(); see the docstring
+                pieces: list[Any] = h.send_with_data_passthrough(h11.Data(data=placeholder)) or []
+            except h11.LocalProtocolError as exc:
+                raise AppError(f"response body does not match its framing: {exc}") from None
+            # h11 returns [framing..., the placeholder, framing...]: bytes around the file's.
+            at = next(i for i, piece in enumerate(pieces) if type(piece) is _FileSlice)
+            try:
+                await self.writer.send_file(
+                    b"".join(pieces[:at]), fd, offset, count, b"".join(pieces[at + 1 :])
+                )
+            except EOFError as exc:
+                raise AppError(f"file body shrank while being sent: {exc}") from None
+            offset += count
+            remaining -= count
+        return total
 
     async def end(self) -> None:
         """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""
@@ -581,6 +581,10 @@ class HTTPConnection:
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
+
+    def set_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Never called: ``can_send_trailers`` is False (the exchange offers no trailers here)."""
+        raise RuntimeError("response trailers are not sent over HTTP/1")
 
     def take_stream(self, leftover: bytes) -> HijackedStream:
         """Full hijack: the raw transport, replaying decoded-but-unread body bytes and h11's buffer."""

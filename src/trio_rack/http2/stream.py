@@ -89,11 +89,13 @@ class H2Stream:
 
     server_protocol = "HTTP/2"
     can_full_hijack = False
+    #: A streamed response may end with a trailing HEADERS frame (:meth:`set_trailers`).
+    can_send_trailers = True
 
     __slots__ = (
         "conn", "stream_id", "fileno", "lot", "scope", "exchange", "chunks", "body_ended",
         "broken", "received", "too_large", "expect_continue", "head_sent", "ended", "length",
-        "sent", "head_only", "tunnel", "discarding",
+        "sent", "head_only", "tunnel", "discarding", "trailers",
     )  # fmt: skip
 
     def __init__(self, conn: StreamOwner, stream_id: int, *, expect_continue: bool, head_only: bool) -> None:
@@ -122,6 +124,8 @@ class H2Stream:
         self.tunnel: TunnelStream | None = None
         #: The app closed rack.input: DATA is acknowledged and dropped as it arrives.
         self.discarding = False
+        #: Trailers :meth:`end` sends as the final HEADERS frame (validated by the exchange).
+        self.trailers: list[tuple[bytes, bytes]] | None = None
 
     # ---------------------------------------------------------------- called by the connection
 
@@ -187,9 +191,9 @@ class H2Stream:
         just before it); it is released when the stream ends."""
         self.discarding = True
 
-    async def send_file(self, path: str, offset: int, length: int | None) -> int | None:
+    async def send_file(self, fd: int, offset: int, length: int | None) -> int | None:
         """No zero-copy path on HTTP/2: file bytes go out as DATA frames under flow control, so
-        the exchange reads the body in slices (None)."""
+        the exchange reads the file in slices (None)."""
         return None
 
     def write_blocked_since(self) -> float:
@@ -251,16 +255,24 @@ class H2Stream:
             return
         await self._send(data)
 
-    async def end(self, *, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def set_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Trailers for :meth:`end` (an empty list: none); raises once the response ended."""
+        if self.ended:
+            raise trio.ClosedResourceError("the response is already complete")
+        self.trailers = trailers
+
+    async def end(self) -> None:
+        """END_STREAM: on the last DATA's stream as an empty DATA frame, or, with trailers, on
+        a final HEADERS frame carrying them (RFC 9113 §8.1), after the head and any DATA."""
         if self.ended:
             await trio.lowlevel.checkpoint()
             return
         if self.length is not None and self.sent < self.length and not self.head_only:
             raise AppError(f"response ended short of its content-length ({self.sent} of {self.length} bytes)")
         self._check_open()
-        if trailers:
-            self.conn.send_headers(self.stream_id, strip_connection_specific(trailers), end_stream=True)
+        if self.trailers:
             self.ended = True
+            self.conn.send_headers(self.stream_id, self.trailers, end_stream=True)
         else:
             self._end_stream()
         await trio.lowlevel.checkpoint()

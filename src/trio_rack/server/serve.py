@@ -33,6 +33,7 @@ import trio
 from ..app.env import ConnInfo
 from ..app.proxy import DEFAULT_TRUSTED, ProxyHeaders
 from ..config import DEFAULT_BIND, Bind, ConfigError, Limits, TLSConfig, parse_bind
+from ..http1.parsers import resolve_parser
 from ..interface import prepare as prepare_app
 from ..logs import ensure_default_logging
 from ..net.dispatch import choose_driver
@@ -237,6 +238,7 @@ async def serve(
     threads: int = 10,
     lifespan: str = "auto",
     http2: bool = True,
+    http1_parser: str = "auto",
     task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled (or until ``shutdown_trigger`` is set, gracefully).
@@ -261,8 +263,12 @@ async def serve(
     (a failure raises :class:`~trio_rack.asgi.LifespanFailure`), shutdown after the drain.
     ``http2=False`` turns HTTP/2 off: ``https`` binds offer only ALPN ``http/1.1`` and a
     prior-knowledge preface on ``http`` binds gets HTTP/1's answer to a bad version.
+    ``http1_parser`` is ``"auto"`` (httptools when installed, else h11), ``"h11"`` or
+    ``"httptools"`` (a ConfigError naming the ``speedups`` extra if it is not installed); both
+    give h11's verdicts (:mod:`trio_rack.http1.httptools_engine`).
     """
     ensure_default_logging()  # a script that configured no logging still sees our log on stderr
+    parser = resolve_parser(http1_parser)
     served = prepare_app(
         app, interface=interface, root_path=root_path, threads=threads, lifespan=lifespan
     )
@@ -277,7 +283,8 @@ async def serve(
     limits = _fit_connections_to_fd_limit(limits)
     try:
         async with served.running(shutdown_timeout=limits.graceful_timeout) as rack_app:
-            state = ServerState(rack_app, limits, access_log=access_log, proxy=proxy)
+            state = ServerState(rack_app, limits, access_log=access_log, proxy=proxy, http1_parser=parser)
+            log.info("HTTP/1 parser: %s", parser)
             for _, sock in opened:
                 sock.setblocking(False)
             await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status, http2=http2)

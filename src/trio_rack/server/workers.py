@@ -50,6 +50,7 @@ worker reads EOF and shuts down gracefully, so no orphan keeps serving on a port
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -57,7 +58,7 @@ import os
 import random
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import trio
@@ -72,6 +73,7 @@ __all__ = [
     "RECYCLE_EXIT",
     "RequestBudget",
     "supervise",
+    "worker_sockets",
     "watch_lifeline",
 ]
 
@@ -108,18 +110,45 @@ def supervise(
     ``NOTIFY_SOCKET``) hears READY/RELOADING/STOPPING/WATCHDOG.  Raises ConfigError (before any
     worker starts) for sockets that cannot be opened.
     """
+    with worker_sockets(binds, backlog=backlog) as held:
+        supervisor = Supervisor(
+            worker_command(held.fd_binds),
+            count=count,
+            sockets=held.sockets,
+            lifeline=held.lifeline,
+            notifier=notifier,
+        )
+        return trio.run(supervisor.run, functools.partial(announce, held.binds))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSockets:
+    """What a parent of worker processes holds for them (:func:`worker_sockets`)."""
+
+    #: The binds as the user gave them (for the banner) and their open listening sockets.
+    binds: list[Bind]
+    sockets: list[socket.socket]
+    #: The same sockets as ``fd://N`` binds, for a worker's command line.
+    fd_binds: list[Bind]
+    #: The read end of the workers' lifeline pipe (their stdin: EOF when the parent dies).
+    lifeline: int
+
+
+@contextlib.contextmanager
+def worker_sockets(
+    binds: Sequence[Bind], *, backlog: int = BACKLOG
+) -> Iterator[WorkerSockets]:
+    """For a parent of worker processes (this supervisor, the ``--reload`` reloader): open
+    ``binds`` once, with the workers' *lifeline* pipe.
+
+    Resource handling: on exit the sockets and both ends of the lifeline are closed and Unix
+    socket files removed; the parent's workers must have exited by then.
+    """
     opened = open_sockets(binds, backlog=backlog)
     lifeline_read, lifeline_write = os.pipe()
     try:
         fd_binds = [Bind(scheme=b.scheme, kind="fd", fd=s.fileno()) for b, s in opened]
-        supervisor = Supervisor(
-            worker_command(fd_binds),
-            count=count,
-            sockets=[s for _, s in opened],
-            lifeline=lifeline_read,
-            notifier=notifier,
-        )
-        return trio.run(supervisor.run, functools.partial(announce, [b for b, _ in opened]))
+        yield WorkerSockets([b for b, _ in opened], [s for _, s in opened], fd_binds, lifeline_read)
     finally:
         os.close(lifeline_read)
         os.close(lifeline_write)

@@ -115,8 +115,12 @@ async def memory_connection(
     state: ServerState | None = None,
     protocol: str = "http1",
     lint: bool = False,
+    http1_parser: str | None = None,
 ) -> AsyncIterator[MemoryClient]:
     """Serve ``app`` over one in-memory connection speaking ``protocol``; yield its client.
+
+    ``http1_parser`` picks the HTTP/1 parser ("h11", "httptools", "auto"); None: the state's
+    (h11 for a state made here), unless the test run forces one (``_serve.HTTP1_PARSER_OVERRIDE``).
 
     ``lint=True`` runs the app under :class:`trio_rack.lint.Lint`: a broken rule of the spec
     (by the server's env or by the app) is the app's failure, a 500 with the rule in the log.
@@ -141,7 +145,7 @@ async def memory_connection(
 
     async def run_server() -> None:
         try:
-            await serve_stream(server, state, protocol=protocol, info=info)
+            await serve_stream(server, state, protocol=protocol, info=info, http1_parser=http1_parser)
         finally:
             await trio.aclose_forcefully(server)
 
