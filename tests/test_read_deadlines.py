@@ -90,3 +90,52 @@ async def test_a_slow_head_gets_408_on_time_and_an_app_running_long_is_never_cut
         response = await client.request("GET", "/")
     assert (response.status, response.body) == (200, b"late")
 
+
+
+async def test_the_h2_preface_peek_counts_towards_the_header_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """On a plain socket the dispatcher peeks for an HTTP/2 preface before HTTP/1 reads: a
+    client that never sends is closed one header timeout after it connected, not two."""
+    from trio_rack.app.env import ConnInfo
+    from trio_rack.net.dispatch import serve_connection
+    from trio_rack.server.liveness import run_liveness_sweeper
+
+    state = ServerState(hello, Limits(header_timeout=4.0), access_log=False)
+    server_sock, client_sock = trio.socket.socketpair()
+    server, client = trio.SocketStream(server_sock), trio.SocketStream(client_sock)
+    info = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_liveness_sweeper, state)
+        async with server:
+            await serve_connection(server, state, info)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert await read_until_closed(client) == b""
+    await client.aclose()
+    assert 4.0 <= elapsed <= 4.0 * 1.25 + 0.01, elapsed
+
+
+async def test_a_head_begun_during_the_preface_peek_still_gets_its_408_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """"P" could be POST or the preface: the peek waits; when the head never finishes, HTTP/1
+    answers 408 at the header timeout counted from the start, not from the end of the peek."""
+    from trio_rack.app.env import ConnInfo
+    from trio_rack.net.dispatch import serve_connection
+    from trio_rack.server.liveness import run_liveness_sweeper
+
+    state = ServerState(hello, Limits(header_timeout=4.0), access_log=False)
+    server_sock, client_sock = trio.socket.socketpair()
+    server, client = trio.SocketStream(server_sock), trio.SocketStream(client_sock)
+    info = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
+    await client.send_all(b"P")
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_liveness_sweeper, state)
+        async with server:
+            await serve_connection(server, state, info)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert (await read_until_closed(client)).startswith(b"HTTP/1.1 408 ")
+    await client.aclose()
+    assert 4.0 <= elapsed <= 4.0 * 1.25 + 0.01, elapsed

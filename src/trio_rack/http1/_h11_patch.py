@@ -19,8 +19,9 @@ our own ``connection: close`` the same way: one response mixed both styles.  h11
 with ``set_comma_header`` from ``h11._connection``'s namespace, only for responses it sends
 (``_clean_up_response_headers_for_sending``); :func:`lower_case_framing_headers` puts a variant
 there that keeps the lower-case name.  Names are case-insensitive (RFC 9110 §5.1): only the
-spelling changes.  Installed only over the exact function it replaces; ``tests/test_wire_case``
-checks the bytes on the wire.  The variant also skips the name/value regexes h11 would run again
+spelling changes.  Installed only over the exact function it replaces;
+``tests/test_driver_defects.py::test_every_header_name_on_the_wire_is_lower_case`` checks the
+bytes on the wire.  The variant also skips the name/value regexes h11 would run again
 (``_parsed=True``): every header it gets back came from a ``Headers`` h11 built (validated, or
 the exchange's already validated head), and the values it adds are h11's constants or
 comma-separated pieces of those values; the framing checks (content-length,

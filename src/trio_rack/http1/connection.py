@@ -132,7 +132,7 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only", "_fresh",
-        "_body_rate", "parser",
+        "_body_rate", "parser", "_head_clock",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
@@ -142,7 +142,13 @@ class HTTPConnection:
     can_send_trailers = False
 
     def __init__(
-        self, transport: trio.abc.Stream, state: ServerState, info: ConnInfo, parser: str | None = None
+        self,
+        transport: trio.abc.Stream,
+        state: ServerState,
+        info: ConnInfo,
+        parser: str | None = None,
+        *,
+        waiting_since: float | None = None,
     ) -> None:
         self.transport = transport
         self.state = state
@@ -163,6 +169,9 @@ class HTTPConnection:
         #: request (bounded by the header and graceful timeouts): closing it unanswered would fail
         #: a request that was never a keep-alive race (a rolling restart's new connections).
         self._fresh = True
+        #: When the wait for the first head began, if before this driver (the dispatcher's
+        #: peek for an HTTP/2 preface): the header timeout counts from then, not twice.
+        self._head_clock = waiting_since
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -249,7 +258,8 @@ class HTTPConnection:
         """
         limits = self.limits
         now = trio.current_time()
-        head_deadline = now + limits.header_timeout
+        head_deadline = (now if self._head_clock is None else self._head_clock) + limits.header_timeout
+        self._head_clock = None
         self.deadlines.set_read(
             ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
         )

@@ -43,11 +43,18 @@ async def choose_driver(
 ) -> Driver:
     """The driver for one accepted connection (TLS already handshaken); the caller awaits its
     ``run()`` directly, so the connection's hot path has no extra coroutine frame to resume."""
-    if http2 and await _speaks_h2(transport, state.limits.header_timeout):
+    if not http2:
+        return HTTPConnection(transport, state, info)
+    since = trio.current_time()
+    verdict = await _speaks_h2(transport, state.limits.header_timeout)
+    if verdict is None:  # not a byte within the header timeout: closed, as HTTP/1 would close it
+        return _Silent()
+    if verdict:
         from ..http2.connection import H2Connection
 
         return H2Connection(transport, state, info)
-    return HTTPConnection(transport, state, info)
+    # The peek may have waited for the first bytes: that wait counts towards the header timeout.
+    return HTTPConnection(transport, state, info, waiting_since=since)
 
 
 async def serve_connection(
@@ -58,12 +65,24 @@ async def serve_connection(
     await driver.run()
 
 
-async def _speaks_h2(transport: trio.abc.Stream, patience: float) -> bool:
+class _Silent:
+    """The driver of a connection that sent nothing within the header timeout: it ends at once
+    (the caller closes the transport), without a response, as HTTP/1's header timeout would."""
+
+    async def run(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def _speaks_h2(transport: trio.abc.Stream, patience: float) -> bool | None:
+    """True for an HTTP/2 preface, False for anything else (HTTP/1 reads it: a head begun
+    and not finished in time is its 408), None when not a byte arrived within ``patience``
+    (the header timeout)."""
     if isinstance(transport, trio.SSLStream):
         return bool(transport.selected_alpn_protocol() == "h2")
     sock = getattr(transport, "socket", None)
     if sock is None:
         return False  # not a socket (tests pick the driver themselves)
+    first = b""
     with trio.move_on_after(patience):
         while True:
             try:
@@ -75,4 +94,4 @@ async def _speaks_h2(transport: trio.abc.Stream, patience: float) -> bool:
             if len(first) == len(PREFACE_START):
                 return True
             await trio.sleep(_PEEK_RETRY)  # "P" or "PR" so far: POST, PUT, PATCH or PRI
-    return False
+    return False if first else None
