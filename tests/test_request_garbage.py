@@ -43,3 +43,17 @@ async def test_keep_alive_requests_leave_no_cyclic_garbage(app, body: bytes, htt
             gc.set_debug(0)
             gc.garbage.clear()
     assert not left, left.most_common(10)
+
+
+async def test_env_callables_kept_past_the_request_fail_clearly(http1_parser: str) -> None:
+    kept: list[dict[str, object]] = []
+
+    async def app(env: dict[str, object]) -> tuple[int, dict[str, str], list[bytes]]:
+        kept.append(env)
+        return 200, {"content-type": "text/plain"}, [b"ok"]
+
+    async with memory_connection(app, http1_parser=http1_parser) as client:
+        assert (await client.request("GET", "/")).status == 200
+    hijack = kept[0]["rack.hijack"]
+    with pytest.raises(RuntimeError, match="this request is over"):
+        hijack()  # type: ignore[operator]

@@ -290,12 +290,14 @@ class Exchange:
         the exchange holds env: a reference cycle per request, which only the cyclic garbage
         collector frees — with whatever buffers the request held (a 10 MiB upload's), and with
         full collections that stall the loop for tens of milliseconds (the p99.9 latency
-        of ``bench/run``).  Once the request is over nothing may call them, so they go, and
-        the request's objects are freed by reference counting when the driver moves on.
+        of ``bench/run``).  Once the request is over nothing may call them: an app that kept
+        env and calls one gets a clear error instead, and the request's objects are freed by
+        reference counting when the driver moves on.
         """
         env = self.env
         for key in _ENV_CALLBACKS:
-            env.pop(key, None)
+            if key in env:
+                env[key] = _request_over
         self._response_stream = None
 
     def _arm_deadline(self, timeout: float) -> None:
@@ -682,6 +684,11 @@ class Exchange:
 
 #: The env entries that are bound methods of the exchange (see Exchange._break_cycles).
 _ENV_CALLBACKS = ("rack.hijack", "rack.early_hints", "trio_rack.tunnel", "trio_rack.set_trailers")
+
+
+def _request_over(*args: Any, **kwargs: Any) -> Any:
+    """What env's callables become once their request has ended."""
+    raise RuntimeError("this request is over: its env callables (rack.hijack, ...) cannot be used any more")
 
 
 def _file_of(body: Any) -> tuple[str, int, int | None] | None:
