@@ -91,26 +91,27 @@ def served_apps(names: list[str]) -> dict[str, Any]:
     return apps
 
 
+async def _burst(stream: trio.abc.Stream, batch: int) -> None:
+    """Pipeline ``batch`` hellos and read until that many responses have begun."""
+    await stream.send_all(REQUEST * batch)
+    left = batch
+    while left > 0:
+        left -= (await stream.receive_some(1 << 20)).count(b"HTTP/1.1 200")
+
+
 async def served(app: Any, requests: int, batch: int) -> float:
     """CPU µs per request of ``app`` behind the real HTTP/1 connection loop."""
+    bursts = max(1, requests // batch)
     async with memory_connection(app) as client:
-        stream = client.stream
-
-        async def burst() -> None:
-            await stream.send_all(REQUEST * batch)
-            got = 0
-            while got < batch:
-                got += (await stream.receive_some(1 << 20)).count(b"HTTP/1.1 200")
-
         for _ in range(4):  # warm-up: caches, first-request paths
-            await burst()
+            await _burst(client.stream, batch)
         response = await client.request("GET", "/")
         assert response.status == 200 and b"Hello, world!" in response.body, response
         start = time.process_time()
-        for _ in range(max(1, requests // batch)):
-            await burst()
+        for _ in range(bursts):
+            await _burst(client.stream, batch)
         elapsed = time.process_time() - start
-    return elapsed / (max(1, requests // batch) * batch) * 1e6
+    return elapsed / (bursts * batch) * 1e6
 
 
 def direct_scope() -> dict[str, Any]:
