@@ -74,6 +74,28 @@ def fastapi_app() -> Any:
     return app
 
 
+class InlineASGI:
+    """A measuring device, not an adapter: the ASGI cycle of :class:`ASGIAdapter` with the app
+    awaited inline in the request task, before the response is taken.  Right only for an app
+    that finishes its response without waiting for the server (these hellos); it prices what
+    the adapter's app task costs (its spawn, the request task's park and wake-up), and with
+    ``nursery=False`` also the server's request nursery that the task needs."""
+
+    def __init__(self, app: Any, *, nursery: bool) -> None:
+        self.app = app
+        self.trio_rack_request_nursery = nursery
+
+    async def __call__(self, env: dict[str, Any]) -> Any:
+        from trio_rack.asgi.http import HTTPCycle
+        from trio_rack.asgi.scope import http_scope
+
+        scope = http_scope(env)
+        cycle = HTTPCycle(env, scope)
+        scope["extensions"] = {"http.response.pathsend": {}}
+        await cycle.run_app(self.app)
+        return await cycle.response()
+
+
 def served_apps(names: list[str]) -> dict[str, Any]:
     apps: dict[str, Any] = {}
     for name in names:
@@ -86,6 +108,9 @@ def served_apps(names: list[str]) -> dict[str, Any]:
             apps[name] = WSGIAdapter(raw_wsgi)
         elif name == "fastapi":
             apps[name] = ASGIAdapter(fastapi_app())
+        elif name in ("inline-asgi", "inline-asgi-no-nursery", "inline-fastapi"):
+            inner = fastapi_app() if name == "inline-fastapi" else raw_asgi
+            apps[name] = InlineASGI(inner, nursery=name != "inline-asgi-no-nursery")
         else:
             raise SystemExit(f"unknown app {name!r}")
     return apps

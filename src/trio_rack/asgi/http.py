@@ -392,9 +392,7 @@ class HTTPCycle:
 
     async def response(self) -> tuple[int, Any, Any]:
         """Wait for the head and return the trio-rack triple (see the module docstring)."""
-        if self._ready:
-            await trio.lowlevel.checkpoint()
-        else:
+        if not self._ready:  # (ready already only when the app ran first: bench/asgi_cost.py)
             self._waiter = trio.lowlevel.current_task()
 
             def abort(_: Any) -> trio.lowlevel.Abort:
