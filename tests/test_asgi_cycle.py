@@ -163,3 +163,25 @@ async def test_header_pairs_decode_alike_whether_cached_or_not(protocol: str) ->
         assert things in (["1", "2"], ["1, 2"]), response.headers
         assert response.header("content-type") == "text/plain"
     assert bad.status == 500
+
+
+async def test_empty_request_message_is_a_cancel_point_and_not_lost(protocol: str, autojump_clock: Any) -> None:
+    """receive() of a bodyless request: inside a cancelled scope it raises Cancelled (a cancel
+    point), and the message it did not deliver is still the next receive()'s (it used to be
+    lost, and the next receive() waited for a disconnect that never came)."""
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        with trio.CancelScope() as cancelled:
+            cancelled.cancel()
+            got.append(await receive())
+        got.append(("cancelled", cancelled.cancelled_caught))
+        got.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with memory_connection(ASGIAdapter(app), protocol=protocol) as client:
+        with trio.fail_after(30):
+            response = await client.request("GET", "/")
+    assert response.body == b"ok"
+    assert got == [("cancelled", True), {"type": "http.request", "body": b"", "more_body": False}]
