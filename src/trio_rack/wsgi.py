@@ -22,6 +22,9 @@ The thread talks to the loop only through ``trio.from_thread``:
   ``content-length``, and the thread is already free.  Later items go through an unbuffered
   memory channel to the streaming body, whose ``send_all`` is the back-pressure: a thread
   writing to a slow client waits.  Nothing waits for a later item to send an earlier one.
+  The channel is opened (on the loop) only when a response needs it — a streamed one, or a
+  thread past :data:`PENDING_LIMIT` before the head was taken — since opening one costs
+  more than the rest of a whole response's bookkeeping.
 * A client that leaves makes the thread's next write raise :class:`ClientDisconnected` (an
   ``OSError``); a thread cannot be cancelled, so a request stuck elsewhere (a ``sleep``, a
   database call) runs to its end before its thread is free, and shutdown waits for it.
@@ -192,11 +195,14 @@ def _file_path(result: Any) -> tuple[str, int] | None:
         return None
 
 
+_APP_LOG = logging.getLogger("trio_rack.app")
+
+
 class _ErrorStream:
     """``wsgi.errors``: a text stream whose lines go to the ``trio_rack.app`` logger."""
 
     def __init__(self) -> None:
-        self._log = logging.getLogger("trio_rack.app")
+        self._log = _APP_LOG
         self._partial = ""
 
     def write(self, text: str) -> int:
@@ -260,8 +266,11 @@ def _status_code(status: Any) -> int:
 class _Response:
     """One request's bridge between the WSGI thread and the loop."""
 
-    def __init__(self, send: trio.MemorySendChannel[bytes]) -> None:
-        self.send = send
+    def __init__(self) -> None:
+        # the channel to the streaming body, opened on the loop when first needed (channel())
+        self.send: trio.MemorySendChannel[bytes] | None = None
+        self.receive: trio.MemoryReceiveChannel[bytes] | None = None
+        self.thread_done = False  # (loop side) the thread has returned: a new channel is closed at once
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
@@ -278,6 +287,17 @@ class _Response:
         self.taken = False
         self.complete = False
         self.token = trio.lowlevel.current_trio_token()
+
+    def channel(self) -> trio.MemorySendChannel[bytes]:
+        """(On the loop) the send side of the body channel, opened on first use."""
+        if self.send is None:
+            self.send, self.receive = trio.open_memory_channel[bytes](0)
+            if self.thread_done:
+                self.send.close()  # nothing more will come: the body ends after the pending chunks
+        return self.send
+
+    async def _send_chunk(self, data: bytes) -> None:
+        await self.channel().send(data)
 
     # ---------------------------------------------------------------- in the thread
 
@@ -328,7 +348,7 @@ class _Response:
                 if first:  # wake the rack call without waiting for the loop
                     self.token.run_sync_soon(self.head_ready.set)
                 return
-            trio.from_thread.run(self.send.send, data)
+            trio.from_thread.run(self._send_chunk, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled, trio.RunFinishedError) as exc:
             raise ClientDisconnected("the client went away") from exc
 
@@ -384,14 +404,12 @@ class WSGIAdapter:
         environ = build_environ(env, root_path=self.root_path)
         environ["wsgi.input"] = InputStream(env["rack.input"])
         environ["wsgi.errors"] = _ErrorStream()
-        send, receive = trio.open_memory_channel[bytes](0)
-        response = _Response(send)
+        response = _Response()
         done = trio.Event()
 
         async def run_in_thread() -> None:
             try:
-                with send:
-                    await trio.to_thread.run_sync(response.run, self.app, environ, limiter=self.limiter)
+                await trio.to_thread.run_sync(response.run, self.app, environ, limiter=self.limiter)
             except Exception as exc:
                 response.error = exc
                 if response.finished and not isinstance(exc, ClientDisconnected):
@@ -399,6 +417,9 @@ class WSGIAdapter:
                     # aborted response would not show (before that, the body raises and is logged)
                     log.error("WSGI app's close() failed", exc_info=exc)
             finally:
+                response.thread_done = True
+                if response.send is not None:
+                    response.send.close()
                 done.set()
                 response.head_ready.set()  # wakes the rack call when the app ended without a head
 
@@ -423,6 +444,9 @@ class WSGIAdapter:
             return status, headers, response.whole
         if complete:  # the iterable ended before the head was taken: send it whole
             return status, headers, pending
+        response.channel()
+        receive = response.receive
+        assert receive is not None
 
         async def body(stream: trio.abc.Stream) -> None:
             with receive:

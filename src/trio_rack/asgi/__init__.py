@@ -71,7 +71,7 @@ class ASGIAdapter:
 
     async def __call__(self, env: dict[str, Any]) -> tuple[int, Any, Any]:
         state = self.lifespan.state if self.lifespan is not None and self.lifespan.active else None
-        if _websocket.is_websocket(env):
+        if ("HTTP_UPGRADE" in env or "trio_rack.protocol" in env) and _websocket.is_websocket(env):
             scope = websocket_scope(env, root_path=self.root_path, state=state)
             scope["extensions"] = self._extensions(env)
             scope["extensions"]["websocket.http.response"] = {}

@@ -7,11 +7,16 @@ nursery (``env["trio_rack.nursery"]``, see :mod:`trio_rack.asgi`): the ASGI app 
 task there; :meth:`HTTPCycle.response` waits for ``http.response.start`` (or the app's end)
 and returns the triple, whose body is then fed by the app's ``http.response.body`` messages.
 
-* **The common case is buffered.**  ``send(http.response.start)`` does not checkpoint, so an
-  app that sends its head and its only body message back to back (Starlette, FastAPI) has
-  both recorded before :meth:`response` resumes; the response is then a list, with a
-  ``content-length``, in one write.  Chunks sent before the server takes the head are held,
-  at most :data:`PENDING_LIMIT` bytes, after which ``send`` waits.
+* **The common case is buffered, with one wake-up.**  ``send(http.response.start)`` does not
+  checkpoint, so an app that sends its head and its only body message back to back
+  (Starlette, FastAPI) has both recorded before :meth:`response` resumes; the response is
+  then a list, with a ``content-length``, in one write.  :meth:`response` parks the request
+  task itself (``wait_task_rescheduled``, no ``Event``) and the app's side reschedules it
+  once: at the head, a hijack, or the app's end.  Such a response is complete when taken, so
+  the cycle registers no ``rack.response_finished`` callback for it (a callback would cost
+  the server a shielded clean-up step per request); only a streamed response does.  Chunks
+  sent before the server takes the head are held, at most :data:`PENDING_LIMIT` bytes, after
+  which ``send`` waits.
 * **Streams are bounded.**  Later body messages go through an unbuffered memory channel to
   the streaming body, whose ``send_all`` is the server's back-pressure: a client that reads
   slowly slows the app's ``send``, nothing piles up.
@@ -20,8 +25,9 @@ and returns the triple, whose body is then fed by the app's ``http.response.body
 * **Disconnects.**  ``receive()`` returns ``http.disconnect`` once the response is complete or
   the client is gone; a disconnect already known is returned *without a checkpoint*, so a
   caller inside an already-cancelled scope (Starlette's ``request.is_disconnected()``) still
-  gets it.  ``send()`` after the client left raises :class:`ClientDisconnected`, an
-  ``OSError`` (spec 2.4).
+  gets it.  Waiting for it is one wait on the server's ``trio_rack.disconnected`` event in a
+  cancel scope that the response's completion cancels (no nursery, no waiter tasks).
+  ``send()`` after the client left raises :class:`ClientDisconnected`, an ``OSError`` (spec 2.4).
 * **Trailers** (``http.response.trailers``, HTTP/2 only: offered where the server gives
   ``env["trio_rack.set_trailers"]``).  ``trailers: True`` on the head makes the response
   streamed whatever its size; the body messages go out as DATA, the trailers messages are
@@ -103,13 +109,30 @@ def _caused_by_disconnect(exc: BaseException) -> bool:
     return False
 
 
+#: ASGI header pairs already decoded, ``(name, value)`` bytes -> ``(name, value)`` str: apps
+#: send the same few headers with every response.  Bounded (values may be per-request).
+_DECODED: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+_DECODED_MAX = 4096
+
+
 def _rack_headers(raw: Iterable[Any], *, where: str) -> dict[str, Any]:
-    """ASGI header pairs (bytes) as a trio-rack headers dict (str; repeats as lists)."""
+    """ASGI header pairs (bytes) as a trio-rack headers dict (str; repeats as lists).
+
+    Only decoding happens here; the server validates the result (``app/response.py``).
+    """
     headers: dict[str, Any] = {}
+    decoded = _DECODED
     try:
-        for name, value in raw:
-            key = bytes(name).decode("latin-1").lower()
-            text = bytes(value).decode("latin-1")
+        for pair in raw:
+            pair_str = decoded.get(pair) if type(pair) is tuple else None
+            if pair_str is None:
+                name, value = pair
+                pair_str = (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
+                if type(pair) is tuple and type(name) is bytes and type(value) is bytes:
+                    if len(decoded) >= _DECODED_MAX:
+                        decoded.clear()
+                    decoded[pair] = pair_str
+            key, text = pair_str
             old = headers.get(key)
             if old is None:
                 headers[key] = text
@@ -140,6 +163,13 @@ def _file_chunks(path: str) -> AsyncIterator[bytes]:
 class HTTPCycle:
     """The ``receive``/``send`` pair of one request, and the trio-rack response it becomes."""
 
+    __slots__ = (
+        "env", "scope", "_input", "_disconnected", "_complete", "_gone_scope", "_body_left", "_body_done",
+        "_body_error", "_request_sent", "_waiter", "_ready", "_head", "_done", "_taken", "_taken_event",
+        "_pending", "_pending_size", "_pathsend", "_send_ch", "_recv_ch", "_app_finished", "_app_done", "_error",
+        "_hijacked", "set_trailers", "_trailers_wanted", "_trailers_done", "_trailers", "hijack",
+    )  # fmt: skip
+
     def __init__(self, env: dict[str, Any], scope: dict[str, Any]) -> None:
         self.env = env
         self.scope = scope
@@ -147,7 +177,7 @@ class HTTPCycle:
         disconnected = env.get("trio_rack.disconnected")
         self._disconnected: trio.Event = disconnected if disconnected is not None else trio.Event()
         self._complete = False  # the response is over: receive() says http.disconnect
-        self._complete_event: trio.Event | None = None  # created only when someone waits
+        self._gone_scope: trio.CancelScope | None = None  # a receive() waiting for the disconnect
         length = env.get("CONTENT_LENGTH")
         self._body_left: int | None = int(length) if length and length.isdigit() else None
         self._body_done = (
@@ -156,7 +186,8 @@ class HTTPCycle:
         )
         self._body_error: BaseException | None = None
         self._request_sent = False
-        self._wake = trio.Event()  # head ready, hijacked, or the app ended
+        self._waiter: trio.lowlevel.Task | None = None  # response(), parked until _ready
+        self._ready = False  # head ready, hijacked, or the app ended: response() may go on
         self._head: tuple[int, dict[str, Any]] | None = None
         self._done = False  # the final body message (more_body False) was sent
         self._taken = False
@@ -179,7 +210,6 @@ class HTTPCycle:
         self.hijack: Callable[[], trio.abc.Stream] | None = None
         if callable(env.get("rack.hijack")):
             self.hijack = self._hijack
-        env["rack.response_finished"].append(self._response_finished)
 
     # -------------------------------------------------------------------------- the app task
 
@@ -205,7 +235,7 @@ class HTTPCycle:
                 self._app_done.set()
             if self._send_ch is not None:
                 self._send_ch.close()
-            self._wake.set()
+            self._wake()
 
     # ------------------------------------------------------------------------------ receive
 
@@ -213,8 +243,11 @@ class HTTPCycle:
         if self._complete or self._disconnected.is_set():
             return {"type": "http.disconnect"}  # no checkpoint: see the module docstring
         if self._body_done and not self._request_sent:  # a request without a body: one empty message
+            # a cancel point, not a schedule point: this message needs no waiting, and an app
+            # that reads every body (Django) would pay a scheduler round per request for one.
+            # Before the flag: a receive() cancelled here does not lose the message.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._request_sent = True
-            await trio.lowlevel.checkpoint()
             return {"type": "http.request", "body": b"", "more_body": False}
         if not self._body_done:
             self._request_sent = True
@@ -234,20 +267,13 @@ class HTTPCycle:
                 more = bool(data)
             self._body_done = not more
             return {"type": "http.request", "body": data, "more_body": more}
-        await self._wait_gone()
+        with trio.CancelScope() as scope:  # cancelled by _mark_complete
+            self._gone_scope = scope
+            try:
+                await self._disconnected.wait()
+            finally:
+                self._gone_scope = None
         return {"type": "http.disconnect"}
-
-    async def _wait_gone(self) -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def wait(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-
-            if self._complete_event is None:
-                self._complete_event = trio.Event()
-            nursery.start_soon(wait, self._complete_event)
-            nursery.start_soon(wait, self._disconnected)
 
     # --------------------------------------------------------------------------------- send
 
@@ -283,7 +309,7 @@ class HTTPCycle:
                 raise ASGIMessageError("'http.response.start': trailers need HTTP/2 (no 'http.response.trailers' here)")
             self._trailers_wanted = True
         self._head = (status, headers)
-        self._wake.set()
+        self._wake()
 
     def _check_body_allowed(self, kind: str) -> None:
         if self._head is None:
@@ -359,9 +385,24 @@ class HTTPCycle:
 
     # --------------------------------------------------------------------- the rack response
 
+    def _wake(self) -> None:
+        """The head is ready, the app hijacked, or it ended: resume :meth:`response` (once)."""
+        if not self._ready:
+            self._ready = True
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                trio.lowlevel.reschedule(waiter)
+
     async def response(self) -> tuple[int, Any, Any]:
         """Wait for the head and return the trio-rack triple (see the module docstring)."""
-        await self._wake.wait()
+        if not self._ready:  # (ready already only when the app ran first: bench/asgi_cost.py)
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         if self._hijacked:
             if not self._app_finished:
                 self._app_done = trio.Event()
@@ -398,6 +439,8 @@ class HTTPCycle:
         self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | _PathSend](0)
         if self._app_finished or self._trailers_done:  # nothing more will come: the body ends
             self._send_ch.close()
+        # however the streamed response ends (aborted too), receive() then says disconnect
+        self.env["rack.response_finished"].append(self._response_finished)
         return status, headers, self._stream_body
 
     async def _stream_body(self, stream: trio.abc.Stream) -> None:
@@ -433,8 +476,8 @@ class HTTPCycle:
 
     def _mark_complete(self) -> None:
         self._complete = True
-        if self._complete_event is not None:
-            self._complete_event.set()
+        if self._gone_scope is not None:
+            self._gone_scope.cancel()
 
     def _hijack(self) -> trio.abc.Stream:
         """``scope["extensions"]["trio_rack.hijack"]()``: the raw connection (HTTP/1 only)."""
@@ -442,5 +485,5 @@ class HTTPCycle:
             raise ASGIMessageError("trio_rack.hijack after 'http.response.start'")
         stream: trio.abc.Stream = self.env["rack.hijack"]()
         self._hijacked = True
-        self._wake.set()
+        self._wake()
         return stream

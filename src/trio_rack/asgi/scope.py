@@ -107,24 +107,36 @@ def _paths(env: Mapping[str, Any], root_path: str, head: Any) -> tuple[str, byte
     return path, raw
 
 
+_SCHEMES = {"https": "https", "wss": "https"}
+
+
 def http_scope(
     env: Mapping[str, Any], *, root_path: str = "", state: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``http`` scope for ``env``; ``state`` (the lifespan's) is copied shallowly."""
-    head = request_head(env)
+    """The ``http`` scope for ``env``; ``state`` (the lifespan's) is copied shallowly.
+
+    Built once per request, so written flat: each env key is read once, and with the driver's
+    ``RequestHead`` (every trio-rack server gives it) the headers, raw path and version come
+    straight from it.
+    """
+    head = env.get("trio_rack.request_head")
     client, server = _addresses(env)
-    path, raw = _paths(env, root_path, head)
+    if head is not None and not root_path and head.path.startswith(b"/"):
+        raw = bytes(head.path)
+        path = decode_path(raw)
+    else:
+        path, raw = _paths(env, root_path, head)
     return {
         "type": "http",
         "asgi": dict(ASGI_VERSION),
-        "http_version": _http_version(env, head),
+        "http_version": str(head.http_version) if head is not None else _http_version(env, head),
         "method": str(env["REQUEST_METHOD"]),
-        "scheme": "https" if env.get("rack.url_scheme") in ("https", "wss") else "http",
+        "scheme": _SCHEMES.get(env.get("rack.url_scheme"), "http"),  # type: ignore[arg-type]
         "path": path,
         "raw_path": raw,
         "query_string": str(env.get("QUERY_STRING", "")).encode("latin-1"),
         "root_path": root_path,
-        "headers": request_headers(env, head),
+        "headers": list(head.headers) if head is not None else request_headers(env),
         "client": client,
         "server": server,
         "state": dict(state) if state is not None else {},
