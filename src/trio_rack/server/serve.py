@@ -58,8 +58,16 @@ _IGNORED_ACCEPT = {
                  "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "EPERM")
     if hasattr(errno, name)
 }  # fmt: skip
-#: Connections accepted in one go before the accept loop yields to the other tasks.
-ACCEPT_BATCH = 64
+#: Connections accepted in one go, at most, before the accept loop yields to the other tasks:
+#: the listen backlog (the default one, or ``Limits.backlog`` if larger), so one turn can empty
+#: the kernel's accept queue.
+#: Trio runs each runnable task once per scheduler pass, and with thousands of open streams a
+#: pass is long (each stream's write, each new connection's first steps): with 64 a pass, the
+#: queue filled, the kernel dropped SYNs (``ListenOverflows``) and clients retried after 1, 3,
+#: 7 s — 10,000 simultaneous streams had their first bytes after 13 s and up to 13,000 drops
+#: (bench/README.md, "10,000 streams").  asyncio's accept handler takes the backlog per wake-up
+#: the same way.  The bound keeps a flood from holding the loop for more than one queue's worth.
+ACCEPT_BATCH = Limits.backlog
 
 
 def normalize_binds(bind: str | Bind | Sequence[str | Bind]) -> list[Bind]:
@@ -424,11 +432,13 @@ async def _accept_loop(
     without a trip through the scheduler per connection (``trio.SocketListener.accept`` makes
     one).  With thousands of busy connections a scheduler pass is long, and one accept per pass
     let the backlog overflow while clients waited: 10,000 simultaneous streams took 20 s to all
-    be accepted.  A batch is bounded, so the other tasks still get their turn.
+    be accepted.  A batch is bounded (by the listen backlog: :data:`ACCEPT_BATCH`), so the
+    other tasks still get their turn.
     """
+    batch = max(ACCEPT_BATCH, state.limits.backlog)
     try:
         while True:
-            for _ in range(ACCEPT_BATCH):
+            for _ in range(batch):
                 try:
                     slots.acquire_nowait()
                 except trio.WouldBlock:
