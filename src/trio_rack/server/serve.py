@@ -486,6 +486,16 @@ def _addr(value: Any) -> tuple[str, int] | None:
     return None
 
 
+def _conn_info(stream: trio.SocketStream, bind: Bind, tls: trio.SSLStream[Any] | None) -> ConnInfo | None:
+    """What the connection knows about itself, or None if the client has already gone."""
+    try:
+        peer = _addr(stream.socket.getpeername())
+    except OSError:
+        return None
+    server = (bind.host, bind.port) if bind.kind == "tcp" else None
+    return ConnInfo(bind.scheme, server, peer, tls=None if tls is None else tls_info(tls))
+
+
 async def _handle_connection(
     stream: trio.SocketStream,
     bind: Bind,
@@ -494,10 +504,15 @@ async def _handle_connection(
     slots: _ConnectionSlots,
     http2: bool = True,
 ) -> None:
-    """One connection's task.  Whatever happens, the socket is closed and the slot released."""
+    """One connection's task.  Whatever happens, the socket is closed and the slot released.
+
+    Its frame lives as long as the connection (10,000 of them at 10,000 open streams), so what
+    it needs only to set up — the addresses, the handshake's details — is made in
+    :func:`_conn_info` and held by the :class:`ConnInfo` alone, not by a local here too.
+    """
     transport: trio.abc.Stream = stream
-    handshake = None
     try:
+        tls = None
         if ctx is not None:
             tls = await accept_tls(
                 stream, ctx, handshake_timeout=state.limits.handshake_timeout, https_url=str(bind)
@@ -505,14 +520,12 @@ async def _handle_connection(
             if tls is None:
                 return
             transport = tls
-            handshake = tls_info(tls)
-        try:
-            peer = _addr(stream.socket.getpeername())
-        except OSError:
+        info = _conn_info(stream, bind, tls)
+        del tls  # the transport holds it
+        if info is None:
             return  # gone before we looked
-        server = (bind.host, bind.port) if bind.kind == "tcp" else None
-        info = ConnInfo(bind.scheme, server, peer, tls=handshake)
         driver = await choose_driver(transport, state, info, http2=http2)
+        del info  # the driver holds it
         await driver.run()  # awaited here, not inside a dispatch coroutine: one frame fewer per resumption
     except Exception:
         log.exception("connection from %s crashed; closing it", bind)
