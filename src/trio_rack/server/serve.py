@@ -469,7 +469,7 @@ async def _accept_loop(
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
                 state.accepted += 1  # before the task runs: the drain must wait for it too
-                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2)
+                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2, conn)
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
                 continue
@@ -503,6 +503,7 @@ async def _handle_connection(
     ctx: ssl.SSLContext | None,
     slots: _ConnectionSlots,
     http2: bool = True,
+    raw: socket.socket | None = None,
 ) -> None:
     """One connection's task.  Whatever happens, the socket is closed and the slot released.
 
@@ -524,7 +525,8 @@ async def _handle_connection(
         del tls  # the transport holds it
         if info is None:
             return  # gone before we looked
-        driver = await choose_driver(transport, state, info, http2=http2)
+        driver = await choose_driver(transport, state, info, http2=http2, peek_socket=raw)
+        del raw  # (the trio socket owns it)
         del info  # the driver holds it
         await driver.run()  # awaited here, not inside a dispatch coroutine: one frame fewer per resumption
     except Exception:
