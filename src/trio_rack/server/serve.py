@@ -469,7 +469,9 @@ async def _accept_loop(
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
                 state.accepted += 1  # before the task runs: the drain must wait for it too
-                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2, conn)
+                nursery.start_soon(
+                    _handle_connection, stream, bind, state, ctx, slots, http2, conn, name=_CONNECTION_TASK
+                )
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
                 continue
@@ -478,6 +480,11 @@ async def _accept_loop(
         # stop accepting at once, even while requests in flight drain
         trio.lowlevel.notify_closing(listener)
         listener.close()
+
+
+#: Every connection task's name, one string for all: without it trio formats the same name
+#: anew for each task, a 90-byte string held for the connection's life.
+_CONNECTION_TASK = f"{__name__}._handle_connection"
 
 
 def _addr(value: Any) -> tuple[str, int] | None:
