@@ -90,6 +90,12 @@ DRAIN_TIMEOUT = 1.0
 #: Response heads are validated by the exchange before they get here, and that second pass was
 #: ~2.5 µs of a hello request; if a future h11 drops the flag, validation simply runs again.
 _H11_TRUSTS_PARSED = "_parsed" in inspect.signature(h11.Response.__init__).parameters
+#: h11's chunked body writer.  While it is the one in use, a streamed chunk is framed by
+#: :meth:`HTTPConnection.send_data` itself, exactly as this writer frames it: in SEND_BODY a
+#: Data event changes no state, and h11's event machinery around it (the event object, the
+#: state-machine pass, the writer's three pieces) was 6.5 µs of each chunk against 0.15 µs.
+#: If a future h11 renames it, every chunk simply goes through h11 again.
+_CHUNKED_WRITER = getattr(getattr(h11, "_writers", None), "ChunkedWriter", None)
 #: A ``bytearray(b'...')`` or ``b'...'`` repr inside h11's error messages.
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])((?:\\.|(?!\1).)*)\1\)|\bb(['"])((?:\\.|(?!\3).)*)\3""")
 #: How much of a refused request's first line the access log shows at most.
@@ -444,6 +450,14 @@ class HTTPConnection:
 
     async def send_data(self, data: bytes) -> None:
         """Frame and write body bytes of a streamed response."""
+        h = self.h11
+        if (
+            type(getattr(h, "_writer", None)) is _CHUNKED_WRITER
+            and 0 < len(data) <= COALESCE_LIMIT
+            and h.our_state is h11.SEND_BODY
+        ):
+            await self.writer.write(b"%x\r\n%b\r\n" % (len(data), data))  # see _CHUNKED_WRITER
+            return
         try:
             pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []
         except h11.LocalProtocolError as exc:

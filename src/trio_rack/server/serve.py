@@ -39,6 +39,7 @@ from ..logs import ensure_default_logging
 from ..net.dispatch import choose_driver
 from ..net.tls import accept_tls, make_server_context, tls_info
 from ..state import ServerState
+from .gc_tuning import serving_gc
 from .liveness import run_liveness_sweeper
 
 __all__ = ["serve", "run", "open_sockets", "normalize_binds"]
@@ -58,8 +59,16 @@ _IGNORED_ACCEPT = {
                  "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "EPERM")
     if hasattr(errno, name)
 }  # fmt: skip
-#: Connections accepted in one go before the accept loop yields to the other tasks.
-ACCEPT_BATCH = 64
+#: Connections accepted in one go, at most, before the accept loop yields to the other tasks:
+#: the listen backlog (the default one, or ``Limits.backlog`` if larger), so one turn can empty
+#: the kernel's accept queue.
+#: Trio runs each runnable task once per scheduler pass, and with thousands of open streams a
+#: pass is long (each stream's write, each new connection's first steps): with 64 a pass, the
+#: queue filled, the kernel dropped SYNs (``ListenOverflows``) and clients retried after 1, 3,
+#: 7 s — 10,000 simultaneous streams had their first bytes after 13 s and up to 13,000 drops
+#: (bench/README.md, "10,000 streams").  asyncio's accept handler takes the backlog per wake-up
+#: the same way.  The bound keeps a flood from holding the loop for more than one queue's worth.
+ACCEPT_BATCH = Limits.backlog
 
 
 def normalize_binds(bind: str | Bind | Sequence[str | Bind]) -> list[Bind]:
@@ -239,6 +248,7 @@ async def serve(
     lifespan: str = "auto",
     http2: bool = True,
     http1_parser: str = "auto",
+    tune_gc: bool = True,
     task_status: trio.TaskStatus[list[Bind]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled (or until ``shutdown_trigger`` is set, gracefully).
@@ -266,6 +276,10 @@ async def serve(
     ``http1_parser`` is ``"auto"`` (httptools when installed, else h11), ``"h11"`` or
     ``"httptools"`` (a ConfigError naming the ``speedups`` extra if it is not installed); both
     give h11's verdicts (:mod:`trio_rack.http1.httptools_engine`).
+    ``tune_gc`` (default True) freezes the start-up heap and makes the cyclic garbage
+    collector's young passes rarer while serving (:mod:`trio_rack.server.gc_tuning`: at 10,000
+    open streams CPython's defaults spent more of the core on full collections than on
+    serving); False leaves the process's collector as it is.
     """
     ensure_default_logging()  # a script that configured no logging still sees our log on stderr
     parser = resolve_parser(http1_parser)
@@ -287,7 +301,8 @@ async def serve(
             log.info("HTTP/1 parser: %s", parser)
             for _, sock in opened:
                 sock.setblocking(False)
-            await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status, http2=http2)
+            with serving_gc(tune_gc):  # after the app's start-up: its objects are frozen with ours
+                await _serve_listeners(opened, state, ctx, shutdown_trigger, task_status, http2=http2)
     finally:
         for _, sock in opened:
             sock.close()
@@ -424,11 +439,13 @@ async def _accept_loop(
     without a trip through the scheduler per connection (``trio.SocketListener.accept`` makes
     one).  With thousands of busy connections a scheduler pass is long, and one accept per pass
     let the backlog overflow while clients waited: 10,000 simultaneous streams took 20 s to all
-    be accepted.  A batch is bounded, so the other tasks still get their turn.
+    be accepted.  A batch is bounded (by the listen backlog: :data:`ACCEPT_BATCH`), so the
+    other tasks still get their turn.
     """
+    batch = max(ACCEPT_BATCH, state.limits.backlog)
     try:
         while True:
-            for _ in range(ACCEPT_BATCH):
+            for _ in range(batch):
                 try:
                     slots.acquire_nowait()
                 except trio.WouldBlock:
@@ -452,7 +469,9 @@ async def _accept_loop(
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
                 state.accepted += 1  # before the task runs: the drain must wait for it too
-                nursery.start_soon(_handle_connection, stream, bind, state, ctx, slots, http2)
+                nursery.start_soon(
+                    _handle_connection, stream, bind, state, ctx, slots, http2, conn, name=_CONNECTION_TASK
+                )
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
                 continue
@@ -463,10 +482,25 @@ async def _accept_loop(
         listener.close()
 
 
+#: Every connection task's name, one string for all: without it trio formats the same name
+#: anew for each task, a 90-byte string held for the connection's life.
+_CONNECTION_TASK = f"{__name__}._handle_connection"
+
+
 def _addr(value: Any) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return str(value[0]), int(value[1])
     return None
+
+
+def _conn_info(stream: trio.SocketStream, bind: Bind, tls: trio.SSLStream[Any] | None) -> ConnInfo | None:
+    """What the connection knows about itself, or None if the client has already gone."""
+    try:
+        peer = _addr(stream.socket.getpeername())
+    except OSError:
+        return None
+    server = (bind.host, bind.port) if bind.kind == "tcp" else None
+    return ConnInfo(bind.scheme, server, peer, tls=None if tls is None else tls_info(tls))
 
 
 async def _handle_connection(
@@ -476,11 +510,17 @@ async def _handle_connection(
     ctx: ssl.SSLContext | None,
     slots: _ConnectionSlots,
     http2: bool = True,
+    raw: socket.socket | None = None,
 ) -> None:
-    """One connection's task.  Whatever happens, the socket is closed and the slot released."""
+    """One connection's task.  Whatever happens, the socket is closed and the slot released.
+
+    Its frame lives as long as the connection (10,000 of them at 10,000 open streams), so what
+    it needs only to set up — the addresses, the handshake's details — is made in
+    :func:`_conn_info` and held by the :class:`ConnInfo` alone, not by a local here too.
+    """
     transport: trio.abc.Stream = stream
-    handshake = None
     try:
+        tls = None
         if ctx is not None:
             tls = await accept_tls(
                 stream, ctx, handshake_timeout=state.limits.handshake_timeout, https_url=str(bind)
@@ -488,14 +528,13 @@ async def _handle_connection(
             if tls is None:
                 return
             transport = tls
-            handshake = tls_info(tls)
-        try:
-            peer = _addr(stream.socket.getpeername())
-        except OSError:
+        info = _conn_info(stream, bind, tls)
+        del tls  # the transport holds it
+        if info is None:
             return  # gone before we looked
-        server = (bind.host, bind.port) if bind.kind == "tcp" else None
-        info = ConnInfo(bind.scheme, server, peer, tls=handshake)
-        driver = await choose_driver(transport, state, info, http2=http2)
+        driver = await choose_driver(transport, state, info, http2=http2, peek_socket=raw)
+        del raw  # (the trio socket owns it)
+        del info  # the driver holds it
         await driver.run()  # awaited here, not inside a dispatch coroutine: one frame fewer per resumption
     except Exception:
         log.exception("connection from %s crashed; closing it", bind)
