@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import functools
 import gc
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 import trio_rack
 from e2e_support import read_until_eof, split_head
+from process_support import running, subprocess_env
 from trio_rack.server.gc_tuning import SERVING_THRESHOLDS, serving_gc
 
 
@@ -89,3 +92,28 @@ def test_a_program_that_froze_objects_itself_keeps_them_frozen() -> None:
         assert gc.get_freeze_count() >= frozen - 100
     finally:
         gc.unfreeze()
+
+
+_THRESHOLD_APP = '''
+import gc
+
+
+async def app(env):
+    return 200, {"content-type": "text/plain"}, [repr(gc.get_threshold()).encode()]
+'''
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], SERVING_THRESHOLDS), (["--no-gc-tuning"], gc.get_threshold())])
+async def test_the_cli_tunes_the_collector_unless_no_gc_tuning(
+    flags: list[str], expected: tuple[int, int, int], tmp_path: Path
+) -> None:
+    """``trio-rack serve`` tunes it like ``serve()``; ``--no-gc-tuning`` leaves CPython's defaults."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "thresholds.py").write_text(_THRESHOLD_APP)
+    env = subprocess_env(tmp_path)
+    args = ["thresholds.py", "-b", "http://127.0.0.1:0", "--no-access-log", *flags]
+    async with running(args, cwd=project, env=env) as server:
+        status, body = await _get(server.port())
+    assert status == 200
+    assert body.decode() == repr(expected)

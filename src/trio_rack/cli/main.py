@@ -196,6 +196,13 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="serve HTTP/1.1 only: no ALPN h2 on https binds, no prior-knowledge HTTP/2 on http binds",
     )
     parser.add_argument(
+        "--no-gc-tuning",
+        dest="gc_tuning",
+        action="store_false",
+        help="leave Python's cyclic garbage collector as it is (default: the start-up heap is frozen and "
+        "young collections are rarer while serving; see the README's Deployment section)",
+    )
+    parser.add_argument(
         "--http1-parser",
         choices=HTTP1_PARSERS,
         default="auto",
@@ -471,6 +478,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         proxy_headers=proxy or False,
         http2=args.http2,
         http1_parser=args.http1_parser,
+        tune_gc=args.gc_tuning,
     )
     trio.run(
         functools.partial(
@@ -549,6 +557,8 @@ def _worker_command(
     if not args.http2:
         argv.append("--no-http2")
     argv += ["--http1-parser", args.http1_parser]
+    if not args.gc_tuning:
+        argv.append("--no-gc-tuning")
     argv += ["--log-format", args.log_format, "--access-log-format", args.access_log_format]
     if args.log_config:
         argv += ["--log-config", str(args.log_config)]
