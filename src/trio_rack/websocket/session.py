@@ -328,7 +328,7 @@ class WebSocket:
         "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_timer",
-        "_read_due", "_pending_close", "_wakeup", "_bg_busy", "_delivering", "close_code", "close_reason",
+        "_read_due", "_pending_close", "_gave", "_wakeup", "_bg_busy", "_receiving", "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -359,15 +359,16 @@ class WebSocket:
         self._read_scope: trio.CancelScope | None = None
         self._read_released: trio.Event | None = None  # a closer waits for the read side
         self._waiting = 0  # app tasks in get_message waiting for a message or a change
+        self._gave = False  # the reading app task passed its last message to a waiting one
         self._wakeup: trio.Event | None = None  # what they wait on
         self._bg_busy = False  # the background reader is past its read (dispatching, delivering)
-        self._delivering = False  # ...blocked putting a message into a full channel
+        self._receiving = False  # a reader is blocked waiting for data (silence counts only then)
         self._nursery: trio.Nursery | None = None
         self._stopping = False  # a close is under way: no new reads, get_message waits for it
         self._closing = False
         self._finished = trio.Event()
         now = trio.current_time()
-        self._quiet_since = now  # when data last arrived (or the websocket opened)
+        self._quiet_since = now  # when the read under way (or the last one) began
         self._pinged_at = -math.inf
         self._away_since = now  # when an app task last left get_message with a message
         self._write_since = math.inf  # when the write under way started
@@ -532,16 +533,25 @@ class WebSocket:
     # ----------------------------------------------------------------------------- reading
 
     async def _receive(self) -> bytes:
+        """One read; b"" at EOF or when the stream broke.  Silence is timed from its start:
+        the keeper's ping and idle timeout count only while a reader waits in here."""
+        now = self._quiet_since = trio.current_time()
+        self._receiving = True
+        timer = self._timer
+        if timer is not None and timer.deadline > now + self._read_due:
+            timer.deadline = now + self._read_due  # a ping or the idle timeout falls due sooner
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
             return data if type(data) is bytes else bytes(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
+        finally:
+            self._receiving = False
 
     def _release(self) -> None:
         self._reader = None
         self._read_scope = None
-        self._bg_busy = self._delivering = False
+        self._bg_busy = False
         released = self._read_released
         if released is not None:
             self._read_released = None
@@ -559,9 +569,6 @@ class WebSocket:
         """get_message's own read: the first whole message, or None if the connection ended
         (a close is then under way or done; the caller waits for it)."""
         self._reader = _Reader.APP
-        timer = self._timer
-        if timer is not None and timer.deadline > self._quiet_since + self._read_due:
-            timer.deadline = self._quiet_since + self._read_due  # a ping or the idle timeout is due sooner
         try:
             while True:
                 if self._events is not None:
@@ -569,7 +576,8 @@ class WebSocket:
                     if result is _MORE:
                         self._events = None
                     elif isinstance(result, (str, bytes)):
-                        if self._waiting:  # another task waits: it gets this one, we read on
+                        self._gave = not self._gave
+                        if self._waiting and self._gave:  # another task waits: every other one is theirs
                             try:
                                 self._messages_in.send_nowait(result)
                             except trio.WouldBlock:
@@ -578,7 +586,7 @@ class WebSocket:
                                 self._channel_used = True
                                 self._wake()
                                 continue
-                        away = self._away_since = self._quiet_since
+                        away = self._away_since = trio.current_time()
                         timer = self._timer
                         if timer is not None and timer.deadline > away + HANDOVER:
                             timer.deadline = away + HANDOVER  # to hand over if the app stays away
@@ -596,7 +604,6 @@ class WebSocket:
                 if not data:
                     await self._end(_ENDED, delegate=True)
                     return None
-                self._quiet_since = trio.current_time()
                 self._ws.receive_data(data)
                 self._events = self._ws.events()
         finally:
@@ -627,7 +634,6 @@ class WebSocket:
                             if not data:
                                 result = _ENDED
                             else:
-                                self._quiet_since = trio.current_time()
                                 self._ws.receive_data(data)
                                 self._events = self._ws.events()
                                 continue
@@ -636,11 +642,8 @@ class WebSocket:
                             try:  # the read that follows is the checkpoint
                                 self._messages_in.send_nowait(result)
                             except trio.WouldBlock:  # the queue is full: backpressure
-                                self._delivering = True
                                 self._wake()  # (max_queue=0: a waiting app task takes it from us)
                                 await self._messages_in.send(result)
-                                self._delivering = False
-                                self._quiet_since = trio.current_time()
                             self._wake()
                             if self._waiting and self._options.pull:
                                 return  # the app is back: it reads from now on
@@ -752,7 +755,7 @@ class WebSocket:
         due = self._write_since + (opts.idle_timeout or math.inf)
         if self._reader is None:
             return min(due, self._away_since + HANDOVER)
-        if not self._delivering:  # someone waits for data: silence counts
+        if self._receiving:  # a reader waits for data: silence counts
             if opts.idle_timeout:
                 due = min(due, self._quiet_since + opts.idle_timeout)
             if opts.ping_interval:
@@ -792,7 +795,7 @@ class WebSocket:
                 await trio.aclose_forcefully(self._stream)
                 return
             if self._reader is not None:
-                if self._delivering:  # a blocked delivery is not silence
+                if not self._receiving:  # dispatching or a blocked delivery is not silence
                     continue
                 if opts.idle_timeout and now >= self._quiet_since + opts.idle_timeout:
                     if self.close_code is None:
@@ -811,7 +814,6 @@ class WebSocket:
                         self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
             elif now >= self._away_since + HANDOVER:
                 self._start_background_reader()
-                self._quiet_since = max(self._quiet_since, now)  # reading starts now
 
     # ----------------------------------------------------------------------------- closing
 
