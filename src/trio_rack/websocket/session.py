@@ -232,7 +232,6 @@ class WebSocketContext:
             ws.close_code, ws.close_reason = ABNORMAL, "the client left during the handshake"
             ws._stopping = True
             ws._finished.set()
-            ws._messages_in.close()
             started = False
         else:
             started = True
@@ -242,7 +241,6 @@ class WebSocketContext:
         nursery = self._nursery = await self._nursery_cm.__aenter__()
         if started:
             ws._nursery = nursery
-            ws._start_background_reader()  # until the app first asks for a message
             nursery.start_soon(ws._keeper, self.shutdown)
         return ws
 
@@ -328,7 +326,8 @@ class WebSocket:
         "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_timer",
-        "_read_due", "_pending_close", "_gave", "_wakeup", "_bg_busy", "_receiving", "close_code", "close_reason",
+        "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
+        "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -344,8 +343,10 @@ class WebSocket:
         self._send_broken = False  # a write was interrupted mid-frame: never write again
         self._stream_closed = False
         self._parser_dead = False
-        #: The background reader's queue (max_queue); the app's own reads bypass it.
-        self._messages_in, self._messages_out = trio.open_memory_channel[str | bytes](options.max_queue)
+        #: The background reader's queue (max_queue); the app's own reads bypass it.  Made
+        #: when first needed (``_queue``): most websockets of a reading app never need it.
+        self._messages_in: trio.MemorySendChannel[str | bytes] | None = None
+        self._messages_out: trio.MemoryReceiveChannel[str | bytes] | None = None
         #: Whether the channel may hold messages (so a pulling get_message skips it otherwise).
         self._channel_used = False
         self._pings: dict[bytes, trio.Event] = {}
@@ -360,6 +361,7 @@ class WebSocket:
         self._read_released: trio.Event | None = None  # a closer waits for the read side
         self._waiting = 0  # app tasks in get_message waiting for a message or a change
         self._gave = False  # the reading app task passed its last message to a waiting one
+        self._app_read = False  # an app task has read for itself
         self._wakeup: trio.Event | None = None  # what they wait on
         self._bg_busy = False  # the background reader is past its read (dispatching, delivering)
         self._receiving = False  # a reader is blocked waiting for data (silence counts only then)
@@ -392,6 +394,7 @@ class WebSocket:
     async def get_message(self) -> str | bytes:
         while True:
             if self._channel_used:
+                assert self._messages_out is not None
                 try:
                     message = self._messages_out.receive_nowait()
                 except trio.WouldBlock:
@@ -404,6 +407,8 @@ class WebSocket:
                     return message
             if self._stopping:
                 await self._finished.wait()
+                if self._messages_out is None:
+                    raise self._closed_error()
                 self._channel_used = True  # drain what was queued before the close, then raise
                 try:
                     return self._messages_out.receive_nowait()
@@ -548,6 +553,11 @@ class WebSocket:
         finally:
             self._receiving = False
 
+    def _queue(self) -> trio.MemorySendChannel[str | bytes]:
+        if self._messages_in is None:
+            self._messages_in, self._messages_out = trio.open_memory_channel[str | bytes](self._options.max_queue)
+        return self._messages_in
+
     def _release(self) -> None:
         self._reader = None
         self._read_scope = None
@@ -569,6 +579,7 @@ class WebSocket:
         """get_message's own read: the first whole message, or None if the connection ended
         (a close is then under way or done; the caller waits for it)."""
         self._reader = _Reader.APP
+        self._app_read = True
         try:
             while True:
                 if self._events is not None:
@@ -579,7 +590,7 @@ class WebSocket:
                         self._gave = not self._gave
                         if self._waiting and self._gave:  # another task waits: every other one is theirs
                             try:
-                                self._messages_in.send_nowait(result)
+                                self._queue().send_nowait(result)
                             except trio.WouldBlock:
                                 pass  # the queue is full: this one is ours
                             else:
@@ -640,10 +651,10 @@ class WebSocket:
                         if isinstance(result, (str, bytes)):
                             self._channel_used = True
                             try:  # the read that follows is the checkpoint
-                                self._messages_in.send_nowait(result)
+                                self._queue().send_nowait(result)
                             except trio.WouldBlock:  # the queue is full: backpressure
                                 self._wake()  # (max_queue=0: a waiting app task takes it from us)
-                                await self._messages_in.send(result)
+                                await self._queue().send(result)
                             self._wake()
                             if self._waiting and self._options.pull:
                                 return  # the app is back: it reads from now on
@@ -767,6 +778,11 @@ class WebSocket:
         the hand-over to a background reader, and the close on graceful shutdown.  Sleeps
         until the next of them is due; reads nothing; never waits for the send lock."""
         opts = self._options
+        # The keeper first runs once the app's task has blocked: if the app has not asked for
+        # a message by then, read for it until it does (so pings and backpressure work for an
+        # app that never reads); a reading app has the read side already.
+        if self._reader is None and not self._stopping and not self._app_read:
+            self._start_background_reader()
         while True:
             with trio.CancelScope(deadline=self._next_due()) as timer:
                 self._timer = timer
@@ -873,7 +889,8 @@ class WebSocket:
             if self.close_code is None:
                 self.close_code, self.close_reason = ABNORMAL, "no close frame received"
             self._finished.set()
-            self._messages_in.close()
+            if self._messages_in is not None:
+                self._messages_in.close()
             for waiter in self._pings.values():
                 waiter.set()
             self._wake()
