@@ -488,6 +488,14 @@ class WebSocket:
     # ----------------------------------------------------------------------------- writing
 
     async def _send_event(self, event: Event) -> None:
+        """Encode and write one frame under the send lock.  An interrupted or failed write
+        leaves the stream unusable (``_send_broken``).
+
+        The write timeout (``idle_timeout``): the keeper closes the transport under a write
+        that started too long ago (see the module docstring), or, on a stream that closing
+        does not wake, a ``fail_after`` per write.  (One function, not two: a coroutine fewer
+        per message.)
+        """
         # acquire_nowait first: the write below is the checkpoint, so an uncontended send
         # costs no extra trip through the scheduler.
         try:
@@ -501,39 +509,30 @@ class WebSocket:
                 data = self._ws.send(event)
             except LocalProtocolError:
                 raise self._closed_error() from None
-            await self._write(data)
+            self._send_broken = True
+            timeout = self._options.idle_timeout
+            try:
+                if timeout is None:
+                    await self._stream.send_all(data)
+                elif self._abortable:
+                    self._write_since = since = trio.current_time()
+                    timer = self._timer
+                    if timer is not None and timer.deadline > since + timeout:
+                        timer.deadline = since + timeout
+                    try:
+                        await self._stream.send_all(data)
+                    finally:
+                        self._write_since = math.inf
+                else:
+                    with trio.fail_after(timeout):
+                        await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, trio.TooSlowError):
+                if self.close_code is None:
+                    self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+                raise self._closed_error() from None
+            self._send_broken = False
         finally:
             self._send_lock.release()
-
-    async def _write(self, data: bytes) -> None:
-        """Write under the send lock.  Interrupted or failed writes leave the stream unusable.
-
-        The write timeout (``idle_timeout``): the keeper closes the transport under a write
-        that started too long ago (see the module docstring), or, on a stream that closing
-        does not wake, a ``fail_after`` per write.
-        """
-        self._send_broken = True
-        timeout = self._options.idle_timeout
-        try:
-            if timeout is None:
-                await self._stream.send_all(data)
-            elif self._abortable:
-                self._write_since = since = trio.current_time()
-                timer = self._timer
-                if timer is not None and timer.deadline > since + timeout:
-                    timer.deadline = since + timeout
-                try:
-                    await self._stream.send_all(data)
-                finally:
-                    self._write_since = math.inf
-            else:
-                with trio.fail_after(timeout):
-                    await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, trio.TooSlowError):
-            if self.close_code is None:
-                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
-            raise self._closed_error() from None
-        self._send_broken = False
 
     # ----------------------------------------------------------------------------- reading
 
@@ -583,7 +582,11 @@ class WebSocket:
         try:
             while True:
                 if self._events is not None:
-                    result = await self._take()
+                    result = self._take()
+                    if type(result) is Ping:
+                        if await self._pong(result):
+                            continue
+                        result = _ENDED
                     if result is _MORE:
                         self._events = None
                     elif isinstance(result, (str, bytes)):
@@ -635,7 +638,11 @@ class WebSocket:
                 try:
                     while True:
                         self._bg_busy = True
-                        result = await self._take() if self._events is not None else _MORE
+                        result = self._take() if self._events is not None else _MORE
+                        if type(result) is Ping:
+                            if await self._pong(result):
+                                continue
+                            result = _ENDED
                         if result is _MORE:
                             self._events = None
                             if self._stopping or (self._waiting and self._options.pull):
@@ -693,9 +700,20 @@ class WebSocket:
             return
         await self._finish_close(code, reason)
 
-    async def _take(self) -> object:
+    async def _pong(self, ping: Ping) -> bool:
+        """Answer ``ping``; whether the connection is still usable.  Shielded: an app task
+        cancelled here must not cut the pong mid-frame (the write timeout still bounds it)."""
+        try:
+            with trio.CancelScope(shield=True):
+                await self._send_event(ping.response())
+        except ConnectionClosed:
+            return False
+        return True
+
+    def _take(self) -> object:
         """Consume pending events until a whole message (returned), a failure ((code, reason)),
-        the peer's close (``_ENDED``) or the end of what was read (``_MORE``)."""
+        the peer's close (``_ENDED``), a ping to answer (the :class:`Ping`) or the end of what
+        was read (``_MORE``).  Not async: the echo's hot path creates no coroutine here."""
         events = self._events
         assert events is not None
         for event in events:
@@ -717,14 +735,7 @@ class WebSocket:
                         message = bytes(message)
                     return message
             elif kind is Ping:
-                assert isinstance(event, Ping)
-                try:
-                    # shielded: an app task cancelled here must not cut the pong mid-frame
-                    # (the write timeout still bounds it)
-                    with trio.CancelScope(shield=True):
-                        await self._send_event(event.response())
-                except ConnectionClosed:
-                    return _ENDED
+                return event  # the caller answers it (``_pong``) and comes back
             elif kind is Pong:
                 assert isinstance(event, Pong)
                 self._resolve_pings(bytes(event.payload))
