@@ -11,7 +11,11 @@ blocking sockets, hand-made masked frames) opens C websockets and runs one warm-
 32-byte text message on every connection, then reads every echo: the server sees the same
 batches of ready sockets as with ``ws_bench.py``'s C concurrent clients), and
 ``callgrind_control --dump`` writes the counts of exactly those rounds.  The figure is
-instructions / (C × rounds): handshakes, start-up and shutdown are outside the window.  The
+instructions / (C × rounds): handshakes, start-up and shutdown are outside the window.
+``--cache-sim`` adds callgrind's cache simulation (first-level and last-level data misses per
+echo: how the cost of the same instructions grows with the working set).  Under valgrind the
+server runs ~50× slower, so timers (keepalive pings, the 1 s hand-over check) fire more often
+per message than in real time: compare trees at the same settings, not with the real bench.  The
 cyclic garbage collector runs inside it as in production, so garbage that needs it is counted.
 Kernel time is not counted.
 
@@ -95,22 +99,26 @@ def _round(socks: list[socket.socket]) -> None:
             raise ConnectionError(f"unexpected echo {head + body!r}")
 
 
-def _total(path: str) -> int:
+def _totals(path: str) -> dict[str, int]:
+    """The dump's event totals by name (Ir; with the cache simulation also D1mr, DLmr...)."""
     text = Path(path).read_text()
-    found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-    if found is None:
+    events = re.search(r"^events: (.+)$", text, re.M)
+    found = re.search(r"^(?:summary|totals): ([\d ]+)$", text, re.M)
+    if events is None or found is None:
         raise RuntimeError(f"no totals in {path}")
-    return int(found.group(1))
+    return dict(zip(events.group(1).split(), map(int, found.group(1).split()), strict=False))
 
 
-def count(python: str, src: str, connections: int, rounds: int, work: str) -> float:
-    """Instructions per echoed message for one tree and one connection count."""
+def count(python: str, src: str, connections: int, rounds: int, work: str, cache_sim: bool = False) -> dict[str, float]:
+    """Events (instructions; cache misses with ``cache_sim``) per echoed message for one tree
+    and one connection count."""
     port = _free_port()
     out = os.path.join(work, f"cg.{connections}.{abs(hash(src))}")
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["PYTHONPATH"] = src
     server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", python, "-m", "trio_rack", "serve",
+        ["valgrind", "--tool=callgrind", f"--cache-sim={'yes' if cache_sim else 'no'}",
+         f"--callgrind-out-file={out}.%p", python, "-m", "trio_rack", "serve",
          str(ROOT / "examples" / "websocket_echo.py"), "-b", f"http://127.0.0.1:{port}", "--no-access-log",
          "--log-level", "warning", "--max-connections", "30000"],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -137,7 +145,7 @@ def count(python: str, src: str, connections: int, rounds: int, work: str) -> fl
     dumps = sorted(Path(work).glob(f"{Path(out).name}.{server.pid}.*"))
     if not dumps:
         raise RuntimeError("callgrind wrote no dump")
-    return _total(str(dumps[0])) / (connections * rounds)
+    return {name: value / (connections * rounds) for name, value in _totals(str(dumps[0])).items()}
 
 
 def main() -> None:
@@ -147,6 +155,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--python", default=os.path.realpath(sys.executable))
     parser.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps there (for callgrind_annotate)")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also simulate the caches: first-level and last-level data misses per echo")
     args = parser.parse_args()
     fan = [int(n) for n in args.connections.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,10 +165,16 @@ def main() -> None:
         for n in fan:
             base = None
             for src in args.srcs:
-                per = count(args.python, os.path.abspath(src), n, args.rounds, work)
+                events = count(args.python, os.path.abspath(src), n, args.rounds, work, args.cache_sim)
+                per = events["Ir"]
                 ratio = "" if base is None else f"  ({per / base:.3f}× the first)"
                 base = base or per
-                print(f"{n:>5} websockets  {src}: {per:,.0f} instructions per echo{ratio}", flush=True)
+                misses = ""
+                if args.cache_sim:
+                    d1 = events.get("D1mr", 0) + events.get("D1mw", 0)
+                    ll = events.get("DLmr", 0) + events.get("DLmw", 0)
+                    misses = f"; {d1:,.0f} D1 and {ll:,.0f} LL data misses"
+                print(f"{n:>5} websockets  {src}: {per:,.0f} instructions per echo{misses}{ratio}", flush=True)
 
 
 if __name__ == "__main__":

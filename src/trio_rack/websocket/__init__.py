@@ -18,8 +18,9 @@ or, for an endpoint that is only a websocket, ``@websocket.endpoint(...)`` on
 ``async def handler(ws, env)`` does the same three steps.
 
 Layout: :mod:`.handshake` (pure: request checks, subprotocol selection, deflate negotiation,
-the ``101`` head) and :mod:`.session` (the accepted websocket: reader task, writer lock, size
-limits, the close path; its docstring is the theory of operation).  This module is the API:
+the ``101`` head) and :mod:`.session` (the accepted websocket: reading on the app's task, the
+keeper task and the background reader, writer lock, size limits, the close path; its docstring
+is the theory of operation).  This module is the API:
 :func:`accept` and :func:`endpoint`, and the public names of both.
 """
 
