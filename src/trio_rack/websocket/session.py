@@ -837,8 +837,12 @@ class WebSocket:
                             await self._send_event(Ping(payload=b""))
                         except ConnectionClosed:
                             pass
-                    if bounded.cancelled_caught and self.close_code is None:
-                        self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+                    if bounded.cancelled_caught:  # the ping itself could not be written: a dead peer
+                        if self.close_code is None:
+                            self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+                        self._stream_closed = True
+                        await trio.aclose_forcefully(self._stream)  # the reader sees the end
+                        return
             elif now >= self._away_since + HANDOVER:
                 self._start_background_reader()
 
