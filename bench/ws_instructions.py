@@ -125,7 +125,7 @@ def count(python: str, src: str, connections: int, rounds: int, work: str, cache
     )
     socks: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         for _ in range(connections):
             socks.append(_connect(port, deadline))
         _round(socks)
