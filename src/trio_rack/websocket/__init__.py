@@ -18,8 +18,9 @@ or, for an endpoint that is only a websocket, ``@websocket.endpoint(...)`` on
 ``async def handler(ws, env)`` does the same three steps.
 
 Layout: :mod:`.handshake` (pure: request checks, subprotocol selection, deflate negotiation,
-the ``101`` head) and :mod:`.session` (the accepted websocket: reader task, writer lock, size
-limits, the close path; its docstring is the theory of operation).  This module is the API:
+the ``101`` head) and :mod:`.session` (the accepted websocket: reading on the app's task, the
+keeper task and the background reader, writer lock, size limits, the close path; its docstring
+is the theory of operation).  This module is the API:
 :func:`accept` and :func:`endpoint`, and the public names of both.
 """
 
@@ -102,7 +103,8 @@ def accept(
     extension = negotiate_deflate(env, deflate) if deflate is not None else None
     if extension is None:
         deflate = None
-    options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
+    options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout,
+                       pull=tunnel is None)
     open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]]
     if tunnel is not None:  # HTTP/2 (RFC 8441): a 200 HEADERS frame, then frames as DATA
         answer = tunnel_headers(subprotocol, extension, headers or {})

@@ -1,4 +1,4 @@
-"""An accepted websocket: the reader task, the writer lock, size limits and the close path.
+"""An accepted websocket: reading on the app's task, the keeper, size limits and the close path.
 
 :class:`WebSocketContext` (what :func:`trio_rack.websocket.accept` returns) hijacks the
 connection and sends the ``101`` that :mod:`.handshake` built; :class:`WebSocket` is the
@@ -11,11 +11,23 @@ Theory of operation
   Entering the ``async with`` calls ``env["rack.hijack"]()`` and writes the ``101`` itself.
   The hijacked stream replays whatever the server had read past the request head, so a frame
   the client pipelined right behind its handshake is the first thing the frame parser sees.
-* **One reader task per websocket**, in a nursery the ``async with`` opens.  It parses frames
-  with wsproto, answers pings, sends keepalive pings, and puts whole messages into a bounded
-  memory channel (``max_queue``).  When the app stops consuming, the channel fills, the reader
-  blocks, stops reading the socket and TCP flow control pushes back on the peer: at most
-  ``max_queue`` messages, one message being assembled and one 64 KiB read are ever buffered.
+* **The app's task reads ("pull").**  One task at a time holds the read side.  When the app
+  calls ``get_message`` and nobody else is reading, its own task reads the socket, parses
+  frames with wsproto, answers pings and returns the first whole message; frames parsed but
+  not yet consumed stay in wsproto's event generator for the next call.  An echo then costs
+  one wake-up of one task per message: no hand-off between tasks, no channel, and no cancel
+  scope with a deadline (why: ``bench/README.md``, "WebSockets").
+* **The keeper and the background reader.**  Each websocket has one more task, the *keeper*,
+  in a nursery the ``async with`` opens.  It sleeps until the next thing that is due (a
+  keepalive ping, the idle timeout, the write timeout, a hand-over, graceful shutdown) and
+  reads nothing itself.  While the app does not read (it has not asked for a message yet, or
+  has been away from ``get_message`` for ``HANDOVER`` seconds, or a second task waits for
+  one), the keeper starts a *background reader* that reads, answers pings and puts whole
+  messages into a bounded memory channel (``max_queue``); it gives the read side back as soon
+  as an app task waits for a message again.  When the app stops consuming, the channel fills,
+  the background reader blocks, stops reading the socket and TCP flow control pushes back on
+  the peer: at most ``max_queue`` messages, one message being assembled and one 64 KiB read
+  are ever buffered.
 * **One writer at a time.**  Every frame is encoded by wsproto *and* written under one lock, so
   compression state and wire order agree and pongs never interleave with a message.
 * **Size limits are enforced while data arrives**, never after: an uncompressed message is
@@ -24,12 +36,13 @@ Theory of operation
   and the rest of that message is skipped uninflated (the parser stays in step, so the peer's
   close reply can still be read).
 * **Closing has one path** (``_finish_close``), run by whichever task stops the connection
-  once no other task is reading: send our close frame (or the reply to the peer's; through the
-  send lock, so a close that comes while the app is writing still gets its reply, RFC 6455
-  §5.5.1), read until the peer's close frame or EOF (discarding messages; this also avoids the
-  RST that closing a socket with unread input causes, which could destroy our close frame in
-  flight), then close the stream: the server closes the TCP connection first (§7.1.1).
-  Everything is bounded by ``close_timeout``.
+  once no other task is reading (a closer cancels the read under way, which is the only
+  cancel scope a read has, and waits until the read side is released): send our close frame
+  (or the reply to the peer's; through the send lock, so a close that comes while the app is
+  writing still gets its reply, RFC 6455 §5.5.1), read until the peer's close frame or EOF
+  (discarding messages; this also avoids the RST that closing a socket with unread input
+  causes, which could destroy our close frame in flight), then close the stream: the server
+  closes the TCP connection first (§7.1.1).  Everything is bounded by ``close_timeout``.
 * **Failing the connection** (wsproto found a protocol error: 1002, or 1007 for bad UTF-8)
   does not wait for the peer's close frame (§7.1.7: nothing more from the peer is processed):
   close frame, FIN right behind it, then input is discarded until the peer's FIN for at most
@@ -39,14 +52,21 @@ Theory of operation
   "going away", shielded for at most ``close_timeout`` seconds, and ``Cancelled`` propagates.
   A :class:`ConnectionClosed` of this websocket escaping the block is the peer's doing and is
   swallowed.  Whatever happens the stream is closed on exit (and the server closes it again).
+  An app task cancelled inside ``get_message`` (its own timeout) loses nothing: the read is
+  either done (and its message returned) or not started.
 * **Server shutdown.**  Cancelling ``serve()`` cancels every connection task, so every open
   websocket gets 1001.  A *graceful* shutdown (``shutdown_trigger``, SIGTERM) sets the server's
-  ``env["trio_rack.shutdown"]`` event; each websocket watches it and closes with 1001 "server
-  shutting down" at once, so the app's loop ends and its block exits within the grace period.
-* **Dead peers.**  Every ``ping_interval`` seconds of silence the reader sends a ping; after
-  ``idle_timeout`` seconds with nothing received while it was waiting for data it closes
-  with 1011 "idle timeout".  A single frame that cannot be written within ``idle_timeout``
-  (a peer that stopped reading) fails the send with :class:`ConnectionClosed` (1006).
+  ``env["trio_rack.shutdown"]`` event; each keeper waits for it too and closes with 1001
+  "server shutting down" at once, so the app's loop ends and its block exits within the grace
+  period.
+* **Dead peers.**  Every ``ping_interval`` seconds of silence while someone reads, the keeper
+  sends a ping; after ``idle_timeout`` seconds with nothing received while a reader was
+  waiting for data it closes with 1011 "idle timeout".  A single frame that cannot be written
+  within ``idle_timeout`` (a peer that stopped reading) fails the send with
+  :class:`ConnectionClosed` (1006): the writer records when its write started (a float, not a
+  cancel scope), and the keeper, finding it overdue, closes the transport under it, which
+  wakes the blocked write (a stream that closing does not wake, such as an HTTP/2 tunnel,
+  keeps a per-write ``fail_after``).
 
 Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
 ``_inbound_compressed``, ``_inbound_is_compressible``), present in wsproto 1.2 and 1.3.
@@ -59,7 +79,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -165,6 +185,18 @@ class _Options:
     ping_interval: float | None
     idle_timeout: float | None
     close_timeout: float
+    #: Whether get_message may read on the app's task (and cancel a background read to take
+    #: over).  Not on an HTTP/2 tunnel: its receive takes a DATA chunk before its last
+    #: checkpoint, so a cancelled read could lose it; there the background reader does all
+    #: the reading, as before the pull design.
+    pull: bool = True
+
+
+#: Seconds the app may stay away from ``get_message`` before a background reader takes the
+#: read side (so pings and the peer's close are answered while the app does other things).
+#: Short enough for any peer's pong or close timeout; long enough that an app which comes
+#: back for its next message costs the keeper at most one wake-up per ``HANDOVER``.
+HANDOVER = 1.0
 
 
 class WebSocketContext:
@@ -197,9 +229,9 @@ class WebSocketContext:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The client left during the handshake: hand out a websocket that is already
             # closed (1006), so the app's ``async for`` just ends.
-            ws._reader_state = _ReaderState.DONE
-            ws._reader_done.set()
             ws.close_code, ws.close_reason = ABNORMAL, "the client left during the handshake"
+            ws._stopping = True
+            ws._finished.set()
             started = False
         else:
             started = True
@@ -208,19 +240,9 @@ class WebSocketContext:
         self._nursery_cm = trio.open_nursery()
         nursery = self._nursery = await self._nursery_cm.__aenter__()
         if started:
-            nursery.start_soon(ws._reader)
-            if self.shutdown is not None:
-                nursery.start_soon(self._close_on_shutdown, ws, self.shutdown)
+            ws._nursery = nursery
+            nursery.start_soon(ws._keeper, self.shutdown)
         return ws
-
-    @staticmethod
-    async def _close_on_shutdown(ws: WebSocket, shutdown: trio.Event) -> None:
-        """Graceful shutdown: say 1001 "going away" now, rather than when the grace period ends.
-
-        The app's ``get_message``/``async for`` then ends as for any close, and its block exits.
-        """
-        await shutdown.wait()
-        await ws._close(GOING_AWAY, "server shutting down")
 
     async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
@@ -235,14 +257,15 @@ class WebSocketContext:
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + ws._options.close_timeout + 1
             await ws._close(code, reason)
-        # The reader is done by now; the shutdown watcher may still be waiting.
+        # No reader is left by now; the keeper may still be sleeping.
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
         try:
             await self._nursery_cm.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
-            # The reader is only ever cancelled (it logs its own errors); a Cancelled from an
-            # outer scope is already propagating as ``exc`` (or will be at the next checkpoint).
+            # The keeper and the reader are only ever cancelled (they log their own errors); a
+            # Cancelled from an outer scope is already propagating as ``exc`` (or will be at the
+            # next checkpoint).
             rest = group.split(trio.Cancelled)[1]
             if rest is not None:
                 raise rest from None
@@ -255,10 +278,28 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, (trio.Cancelled, KeyboardInterrupt, SystemExit))
 
 
-class _ReaderState(enum.Enum):
-    READING = "reading"
-    FINISHING = "finishing"  # the reader runs the close path itself; don't cancel it
-    DONE = "done"
+class _Reader(enum.Enum):
+    """Who holds the read side."""
+
+    APP = "app"  # an app task inside get_message
+    BACKGROUND = "background"  # the background reader, filling the channel
+
+
+#: What reading and dispatching can end with, besides a message (str/bytes) or a failure
+#: ((code, reason): fail the connection with that): more data needed, or the peer's close/EOF.
+_MORE = object()
+_ENDED = object()
+
+#: Streams whose ``aclose`` from another task wakes a write blocked in them (a trio socket is
+#: closed and its waiters get ClosedResourceError): the write timeout needs no cancel scope.
+_ABORTABLE = (trio.SocketStream, trio.SSLStream)
+
+
+def _abortable(stream: trio.abc.Stream) -> bool:
+    if isinstance(stream, _ABORTABLE):
+        return True
+    transport = getattr(stream, "transport", None)  # the server's hijacked stream
+    return isinstance(transport, _ABORTABLE)
 
 
 class WebSocket:
@@ -279,6 +320,17 @@ class WebSocket:
     distributed among them).
     """
 
+    __slots__ = (
+        "_stream", "_deflate", "subprotocol", "compression", "_options", "_ws", "_send_lock",
+        "_send_broken", "_stream_closed", "_parser_dead", "_messages_in", "_messages_out",
+        "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
+        "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
+        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_timer",
+        "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
+        "close_code", "close_reason",
+        "__weakref__",
+    )
+
     def __init__(self, stream: trio.abc.Stream, subprotocol: str | None,
                  deflate: _BoundedDeflate | None, options: _Options) -> None:
         self._stream = stream
@@ -291,15 +343,44 @@ class WebSocket:
         self._send_broken = False  # a write was interrupted mid-frame: never write again
         self._stream_closed = False
         self._parser_dead = False
-        self._messages_in, self._messages_out = trio.open_memory_channel[str | bytes](options.max_queue)
+        #: The background reader's queue (max_queue); the app's own reads bypass it.  Made
+        #: when first needed (``_queue``): most websockets of a reading app never need it.
+        self._messages_in: trio.MemorySendChannel[str | bytes] | None = None
+        self._messages_out: trio.MemoryReceiveChannel[str | bytes] | None = None
+        #: Whether the channel may hold messages (so a pulling get_message skips it otherwise).
+        self._channel_used = False
         self._pings: dict[bytes, trio.Event] = {}
         self._parts: list[Any] = []
         self._size = 0
-        self._reader_scope = trio.CancelScope()
-        self._reader_state = _ReaderState.READING
-        self._reader_done = trio.Event()
+        #: wsproto's events of the data read so far, not all consumed yet.
+        self._events: Iterator[Event] | None = None
+        self._reader: _Reader | None = None
+        #: The scope of the read under way (the app's, or the background reader's whole loop):
+        #: what a closer cancels.
+        self._read_scope: trio.CancelScope | None = None
+        self._read_released: trio.Event | None = None  # a closer waits for the read side
+        self._waiting = 0  # app tasks in get_message waiting for a message or a change
+        self._gave = False  # the reading app task passed its last message to a waiting one
+        self._app_read = False  # an app task has read for itself
+        self._wakeup: trio.Event | None = None  # what they wait on
+        self._bg_busy = False  # the background reader is past its read (dispatching, delivering)
+        self._receiving = False  # a reader is blocked waiting for data (silence counts only then)
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False  # a close is under way: no new reads, get_message waits for it
         self._closing = False
         self._finished = trio.Event()
+        now = trio.current_time()
+        self._quiet_since = now  # when the read under way (or the last one) began
+        self._pinged_at = -math.inf
+        self._away_since = now  # when an app task last left get_message with a message
+        self._write_since = math.inf  # when the write under way started
+        self._abortable = _abortable(stream)
+        #: The keeper's sleep; others move its deadline earlier when something falls due sooner.
+        self._timer: trio.CancelScope | None = None
+        #: Seconds of silence while reading after which the keeper has something to do.
+        self._read_due = min(options.ping_interval or math.inf, options.idle_timeout or math.inf)
+        #: A close path the app's task handed to the keeper (see ``_end``).
+        self._pending_close: tuple[int, str] | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
 
@@ -311,10 +392,47 @@ class WebSocket:
         return self.close_code is not None or self._ws.state is not ConnectionState.OPEN
 
     async def get_message(self) -> str | bytes:
-        try:
-            return await self._messages_out.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise self._closed_error() from None
+        while True:
+            if self._channel_used:
+                assert self._messages_out is not None
+                try:
+                    message = self._messages_out.receive_nowait()
+                except trio.WouldBlock:
+                    if self._reader is None:
+                        self._channel_used = False
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    raise self._closed_error() from None
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return message
+            if self._stopping:
+                await self._finished.wait()
+                if self._messages_out is None:
+                    raise self._closed_error()
+                self._channel_used = True  # drain what was queued before the close, then raise
+                try:
+                    return self._messages_out.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    raise self._closed_error() from None
+            reader = self._reader
+            if reader is None:
+                if self._options.pull:
+                    pulled = await self._pull()
+                    if pulled is not None:
+                        return pulled
+                    continue
+                self._start_background_reader()
+            elif reader is _Reader.BACKGROUND and not self._bg_busy and self._options.pull:
+                self._stop_reader()  # it waits for data (or has not started): take the read side
+            # wait until a message is queued, the read side is free or the connection closes
+            self._waiting += 1
+            try:
+                wakeup = self._wakeup
+                if wakeup is None:
+                    wakeup = self._wakeup = trio.Event()
+                await wakeup.wait()
+            finally:
+                self._waiting -= 1
 
     def __aiter__(self) -> WebSocket:
         return self
@@ -343,6 +461,7 @@ class WebSocket:
         waiter = self._pings[payload] = trio.Event()
         try:
             await self._send_event(Ping(payload=payload))
+            self._poke(self._away_since + HANDOVER)  # the pong must be read even if nobody else reads
             await waiter.wait()
         finally:
             pending = self._pings.pop(payload, None) is not None
@@ -359,7 +478,7 @@ class WebSocket:
             await self._close(code, reason)
         finally:
             if not self._stream_closed:
-                self._reader_scope.cancel()
+                self._stop_reader()
                 self._stream_closed = True
                 await trio.aclose_forcefully(self._stream)
 
@@ -369,6 +488,14 @@ class WebSocket:
     # ----------------------------------------------------------------------------- writing
 
     async def _send_event(self, event: Event) -> None:
+        """Encode and write one frame under the send lock.  An interrupted or failed write
+        leaves the stream unusable (``_send_broken``).
+
+        The write timeout (``idle_timeout``): the keeper closes the transport under a write
+        that started too long ago (see the module docstring), or, on a stream that closing
+        does not wake, a ``fail_after`` per write.  (One function, not two: a coroutine fewer
+        per message.)
+        """
         # acquire_nowait first: the write below is the checkpoint, so an uncontended send
         # costs no extra trip through the scheduler.
         try:
@@ -382,85 +509,214 @@ class WebSocket:
                 data = self._ws.send(event)
             except LocalProtocolError:
                 raise self._closed_error() from None
-            await self._write(data)
+            self._send_broken = True
+            timeout = self._options.idle_timeout
+            try:
+                if timeout is None:
+                    await self._stream.send_all(data)
+                elif self._abortable:
+                    self._write_since = since = trio.current_time()
+                    timer = self._timer
+                    if timer is not None and timer.deadline > since + timeout:
+                        timer.deadline = since + timeout
+                    try:
+                        await self._stream.send_all(data)
+                    finally:
+                        self._write_since = math.inf
+                else:
+                    with trio.fail_after(timeout):
+                        await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, trio.TooSlowError):
+                if self.close_code is None:
+                    self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+                raise self._closed_error() from None
+            self._send_broken = False
         finally:
             self._send_lock.release()
 
-    async def _write(self, data: bytes) -> None:
-        """Write under the send lock.  Interrupted or failed writes leave the stream unusable."""
-        self._send_broken = True
-        try:
-            with trio.fail_after(self._options.idle_timeout or math.inf):
-                await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, trio.TooSlowError):
-            if self.close_code is None:
-                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
-            raise self._closed_error() from None
-        self._send_broken = False
-
     # ----------------------------------------------------------------------------- reading
 
-    async def _reader(self) -> None:
-        """The reader task: read until the connection must close, then (if nobody stopped it)
-        run the close path itself."""
-        failure: tuple[int, str] | None = None
-        try:
-            with self._reader_scope:
-                try:
-                    failure = await self._read_loop()
-                except Exception:
-                    log.exception("websocket reader failed")
-                    failure = (INTERNAL_ERROR, "internal error")
-                self._reader_state = _ReaderState.FINISHING
-            if self._reader_state is _ReaderState.FINISHING:
-                code, reason = failure or (NORMAL, "")
-                if failure is not None and self.close_code is None:
-                    self.close_code, self.close_reason = failure
-                await self._finish_close(code, reason)
-        finally:
-            self._reader_state = _ReaderState.DONE
-            self._reader_done.set()
-
     async def _receive(self) -> bytes:
+        """One read; b"" at EOF or when the stream broke.  Silence is timed from its start:
+        the keeper's ping and idle timeout count only while a reader waits in here."""
+        now = self._quiet_since = trio.current_time()
+        self._receiving = True
+        timer = self._timer
+        if timer is not None and timer.deadline > now + self._read_due:
+            timer.deadline = now + self._read_due  # a ping or the idle timeout falls due sooner
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
             return data if type(data) is bytes else bytes(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
+        finally:
+            self._receiving = False
 
-    async def _read_loop(self) -> tuple[int, str] | None:
-        """Read and dispatch frames.  Returns the (code, reason) to fail the connection with,
-        or None when the peer closed or the transport ended."""
-        opts = self._options
-        quiet_since = trio.current_time()
-        pinged_at: float | None = None
-        while True:
-            wake = quiet_since + opts.idle_timeout if opts.idle_timeout else math.inf
-            if opts.ping_interval:
-                wake = min(wake, (pinged_at or quiet_since) + opts.ping_interval)
-            data = None
-            with trio.move_on_at(wake):  # only the read is timed: a blocked delivery is not silence
-                data = await self._receive()
-            if data is None:
-                now = trio.current_time()
-                if opts.idle_timeout and now >= quiet_since + opts.idle_timeout:
-                    return INTERNAL_ERROR, "idle timeout"
-                try:
-                    await self._send_event(Ping(payload=b""))
-                except ConnectionClosed:
+    def _queue(self) -> trio.MemorySendChannel[str | bytes]:
+        if self._messages_in is None:
+            self._messages_in, self._messages_out = trio.open_memory_channel[str | bytes](self._options.max_queue)
+        return self._messages_in
+
+    def _release(self) -> None:
+        self._reader = None
+        self._read_scope = None
+        self._bg_busy = False
+        released = self._read_released
+        if released is not None:
+            self._read_released = None
+            released.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the app tasks waiting in get_message (they look again)."""
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def _pull(self) -> str | bytes | None:
+        """get_message's own read: the first whole message, or None if the connection ended
+        (a close is then under way or done; the caller waits for it)."""
+        self._reader = _Reader.APP
+        self._app_read = True
+        try:
+            while True:
+                if self._events is not None:
+                    result = self._take()
+                    if type(result) is Ping:
+                        if await self._pong(result):
+                            continue
+                        result = _ENDED
+                    if result is _MORE:
+                        self._events = None
+                    elif isinstance(result, (str, bytes)):
+                        self._gave = not self._gave
+                        if self._waiting and self._gave:  # another task waits: every other one is theirs
+                            try:
+                                self._queue().send_nowait(result)
+                            except trio.WouldBlock:
+                                pass  # the queue is full: this one is ours
+                            else:
+                                self._channel_used = True
+                                self._wake()
+                                continue
+                        away = self._away_since = trio.current_time()
+                        timer = self._timer
+                        if timer is not None and timer.deadline > away + HANDOVER:
+                            timer.deadline = away + HANDOVER  # to hand over if the app stays away
+                        return result
+                    else:
+                        await self._end(result, delegate=True)
+                        return None
+                if self._stopping:
                     return None
-                pinged_at = now
-                continue
-            if not data:
-                return None
-            self._ws.receive_data(data)
-            failure = await self._dispatch()
-            if failure is not None or self._ws.state is not ConnectionState.OPEN:
-                return failure
-            quiet_since, pinged_at = trio.current_time(), None
+                scope = self._read_scope = trio.CancelScope()
+                with scope:
+                    data = await self._receive()
+                if scope.cancelled_caught:  # a closer wants the read side
+                    return None
+                if not data:
+                    await self._end(_ENDED, delegate=True)
+                    return None
+                self._ws.receive_data(data)
+                self._events = self._ws.events()
+        finally:
+            self._release()
 
-    async def _dispatch(self) -> tuple[int, str] | None:
-        for event in self._ws.events():
+    def _start_background_reader(self) -> None:
+        assert self._nursery is not None and self._reader is None
+        self._reader = _Reader.BACKGROUND
+        self._read_scope = trio.CancelScope()
+        self._nursery.start_soon(self._background_reader, self._read_scope)
+
+    async def _background_reader(self, scope: trio.CancelScope) -> None:
+        """Read while the app does not: messages go into the channel, with backpressure; give
+        the read side back once an app task waits for a message.  Ends the connection itself
+        when the peer closes, fails or leaves."""
+        try:
+            with scope:
+                try:
+                    while True:
+                        self._bg_busy = True
+                        result = self._take() if self._events is not None else _MORE
+                        if type(result) is Ping:
+                            if await self._pong(result):
+                                continue
+                            result = _ENDED
+                        if result is _MORE:
+                            self._events = None
+                            if self._stopping or (self._waiting and self._options.pull):
+                                return  # closing, or the app is back and reads itself
+                            self._bg_busy = False  # a waiting app task may cancel this read
+                            data = await self._receive()
+                            if not data:
+                                result = _ENDED
+                            else:
+                                self._ws.receive_data(data)
+                                self._events = self._ws.events()
+                                continue
+                        if isinstance(result, (str, bytes)):
+                            self._channel_used = True
+                            try:  # the read that follows is the checkpoint
+                                self._queue().send_nowait(result)
+                            except trio.WouldBlock:  # the queue is full: backpressure
+                                self._wake()  # (max_queue=0: a waiting app task takes it from us)
+                                await self._queue().send(result)
+                            self._wake()
+                            if self._waiting and self._options.pull:
+                                return  # the app is back: it reads from now on
+                            continue
+                        break
+                except Exception:
+                    log.exception("websocket reader failed")
+                    result = (INTERNAL_ERROR, "internal error")
+                # not cancelled: the connection ends here, and this task closes it
+                self._read_scope = None
+                await self._end(result)
+        finally:
+            if self._reader is _Reader.BACKGROUND:
+                self._release()
+
+    async def _end(self, result: object, *, delegate: bool = False) -> None:
+        """The reader found the end (the peer's close or EOF: ``_ENDED``) or a failure
+        ((code, reason)): it runs the close path, still holding the read side.
+
+        With ``delegate`` (the app's own read) the sleeping keeper runs it instead, and the
+        app's get_message waits only until the close is decided (``_finished``), not for the
+        transport's close: the app goes on at the same point as when a background reader
+        closes (its cleanup, such as announcing a departure, overlaps the TCP close).
+        """
+        self._stopping = True
+        if isinstance(result, tuple):
+            code, reason = result
+            if self.close_code is None:
+                self.close_code, self.close_reason = code, reason
+        else:
+            code, reason = NORMAL, ""
+        timer = self._timer
+        if delegate and timer is not None:
+            self._pending_close = code, reason
+            timer.deadline = -math.inf
+            return
+        await self._finish_close(code, reason)
+
+    async def _pong(self, ping: Ping) -> bool:
+        """Answer ``ping``; whether the connection is still usable.  Shielded: an app task
+        cancelled here must not cut the pong mid-frame (the write timeout still bounds it)."""
+        try:
+            with trio.CancelScope(shield=True):
+                await self._send_event(ping.response())
+        except ConnectionClosed:
+            return False
+        return True
+
+    def _take(self) -> object:
+        """Consume pending events until a whole message (returned), a failure ((code, reason)),
+        the peer's close (``_ENDED``), a ping to answer (the :class:`Ping`) or the end of what
+        was read (``_MORE``).  Not async: the echo's hot path creates no coroutine here."""
+        events = self._events
+        assert events is not None
+        for event in events:
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
                 assert isinstance(event, Message)
@@ -477,16 +733,9 @@ class WebSocket:
                     message = parts[0] if len(parts) == 1 else ("" if kind is TextMessage else b"").join(parts)
                     if isinstance(message, bytearray):
                         message = bytes(message)
-                    try:  # the read that follows is the checkpoint
-                        self._messages_in.send_nowait(message)
-                    except trio.WouldBlock:
-                        await self._messages_in.send(message)  # the queue is full: backpressure
+                    return message
             elif kind is Ping:
-                assert isinstance(event, Ping)
-                try:
-                    await self._send_event(event.response())
-                except ConnectionClosed:
-                    return None
+                return event  # the caller answers it (``_pong``) and comes back
             elif kind is Pong:
                 assert isinstance(event, Pong)
                 self._resolve_pings(bytes(event.payload))
@@ -499,10 +748,10 @@ class WebSocket:
                     return int(event.code), event.reason or ""
                 if self.close_code is None:
                     self.close_code, self.close_reason = int(event.code), event.reason or ""
-                return None
+                return _ENDED
         if self._deflate is not None and self._deflate.too_big:
             return MESSAGE_TOO_BIG, f"message larger than {self._options.max_message_size} bytes"
-        return None
+        return _MORE
 
     def _resolve_pings(self, payload: bytes) -> None:
         if payload not in self._pings:
@@ -512,13 +761,107 @@ class WebSocket:
             if key == payload:
                 break
 
+    # ------------------------------------------------------------------------------ keeper
+
+    def _is_stopping(self) -> bool:
+        return self._stopping  # (a call: not narrowed by mypy across the awaits that change it)
+
+    def _poke(self, when: float) -> None:
+        """Make the keeper wake by ``when``."""
+        timer = self._timer
+        if timer is not None and timer.deadline > when:
+            timer.deadline = when
+
+    def _next_due(self) -> float:
+        opts = self._options
+        due = self._write_since + (opts.idle_timeout or math.inf)
+        if self._reader is None:
+            return min(due, self._away_since + HANDOVER)
+        if self._receiving:  # a reader waits for data: silence counts
+            if opts.idle_timeout:
+                due = min(due, self._quiet_since + opts.idle_timeout)
+            if opts.ping_interval:
+                due = min(due, max(self._quiet_since, self._pinged_at) + opts.ping_interval)
+        return due
+
+    async def _keeper(self, shutdown: trio.Event | None) -> None:
+        """The websocket's one timer: keepalive pings, the idle timeout, the write timeout,
+        the hand-over to a background reader, and the close on graceful shutdown.  Sleeps
+        until the next of them is due; reads nothing; never waits for the send lock."""
+        opts = self._options
+        # The keeper first runs once the app's task has blocked: if the app has not asked for
+        # a message by then, read for it until it does (so pings and backpressure work for an
+        # app that never reads); a reading app has the read side already.
+        if self._reader is None and not self._stopping and not self._app_read:
+            self._start_background_reader()
+        while True:
+            with trio.CancelScope(deadline=self._next_due()) as timer:
+                self._timer = timer
+                if shutdown is not None:
+                    await shutdown.wait()
+                else:
+                    await trio.sleep_forever()
+            self._timer = None
+            pending = self._pending_close
+            if pending is not None:
+                self._pending_close = None
+                await self._finish_close(*pending)
+                return
+            if self._is_stopping():
+                return
+            if shutdown is not None and shutdown.is_set():
+                await self._close(GOING_AWAY, "server shutting down")
+                return
+            now = trio.current_time()
+            if opts.idle_timeout and now >= self._write_since + opts.idle_timeout:
+                # a peer that stopped reading: close the transport under the blocked write,
+                # which then fails with ConnectionClosed (1006); the reader sees the end
+                if self.close_code is None:
+                    self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+                self._stream_closed = True
+                await trio.aclose_forcefully(self._stream)
+                return
+            if self._reader is not None:
+                if not self._receiving:  # dispatching or a blocked delivery is not silence
+                    continue
+                if opts.idle_timeout and now >= self._quiet_since + opts.idle_timeout:
+                    if self.close_code is None:
+                        self.close_code, self.close_reason = INTERNAL_ERROR, "idle timeout"
+                    await self._close(INTERNAL_ERROR, "idle timeout")
+                    return
+                if (opts.ping_interval and now >= max(self._quiet_since, self._pinged_at) + opts.ping_interval
+                        and not self._send_lock.locked()):  # a write under way: ping later
+                    self._pinged_at = now
+                    with trio.move_on_after(opts.idle_timeout or math.inf) as bounded:
+                        try:
+                            await self._send_event(Ping(payload=b""))
+                        except ConnectionClosed:
+                            pass
+                    if bounded.cancelled_caught:  # the ping itself could not be written: a dead peer
+                        if self.close_code is None:
+                            self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+                        self._stream_closed = True
+                        await trio.aclose_forcefully(self._stream)  # the reader sees the end
+                        return
+            elif now >= self._away_since + HANDOVER:
+                self._start_background_reader()
+
     # ----------------------------------------------------------------------------- closing
 
+    def _stop_reader(self) -> None:
+        scope = self._read_scope
+        if scope is not None:
+            scope.cancel()
+
     async def _close(self, code: int, reason: str) -> None:
-        """Stop the reader (or wait for it to finish closing), then run the close path."""
-        if self._reader_state is _ReaderState.READING:
-            self._reader_scope.cancel()
-        await self._reader_done.wait()
+        """Stop the reader (or let it finish closing), then run the close path."""
+        self._stopping = True
+        if self._pending_close is not None:  # the app's read found the end first: that close wins
+            (code, reason), self._pending_close = self._pending_close, None
+        while self._reader is not None and not self._closing:
+            released = self._read_released = self._read_released or trio.Event()
+            self._stop_reader()
+            await released.wait()
         await self._finish_close(code, reason)
 
     async def _finish_close(self, code: int, reason: str) -> None:
@@ -561,9 +904,11 @@ class WebSocket:
             if self.close_code is None:
                 self.close_code, self.close_reason = ABNORMAL, "no close frame received"
             self._finished.set()
-            self._messages_in.close()
+            if self._messages_in is not None:
+                self._messages_in.close()
             for waiter in self._pings.values():
                 waiter.set()
+            self._wake()
             await self._close_transport(linger)
 
     async def _close_transport(self, linger: float) -> None:
@@ -610,17 +955,22 @@ class WebSocket:
         return True
 
     async def _await_close_reply(self) -> None:
-        """Read (discarding messages) until the peer's close frame or EOF."""
+        """Read (discarding messages) until the peer's close frame or EOF; events already
+        parsed but not consumed come first."""
+        events = self._events
+        self._events = None
         while True:
+            if events is not None:
+                for event in events:
+                    if type(event) is CloseConnection:
+                        assert isinstance(event, CloseConnection)
+                        if self._ws.state is not ConnectionState.CLOSED:
+                            return  # not a close frame but a protocol error: stop reading
+                        if self.close_code is None:
+                            self.close_code, self.close_reason = int(event.code), event.reason or ""
+                        return
             data = await self._receive()
             if not data:
                 return
             self._ws.receive_data(data)
-            for event in self._ws.events():
-                if type(event) is CloseConnection:
-                    assert isinstance(event, CloseConnection)
-                    if self._ws.state is not ConnectionState.CLOSED:
-                        return  # not a close frame but a protocol error: stop reading
-                    if self.close_code is None:
-                        self.close_code, self.close_reason = int(event.code), event.reason or ""
-                    return
+            events = self._ws.events()
