@@ -179,9 +179,13 @@ class H2Stream:
                 await self.lot.park()
                 continue
             raise RequestBodyError(408, "timed out waiting for the request body")
+        # A queued chunk is taken only past the last point where a cancellation can come:
+        # cancelled here, the chunk stays for the next read (bytes are sacred); the yield after
+        # taking it cannot raise.
+        await trio.lowlevel.checkpoint_if_cancelled()
         data, flow = self.chunks.popleft()
         self.conn.acknowledge(self.stream_id, flow)
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
     def discard_body(self) -> None:

@@ -103,8 +103,7 @@ def accept(
     extension = negotiate_deflate(env, deflate) if deflate is not None else None
     if extension is None:
         deflate = None
-    options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout,
-                       pull=tunnel is None)
+    options = _Options(max_message_size, max_queue, ping_interval, idle_timeout, close_timeout)
     open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]]
     if tunnel is not None:  # HTTP/2 (RFC 8441): a 200 HEADERS frame, then frames as DATA
         answer = tunnel_headers(subprotocol, extension, headers or {})

@@ -186,9 +186,9 @@ class _Options:
     idle_timeout: float | None
     close_timeout: float
     #: Whether get_message may read on the app's task (and cancel a background read to take
-    #: over).  Not on an HTTP/2 tunnel: its receive takes a DATA chunk before its last
-    #: checkpoint, so a cancelled read could lose it; there the background reader does all
-    #: the reading, as before the pull design.
+    #: over).  True on every transport: a cancelled read loses nothing on the raw connection
+    #: or on an HTTP/2 tunnel (whose chunk is taken only past the read's last cancellation
+    #: point); False makes the background reader do all the reading, as before the pull design.
     pull: bool = True
 
 
