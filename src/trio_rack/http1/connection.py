@@ -271,7 +271,16 @@ class HTTPConnection:
         )
         skipped = 0  # empty lines ignored before this request line
         while True:
-            buffered = self.h11.trailing_data[0]
+            buffered, closed = self.h11.trailing_data
+            if not buffered and not closed:
+                # Nothing buffered (the keep-alive case: the last response went out, the next
+                # request is not here yet): the parser, waiting for a request line, can only
+                # answer NEED_DATA, so it is not asked; the branch for NEED_DATA below, minus
+                # what needs buffered bytes.
+                if self.state.draining and not self._fresh:
+                    return None  # graceful shutdown: no new request on this connection
+                await self._receive_into_h11()
+                continue
             if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
                 # h11's size limit only covers heads that arrive in pieces; this covers the rest.
                 if strict.request_line_too_long(buffered, limits.max_request_line):
