@@ -88,6 +88,14 @@ _REQUEST_LINE_RE = h11._readers.request_line_re
 #: A blank line ending a head the way h11 also takes it (bare LF): left to h11 to judge.
 _LF_HEAD_END_RE = re.compile(rb"\n\r?\n")
 _EMPTY_HEADERS = h11.EndOfMessage().headers
+#: The end of a body without trailers: one shared instance (h11's events are immutable), so a
+#: request does not build an event and an empty ``Headers`` for it.
+_END_OF_MESSAGE = h11.EndOfMessage()
+#: States (client, server) in which no state-triggered transition of h11's applies while
+#: keep-alive is on and no protocol switch is proposed: :meth:`HttptoolsConnection._settle`'s
+#: fast path (the rules it would otherwise run need MIGHT_SWITCH_PROTOCOL, CLOSED or ERROR).
+_QUIET_CLIENT = frozenset({IDLE, SEND_BODY, DONE})
+_QUIET_SERVER = frozenset({IDLE, SEND_RESPONSE, SEND_BODY, DONE})
 
 
 def _comma_values(value: bytes) -> list[bytes]:
@@ -185,7 +193,7 @@ class HttptoolsConnection:
             if chunked is not None:
                 event = chunked(buf)
             elif self._remaining == 0:
-                event = EndOfMessage()
+                event = _END_OF_MESSAGE
             else:
                 data = buf.maybe_extract_at_most(self._remaining)
                 event = None if data is None else Data(data=data)  # type: ignore[arg-type]  # as h11
@@ -331,6 +339,13 @@ class HttptoolsConnection:
 
     def _settle(self) -> None:
         """h11's ``_fire_state_triggered_transitions`` for (client, server)."""
+        if (
+            self._keep_alive
+            and not self._proposals
+            and self.their_state in _QUIET_CLIENT
+            and self.our_state in _QUIET_SERVER
+        ):
+            return  # the keep-alive cycle's every step: nothing below would fire
         while True:
             client, server = self.their_state, self.our_state
             if self._proposals:
