@@ -211,9 +211,11 @@ def check_trailers(headers: Any) -> list[tuple[bytes, bytes]]:
 
 def prepare_response(result: Any) -> PreparedResponse:
     """Validate the app's return value; raise AppError on any breach of the contract."""
-    if not isinstance(result, tuple) or len(result) != 3:
+    if type(result) is not tuple or len(result) != 3:
         if isinstance(result, list) and len(result) == 3:
             result = tuple(result)
+        elif isinstance(result, tuple) and len(result) == 3:
+            pass  # a tuple subclass (a named tuple)
         else:
             raise AppError(
                 f"app must return (status, headers, body), got {type(result).__name__}: {result!r:.80}"
@@ -221,7 +223,7 @@ def prepare_response(result: Any) -> PreparedResponse:
     status, headers, body = result
     if type(status) is not int or not 100 <= status <= 999:
         raise AppError(f"status must be an int from 100 to 999, got {status!r:.40}")
-    if not isinstance(headers, Mapping):
+    if type(headers) is not dict and not isinstance(headers, Mapping):  # (the ABC check only if needed)
         raise AppError(f"headers must be a dict, got {type(headers).__name__}")
     hijack = headers.get("rack.hijack")
     if hijack is not None and not callable(hijack):
