@@ -90,6 +90,18 @@ DRAIN_TIMEOUT = 1.0
 #: Response heads are validated by the exchange before they get here, and that second pass was
 #: ~2.5 µs of a hello request; if a future h11 drops the flag, validation simply runs again.
 _H11_TRUSTS_PARSED = "_parsed" in inspect.signature(h11.Response.__init__).parameters
+_H11Headers: Any
+try:
+    from h11._headers import Headers as _H11Headers
+except ImportError:  # pragma: no cover - another h11: the header list goes through h11's checks
+    _H11Headers = None
+#: ... and even with the flag, h11 normalises a header *list* once more (lower-cases every name,
+#: re-splits and re-matches content-length: ~13,500 instructions of a hello response, the
+#: second validation of a head the exchange built).  Handed a ``Headers`` (its internal
+#: (raw name, name, value) form, which is what h11 itself passes when it rebuilds a response),
+#: it takes it as it is: the exchange's names are lower-case tokens already, its
+#: content-length digits, its values checked; h11 still derives the framing from them.
+_PREBUILT_HEADERS = _H11_TRUSTS_PARSED and _H11Headers is not None and hasattr(_H11Headers, "_full_items")
 #: h11's chunked body writer.  While it is the one in use, a streamed chunk is framed by
 #: :meth:`HTTPConnection.send_data` itself, exactly as this writer frames it: in SEND_BODY a
 #: Data event changes no state, and h11's event machinery around it (the event object, the
@@ -426,9 +438,12 @@ class HTTPConnection:
         # The exchange validated these headers (app/response.py: token names, field values
         # without CTLs, Latin-1) and adds only constants, so h11's second pass over them is
         # skipped with its ``_parsed`` flag: see _H11_TRUSTS_PARSED.
+        fields: Any = self._framed_headers(headers)
+        if _PREBUILT_HEADERS:
+            fields = _H11Headers([(name, name, value) for name, value in fields])
         return h11.Response(
             status_code=status,
-            headers=self._framed_headers(headers),
+            headers=fields,
             reason=REASONS.get(status, b""),
             _parsed=_H11_TRUSTS_PARSED,
         )
