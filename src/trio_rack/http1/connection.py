@@ -124,6 +124,9 @@ def plain_reason(reason: str) -> str:
 
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+#: The end of every response body (no trailers on HTTP/1): h11's events are immutable, so one
+#: instance serves every response instead of an event and an empty ``Headers`` each.
+_END = h11.EndOfMessage()
 
 
 class _FileSlice:
@@ -387,10 +390,10 @@ class HTTPConnection:
         try:
             data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b"")))
             if self._head_only:
-                data += self.h11.send(h11.EndOfMessage()) or b""
+                data += self.h11.send(_END) or b""
             else:
                 data += self.h11.send(h11.Data(data=body)) or b""
-                data += self.h11.send(h11.EndOfMessage()) or b""
+                data += self.h11.send(_END) or b""
             self._started = True
             await self.writer.write(data)
         except (h11.LocalProtocolError, ClientGone):
@@ -464,7 +467,7 @@ class HTTPConnection:
             for chunk in body:
                 if chunk:
                     pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
-        pieces.append(h.send(h11.EndOfMessage()))
+        pieces.append(h.send(_END))
         if length <= COALESCE_LIMIT:
             await self.writer.write(b"".join(pieces))
         else:
@@ -531,7 +534,7 @@ class HTTPConnection:
     async def end(self) -> None:
         """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""
         try:
-            data = self.h11.send(h11.EndOfMessage())
+            data = self.h11.send(_END)
         except h11.LocalProtocolError as exc:
             raise AppError(f"response ended short of its content-length: {exc}") from None
         if data:
