@@ -88,6 +88,8 @@ _REQUEST_LINE_RE = h11._readers.request_line_re
 #: A blank line ending a head the way h11 also takes it (bare LF): left to h11 to judge.
 _LF_HEAD_END_RE = re.compile(rb"\n\r?\n")
 _EMPTY_HEADERS = h11.EndOfMessage().headers
+#: llhttp's version strings as h11 spells them (bytes), without an encode per request.
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 #: The end of a body without trailers: one shared instance (h11's events are immutable), so a
 #: request does not build an event and an empty ``Headers`` for it.
 _END_OF_MESSAGE = h11.EndOfMessage()
@@ -246,12 +248,14 @@ class HttptoolsConnection:
             pass  # Upgrade or CONNECT: the head was all llhttp got; h11's rules decide below
         except httptools.HttpParserError:
             return self._h11_head()
-        version = parser.get_http_version().encode()
-        problem = _h11_grammar_problem(parser.get_method(), sink.url, version, fields, head)
+        text = parser.get_http_version()
+        version = _VERSIONS.get(text) or text.encode()
+        method = parser.get_method()
+        problem = _h11_grammar_problem(method, sink.url, version, fields, head)
         if problem is not None:
             return self._h11_head()
         self._buf._extract(end)  # before h11's checks below raise, as h11 consumes the head first
-        return Request(method=parser.get_method(), target=sink.url, headers=fields, http_version=version, _parsed=True)
+        return Request(method=method, target=sink.url, headers=fields, http_version=version, _parsed=True)
 
     def _h11_head(self) -> Request | None:
         """h11's verdict on the buffered head: its error raised, or its request (consumed)."""
