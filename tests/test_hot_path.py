@@ -124,3 +124,19 @@ async def test_next_request_in_pieces_after_an_empty_buffer(parser: str) -> None
             assert got.startswith(b"HTTP/1.1 200 ")
         await stream.send_eof()
         assert await stream.receive_some(65536) == b""  # closed in order, nothing more sent
+
+
+@pytest.mark.parametrize("parser", HTTP1_PARSERS)
+async def test_an_app_content_length_past_20_digits_is_the_apps_error(parser: str) -> None:
+    """h11 refused a content-length of more than 20 digits when it normalised the head; it now
+    takes the exchange's head as it is, so the exchange's validation refuses it: a 500."""
+
+    async def app(env: dict[str, object]) -> tuple[int, dict[str, str], object]:
+        async def body(stream: object) -> None:
+            return None
+
+        return 200, {"content-length": "1" + "0" * 20}, body
+
+    async with memory_connection(app, http1_parser=parser) as client:
+        response = await client.request("GET", "/")
+    assert response.status == 500

@@ -45,6 +45,9 @@ _NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # RFC 9110 field-value: visible characters and obs-text, with inner spaces/tabs only.
 _VALUE_RE = re.compile(r"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 _DIGITS_RE = re.compile(r"[0-9]+")
+#: h11's own cap (``CONTENT_LENGTH_MAX_DIGITS``): this is the one validation of a response's
+#: content-length, since the HTTP/1 driver hands h11 the validated head as it is.
+CONTENT_LENGTH_MAX_DIGITS = 20
 
 
 #: Header (name, value) pairs already validated and encoded, with their wire form.  Only pairs
@@ -148,6 +151,8 @@ def _encode_headers(
                 continue  # recomputed from the actual chunks
             if not isinstance(value, str) or _DIGITS_RE.fullmatch(value) is None:
                 raise AppError(f"header 'content-length': value {value!r:.40} is not a number")
+            if len(value) > CONTENT_LENGTH_MAX_DIGITS:
+                raise AppError(f"header 'content-length': value {value!r:.40} is longer than 20 digits")
             app_length = True
         bname = name.encode("ascii")
         if isinstance(value, (list, tuple)):
