@@ -1,4 +1,4 @@
-"""Instructions per unit of work on four server paths, for two source trees: deterministic
+"""Instructions per unit of work on six server paths, for two source trees: deterministic
 A/B on a shared machine (valgrind's callgrind counts instructions, not seconds).
 
     python3 bench/cg_paths.py MODE N1 N2 SRC [SRC ...]
@@ -17,6 +17,11 @@ and, for ``stream``, a generator app this script writes to a temporary file):
             set-up, orderly close, and the request
 ``stream``  one one-byte chunk of a streamed (chunked) response, with no sleep between chunks
 ``upload``  one ``POST /upload`` of 10 MiB, echoed back, on a keep-alive connection
+``tls``     one keep-alive request over TLS (an ``https`` bind, HTTP/1.1 by ALPN; a throw-away
+            CA and certificate from ``trustme``): ``hello`` plus the TLS record work
+
+``--http1-parser h11|httptools`` pins the server's HTTP/1 parser (default: the server's
+``auto``, httptools when installed): measure both, since each is a target of its own.
 
 Needs valgrind and the real interpreter (``/root/.pyenv/versions/3.11.7/bin/python3.11`` here;
 ``--python`` to change it).  Loopback only; every server it starts it stops.
@@ -28,6 +33,7 @@ import argparse
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,20 +52,21 @@ async def app(env):
 '''
 
 
-def _connect(port: int) -> socket.socket:
+def _connect(port: int, tls: ssl.SSLContext | None = None) -> socket.socket:
     deadline = time.monotonic() + 120
     while True:
         try:
-            return socket.create_connection(("127.0.0.1", port))
+            sock = socket.create_connection(("127.0.0.1", port))
+            return sock if tls is None else tls.wrap_socket(sock, server_hostname="localhost")
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
 
-def _drive(mode: str, port: int, n: int) -> None:
-    if mode == "hello":
-        with _connect(port) as c:
+def _drive(mode: str, port: int, n: int, tls: ssl.SSLContext | None) -> None:
+    if mode in ("hello", "tls"):
+        with _connect(port, tls) as c:
             for _ in range(n):
                 c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 buf = b""
@@ -103,20 +110,34 @@ def _drive(mode: str, port: int, n: int) -> None:
                     got += len(c.recv(1 << 20))
 
 
-def count(src: str, mode: str, n: int, python: str, app: str) -> int:
+def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str]) -> int:
     """Instructions callgrind counts for one server run serving ``n`` units of ``mode``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as work:
         out = os.path.join(work, "cg.out")
+        bind = [f"http://127.0.0.1:{port}"]
+        client_tls = None
+        if mode == "tls":
+            import trustme  # the test extra's; only this mode needs it
+
+            ca = trustme.CA()
+            leaf = ca.issue_cert("localhost", "127.0.0.1")
+            cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+            leaf.private_key_and_cert_chain_pem.write_to_path(cert)
+            leaf.private_key_pem.write_to_path(key)
+            bind = [f"https://127.0.0.1:{port}", "--cert", cert, "--key", key]
+            client_tls = ssl.create_default_context()
+            ca.configure_trust(client_tls)
+            client_tls.set_alpn_protocols(["http/1.1"])
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-m", "trio_rack", "serve",
-             app, "-b", f"http://127.0.0.1:{port}", "--no-access-log", "--log-level", "warning"],
+             app, "-b", *bind, "--no-access-log", "--log-level", "warning", *extra],
             env=dict(os.environ, PYTHONPATH=src), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            _drive(mode, port, n)
+            _drive(mode, port, n, client_tls)
         finally:
             server.terminate()
             log = server.communicate(timeout=300)[0].decode(errors="replace")
@@ -128,21 +149,25 @@ def count(src: str, mode: str, n: int, python: str, app: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["hello", "hello64", "new", "stream", "upload"])
+    parser.add_argument("mode", choices=["hello", "hello64", "new", "stream", "upload", "tls"])
     parser.add_argument("n1", type=int)
     parser.add_argument("n2", type=int)
     parser.add_argument("src", nargs="+")
     parser.add_argument("--python", default="/root/.pyenv/versions/3.11.7/bin/python3.11")
+    parser.add_argument("--http1-parser", choices=["h11", "httptools"], help="pin the server's HTTP/1 parser")
     args = parser.parse_args()
+    extra = ["--http1-parser", args.http1_parser] if args.http1_parser else []
     with tempfile.TemporaryDirectory() as work:
         app = str(BENCH / "rack_app.py")
         if args.mode == "stream":
             app = os.path.join(work, "stream_app.py")
             Path(app).write_text(STREAM_APP)
         for src in args.src:
-            low = count(src, args.mode, args.n1, args.python, app)
-            high = count(src, args.mode, args.n2, args.python, app)
-            print(f"{src}: {(high - low) // (args.n2 - args.n1):,} instructions per {args.mode} unit", flush=True)
+            low = count(src, args.mode, args.n1, args.python, app, extra)
+            high = count(src, args.mode, args.n2, args.python, app, extra)
+            parser_note = f" ({args.http1_parser})" if args.http1_parser else ""
+            per = (high - low) // (args.n2 - args.n1)
+            print(f"{src}: {per:,} instructions per {args.mode} unit{parser_note}", flush=True)
 
 
 if __name__ == "__main__":

@@ -225,8 +225,27 @@ def _stage_loops() -> dict[str, Callable[[int], Any]]:
         for _ in range(n):
             pass
 
+    # Trio's own prices, for the glue and TLS arguments (not in the table; ``--stage NAME``):
+    async def scope(n: int) -> None:  # the request's cancel scope: made, entered, left
+        for _ in range(n):
+            with trio.CancelScope():  # noqa: ASYNC100 (its price is the point)
+                pass
+
+    async def checkpoint(n: int) -> None:  # one trip through the scheduler, nothing else ready
+        for _ in range(n):
+            await trio.lowlevel.checkpoint()
+
+    async def free_lock(n: int) -> None:  # an uncontended lock, as SSLStream takes per send/receive
+        lock = trio.StrictFIFOLock()
+        for _ in range(n):
+            async with lock:
+                pass
+
     return {
         "empty": empty,
+        "scope": scope,
+        "checkpoint": checkpoint,
+        "free_lock": free_lock,
         "h11_new": h11_new,
         "parse_fresh": parse_fresh,
         "cycle_fresh": cycle_fresh,

@@ -47,7 +47,7 @@ class ConnInfo:
     """What the connection knows about itself: scheme, both ends' addresses, and for TLS what
     the handshake settled (``trio_rack.net.tls.tls_info``; None on plain connections)."""
 
-    __slots__ = ("scheme", "server_name", "server_port", "remote_addr", "remote_port", "tls")
+    __slots__ = ("scheme", "server_name", "server_port", "remote_addr", "remote_port", "tls", "_port_text")
 
     def __init__(
         self,
@@ -61,6 +61,8 @@ class ConnInfo:
         self.tls = tls
         self.server_name, self.server_port = server or ("localhost", 0)
         self.remote_addr, self.remote_port = remote or ("", 0)
+        #: ``REMOTE_PORT`` as env's text: once per connection, not per request.
+        self._port_text = str(self.remote_port)
 
 
 def split_host(host: str, default_port: int) -> tuple[str, str]:
@@ -73,6 +75,9 @@ def split_host(host: str, default_port: int) -> tuple[str, str]:
     return name, port if sep else str(default_port)
 
 
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+
+
 def build_env(head: RequestHead, info: ConnInfo) -> Env:
     """The CGI keys of ``env`` for ``head``; the request cycle adds the ``rack.*`` keys."""
     env: Env = {
@@ -80,9 +85,9 @@ def build_env(head: RequestHead, info: ConnInfo) -> Env:
         "SCRIPT_NAME": "",
         "PATH_INFO": head.path.decode("latin-1"),
         "QUERY_STRING": head.query.decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/" + head.http_version,
+        "SERVER_PROTOCOL": _PROTOCOLS.get(head.http_version) or "HTTP/" + head.http_version,
         "REMOTE_ADDR": info.remote_addr,
-        "REMOTE_PORT": str(info.remote_port),
+        "REMOTE_PORT": info._port_text,
         "rack.url_scheme": info.scheme,
     }
     if info.tls is not None:

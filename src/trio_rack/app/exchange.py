@@ -652,7 +652,7 @@ class Exchange:
         env = self.env
         body = _body_of(self._result)
         callbacks = env["rack.response_finished"]
-        if self._hijacked is not None or callbacks or hasattr(body, "close") or hasattr(body, "aclose"):
+        if self._hijacked is not None or callbacks or (type(body) is not list and _closable(body)):
             # Async clean-up: shielded (it must happen even when we are being cancelled) but
             # bounded.  The common case — a list body, no callbacks — never gets here.
             headers = self._headers if self._prepared is not None else None
@@ -724,6 +724,13 @@ def _with_date_and_server(headers: Headers) -> Headers:
     if not has_server:
         headers.append(SERVER_HEADER)
     return headers
+
+
+def _closable(body: Any) -> bool:
+    """Whether ``body`` has a ``close`` or ``aclose`` to call (never a plain list: the exchange
+    skips the two failed attribute lookups, each an AttributeError raised and caught, for the
+    common buffered body)."""
+    return hasattr(body, "close") or hasattr(body, "aclose")
 
 
 def _body_of(result: Any) -> Any:

@@ -45,6 +45,9 @@ _NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # RFC 9110 field-value: visible characters and obs-text, with inner spaces/tabs only.
 _VALUE_RE = re.compile(r"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 _DIGITS_RE = re.compile(r"[0-9]+")
+#: h11's own cap (``CONTENT_LENGTH_MAX_DIGITS``): this is the one validation of a response's
+#: content-length, since the HTTP/1 driver hands h11 the validated head as it is.
+CONTENT_LENGTH_MAX_DIGITS = 20
 
 
 #: Header (name, value) pairs already validated and encoded, with their wire form.  Only pairs
@@ -148,6 +151,8 @@ def _encode_headers(
                 continue  # recomputed from the actual chunks
             if not isinstance(value, str) or _DIGITS_RE.fullmatch(value) is None:
                 raise AppError(f"header 'content-length': value {value!r:.40} is not a number")
+            if len(value) > CONTENT_LENGTH_MAX_DIGITS:
+                raise AppError(f"header 'content-length': value {value!r:.40} is longer than 20 digits")
             app_length = True
         bname = name.encode("ascii")
         if isinstance(value, (list, tuple)):
@@ -211,9 +216,11 @@ def check_trailers(headers: Any) -> list[tuple[bytes, bytes]]:
 
 def prepare_response(result: Any) -> PreparedResponse:
     """Validate the app's return value; raise AppError on any breach of the contract."""
-    if not isinstance(result, tuple) or len(result) != 3:
+    if type(result) is not tuple or len(result) != 3:
         if isinstance(result, list) and len(result) == 3:
             result = tuple(result)
+        elif isinstance(result, tuple) and len(result) == 3:
+            pass  # a tuple subclass (a named tuple)
         else:
             raise AppError(
                 f"app must return (status, headers, body), got {type(result).__name__}: {result!r:.80}"
@@ -221,7 +228,7 @@ def prepare_response(result: Any) -> PreparedResponse:
     status, headers, body = result
     if type(status) is not int or not 100 <= status <= 999:
         raise AppError(f"status must be an int from 100 to 999, got {status!r:.40}")
-    if not isinstance(headers, Mapping):
+    if type(headers) is not dict and not isinstance(headers, Mapping):  # (the ABC check only if needed)
         raise AppError(f"headers must be a dict, got {type(headers).__name__}")
     hijack = headers.get("rack.hijack")
     if hijack is not None and not callable(hijack):

@@ -90,6 +90,18 @@ DRAIN_TIMEOUT = 1.0
 #: Response heads are validated by the exchange before they get here, and that second pass was
 #: ~2.5 µs of a hello request; if a future h11 drops the flag, validation simply runs again.
 _H11_TRUSTS_PARSED = "_parsed" in inspect.signature(h11.Response.__init__).parameters
+_H11Headers: Any
+try:
+    from h11._headers import Headers as _H11Headers
+except ImportError:  # pragma: no cover - another h11: the header list goes through h11's checks
+    _H11Headers = None
+#: ... and even with the flag, h11 normalises a header *list* once more (lower-cases every name,
+#: re-splits and re-matches content-length: ~13,500 instructions of a hello response, the
+#: second validation of a head the exchange built).  Handed a ``Headers`` (its internal
+#: (raw name, name, value) form, which is what h11 itself passes when it rebuilds a response),
+#: it takes it as it is: the exchange's names are lower-case tokens already, its
+#: content-length digits, its values checked; h11 still derives the framing from them.
+_PREBUILT_HEADERS = _H11_TRUSTS_PARSED and _H11Headers is not None and hasattr(_H11Headers, "_full_items")
 #: h11's chunked body writer.  While it is the one in use, a streamed chunk is framed by
 #: :meth:`HTTPConnection.send_data` itself, exactly as this writer frames it: in SEND_BODY a
 #: Data event changes no state, and h11's event machinery around it (the event object, the
@@ -112,6 +124,9 @@ def plain_reason(reason: str) -> str:
 
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+#: The end of every response body (no trailers on HTTP/1): h11's events are immutable, so one
+#: instance serves every response instead of an event and an empty ``Headers`` each.
+_END = h11.EndOfMessage()
 
 
 class _FileSlice:
@@ -271,7 +286,16 @@ class HTTPConnection:
         )
         skipped = 0  # empty lines ignored before this request line
         while True:
-            buffered = self.h11.trailing_data[0]
+            buffered, closed = self.h11.trailing_data
+            if not buffered and not closed:
+                # Nothing buffered (the keep-alive case: the last response went out, the next
+                # request is not here yet): the parser, waiting for a request line, can only
+                # answer NEED_DATA, so it is not asked; the branch for NEED_DATA below, minus
+                # what needs buffered bytes.
+                if self.state.draining and not self._fresh:
+                    return None  # graceful shutdown: no new request on this connection
+                await self._receive_into_h11()
+                continue
             if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
                 # h11's size limit only covers heads that arrive in pieces; this covers the rest.
                 if strict.request_line_too_long(buffered, limits.max_request_line):
@@ -366,10 +390,10 @@ class HTTPConnection:
         try:
             data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b"")))
             if self._head_only:
-                data += self.h11.send(h11.EndOfMessage()) or b""
+                data += self.h11.send(_END) or b""
             else:
                 data += self.h11.send(h11.Data(data=body)) or b""
-                data += self.h11.send(h11.EndOfMessage()) or b""
+                data += self.h11.send(_END) or b""
             self._started = True
             await self.writer.write(data)
         except (h11.LocalProtocolError, ClientGone):
@@ -417,9 +441,12 @@ class HTTPConnection:
         # The exchange validated these headers (app/response.py: token names, field values
         # without CTLs, Latin-1) and adds only constants, so h11's second pass over them is
         # skipped with its ``_parsed`` flag: see _H11_TRUSTS_PARSED.
+        fields: Any = self._framed_headers(headers)
+        if _PREBUILT_HEADERS:
+            fields = _H11Headers([(name, name, value) for name, value in fields])
         return h11.Response(
             status_code=status,
-            headers=self._framed_headers(headers),
+            headers=fields,
             reason=REASONS.get(status, b""),
             _parsed=_H11_TRUSTS_PARSED,
         )
@@ -440,7 +467,7 @@ class HTTPConnection:
             for chunk in body:
                 if chunk:
                     pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
-        pieces.append(h.send(h11.EndOfMessage()))
+        pieces.append(h.send(_END))
         if length <= COALESCE_LIMIT:
             await self.writer.write(b"".join(pieces))
         else:
@@ -507,7 +534,7 @@ class HTTPConnection:
     async def end(self) -> None:
         """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""
         try:
-            data = self.h11.send(h11.EndOfMessage())
+            data = self.h11.send(_END)
         except h11.LocalProtocolError as exc:
             raise AppError(f"response ended short of its content-length: {exc}") from None
         if data:

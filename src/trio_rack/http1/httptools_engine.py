@@ -88,6 +88,16 @@ _REQUEST_LINE_RE = h11._readers.request_line_re
 #: A blank line ending a head the way h11 also takes it (bare LF): left to h11 to judge.
 _LF_HEAD_END_RE = re.compile(rb"\n\r?\n")
 _EMPTY_HEADERS = h11.EndOfMessage().headers
+#: llhttp's version strings as h11 spells them (bytes), without an encode per request.
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+#: The end of a body without trailers: one shared instance (h11's events are immutable), so a
+#: request does not build an event and an empty ``Headers`` for it.
+_END_OF_MESSAGE = h11.EndOfMessage()
+#: States (client, server) in which no state-triggered transition of h11's applies while
+#: keep-alive is on and no protocol switch is proposed: :meth:`HttptoolsConnection._settle`'s
+#: fast path (the rules it would otherwise run need MIGHT_SWITCH_PROTOCOL, CLOSED or ERROR).
+_QUIET_CLIENT = frozenset({IDLE, SEND_BODY, DONE})
+_QUIET_SERVER = frozenset({IDLE, SEND_RESPONSE, SEND_BODY, DONE})
 
 
 def _comma_values(value: bytes) -> list[bytes]:
@@ -185,7 +195,7 @@ class HttptoolsConnection:
             if chunked is not None:
                 event = chunked(buf)
             elif self._remaining == 0:
-                event = EndOfMessage()
+                event = _END_OF_MESSAGE
             else:
                 data = buf.maybe_extract_at_most(self._remaining)
                 event = None if data is None else Data(data=data)  # type: ignore[arg-type]  # as h11
@@ -238,12 +248,14 @@ class HttptoolsConnection:
             pass  # Upgrade or CONNECT: the head was all llhttp got; h11's rules decide below
         except httptools.HttpParserError:
             return self._h11_head()
-        version = parser.get_http_version().encode()
-        problem = _h11_grammar_problem(parser.get_method(), sink.url, version, fields, head)
+        text = parser.get_http_version()
+        version = _VERSIONS.get(text) or text.encode()
+        method = parser.get_method()
+        problem = _h11_grammar_problem(method, sink.url, version, fields, head)
         if problem is not None:
             return self._h11_head()
         self._buf._extract(end)  # before h11's checks below raise, as h11 consumes the head first
-        return Request(method=parser.get_method(), target=sink.url, headers=fields, http_version=version, _parsed=True)
+        return Request(method=method, target=sink.url, headers=fields, http_version=version, _parsed=True)
 
     def _h11_head(self) -> Request | None:
         """h11's verdict on the buffered head: its error raised, or its request (consumed)."""
@@ -331,6 +343,13 @@ class HttptoolsConnection:
 
     def _settle(self) -> None:
         """h11's ``_fire_state_triggered_transitions`` for (client, server)."""
+        if (
+            self._keep_alive
+            and not self._proposals
+            and self.their_state in _QUIET_CLIENT
+            and self.our_state in _QUIET_SERVER
+        ):
+            return  # the keep-alive cycle's every step: nothing below would fire
         while True:
             client, server = self.their_state, self.our_state
             if self._proposals:

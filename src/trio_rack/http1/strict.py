@@ -66,9 +66,9 @@ def line_break_trick(buffered: bytes) -> str | None:
     "incomplete" until the header timeout.
     """
     end = _HEAD_END_RE.search(buffered)
-    head = buffered[: end.end()] if end else buffered
-    match = _LINE_BREAK_TRICK_RE.search(head)
-    if match is None or (end is None and match.start() == len(head) - 1):
+    stop = end.end() if end else len(buffered)
+    match = _LINE_BREAK_TRICK_RE.search(buffered, 0, stop)  # the head only, without copying it
+    if match is None or (end is None and match.start() == stop - 1):
         return None  # clean, or a CR (or LF) at the very end whose partner may come next
     found = match.group()
     if found == b"\n":
@@ -113,17 +113,19 @@ def check_request(request: h11.Request, limits: Limits) -> tuple[int, str] | Non
         return 505, "unsupported HTTP version"  # RFC 9110 §15.6.6
     if len(request.target) > limits.max_request_line:
         return 414, "request target too long"
-    headers = request.headers
-    if len(headers) > limits.max_header_count:
+    items = request.headers._full_items  # (raw name, name, value): h11's own list, not a copy
+    if len(items) > limits.max_header_count:
         return 431, "too many header fields"
     problem = target_problem(request.method, request.target)
     if problem is not None:
         return 400, problem
+    # RFC 9110 §5.5: invalid; we refuse, not retain.  One search over the values joined by a
+    # tab (a byte the pattern allows) gives every value's verdict at once.
+    if _VALUE_CTL_RE.search(b"\t".join([item[2] for item in items])):
+        return 400, "control character in a header field value"
     hosts = 0
     has_te = has_cl = False
-    for name, value in headers:
-        if _VALUE_CTL_RE.search(value):  # RFC 9110 §5.5: invalid; we refuse, not retain
-            return 400, "control character in a header field value"
+    for _, name, value in items:
         if name == b"host":
             hosts += 1
             if not HOST_RE.fullmatch(value):  # RFC 9112 §3.2: MUST 400
@@ -158,10 +160,15 @@ def request_head(request: h11.Request) -> RequestHead:
             target = b"/" + target
     path, _, query = target.partition(b"?")
     return RequestHead(
-        method=request.method,
-        path=path,
-        query=query,
-        http_version=request.http_version.decode("ascii"),
-        headers=request.headers,
-        authority=authority,
+        request.method,
+        path,
+        query,
+        _HTTP_VERSIONS.get(request.http_version) or request.http_version.decode("ascii"),
+        # a plain list of (name, value): the env builder and the adapters walk it, and h11's
+        # ``Headers`` is a Sequence whose iteration is one __getitem__ call per field
+        [(name, value) for _, name, value in request.headers._full_items],
+        authority,
     )
+
+
+_HTTP_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
