@@ -214,9 +214,57 @@ async def accept_tls(
             else:
                 log.info("%s: TLS handshake failed: %s", peer, cause)
             return None
+        lighten_locks(tls)
         return tls
     log.info("%s: TLS handshake timed out", peer)
     return None
+
+
+class _YieldOnlyIfContended:
+    """A trio lock that, taken while free, does not also yield to the scheduler.
+
+    Why: ``trio.SSLStream`` serialises its transport calls with two inner locks, and trio's
+    ``Lock.acquire`` always ends in a scheduler pass, even uncontended.  A keep-alive TLS
+    request takes each once, so two extra passes of the run loop per request (about a tenth
+    of a TLS hello's instructions, ``bench/cg_paths.py tls``), on top of the pass that the
+    transport's own ``receive_some``/``send_all`` inside the lock always make.  This wraps the
+    stream's own lock object and keeps everything else of it: the cancellation check before
+    taking it, strict FIFO order (``acquire_nowait`` refuses while anyone is queued, which
+    ``SSLStream`` relies on for its sends), parking when contended, the release.  trio's
+    classes cannot be subclassed, hence a wrapper.  Who closes what: nothing to close.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: trio.Lock | trio.StrictFIFOLock) -> None:
+        self._lock = lock
+
+    @trio.lowlevel.enable_ki_protection
+    async def __aenter__(self) -> None:
+        lock = self._lock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()  # contended: trio's own path (it parks in FIFO order)
+
+    @trio.lowlevel.enable_ki_protection
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+def lighten_locks(tls: trio.SSLStream[Any]) -> None:
+    """Swap ``tls``'s two inner locks for :class:`_YieldOnlyIfContended` views of themselves.
+
+    Only when they are what trio 0.2x–0.3x has there (``_inner_send_lock``, a
+    ``StrictFIFOLock``; ``_inner_recv_lock``, a ``Lock``); any other trio keeps its own.
+    Called after the handshake, before any other task can use the stream.
+    """
+    send = getattr(tls, "_inner_send_lock", None)
+    recv = getattr(tls, "_inner_recv_lock", None)
+    if type(send) is trio.StrictFIFOLock and type(recv) is trio.Lock:
+        tls._inner_send_lock = _YieldOnlyIfContended(send)  # type: ignore[assignment]
+        tls._inner_recv_lock = _YieldOnlyIfContended(recv)  # type: ignore[assignment]
 
 
 def _is_client_cert_refusal(exc: BaseException) -> bool:
