@@ -4,10 +4,14 @@ write under way is made at the first contention only: issue #12's memory per str
 from __future__ import annotations
 
 import math
+import socket
+import struct
 
+import pytest
 import trio
 import trio.testing
 
+from trio_rack.errors import ClientGone
 from trio_rack.net.transport import Deadlines, Writer
 
 
@@ -32,3 +36,110 @@ async def test_two_tasks_writing_on_one_connection_take_turns_whole_writes() -> 
         nursery.start_soon(read_all)
     assert bytes(received) == first + second
     assert writer.blocked_since == math.inf
+
+
+async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """A real loopback TCP connection (the write fast path is for plain TCP sockets only)."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    return client, server  # type: ignore[return-value]
+
+
+def _tcp_writer(stream: trio.SocketStream) -> Writer:
+    deadlines = Deadlines()
+    deadlines.in_scope = True
+    return Writer(stream, deadlines, write_timeout=30)
+
+
+async def test_a_write_the_kernel_takes_only_in_part_is_finished_whole_and_in_order() -> None:
+    client, server = await _tcp_pair()
+    async with client, server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the first write takes a part
+        writer = _tcp_writer(server)
+        first = bytes(range(256)) * 3000  # 768,000 bytes: under WRITE_SLICE, one piece
+        second = b"tail"
+        received = bytearray()
+
+        async def read_all() -> None:
+            while len(received) < len(first) + len(second):
+                received.extend(await client.receive_some(65536))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await writer.write(first)
+            await writer.write(second)
+        assert bytes(received) == first + second
+        assert writer.blocked_since == math.inf
+
+
+async def test_a_write_on_a_closed_socket_says_the_client_is_gone() -> None:
+    client, server = await _tcp_pair()
+    async with client:
+        writer = _tcp_writer(server)
+        await writer.write(b"one")
+        assert await client.receive_some(10) == b"one"
+        await server.aclose()  # its descriptor number may now belong to anything else
+        with pytest.raises(ClientGone):
+            await writer.write(b"two")
+        assert writer.broken
+
+
+async def test_a_write_to_a_reset_connection_says_the_client_is_gone() -> None:
+    client, server = await _tcp_pair()
+    async with server:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await client.aclose()  # RST
+        writer = _tcp_writer(server)
+        with pytest.raises(ClientGone):
+            for _ in range(100):  # the reset may be seen at the first write or a later one
+                await writer.write(b"x" * 1000)
+                await trio.sleep(0.01)
+        assert writer.broken
+
+
+async def test_a_write_in_a_cancelled_scope_sends_nothing() -> None:
+    client, server = await _tcp_pair()
+    async with client, server:
+        writer = _tcp_writer(server)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await writer.write(b"never")
+        assert scope.cancelled_caught
+        await writer.write(b"after")
+        assert await client.receive_some(10) == b"after"
+
+
+async def test_a_run_of_quick_writes_still_lets_the_other_tasks_run() -> None:
+    """Writes the kernel takes at once skip the scheduler, but not QUICK_WRITES in a row: a
+    body of many small chunks to a fast client cannot keep the other connections waiting."""
+    from trio_rack.net.transport import QUICK_WRITES
+
+    assert QUICK_WRITES == 16  # (the counts below)
+    WRITES = 64  # noqa: N806
+    client, server = await _tcp_pair()
+    async with client, server:
+        writer = _tcp_writer(server)
+        ticks = 0
+
+        async def other_connection() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_connection)
+            await trio.lowlevel.checkpoint()  # it has started
+            start = ticks
+            for _ in range(WRITES):
+                await writer.write(b"x")
+            ran = ticks - start
+            nursery.cancel_scope.cancel()
+        assert 3 <= ran <= 5  # once per QUICK_WRITES writes (plus the cancellation's round)
+        received = bytearray()
+        while len(received) < WRITES:
+            received.extend(await client.receive_some(1000))
+        assert bytes(received) == b"x" * WRITES
