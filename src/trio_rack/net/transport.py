@@ -23,6 +23,11 @@ Theory of operation
   request whose write has been blocked past the write timeout.  Large writes are sliced so
   that the timeout bounds a stall rather than a slow link.  A broken stream raises
   :class:`~trio_rack.errors.ClientGone`.
+* **Quick writes on plain TCP.**  ``send_all`` passes through Trio's scheduler even when the
+  kernel takes every byte at once; on a :class:`trio.SocketStream` the writer first tries one
+  non-blocking ``os.write`` (:data:`QUICK_WRITES` in a row at most, then one ``send_all``, so
+  other tasks still run between a fast client's many chunks).  A hello request then passes
+  through the scheduler once (at its read), as the bare loop does.
 
 Resource handling: nothing here closes the stream except :func:`end_sending` on a transport
 that cannot half-close; the listener that accepted it closes it.
