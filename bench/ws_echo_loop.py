@@ -29,14 +29,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-MESSAGE = b"0123456789abcdef0123456789abcdef"
-KEY = b"\x12\x34\x56\x78"
-FRAME = bytes([0x81, 0x80 | len(MESSAGE)]) + KEY + bytes(b ^ KEY[i % 4] for i, b in enumerate(MESSAGE))
-ECHO = bytes([0x81, len(MESSAGE)]) + MESSAGE
-HANDSHAKE = (
-    b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
+sys.path.insert(0, str(BENCH))
+from ws_instructions import ECHO, FRAME, HANDSHAKE  # noqa: E402  (the same client bytes)
 
 
 async def _exactly(stream: object, n: int) -> bytes:
