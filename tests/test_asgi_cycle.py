@@ -185,3 +185,40 @@ async def test_empty_request_message_is_a_cancel_point_and_not_lost(protocol: st
             response = await client.request("GET", "/")
     assert response.body == b"ok"
     assert got == [("cancelled", True), {"type": "http.request", "body": b"", "more_body": False}]
+
+
+async def test_every_receive_waiting_for_the_disconnect_is_woken_when_the_response_completes() -> None:
+    """Two tasks of one app waiting in ``receive()`` both get ``http.disconnect`` (a single slot
+    for the waiting scope woke only the last one)."""
+    import trio.testing
+
+    from trio_rack.asgi.http import HTTPCycle
+
+    env: dict[str, Any] = {"rack.input": None, "CONTENT_LENGTH": "0", "rack.response_finished": []}
+    cycle = HTTPCycle(env, {"http_version": "1.1"})
+    assert (await cycle.receive())["type"] == "http.request"  # the empty body
+    woken: list[tuple[int, str]] = []
+
+    async def wait(n: int) -> None:
+        woken.append((n, (await cycle.receive())["type"]))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, 1)
+            nursery.start_soon(wait, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            cycle._mark_complete()
+    assert sorted(woken) == [(1, "http.disconnect"), (2, "http.disconnect")]
+
+
+def test_header_pairs_of_bytearrays_are_decoded_as_before() -> None:
+    """ASGI allows any bytes-like header names and values; the decoded-pair cache must not turn
+    an unhashable pair into an error (nor keep long values)."""
+    from trio_rack.asgi.http import _DECODED, _rack_headers
+
+    headers = _rack_headers(
+        [(bytearray(b"X-One"), b"1"), (b"x-two", bytearray(b"2")), [b"x-three", b"3"], (b"set-cookie", b"v" * 300)],
+        where="http.response.start",
+    )
+    assert headers == {"x-one": "1", "x-two": "2", "x-three": "3", "set-cookie": "v" * 300}
+    assert (b"set-cookie", b"v" * 300) not in _DECODED

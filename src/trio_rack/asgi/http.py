@@ -113,6 +113,8 @@ def _caused_by_disconnect(exc: BaseException) -> bool:
 #: send the same few headers with every response.  Bounded (values may be per-request).
 _DECODED: dict[tuple[bytes, bytes], tuple[str, str]] = {}
 _DECODED_MAX = 4096
+#: Longer values (a per-request cookie, a policy) are decoded each time, not kept.
+_DECODED_VALUE_MAX = 256
 
 
 def _rack_headers(raw: Iterable[Any], *, where: str) -> dict[str, Any]:
@@ -124,11 +126,13 @@ def _rack_headers(raw: Iterable[Any], *, where: str) -> dict[str, Any]:
     decoded = _DECODED
     try:
         for pair in raw:
-            pair_str = decoded.get(pair) if type(pair) is tuple else None
+            # only an exact (bytes, bytes) pair is hashable for certain (a bytearray is not)
+            cacheable = type(pair) is tuple and len(pair) == 2 and type(pair[0]) is bytes and type(pair[1]) is bytes
+            pair_str = decoded.get(pair) if cacheable else None
             if pair_str is None:
                 name, value = pair
                 pair_str = (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
-                if type(pair) is tuple and type(name) is bytes and type(value) is bytes:
+                if cacheable and len(value) <= _DECODED_VALUE_MAX:
                     if len(decoded) >= _DECODED_MAX:
                         decoded.clear()
                     decoded[pair] = pair_str
@@ -164,7 +168,7 @@ class HTTPCycle:
     """The ``receive``/``send`` pair of one request, and the trio-rack response it becomes."""
 
     __slots__ = (
-        "env", "scope", "_input", "_disconnected", "_complete", "_gone_scope", "_body_left", "_body_done",
+        "env", "scope", "_input", "_disconnected", "_complete", "_gone_scopes", "_body_left", "_body_done",
         "_body_error", "_request_sent", "_waiter", "_ready", "_head", "_done", "_taken", "_taken_event",
         "_pending", "_pending_size", "_pathsend", "_send_ch", "_recv_ch", "_app_finished", "_app_done", "_error",
         "_hijacked", "set_trailers", "_trailers_wanted", "_trailers_done", "_trailers", "hijack",
@@ -177,7 +181,7 @@ class HTTPCycle:
         disconnected = env.get("trio_rack.disconnected")
         self._disconnected: trio.Event = disconnected if disconnected is not None else trio.Event()
         self._complete = False  # the response is over: receive() says http.disconnect
-        self._gone_scope: trio.CancelScope | None = None  # a receive() waiting for the disconnect
+        self._gone_scopes: set[trio.CancelScope] | None = None  # receive()s waiting for the disconnect
         length = env.get("CONTENT_LENGTH")
         self._body_left: int | None = int(length) if length and length.isdigit() else None
         self._body_done = (
@@ -268,11 +272,14 @@ class HTTPCycle:
             self._body_done = not more
             return {"type": "http.request", "body": data, "more_body": more}
         with trio.CancelScope() as scope:  # cancelled by _mark_complete
-            self._gone_scope = scope
+            waiting = self._gone_scopes
+            if waiting is None:
+                waiting = self._gone_scopes = set()
+            waiting.add(scope)
             try:
                 await self._disconnected.wait()
             finally:
-                self._gone_scope = None
+                waiting.discard(scope)
         return {"type": "http.disconnect"}
 
     # --------------------------------------------------------------------------------- send
@@ -476,8 +483,8 @@ class HTTPCycle:
 
     def _mark_complete(self) -> None:
         self._complete = True
-        if self._gone_scope is not None:
-            self._gone_scope.cancel()
+        for scope in self._gone_scopes or ():  # every receive() waiting for the disconnect
+            scope.cancel()
 
     def _hijack(self) -> trio.abc.Stream:
         """``scope["extensions"]["trio_rack.hijack"]()``: the raw connection (HTTP/1 only)."""
