@@ -138,7 +138,9 @@ async def test_a_run_of_quick_writes_still_lets_the_other_tasks_run() -> None:
                 await writer.write(b"x")
             ran = ticks - start
             nursery.cancel_scope.cancel()
-        assert 3 <= ran <= 5  # once per QUICK_WRITES writes (plus the cancellation's round)
+        # every QUICK_WRITES-th write goes through send_all: 4 passes in 64 writes, and trio's
+        # randomised run order may move the other task's count by one either way
+        assert 3 <= ran <= 6
         received = bytearray()
         while len(received) < WRITES:
             received.extend(await client.receive_some(1000))

@@ -25,7 +25,7 @@ Theory of operation
   :class:`~trio_rack.errors.ClientGone`.
 * **Quick writes on plain TCP.**  ``send_all`` passes through Trio's scheduler even when the
   kernel takes every byte at once; on a :class:`trio.SocketStream` the writer first tries one
-  non-blocking ``os.write`` (:data:`QUICK_WRITES` in a row at most, then one ``send_all``, so
+  non-blocking ``os.write`` (every :data:`QUICK_WRITES`-th write goes through ``send_all``, so
   other tasks still run between a fast client's many chunks).  A hello request then passes
   through the scheduler once (at its read), as the bare loop does.
 
@@ -70,9 +70,10 @@ BODY_RECEIVE_SIZE = 256 * 1024
 WRITE_SLICE = 1024 * 1024
 #: Small responses are coalesced into one send_all up to this size.
 COALESCE_LIMIT = 64 * 1024
-#: Writes a :class:`Writer` on plain TCP may make with one non-blocking ``os.write`` each
-#: before one goes through ``send_all`` (and so through the scheduler): the bound on how long
-#: a connection's task runs without letting the others run while the kernel takes every write.
+#: Every QUICK_WRITES-th write of a :class:`Writer` on plain TCP goes through ``send_all`` (and
+#: so through the scheduler), the others try one non-blocking ``os.write`` first: the bound on
+#: how long a connection's task runs without letting the others run while the kernel takes
+#: every write.
 QUICK_WRITES = 16
 
 #: Bytes ``os.sendfile`` reported sent, process-wide (see :func:`sendfile_bytes`).
@@ -175,7 +176,7 @@ class Writer:
                     raise ClientGone("client stopped reading (write timeout)")
             elif view is None:
                 sock = self._socket
-                if sock is not None and self._quick_writes:
+                if sock is not None and self._quick_writes > 1:
                     # Most responses fit the socket's send buffer: one non-blocking write and
                     # no trip through the scheduler, which ``send_all`` makes even when the
                     # kernel takes everything at once (a tenth of a hello request's

@@ -65,6 +65,7 @@ def serving_gc(enabled: bool = True) -> Iterator[None]:
         # unfreeze its objects on the way out).
         _froze = gc.get_freeze_count() == 0
         if _froze:
+            gc.collect()  # start-up's garbage cycles first, or freezing would keep them for good
             gc.freeze()
         gc.set_threshold(*SERVING_THRESHOLDS)
     _users += 1
