@@ -327,7 +327,7 @@ class WebSocket:
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_timer",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
-        "close_code", "close_reason",
+        "_held", "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -354,6 +354,9 @@ class WebSocket:
         self._size = 0
         #: wsproto's events of the data read so far, not all consumed yet.
         self._events: Iterator[Event] | None = None
+        #: A message the background reader had taken but could not queue when a close
+        #: cancelled it: given after what the channel holds (it is newer), never dropped.
+        self._held: str | bytes | None = None
         self._reader: _Reader | None = None
         #: The scope of the read under way (the app's, or the background reader's whole loop):
         #: what a closer cancels.
@@ -401,10 +404,16 @@ class WebSocket:
                     if self._reader is None:
                         self._channel_used = False
                 except (trio.EndOfChannel, trio.ClosedResourceError):
-                    raise self._closed_error() from None
+                    if self._held is None:
+                        raise self._closed_error() from None
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return message
+            held = self._held
+            if held is not None and self._reader is None:  # after the channel's older ones
+                self._held = None
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return held
             if self._stopping:
                 await self._finished.wait()
                 if self._messages_out is None:
@@ -413,7 +422,9 @@ class WebSocket:
                 try:
                     return self._messages_out.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    raise self._closed_error() from None
+                    if self._held is None:
+                        raise self._closed_error() from None
+                continue  # the held message, next
             reader = self._reader
             if reader is None:
                 if self._options.pull:
@@ -638,6 +649,11 @@ class WebSocket:
                 try:
                     while True:
                         self._bg_busy = True
+                        if scope.cancel_called:
+                            # The read side was taken while the last read's bytes came in (its
+                            # final yield cannot be cancelled): leave their events to whoever
+                            # reads next, untaken, rather than take one and fail to hand it over.
+                            return
                         result = self._take() if self._events is not None else _MORE
                         if type(result) is Ping:
                             if await self._pong(result):
@@ -661,7 +677,11 @@ class WebSocket:
                                 self._queue().send_nowait(result)
                             except trio.WouldBlock:  # the queue is full: backpressure
                                 self._wake()  # (max_queue=0: a waiting app task takes it from us)
-                                await self._queue().send(result)
+                                try:
+                                    await self._queue().send(result)
+                                except trio.Cancelled:  # a close: the message stays readable
+                                    self._held = result
+                                    raise
                             self._wake()
                             if self._waiting and self._options.pull:
                                 return  # the app is back: it reads from now on
