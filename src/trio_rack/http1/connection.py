@@ -19,9 +19,11 @@ are parsed first) or closes.
   connection (at most 25 % late: no scope deadline moves per request);
   :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one is due.
   A write blocked past the write timeout is found by the liveness sweeper, which cancels the
-  request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
-  the exchange: a vanished client or a request deadline cancels the request, and
-  the exchange records why.
+  request (see :mod:`trio_rack.net.transport`).  The request runs in this same scope
+  (:attr:`HTTPConnection.shared_scope`) unless it needs one of its own (``--request-timeout``,
+  a request nursery): a vanished client, the app or a deadline it set cancels the request,
+  the exchange records why and catches it, and the connection closes, as it would after a
+  request scope of its own was cancelled (see :class:`~trio_rack.app.exchange.Exchange`).
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
@@ -153,7 +155,7 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only", "_fresh",
-        "_body_rate", "parser", "_head_clock",
+        "_body_rate", "parser", "_head_clock", "shared_scope",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
@@ -181,6 +183,10 @@ class HTTPConnection:
         self.h11 = new_parser(self.parser, state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
         self.deadlines = Deadlines()
+        #: The exchange runs its request in the connection's scope (its deadline stays
+        #: infinite: the read deadlines are floats): no scope of its own per request, see
+        #: :class:`~trio_rack.app.exchange.Exchange` and :meth:`scope_cancelled_for_connection`.
+        self.shared_scope = self.deadlines.scope
         self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
         self.exchange: Exchange | None = None
         self._cancel_reason: str | None = None
@@ -629,6 +635,14 @@ class HTTPConnection:
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
+
+    def scope_cancelled_for_connection(self) -> bool:
+        """Whether the sweep cancelled the connection's scope for a read deadline while the
+        exchange ran (a body read timed out): its ``expire_if_due`` leaves the phase and sets the
+        deadline to infinity, which no live read phase has (the timeouts are finite).  Then the
+        cancellation is the driver's (:meth:`_after_cancel`: 408), not the request's."""
+        deadlines = self.deadlines
+        return deadlines.read_phase is not ReadPhase.APP and deadlines.read_deadline == math.inf
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
