@@ -104,6 +104,14 @@ except ImportError:  # pragma: no cover - another h11: the header list goes thro
 #: it takes it as it is: the exchange's names are lower-case tokens already, its
 #: content-length digits, its values checked; h11 still derives the framing from them.
 _PREBUILT_HEADERS = _H11_TRUSTS_PARSED and _H11Headers is not None and hasattr(_H11Headers, "_full_items")
+#: ... and the event itself: ``h11.Response(...)`` with keyword arguments, ``super().__init__``
+#: and ``__post_init__`` was ~1 µs of every response for what the exchange has checked already
+#: (a validated head, an int status); with h11's four response slots as in h11 0.16, the event
+#: is filled in directly (:meth:`HTTPConnection._head_event`), keeping h11's one rule on it:
+#: a final response's status is 200 to 999.  Another h11: its constructor, as before.
+_PREBUILT_RESPONSE = _PREBUILT_HEADERS and getattr(h11.Response, "__slots__", None) == (
+    "headers", "http_version", "reason", "status_code",
+)  # fmt: skip
 #: h11's chunked body writer.  While it is the one in use, a streamed chunk is framed by
 #: :meth:`HTTPConnection.send_data` itself, exactly as this writer frames it: in SEND_BODY a
 #: Data event changes no state, and h11's event machinery around it (the event object, the
@@ -457,6 +465,13 @@ class HTTPConnection:
         fields: Any = self._framed_headers(headers)
         if _PREBUILT_HEADERS:
             fields = _H11Headers([(name, name, value) for name, value in fields])
+            if _PREBUILT_RESPONSE and 200 <= status < 1000:  # see _PREBUILT_RESPONSE
+                event = object.__new__(h11.Response)
+                object.__setattr__(event, "headers", fields)
+                object.__setattr__(event, "http_version", b"1.1")
+                object.__setattr__(event, "reason", REASONS.get(status, b""))
+                object.__setattr__(event, "status_code", status)
+                return event
         return h11.Response(
             status_code=status,
             headers=fields,
