@@ -254,3 +254,41 @@ async def test_server_shutdown_is_not_taken_for_the_requests_cancel(caplog: pyte
 async def _sleep_then(started: trio.Event) -> Any:
     started.set()
     await trio.sleep_forever()
+
+
+async def test_a_deadline_set_around_a_hijack_still_ends_the_hijacked_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Without --request-timeout the app's deadline is on the shared scope: before a partial
+    hijack it is kept, after a full one it is the app's opt-in; either way it ends the app
+    and the stream is closed."""
+    ended: list[float] = []
+
+    async def partial(env: dict[str, Any]) -> Any:
+        env["trio_rack.cancel_scope"].deadline = trio.current_time() + 4
+
+        async def hijack(stream: Any) -> None:
+            try:
+                await trio.sleep(10)
+            finally:
+                ended.append(trio.current_time() - start)
+
+        return 101, {"upgrade": "x", "connection": "upgrade", "rack.hijack": hijack}, []
+
+    async def full(env: dict[str, Any]) -> Any:
+        stream = env["rack.hijack"]()
+        env["trio_rack.cancel_scope"].deadline = trio.current_time() + 3
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n")
+        try:
+            await trio.sleep(10)
+        finally:
+            ended.append(trio.current_time() - start)
+        return -1, {}, []
+
+    for app, expected in ((partial, 4.0), (full, 3.0)):
+        async with memory_connection(app) as client:
+            start = trio.current_time()
+            await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
+            data = await read_until_closed(client.stream)
+        assert data.startswith(b"HTTP/1.1 101 ")
+        assert expected <= ended[-1] < expected + 0.5, ended
