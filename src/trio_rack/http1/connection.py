@@ -67,7 +67,7 @@ from ..net.transport import (
 )
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
-from ._h11_patch import lower_case_framing_headers, tighten_chunk_extensions
+from ._h11_patch import fast_request_events, lower_case_framing_headers, tighten_chunk_extensions
 from .body_rate import BodyRate
 from .parsers import new_parser
 from .wire import serialize_head
@@ -76,6 +76,7 @@ __all__ = ["HTTPConnection"]
 
 tighten_chunk_extensions()  # see _h11_patch: refuse NUL, bare CR, non-tokens in chunk-ext
 lower_case_framing_headers()  # see _h11_patch: "transfer-encoding: chunked", not "Transfer-Encoding"
+fast_request_events()  # see _h11_patch: no second match of the request line's method and target
 
 log = logging.getLogger("trio_rack.error")
 

@@ -48,10 +48,11 @@ import re
 from typing import Any
 
 import h11
-from h11._headers import normalize_and_validate
 from h11._readers import ChunkedReader
 from h11._receivebuffer import ReceiveBuffer
 from h11._util import LocalProtocolError, RemoteProtocolError
+
+from ._h11_patch import request_event
 
 httptools: Any
 try:  # optional: the [speedups] extra
@@ -97,9 +98,6 @@ _END_OF_MESSAGE = h11.EndOfMessage()
 #: States (client, server) in which no state-triggered transition of h11's applies while
 #: keep-alive is on and no protocol switch is proposed: :meth:`HttptoolsConnection._settle`'s
 #: fast path (the rules it would otherwise run need MIGHT_SWITCH_PROTOCOL, CLOSED or ERROR).
-#: Whether :func:`_request` may build h11's ``Request`` itself (its four slots as in h11 0.16);
-#: with another h11, every head goes through ``Request(...)`` as before.
-_FAST_REQUEST = getattr(Request, "__slots__", None) == ("method", "headers", "target", "http_version")
 _QUIET_CLIENT = frozenset({IDLE, SEND_BODY, DONE})
 _QUIET_SERVER = frozenset({IDLE, SEND_RESPONSE, SEND_BODY, DONE})
 
@@ -576,34 +574,16 @@ def _request(
     method: bytes, target: bytes, fields: list[tuple[bytes, bytes]], version: bytes, head: bytes | bytearray
 ) -> Request:
     """``h11.Request(..., _parsed=True)`` for a head llhttp parsed, without its second look at
-    the request line.
+    the request line (:func:`._h11_patch.request_event`).
 
-    h11's constructor re-matches the method (``token``) and the target (``vchar+``) — 2.3 µs a
-    request with its keyword arguments and its header iteration, against 0.6 here.  Those two
-    matches are a second validation of the same bytes when the line begins with exactly
-    ``method SP target SP`` (checked here): :func:`_h11_grammar_problem` already matched the
-    whole line with h11's ``request_line`` (``method SP target SP version``; neither part can
-    hold a space, so the split is the same).  Everything else is h11's own, in h11's order and
-    with its messages: :func:`h11._headers.normalize_and_validate` (``Content-Length`` and
-    ``Transfer-Encoding`` verdicts), then the Host count.  Any other shape, or another h11,
-    goes through ``Request(...)``.
+    :func:`_h11_grammar_problem` has matched the whole line with h11's ``request_line``
+    already; when the line begins with exactly ``method SP target SP`` (checked here), h11's
+    re-match of the method and the target is a second validation of the same bytes.  Any other
+    shape goes through ``Request(...)``.
     """
-    if not _FAST_REQUEST or not head.startswith(b"%s %s " % (method, target)):
+    if not head.startswith(b"%s %s " % (method, target)):
         return Request(method=method, target=target, headers=fields, http_version=version, _parsed=True)
-    headers = normalize_and_validate(fields, _parsed=True)
-    hosts = 0
-    for item in headers._full_items:
-        if item[1] == b"host":
-            hosts += 1
-    if version == b"1.1" and hosts == 0:
-        raise LocalProtocolError("Missing mandatory Host: header")
-    if hosts > 1:
-        raise LocalProtocolError("Found multiple Host: headers")
-    event = object.__new__(Request)
-    object.__setattr__(event, "method", method)
-    object.__setattr__(event, "headers", headers)
-    object.__setattr__(event, "target", target)
-    object.__setattr__(event, "http_version", version)
+    event: Request = request_event(method, target, fields, version)
     return event
 
 
