@@ -292,3 +292,24 @@ async def test_a_deadline_set_around_a_hijack_still_ends_the_hijacked_connection
             data = await read_until_closed(client.stream)
         assert data.startswith(b"HTTP/1.1 101 ")
         assert expected <= ended[-1] < expected + 0.5, ended
+
+
+async def test_with_a_request_timeout_the_own_scope_still_gets_its_503(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--request-timeout keeps a scope per request: the deadline passes, 503, the log names
+    the flag; the connection's scope is not the one cancelled (nothing left for the next)."""
+    caplog.set_level(logging.INFO, logger="trio_rack")
+
+    async def app(env: dict[str, Any]) -> Any:
+        await trio.sleep(10)
+        return 200, {}, [b"late"]
+
+    async with memory_connection(app, limits=Limits(request_timeout=2)) as client:
+        start = trio.current_time()
+        await client.stream.send_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = await read_until_closed(client.stream)
+        elapsed = trio.current_time() - start
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    assert 2.0 <= elapsed < 2.5, elapsed
+    assert any("request deadline passed (--request-timeout 2s): GET /slow" in m for m in _messages(caplog))
