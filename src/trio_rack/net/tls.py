@@ -41,6 +41,7 @@ import trio
 from ..authority import SAFE_HOST_RE
 from ..config import ConfigError, TLSConfig
 from ..state import SERVER_HEADER, date_header
+from .quick_socket import QuickSocketStream
 
 __all__ = ["make_server_context", "accept_tls", "tls_info"]
 
@@ -188,8 +189,11 @@ async def accept_tls(
     *,
     handshake_timeout: float,
     https_url: str,
-) -> trio.SSLStream[trio.SocketStream] | None:
+) -> trio.SSLStream[QuickSocketStream] | None:
     """Handshake on an accepted TCP stream; None if the client spoke plain HTTP or failed.
+
+    The TLS stream's transport is ``stream`` seen through :class:`QuickSocketStream` (a
+    non-blocking system call tried before each trip through Trio's scheduler).
 
     Resource handling: never closes ``stream``; the caller does, in its ``finally``.
     """
@@ -204,7 +208,7 @@ async def accept_tls(
         if first[0] != TLS_HANDSHAKE_RECORD:
             await _answer_plain_http(stream, https_url)
             return None
-        tls = trio.SSLStream(stream, ctx, server_side=True, https_compatible=True)
+        tls = trio.SSLStream(QuickSocketStream(stream), ctx, server_side=True, https_compatible=True)
         try:
             await tls.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
