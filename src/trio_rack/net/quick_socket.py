@@ -63,9 +63,7 @@ def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourc
     """The stream error ``SocketStream`` raises for ``exc`` (its error translation)."""
     if exc.errno == errno.EBADF:
         return trio.ClosedResourceError("this socket was already closed")
-    error = trio.BrokenResourceError(f"socket connection broken: {exc}")
-    error.__cause__ = exc
-    return error
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 class QuickSocketStream(trio.abc.Stream):
@@ -100,7 +98,7 @@ class QuickSocketStream(trio.abc.Stream):
                     except BlockingIOError:
                         sent = 0
                     except OSError as exc:
-                        raise _stream_error(exc) from None
+                        raise _stream_error(exc) from exc
                     if sent == len(data):
                         return
                     data = memoryview(data)[sent:]
@@ -131,7 +129,7 @@ class QuickSocketStream(trio.abc.Stream):
                     except BlockingIOError:
                         pass
                     except OSError as exc:
-                        raise _stream_error(exc) from None
+                        raise _stream_error(exc) from exc
                     # Nothing there yet: wait for it (a schedule point, so the count restarts).
                     self._receives_left = QUICK_CALLS
                     await trio.lowlevel.wait_readable(sock)
