@@ -117,13 +117,11 @@ class QuickSocketStream(trio.abc.Stream):
         self._receiving = True
         try:
             sock = self.stream.socket
-            if self._receives_left > 1 and sock.fileno() != -1:
+            fd = sock.fileno()
+            if self._receives_left > 1 and fd != -1:
                 self._receives_left -= 1
                 await trio.lowlevel.checkpoint_if_cancelled()
                 while True:
-                    fd = sock.fileno()
-                    if fd == -1:
-                        break  # closed meanwhile: the wrapped stream says so
                     try:
                         return os.read(fd, max_bytes)
                     except BlockingIOError:
@@ -133,6 +131,9 @@ class QuickSocketStream(trio.abc.Stream):
                     # Nothing there yet: wait for it (a schedule point, so the count restarts).
                     self._receives_left = QUICK_CALLS
                     await trio.lowlevel.wait_readable(sock)
+                    fd = sock.fileno()  # asked again: the socket may have been closed meanwhile
+                    if fd == -1:
+                        break  # the wrapped stream says so
             self._receives_left = QUICK_CALLS
             return await self.stream.receive_some(max_bytes)
         finally:
