@@ -21,19 +21,10 @@ import trio
 import trio.testing
 import trustme
 
-from e2e_support import TLSFiles, open_client, read_until, start_server
+from e2e_support import TLSFiles, open_client, read_until, start_server, ticks_of_another_task_during
+from e2e_support import tcp_pair as _tcp_pair
 from trio_rack.net.quick_socket import QUICK_CALLS, QuickSocketStream
 from trio_rack.net.tls import accept_tls, lighten_locks
-
-
-async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """A real loopback TCP connection: (client, server)."""
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    async with listener:
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listener.accept()
-    return client, server  # type: ignore[return-value]
 
 
 async def _quick_pair() -> tuple[QuickSocketStream, QuickSocketStream]:
@@ -239,7 +230,7 @@ async def test_a_run_of_quick_sends_still_lets_the_other_tasks_run() -> None:
     sends = 64
     client, server = await _quick_pair()
     async with client, server:
-        ran = await _ticks_of_another_task_during(lambda: _repeat(sends, server.send_all, b"x"))
+        ran = await ticks_of_another_task_during(lambda: _repeat(sends, server.send_all, b"x"))
         # every QUICK_CALLS-th send goes through SocketStream.send_all: 4 passes in 64 sends,
         # and trio's randomised run order may move the other task's count by one either way
         assert 3 <= ran <= 6
@@ -338,7 +329,7 @@ async def test_a_run_of_quick_reads_still_lets_the_other_tasks_run() -> None:
             for _ in range(reads):
                 got.extend(await server.receive_some(10))
 
-        ran = await _ticks_of_another_task_during(read_all)
+        ran = await ticks_of_another_task_during(read_all)
         assert bytes(got) == b"y" * (reads * 10)
         assert 3 <= ran <= 6
 
@@ -373,7 +364,7 @@ async def test_a_run_of_quick_tls_sends_still_lets_the_other_tasks_run() -> None
     sends = 64
     client, server = await _tls_pair()
     async with client, server:
-        ran = await _ticks_of_another_task_during(lambda: _repeat(sends, server.send_all, b"chunk"))
+        ran = await ticks_of_another_task_during(lambda: _repeat(sends, server.send_all, b"chunk"))
         assert 3 <= ran <= 6
         assert await _receive_exactly(client, 5 * sends) == b"chunk" * sends
 
@@ -393,7 +384,7 @@ async def test_a_fast_tls_peer_does_not_keep_the_other_tasks_from_running() -> N
                 while len(got) < len(body):
                     got.extend(await server.receive_some(65536))
 
-            ran = await _ticks_of_another_task_during(read_all)
+            ran = await ticks_of_another_task_during(read_all)
         assert bytes(got) == body
         assert ran >= len(body) // (16 * 1024) // QUICK_CALLS  # at least once per 16 records
 
@@ -540,23 +531,3 @@ async def test_a_big_upload_and_a_big_download_over_https_with_hellos_beside_the
 async def _repeat(n: int, fn: Any, *args: Any) -> None:
     for _ in range(n):
         await fn(*args)
-
-
-async def _ticks_of_another_task_during(work: Any) -> int:
-    """How many times another task ran while ``work()`` ran."""
-    ticks = 0
-
-    async def other_connection() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_connection)
-        await trio.lowlevel.checkpoint()  # it has started
-        start = ticks
-        await work()
-        ran = ticks - start
-        nursery.cancel_scope.cancel()
-    return ran

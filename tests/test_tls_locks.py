@@ -133,20 +133,20 @@ async def test_a_free_lock_taken_the_light_way_reads_as_held_by_its_taker() -> N
     lock.release()
 
 
+async def _take_and_note(wrapped: _YieldOnlyIfContended, order: list[int], n: int) -> None:
+    async with wrapped:
+        order.append(n)
+        await trio.lowlevel.checkpoint()
+
+
 async def test_waiters_behind_a_light_holder_get_the_lock_in_turn() -> None:
     lock = trio.StrictFIFOLock()
     wrapped = _YieldOnlyIfContended(lock)
     order: list[int] = []
-
-    async def take(n: int) -> None:
-        async with wrapped:
-            order.append(n)
-            await trio.lowlevel.checkpoint()
-
     async with trio.open_nursery() as nursery:
         async with wrapped:  # taken the light way: no waiters then
             for n in range(3):
-                nursery.start_soon(take, n)
+                nursery.start_soon(_take_and_note, wrapped, order, n)
                 await trio.testing.wait_all_tasks_blocked()
             assert lock.statistics().tasks_waiting == 3
         # the light holder's release handed it on through trio's own release path
