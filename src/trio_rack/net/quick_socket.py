@@ -27,8 +27,9 @@ Theory of operation
   number could by then name another connection's socket.  A socket closed while a read waits
   wakes it with ``ClosedResourceError`` (Trio's ``notify_closing``), as in ``SocketStream``.
 * **Errors as SocketStream gives them**: ``EBADF`` → :class:`trio.ClosedResourceError`, any
-  other ``OSError`` (``EPIPE``, ``ECONNRESET``) → :class:`trio.BrokenResourceError` with the
-  ``OSError`` as its cause, which ``SSLStream`` maps on as it always has.
+  other ``OSError`` (``EPIPE``, ``ECONNRESET``) → :class:`trio.BrokenResourceError`, the
+  ``OSError`` as the cause of either (``SocketStream`` drops it for ``EBADF``), which
+  ``SSLStream`` passes on as it always has.
 * **One sender and one receiver at a time**: ``SSLStream`` serialises its transport calls with
   its inner locks already; a second task calling the same direction directly gets
   :class:`trio.BusyResourceError`, as from ``SocketStream``.
