@@ -233,6 +233,9 @@ class HTTPConnection:
                 return False
             self._head_only = request.method == b"HEAD"
             exchange = self.exchange = Exchange(self.state, self, strict.request_head(request), self.info)
+            # h11's event (its Headers, the raw names and target) is not needed once the head is
+            # built: not kept for the whole response (a long stream's life), ~300 B of each one.
+            del request
             try:
                 outcome = await exchange.run()
             finally:
