@@ -326,7 +326,7 @@ class Exchange:
         prepared = self._prepared = prepare_response(result)
         self._status, self._headers = prepared.status, result[1]
         try:
-            return await self._send_response(prepared)
+            return await self._send_buffered(prepared)
         except ClientGone as exc:
             self._error = exc
             return Outcome.CLOSE
@@ -426,7 +426,38 @@ class Exchange:
                 await self._send_error(500)
                 return Outcome.CLOSE
             self._status, self._headers = prepared.status, result[1]
-            return await self._send_response(prepared)
+            # The response is sent from this frame, not from a coroutine below it: a streamed
+            # response's frames live as long as it does (10,000 stacks at 10,000 open streams)
+            # and every one of them is resumed at each chunk.
+            if prepared.hijack is not None:
+                return await self._partial_hijack(prepared)
+            kind = prepared.kind
+            if kind is BodyKind.BUFFERED:
+                return await self._send_buffered(prepared)
+            if self._head_only or prepared.status in (204, 304):
+                await self._start()
+                await self.end()
+            elif kind is BodyKind.STREAMING:
+                stream = self._response_stream = ResponseStream(self, self._request_body)
+                await prepared.body(stream)
+                if not stream.closed:
+                    stream.close_from_server()
+                if stream.aborted:  # closed while a send was half done: it cannot end cleanly
+                    self.sink.abort()
+                    return Outcome.CLOSE
+                await self.end()
+            elif (where := _file_of(prepared.body)) is not None:
+                await self._send_file(*where)
+                await self.end()
+            elif kind is BodyKind.ASYNC_ITERABLE:
+                async for chunk in prepared.body:
+                    await self.send_data(check_chunk(chunk))
+                await self.end()
+            else:
+                for chunk in prepared.body:
+                    await self.send_data(check_chunk(chunk))
+                await self.end()
+            return Outcome.KEEP_ALIVE
         except ClientGone as exc:  # the driver knows, and logs nothing more: the client left
             self._error = self._error or exc
             return Outcome.CLOSE
@@ -481,42 +512,17 @@ class Exchange:
 
     # ----------------------------------------------------------------------- the response
 
-    async def _send_response(self, prepared: PreparedResponse) -> Outcome:
-        if prepared.hijack is not None:
-            return await self._partial_hijack(prepared)
+    async def _send_buffered(self, prepared: PreparedResponse) -> Outcome:
+        """A buffered body (a list): head, body and end in one :meth:`ResponseSink.send_whole`.
+        (Every other body is sent by :meth:`_respond` itself.)"""
         no_body = self._head_only or prepared.status in (204, 304)
-        kind = prepared.kind
-        if kind is BodyKind.BUFFERED:
-            self._response = ResponseState.STREAMING
-            await self.sink.send_whole(
-                prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
-            )
-            self._response = ResponseState.DONE
-            if not no_body:
-                self._sent = prepared.length
-        elif no_body:
-            await self._start()
-            await self.end()
-        elif kind is BodyKind.STREAMING:
-            stream = self._response_stream = ResponseStream(self, self._request_body)
-            await prepared.body(stream)
-            if not stream.closed:
-                stream.close_from_server()
-            if stream.aborted:  # closed while a send was half done: it cannot end cleanly
-                self.sink.abort()
-                return Outcome.CLOSE
-            await self.end()
-        elif (where := _file_of(prepared.body)) is not None:
-            await self._send_file(*where)
-            await self.end()
-        elif kind is BodyKind.ASYNC_ITERABLE:
-            async for chunk in prepared.body:
-                await self.send_data(check_chunk(chunk))
-            await self.end()
-        else:
-            for chunk in prepared.body:
-                await self.send_data(check_chunk(chunk))
-            await self.end()
+        self._response = ResponseState.STREAMING
+        await self.sink.send_whole(
+            prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
+        )
+        self._response = ResponseState.DONE
+        if not no_body:
+            self._sent = prepared.length
         return Outcome.KEEP_ALIVE
 
     async def _start(self) -> None:
