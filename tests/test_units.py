@@ -145,7 +145,8 @@ def test_build_env_shares_repeated_header_text_between_requests():
     what decoding gives; long values are decoded each time."""
     info = ConnInfo("http", ("127.0.0.1", 8000), ("127.0.0.1", 5555))
     long_value = "v" * 300
-    headers = [("host", "example.org:8080"), ("accept", "*/*"), ("x-long", long_value), ("x-latin", "caf\xe9".encode("latin-1"))]
+    latin = "caf\xe9".encode("latin-1")
+    headers = [("host", "example.org:8080"), ("accept", "*/*"), ("x-long", long_value), ("x-latin", latin)]
     first = build_env(_request(b"/", headers=headers), info)
     second = build_env(_request(b"/", headers=headers), info)
     for key in ("HTTP_HOST", "HTTP_ACCEPT", "HTTP_X_LATIN", "SERVER_NAME", "SERVER_PORT", "REQUEST_METHOD"):
