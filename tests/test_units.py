@@ -182,6 +182,21 @@ def test_build_env_text_caches_are_bounded(monkeypatch):
         assert len(env_module._VALUE_CACHE) <= 8 and len(env_module._HOST_CACHE) <= 8
 
 
+def test_date_field_is_one_tuple_a_second(monkeypatch):
+    """Every response's ``date`` header is the same pair within a second, and follows the clock."""
+    from trio_rack import state
+
+    clock = [1_800_000_000.2]
+    monkeypatch.setattr(state.time, "time", lambda: clock[0])
+    first = state.date_field()
+    assert first == (b"date", state.date_header()) == (b"date", b"Fri, 15 Jan 2027 08:00:00 GMT")
+    clock[0] += 0.5
+    assert state.date_field() is first
+    clock[0] += 1
+    later = state.date_field()
+    assert later == (b"date", b"Fri, 15 Jan 2027 08:00:01 GMT") and state.date_header() == later[1]
+
+
 def test_access_log_escape_blocks_forged_lines():
     assert escape('a"b\\c\nd\x1b') == 'a\\"b\\\\c\\x0ad\\x1b'
     assert escape("plain text") == "plain text"

@@ -65,7 +65,7 @@ import trio
 
 from ..errors import AppError, ClientGone
 from ..files import open_file, read_slices
-from ..state import SERVER_HEADER, ServerState, date_header
+from ..state import SERVER_HEADER, ServerState, date_field
 from ..types import Env
 from . import accesslog
 from .accesslog import escape
@@ -726,7 +726,7 @@ def _with_date_and_server(headers: Headers) -> Headers:
         elif name == b"server":
             has_server = True
     if not has_date:
-        headers.append((b"date", date_header()))
+        headers.append(date_field())
     if not has_server:
         headers.append(SERVER_HEADER)
     return headers
