@@ -182,6 +182,30 @@ def test_build_env_text_caches_are_bounded(monkeypatch):
         assert len(env_module._VALUE_CACHE) <= 8 and len(env_module._HOST_CACHE) <= 8
 
 
+def test_request_head_shares_repeated_names_and_values():
+    """Two requests with the same fields get the same bytes objects in their heads (held as long
+    as each request lives), equal to what was received; long values are each request's own."""
+    long_value = "x" * 300
+    fields = [("Host", "example.org"), ("X-Long", long_value), ("Empty", "")]
+    first, second = (_request(b"/", headers=fields, method=b"PATCH") for _ in range(2))
+    expected = [(b"host", b"example.org"), (b"x-long", long_value.encode()), (b"empty", b"")]
+    assert first.headers == second.headers == expected
+    assert first.method is second.method and first.method == b"PATCH"
+    assert first.headers[0][0] is second.headers[0][0] and first.headers[0][1] is second.headers[0][1]
+    assert first.headers[1][1] is not second.headers[1][1]
+
+
+def test_request_head_sharing_is_bounded(monkeypatch):
+    from trio_rack.http1 import strict
+
+    monkeypatch.setattr(strict, "_SHARED_MAX", 8)
+    monkeypatch.setattr(strict, "_SHARED", {})
+    for i in range(50):
+        head = _request(b"/", headers=[("host", "h"), (f"x-{i}", str(i))])
+        assert head.headers == [(b"host", b"h"), (f"x-{i}".encode(), str(i).encode())]
+        assert len(strict._SHARED) <= 8
+
+
 def test_date_field_is_one_tuple_a_second(monkeypatch):
     """Every response's ``date`` header is the same pair within a second, and follows the clock."""
     from trio_rack import state
