@@ -59,6 +59,7 @@ import inspect
 import logging
 import math
 import os
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
@@ -123,7 +124,9 @@ class ResponseSink(Protocol):
         """The head of a streamed response."""
         ...
 
-    async def send_whole(self, status: int, headers: Headers, body: list[bytes], length: int, head_only: bool) -> None:
+    async def send_whole(
+        self, status: int, headers: Headers, body: Sequence[bytes], length: int, head_only: bool
+    ) -> None:
         """A buffered response: head (with ``content-length``), body and end, coalesced."""
         ...
 

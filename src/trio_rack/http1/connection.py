@@ -39,6 +39,7 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -465,7 +466,7 @@ class HTTPConnection:
         await self.writer.write(self.h11.send(self._head_event(status, headers)))
 
     async def send_whole(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: list[bytes], length: int, head_only: bool
+        self, status: int, headers: list[tuple[bytes, bytes]], body: Sequence[bytes], length: int, head_only: bool
     ) -> None:
         """A buffered response, coalesced into one write when small."""
         h = self.h11
