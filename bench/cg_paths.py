@@ -1,4 +1,4 @@
-"""Instructions per unit of work on six server paths, for two source trees: deterministic
+"""Instructions per unit of work on seven server paths, for two source trees: deterministic
 A/B on a shared machine (valgrind's callgrind counts instructions, not seconds).
 
     python3 bench/cg_paths.py MODE N1 N2 SRC [SRC ...]
@@ -19,6 +19,8 @@ and, for ``stream``, a generator app this script writes to a temporary file):
 ``upload``  one ``POST /upload`` of 10 MiB, echoed back, on a keep-alive connection
 ``tls``     one keep-alive request over TLS (an ``https`` bind, HTTP/1.1 by ALPN; a throw-away
             CA and certificate from ``trustme``): ``hello`` plus the TLS record work
+``tlsnew``  one request on a new TLS connection (``Connection: close``): ``new`` plus the
+            handshake (TLS 1.3, a new session each time: no resumption)
 
 ``--http1-parser h11|httptools`` pins the server's HTTP/1 parser (default: the server's
 ``auto``, httptools when installed): measure both, since each is a target of its own.
@@ -90,6 +92,17 @@ def _drive(mode: str, port: int, n: int, tls: ssl.SSLContext | None) -> None:
                 c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 while c.recv(65536):
                     pass
+    elif mode == "tlsnew":
+        assert tls is not None
+        _connect(port, tls).close()
+        for _ in range(n):
+            with tls.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                try:
+                    while c.recv(65536):
+                        pass
+                except ssl.SSLEOFError:  # the server's close without close_notify reads so
+                    pass
     elif mode == "stream":
         with _connect(port) as c:
             c.sendall(b"GET /?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
@@ -119,7 +132,7 @@ def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str]) 
         out = os.path.join(work, "cg.out")
         bind = [f"http://127.0.0.1:{port}"]
         client_tls = None
-        if mode == "tls":
+        if mode in ("tls", "tlsnew"):
             import trustme  # the test extra's; only this mode needs it
 
             ca = trustme.CA()
@@ -149,7 +162,7 @@ def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["hello", "hello64", "new", "stream", "upload", "tls"])
+    parser.add_argument("mode", choices=["hello", "hello64", "new", "stream", "upload", "tls", "tlsnew"])
     parser.add_argument("n1", type=int)
     parser.add_argument("n2", type=int)
     parser.add_argument("src", nargs="+")

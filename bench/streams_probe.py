@@ -4,6 +4,7 @@
 
     python3 bench/streams_probe.py memory -n 2000      # tracemalloc: bytes per open stream, by line
     python3 bench/streams_probe.py run -n 10000        # GC time, server CPU, kernel accept drops
+    python3 bench/streams_probe.py process -n 10000    # RSS per stream as bench/run measures it
 
 Both run ``trio_rack.serve`` on ``bench/rack_app.py`` in this process (on 127.0.0.1, port 0) and
 drive it with ``bench/clients.py streams`` in a child process (the peers' virtualenv Python when
@@ -21,6 +22,12 @@ figures (until all had a byte, until all done), the server's CPU seconds, the ti
 garbage collector took by generation (``gc.callbacks``) and how many connections the kernel
 dropped at the listen queue meanwhile (``TcpExt: ListenOverflows``, machine-wide).  Wall-clock
 figures move with the machine's load; CPU seconds less; the GC and drop counts little.
+
+``process``: the ``bench/run`` streams scenario alone, for the trio-rack on ``PYTHONPATH``: a
+server process of its own (``python3 -m trio_rack serve bench/rack_app.py -n 1
+--no-access-log --max-connections 30000``, the parser as ``--http1-parser`` says, pinned to core
+0), N ten-second streams from ``bench/clients.py``, the server's RSS polled every 0.1 s; prints
+``bench/_scenarios.streams``'s figures (KiB per stream = (peak − baseline) / most open at once).
 
 Resource handling: the client is a child process, killed by PID at the end; the server's
 nursery is cancelled.  Traffic goes to 127.0.0.1 only and the runs end by themselves.
@@ -178,6 +185,28 @@ async def run(n: int, seconds: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+def process(n: int, seconds: int) -> None:
+    """``bench/run``'s streams scenario against a server process (see the module docstring)."""
+    from _procs import ServerProcess, free_port
+    from _scenarios import streams
+
+    port = free_port()
+    server = ServerProcess("trio-rack", port)
+    argv = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    argv += [sys.executable, "-m", "trio_rack", "serve", str(BENCH / "rack_app.py"), "-b", f"http://127.0.0.1:{port}"]
+    argv += ["--no-access-log", "--log-level", "warning", "--max-connections", "30000", "-n", "1"]
+    argv += ["--http1-parser", PARSER[0]]
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"streams-probe-{port}.log"
+    server.spawn(argv, log=log)
+    try:
+        server.wait_ready()
+        python = str(PEER_PYTHON) if PEER_PYTHON.exists() else sys.executable
+        result = streams(server, n=n, seconds=seconds, python=python)
+    finally:
+        server.stop()
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,12 +217,20 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("-n", type=int, default=10_000)
     r.add_argument("--seconds", type=int, default=10)
-    for p in (m, r):
+    pr = sub.add_parser("process")
+    pr.add_argument("-n", type=int, default=10_000)
+    pr.add_argument("--seconds", type=int, default=10)
+    for p in (m, r, pr):
         p.add_argument("--http1-parser", default="h11", choices=["h11", "httptools", "auto"])
     args = parser.parse_args()
     PARSER[0] = args.http1_parser
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.command == "process":
+        if hasattr(os, "sched_setaffinity") and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {1})  # the client (a child) on core 1, as bench/run has it
+        process(args.n, args.seconds)
+        return
     if hasattr(os, "sched_setaffinity") and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})  # the server on core 0, the client on core 1
     if args.command == "memory":

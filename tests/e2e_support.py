@@ -58,6 +58,8 @@ __all__ = [
     "read_until_eof",
     "split_head",
     "start_server",
+    "tcp_pair",
+    "ticks_of_another_task_during",
     "wait_until",
 ]
 
@@ -88,6 +90,38 @@ async def wait_until(predicate: Callable[[], bool], *, poll: float = 0.02) -> No
     ``trio.fail_after`` / ``move_on_after``; never a stand-in for an event we own."""
     while not predicate():  # noqa: ASYNC110 (nothing to await: the state is not ours to signal)
         await trio.sleep(poll)
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """A real loopback TCP connection, (client, server): for the transport's quick paths, which
+    are system calls on a socket."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    return client, server  # type: ignore[return-value]
+
+
+async def ticks_of_another_task_during(work: Callable[[], Any]) -> int:
+    """How many times another task got to run while ``await work()`` ran: the evidence that a
+    run of calls that skip the scheduler still lets the other connections in."""
+    ticks = 0
+
+    async def other_connection() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_connection)
+        await trio.lowlevel.checkpoint()  # it has started
+        start = ticks
+        await work()
+        ran = ticks - start
+        nursery.cancel_scope.cancel()
+    return ran
 
 
 async def fds_settle_at(expected: int, *, within: float = 2) -> None:

@@ -110,3 +110,68 @@ async def test_a_tls_stream_with_light_locks_carries_concurrent_traffic_intact()
             nursery.start_soon(client.send_all, payload[::-1])
     assert got["server"] == payload[::-1]
     assert got["client"] == payload
+
+
+async def test_a_free_lock_taken_the_light_way_reads_as_held_by_its_taker() -> None:
+    lock = trio.Lock()
+    async with _YieldOnlyIfContended(lock):
+        assert lock.locked()
+        assert lock.statistics().owner is trio.lowlevel.current_task()
+        refused: list[BaseException] = []
+
+        async def another_task() -> None:
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock as exc:  # nobody else can take it meanwhile
+                refused.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(another_task)
+        assert refused
+    assert not lock.locked()
+    await lock.acquire()  # and trio's own path takes and releases it as usual afterwards
+    lock.release()
+
+
+async def _take_and_note(wrapped: _YieldOnlyIfContended, order: list[int], n: int) -> None:
+    async with wrapped:
+        order.append(n)
+        await trio.lowlevel.checkpoint()
+
+
+async def test_waiters_behind_a_light_holder_get_the_lock_in_turn() -> None:
+    lock = trio.StrictFIFOLock()
+    wrapped = _YieldOnlyIfContended(lock)
+    order: list[int] = []
+    async with trio.open_nursery() as nursery:
+        async with wrapped:  # taken the light way: no waiters then
+            for n in range(3):
+                nursery.start_soon(_take_and_note, wrapped, order, n)
+                await trio.testing.wait_all_tasks_blocked()
+            assert lock.statistics().tasks_waiting == 3
+        # the light holder's release handed it on through trio's own release path
+    assert order == [0, 1, 2]
+    assert not lock.locked()
+
+
+async def test_a_waiter_cancelled_behind_a_light_holder_leaves_the_lock_consistent() -> None:
+    lock = trio.Lock()
+    wrapped = _YieldOnlyIfContended(lock)
+    got_it = False
+
+    async def take() -> None:
+        nonlocal got_it
+        async with wrapped:
+            got_it = True
+
+    async with wrapped:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()  # the waiter gives up while parked
+        assert lock.statistics().tasks_waiting == 0
+    assert not got_it
+    assert not lock.locked()
+    async with wrapped:  # and the light way works again
+        assert lock.locked()
+    assert not lock.locked()

@@ -139,6 +139,88 @@ def test_build_env_absolute_form_without_path():
     assert env["HTTP_HOST"] == "example.org"
 
 
+def test_build_env_shares_repeated_header_text_between_requests():
+    """Header values, the method and SERVER_NAME/SERVER_PORT repeat from request to request: env
+    holds one shared str for each (an open stream's env lives as long as it does), equal to
+    what decoding gives; long values are decoded each time."""
+    info = ConnInfo("http", ("127.0.0.1", 8000), ("127.0.0.1", 5555))
+    long_value = "v" * 300
+    latin = "caf\xe9".encode("latin-1")
+    headers = [("host", "example.org:8080"), ("accept", "*/*"), ("x-long", long_value), ("x-latin", latin)]
+    first = build_env(_request(b"/", headers=headers), info)
+    second = build_env(_request(b"/", headers=headers), info)
+    for key in ("HTTP_HOST", "HTTP_ACCEPT", "HTTP_X_LATIN", "SERVER_NAME", "SERVER_PORT", "REQUEST_METHOD"):
+        assert first[key] is second[key], key
+    assert first["HTTP_X_LATIN"] == "caf\xe9" and first["REQUEST_METHOD"] == "GET"
+    assert (first["SERVER_NAME"], first["SERVER_PORT"]) == ("example.org", "8080")
+    assert first["HTTP_X_LONG"] == second["HTTP_X_LONG"] == long_value
+    assert first["HTTP_X_LONG"] is not second["HTTP_X_LONG"]
+    # an unusual method is decoded as before
+    assert build_env(_request(b"/", method=b"PROPFIND"), info)["REQUEST_METHOD"] == "PROPFIND"
+
+
+def test_build_env_host_cache_keeps_schemes_apart():
+    """The same Host without a port is port 80 over http and 443 over https, cached or not."""
+    plain = ConnInfo("http", ("h", 80), ("c", 1))
+    tls = ConnInfo("https", ("h", 443), ("c", 1), tls={})
+    for _ in range(2):
+        assert build_env(_request(b"/", headers=[("host", "example.com")]), plain)["SERVER_PORT"] == "80"
+        assert build_env(_request(b"/", headers=[("host", "example.com")]), tls)["SERVER_PORT"] == "443"
+
+
+def test_build_env_text_caches_are_bounded(monkeypatch):
+    """Values are client-chosen: a full cache starts afresh instead of growing."""
+    from trio_rack.app import env as env_module
+
+    monkeypatch.setattr(env_module, "_VALUE_CACHE_MAX", 8)
+    monkeypatch.setattr(env_module, "_VALUE_CACHE", {})
+    monkeypatch.setattr(env_module, "_HOST_CACHE", {})
+    info = ConnInfo("http", ("h", 80), ("c", 1))
+    for i in range(50):
+        env = build_env(_request(b"/", headers=[("host", f"h{i}.example"), ("x-id", str(i))]), info)
+        assert env["HTTP_X_ID"] == str(i) and env["SERVER_NAME"] == f"h{i}.example"
+        assert len(env_module._VALUE_CACHE) <= 8 and len(env_module._HOST_CACHE) <= 8
+
+
+def test_request_head_shares_repeated_names_and_values():
+    """Two requests with the same fields get the same bytes objects in their heads (held as long
+    as each request lives), equal to what was received; long values are each request's own."""
+    long_value = "x" * 300
+    fields = [("Host", "example.org"), ("X-Long", long_value), ("Empty", "")]
+    first, second = (_request(b"/", headers=fields, method=b"PATCH") for _ in range(2))
+    expected = [(b"host", b"example.org"), (b"x-long", long_value.encode()), (b"empty", b"")]
+    assert first.headers == second.headers == expected
+    assert first.method is second.method and first.method == b"PATCH"
+    assert first.headers[0][0] is second.headers[0][0] and first.headers[0][1] is second.headers[0][1]
+    assert first.headers[1][1] is not second.headers[1][1]
+
+
+def test_request_head_sharing_is_bounded(monkeypatch):
+    from trio_rack.http1 import strict
+
+    monkeypatch.setattr(strict, "_SHARED_MAX", 8)
+    monkeypatch.setattr(strict, "_SHARED", {})
+    for i in range(50):
+        head = _request(b"/", headers=[("host", "h"), (f"x-{i}", str(i))])
+        assert head.headers == [(b"host", b"h"), (f"x-{i}".encode(), str(i).encode())]
+        assert len(strict._SHARED) <= 8
+
+
+def test_date_field_is_one_tuple_a_second(monkeypatch):
+    """Every response's ``date`` header is the same pair within a second, and follows the clock."""
+    from trio_rack import state
+
+    clock = [1_800_000_000.2]
+    monkeypatch.setattr(state.time, "time", lambda: clock[0])
+    first = state.date_field()
+    assert first == (b"date", state.date_header()) == (b"date", b"Fri, 15 Jan 2027 08:00:00 GMT")
+    clock[0] += 0.5
+    assert state.date_field() is first
+    clock[0] += 1
+    later = state.date_field()
+    assert later == (b"date", b"Fri, 15 Jan 2027 08:00:01 GMT") and state.date_header() == later[1]
+
+
 def test_access_log_escape_blocks_forged_lines():
     assert escape('a"b\\c\nd\x1b') == 'a\\"b\\\\c\\x0ad\\x1b'
     assert escape("plain text") == "plain text"

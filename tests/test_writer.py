@@ -11,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+from e2e_support import tcp_pair as _tcp_pair
+from e2e_support import ticks_of_another_task_during
 from trio_rack.errors import ClientGone
 from trio_rack.net.transport import Deadlines, Writer
 
@@ -36,16 +38,6 @@ async def test_two_tasks_writing_on_one_connection_take_turns_whole_writes() -> 
         nursery.start_soon(read_all)
     assert bytes(received) == first + second
     assert writer.blocked_since == math.inf
-
-
-async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """A real loopback TCP connection (the write fast path is for plain TCP sockets only)."""
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    async with listener:
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listener.accept()
-    return client, server  # type: ignore[return-value]
 
 
 def _tcp_writer(stream: trio.SocketStream) -> Writer:
@@ -122,22 +114,12 @@ async def test_a_run_of_quick_writes_still_lets_the_other_tasks_run() -> None:
     client, server = await _tcp_pair()
     async with client, server:
         writer = _tcp_writer(server)
-        ticks = 0
 
-        async def other_connection() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await trio.lowlevel.checkpoint()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(other_connection)
-            await trio.lowlevel.checkpoint()  # it has started
-            start = ticks
+        async def writes() -> None:
             for _ in range(WRITES):
                 await writer.write(b"x")
-            ran = ticks - start
-            nursery.cancel_scope.cancel()
+
+        ran = await ticks_of_another_task_during(writes)
         # every QUICK_WRITES-th write goes through send_all: 4 passes in 64 writes, and trio's
         # randomised run order may move the other task's count by one either way
         assert 3 <= ran <= 6

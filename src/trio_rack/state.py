@@ -18,7 +18,9 @@ import trio
 from .config import Limits
 from .types import App
 
-__all__ = ["ConnectionHandle", "LiveRequest", "ReadDeadline", "ServerState", "SERVER_HEADER", "date_header"]
+__all__ = [
+    "ConnectionHandle", "LiveRequest", "ReadDeadline", "ServerState", "SERVER_HEADER", "date_field", "date_header",
+]  # fmt: skip
 
 SERVER_HEADER = (b"server", b"trio-rack")
 
@@ -56,25 +58,34 @@ class ConnectionHandle(Protocol):
 
 
 class _DateCache:
-    """The ``date`` header value, formatted at most once a second."""
+    """The ``date`` header value, formatted at most once a second (and the header as a pair:
+    one tuple a second for every response, not one each)."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_second", "_value", "_field")
 
     def __init__(self) -> None:
         self._second = -1
         self._value = b""
+        self._field = (b"date", b"")
 
     def get(self) -> bytes:
         now = int(time.time())
         if now != self._second:
             self._second = now
             self._value = formatdate(now, usegmt=True).encode("ascii")
+            self._field = (b"date", self._value)
         return self._value
+
+    def field(self) -> tuple[bytes, bytes]:
+        self.get()
+        return self._field
 
 
 _date = _DateCache()
 #: The ``date`` header value for now (cached per second).
 date_header = _date.get
+#: ``(b"date", date_header())``, the same tuple for a second.
+date_field = _date.field
 
 
 class ServerState:

@@ -59,13 +59,14 @@ import inspect
 import logging
 import math
 import os
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
 
 from ..errors import AppError, ClientGone
 from ..files import open_file, read_slices
-from ..state import SERVER_HEADER, ServerState, date_header
+from ..state import SERVER_HEADER, ServerState, date_field
 from ..types import Env
 from . import accesslog
 from .accesslog import escape
@@ -131,7 +132,9 @@ class ResponseSink(Protocol):
         """The head of a streamed response."""
         ...
 
-    async def send_whole(self, status: int, headers: Headers, body: list[bytes], length: int, head_only: bool) -> None:
+    async def send_whole(
+        self, status: int, headers: Headers, body: Sequence[bytes], length: int, head_only: bool
+    ) -> None:
         """A buffered response: head (with ``content-length``), body and end, coalesced."""
         ...
 
@@ -393,7 +396,7 @@ class Exchange:
         prepared = self._prepared = prepare_response(result)
         self._status, self._headers = prepared.status, result[1]
         try:
-            return await self._send_response(prepared)
+            return await self._send_buffered(prepared)
         except ClientGone as exc:
             self._error = exc
             return Outcome.CLOSE
@@ -494,7 +497,38 @@ class Exchange:
                 await self._send_error(500)
                 return Outcome.CLOSE
             self._status, self._headers = prepared.status, result[1]
-            return await self._send_response(prepared)
+            # The response is sent from this frame, not from a coroutine below it: a streamed
+            # response's frames live as long as it does (10,000 stacks at 10,000 open streams)
+            # and every one of them is resumed at each chunk.
+            if prepared.hijack is not None:
+                return await self._partial_hijack(prepared)
+            kind = prepared.kind
+            if kind is BodyKind.BUFFERED:
+                return await self._send_buffered(prepared)
+            if self._head_only or prepared.status in (204, 304):
+                await self._start()
+                await self.end()
+            elif kind is BodyKind.STREAMING:
+                stream = self._response_stream = ResponseStream(self, self._request_body)
+                await prepared.body(stream)
+                if not stream.closed:
+                    stream.close_from_server()
+                if stream.aborted:  # closed while a send was half done: it cannot end cleanly
+                    self.sink.abort()
+                    return Outcome.CLOSE
+                await self.end()
+            elif (where := _file_of(prepared.body)) is not None:
+                await self._send_file(*where)
+                await self.end()
+            elif kind is BodyKind.ASYNC_ITERABLE:
+                async for chunk in prepared.body:
+                    await self.send_data(check_chunk(chunk))
+                await self.end()
+            else:
+                for chunk in prepared.body:
+                    await self.send_data(check_chunk(chunk))
+                await self.end()
+            return Outcome.KEEP_ALIVE
         except ClientGone as exc:  # the driver knows, and logs nothing more: the client left
             self._error = self._error or exc
             return Outcome.CLOSE
@@ -549,42 +583,17 @@ class Exchange:
 
     # ----------------------------------------------------------------------- the response
 
-    async def _send_response(self, prepared: PreparedResponse) -> Outcome:
-        if prepared.hijack is not None:
-            return await self._partial_hijack(prepared)
+    async def _send_buffered(self, prepared: PreparedResponse) -> Outcome:
+        """A buffered body (a list): head, body and end in one :meth:`ResponseSink.send_whole`.
+        (Every other body is sent by :meth:`_respond` itself.)"""
         no_body = self._head_only or prepared.status in (204, 304)
-        kind = prepared.kind
-        if kind is BodyKind.BUFFERED:
-            self._response = ResponseState.STREAMING
-            await self.sink.send_whole(
-                prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
-            )
-            self._response = ResponseState.DONE
-            if not no_body:
-                self._sent = prepared.length
-        elif no_body:
-            await self._start()
-            await self.end()
-        elif kind is BodyKind.STREAMING:
-            stream = self._response_stream = ResponseStream(self, self._request_body)
-            await prepared.body(stream)
-            if not stream.closed:
-                stream.close_from_server()
-            if stream.aborted:  # closed while a send was half done: it cannot end cleanly
-                self.sink.abort()
-                return Outcome.CLOSE
-            await self.end()
-        elif (where := _file_of(prepared.body)) is not None:
-            await self._send_file(*where)
-            await self.end()
-        elif kind is BodyKind.ASYNC_ITERABLE:
-            async for chunk in prepared.body:
-                await self.send_data(check_chunk(chunk))
-            await self.end()
-        else:
-            for chunk in prepared.body:
-                await self.send_data(check_chunk(chunk))
-            await self.end()
+        self._response = ResponseState.STREAMING
+        await self.sink.send_whole(
+            prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
+        )
+        self._response = ResponseState.DONE
+        if not no_body:
+            self._sent = prepared.length
         return Outcome.KEEP_ALIVE
 
     async def _start(self) -> None:
@@ -808,7 +817,7 @@ def _with_date_and_server(headers: Headers) -> Headers:
         elif name == b"server":
             has_server = True
     if not has_date:
-        headers.append((b"date", date_header()))
+        headers.append(date_field())
     if not has_server:
         headers.append(SERVER_HEADER)
     return headers

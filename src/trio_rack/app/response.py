@@ -16,7 +16,7 @@ import enum
 import inspect
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -70,8 +70,9 @@ class PreparedResponse:
     headers: list[tuple[bytes, bytes]]
     kind: BodyKind
     body: Any
-    #: For BUFFERED bodies: the chunks, and their total length.
-    chunks: list[bytes]
+    #: For BUFFERED bodies: the chunks, and their total length (an empty tuple for the others:
+    #: no list per streamed response, which keeps this object as long as it streams).
+    chunks: Sequence[bytes]
     length: int
     #: The partial-hijack callable from the ``rack.hijack`` header, if any.
     hijack: Any = None
@@ -237,7 +238,7 @@ def prepare_response(result: Any) -> PreparedResponse:
         raise AppError(f"status {status} is informational; a final response needs 200-999")
     kind = BodyKind.BUFFERED if type(body) is list else classify_body(body)  # (the common body: no call)
     wire, app_length = _encode_headers(headers, keep_hop_by_hop=hijack is not None, buffered=kind is BodyKind.BUFFERED)
-    chunks: list[bytes] = []
+    chunks: Sequence[bytes] = ()
     length = 0
     if kind is BodyKind.BUFFERED:
         chunks = [c if type(c) is bytes else check_chunk(c) for c in body]  # (a call only when not bytes)

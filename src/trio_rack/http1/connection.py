@@ -41,6 +41,7 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -221,14 +222,44 @@ class HTTPConnection:
     # ----------------------------------------------------------------------------- main loop
 
     async def run(self) -> None:
+        """The keep-alive loop, inside the connection's scope.
+
+        One coroutine for the loop and the set-up around it (no ``_serve_requests`` of its
+        own): its frame lives as long as the connection, 10,000 of them at 10,000 open
+        streams, and every resumption of a streamed response passes through each frame.
+        """
         state = self.state
         state.connections.add(self)
         deadlines = self.deadlines
         state.read_deadlines.add(deadlines)
+        hijacked = False
         try:
             with deadlines.scope:
                 deadlines.in_scope = True
-                hijacked = await self._serve_requests()
+                while True:
+                    request = await self._read_request(self._fresh)
+                    self._fresh = False
+                    if request is None:
+                        break
+                    self._head_only = request.method == b"HEAD"
+                    exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
+                    # h11's event (its Headers, the raw names and target) is not needed once the
+                    # head is built: not kept for the whole response (a long stream's life).
+                    del request
+                    try:
+                        outcome = await exchange.run()
+                    finally:
+                        self.exchange = None
+                        if exchange.client_gone or self.writer.broken:
+                            self.client_gone = True
+                    del exchange  # (nor the exchange, its env and body, while the next request is awaited)
+                    if outcome is Outcome.HIJACKED:
+                        hijacked = True
+                        break
+                    if outcome is Outcome.CLOSE or state.draining or self.client_gone:
+                        break
+                    if not await self._prepare_next_cycle():
+                        break
             deadlines.in_scope = False
             if deadlines.scope.cancelled_caught:
                 await self._after_cancel()
@@ -238,28 +269,6 @@ class HTTPConnection:
             deadlines.in_scope = False
             state.read_deadlines.discard(deadlines)
             state.connections.discard(self)
-
-    async def _serve_requests(self) -> bool:
-        """The keep-alive loop.  Returns True if the connection was hijacked."""
-        while True:
-            request = await self._read_request(self._fresh)
-            self._fresh = False
-            if request is None:
-                return False
-            self._head_only = request.method == b"HEAD"
-            exchange = self.exchange = Exchange(self.state, self, strict.request_head(request), self.info)
-            try:
-                outcome = await exchange.run()
-            finally:
-                self.exchange = None
-                if exchange.client_gone or self.writer.broken:
-                    self.client_gone = True
-            if outcome is Outcome.HIJACKED:
-                return True
-            if outcome is Outcome.CLOSE or self.state.draining or self.client_gone:
-                return False
-            if not await self._prepare_next_cycle():
-                return False
 
     async def _after_cancel(self) -> None:
         """The connection's scope was cancelled: say why, and answer 408 where one is due."""
@@ -486,7 +495,7 @@ class HTTPConnection:
         await self.writer.write(self.h11.send(self._head_event(status, headers)))
 
     async def send_whole(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: list[bytes], length: int, head_only: bool
+        self, status: int, headers: list[tuple[bytes, bytes]], body: Sequence[bytes], length: int, head_only: bool
     ) -> None:
         """A buffered response, coalesced into one write when small."""
         h = self.h11

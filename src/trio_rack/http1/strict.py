@@ -159,16 +159,37 @@ def request_head(request: h11.Request) -> RequestHead:
         if not target.startswith(b"/"):
             target = b"/" + target
     path, _, query = target.partition(b"?")
+    fields = request.headers._full_items
     return RequestHead(
-        request.method,
+        _SHARED.get(request.method) or _share(request.method),
         path,
         query,
         _HTTP_VERSIONS.get(request.http_version) or request.http_version.decode("ascii"),
         # a plain list of (name, value): the env builder and the adapters walk it, and h11's
         # ``Headers`` is a Sequence whose iteration is one __getitem__ call per field
-        [(name, value) for _, name, value in request.headers._full_items],
+        [(_SHARED.get(name) or _share(name), _SHARED.get(value) or _share(value)) for _, name, value in fields],
         authority,
     )
+
+
+#: Header names and values seen before, one ``bytes`` for every request that repeats them
+#: (``host``, ``Host``'s value, ``keep-alive``, ``accept``...): the head lives as long as its
+#: request (``env["trio_rack.request_head"]``: 10,000 heads at 10,000 open streams), and a
+#: shared object also brings its hash along to the env builder's lookups.  The one piece of
+#: state in this module, and bounded: names and values are client-chosen, so a full cache
+#: starts afresh; values over :data:`_SHARED_LONGEST` bytes (cookies, tokens) are not kept.
+_SHARED: dict[bytes, bytes] = {}
+_SHARED_MAX = 2048
+_SHARED_LONGEST = 256
+
+
+def _share(data: bytes) -> bytes:
+    """``data`` as the cached object from now on (if short enough); ``data`` itself this time."""
+    if len(data) <= _SHARED_LONGEST:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[data] = data
+    return data
 
 
 _HTTP_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}

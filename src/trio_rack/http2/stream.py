@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -230,7 +231,7 @@ class H2Stream:
         await trio.lowlevel.checkpoint()
 
     async def send_whole(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: list[bytes], length: int, head_only: bool
+        self, status: int, headers: list[tuple[bytes, bytes]], body: Sequence[bytes], length: int, head_only: bool
     ) -> None:
         empty = head_only or length == 0
         self._send_head_now(status, headers, end_stream=empty)
