@@ -17,10 +17,15 @@ Theory of operation
   not yet consumed stay in wsproto's event generator for the next call.  An echo then costs
   one wake-up of one task per message: no hand-off between tasks, no channel, and no cancel
   scope with a deadline (why: ``bench/README.md``, "WebSockets").
-* **The keeper and the background reader.**  Each websocket has one more task, the *keeper*,
-  in a nursery the ``async with`` opens.  It sleeps until the next thing that is due (a
-  keepalive ping, the idle timeout, the write timeout, a hand-over, graceful shutdown) and
-  reads nothing itself.  While the app does not read (it has not asked for a message yet, or
+* **The keeper and the background reader.**  The server's one *keeper* task
+  (:mod:`trio_rack.keeper`, ``env["trio_rack.keeper"]``: a heap of due times for all its
+  websockets) times this one: when the next thing falls due (a keepalive ping, the idle
+  timeout, the write timeout, a hand-over, graceful shutdown) it calls ``timer_fire``, which
+  decides without blocking and starts what takes time (a ping, a close, the background
+  reader) as a task in the nursery the ``async with`` opens.  Nothing reads in the keeper, and
+  no task per websocket sleeps for it (a task, two cancel scopes and a coroutine stack less
+  per idle websocket).  Where no server runs a keeper (the in-memory testing helpers), the
+  websocket runs a private one in its nursery.  While the app does not read (it has not asked for a message yet, or
   has been away from ``get_message`` for ``HANDOVER`` seconds, or a second task waits for
   one), the keeper starts a *background reader* that reads, answers pings and puts whole
   messages into a bounded memory channel (``max_queue``); it gives the read side back as soon
@@ -56,9 +61,9 @@ Theory of operation
   either done (and its message returned) or not started.
 * **Server shutdown.**  Cancelling ``serve()`` cancels every connection task, so every open
   websocket gets 1001.  A *graceful* shutdown (``shutdown_trigger``, SIGTERM) sets the server's
-  ``env["trio_rack.shutdown"]`` event; each keeper waits for it too and closes with 1001
-  "server shutting down" at once, so the app's loop ends and its block exits within the grace
-  period.
+  ``env["trio_rack.shutdown"]`` event; the keeper waits for it too and starts the close with
+  1001 "server shutting down" on every websocket at once, so the apps' loops end and their
+  blocks exit within the grace period.
 * **Dead peers.**  Every ``ping_interval`` seconds of silence while someone reads, the keeper
   sends a ping; after ``idle_timeout`` seconds with nothing received while a reader was
   waiting for data it closes with 1011 "idle timeout".  A single frame that cannot be written
@@ -98,6 +103,8 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
+
+from ..keeper import Keeper
 
 __all__ = ["ConnectionClosed", "WebSocket", "WebSocketContext"]
 
@@ -206,7 +213,7 @@ class WebSocketContext:
                  subprotocol: str | None, deflate: _BoundedDeflate | None, options: _Options) -> None:
         #: Takes the stream and gives the handshake answer still to write on it: the full hijack
         #: and its ``101`` head (HTTP/1), or HTTP/2's tunnel whose ``200`` is already sent.
-        self._open_stream = open_stream
+        self._open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]] | None = open_stream
         self._subprotocol = subprotocol
         self._deflate = deflate
         self._options = options
@@ -221,7 +228,10 @@ class WebSocketContext:
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
             raise RuntimeError("a websocket context can be entered only once")
-        stream, head = await self._open_stream()
+        open_stream, self._open_stream = self._open_stream, None  # (its closure is not kept)
+        if open_stream is None:
+            raise RuntimeError("a websocket context can be entered only once")
+        stream, head = await open_stream()
         ws = self._ws = WebSocket(stream, self._subprotocol, self._deflate, self._options)
         try:
             if head:
@@ -241,7 +251,14 @@ class WebSocketContext:
         nursery = self._nursery = await self._nursery_cm.__aenter__()
         if started:
             ws._nursery = nursery
-            nursery.start_soon(ws._keeper, self.shutdown)
+            keeper = self.env.get("trio_rack.keeper") if self.env is not None else None
+            if not isinstance(keeper, Keeper) or not keeper.running:
+                # no server runs a shared keeper (the in-memory testing helpers): a private one
+                keeper = Keeper(self.shutdown)
+                nursery.start_soon(keeper.run)
+            ws._keeper = keeper
+            keeper.add(ws, ws._next_due())
+            nursery.start_soon(ws._first_look)
         return ws
 
     async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None,
@@ -254,9 +271,13 @@ class WebSocketContext:
             code, reason = GOING_AWAY, "going away"
         else:
             code, reason = INTERNAL_ERROR, "internal error"
-        with trio.CancelScope(shield=True) as shield:
-            shield.deadline = trio.current_time() + ws._options.close_timeout + 1
-            await ws._close(code, reason)
+        try:
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + ws._options.close_timeout + 1
+                await ws._close(code, reason)
+        finally:
+            if ws._keeper is not None:
+                ws._keeper.discard(ws)
         # No reader is left by now; the keeper may still be sleeping.
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
@@ -325,7 +346,7 @@ class WebSocket:
         "_send_broken", "_stream_closed", "_parser_dead", "_messages_in", "_messages_out",
         "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
-        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_timer",
+        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
         "_held", "close_code", "close_reason",
         "__weakref__",
@@ -378,8 +399,10 @@ class WebSocket:
         self._away_since = now  # when an app task last left get_message with a message
         self._write_since = math.inf  # when the write under way started
         self._abortable = _abortable(stream)
-        #: The keeper's sleep; others move its deadline earlier when something falls due sooner.
-        self._timer: trio.CancelScope | None = None
+        #: What times this websocket (the server's shared :class:`~trio_rack.keeper.Keeper`, or a
+        #: private one), and when it is due next there (the keeper's; ``_poke`` moves it earlier).
+        self._keeper: Keeper | None = None
+        self.timer_due = math.inf
         #: Seconds of silence while reading after which the keeper has something to do.
         self._read_due = min(options.ping_interval or math.inf, options.idle_timeout or math.inf)
         #: A close path the app's task handed to the keeper (see ``_end``).
@@ -527,9 +550,8 @@ class WebSocket:
                     await self._stream.send_all(data)
                 elif self._abortable:
                     self._write_since = since = trio.current_time()
-                    timer = self._timer
-                    if timer is not None and timer.deadline > since + timeout:
-                        timer.deadline = since + timeout
+                    if since + timeout < self.timer_due:
+                        self._poke(since + timeout)
                     try:
                         await self._stream.send_all(data)
                     finally:
@@ -552,9 +574,8 @@ class WebSocket:
         the keeper's ping and idle timeout count only while a reader waits in here."""
         now = self._quiet_since = trio.current_time()
         self._receiving = True
-        timer = self._timer
-        if timer is not None and timer.deadline > now + self._read_due:
-            timer.deadline = now + self._read_due  # a ping or the idle timeout falls due sooner
+        if now + self._read_due < self.timer_due:
+            self._poke(now + self._read_due)  # a ping or the idle timeout falls due sooner
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
             return data if type(data) is bytes else bytes(data)
@@ -612,9 +633,8 @@ class WebSocket:
                                 self._wake()
                                 continue
                         away = self._away_since = trio.current_time()
-                        timer = self._timer
-                        if timer is not None and timer.deadline > away + HANDOVER:
-                            timer.deadline = away + HANDOVER  # to hand over if the app stays away
+                        if away + HANDOVER < self.timer_due:
+                            self._poke(away + HANDOVER)  # to hand over if the app stays away
                         return result
                     else:
                         await self._end(result, delegate=True)
@@ -701,10 +721,11 @@ class WebSocket:
         """The reader found the end (the peer's close or EOF: ``_ENDED``) or a failure
         ((code, reason)): it runs the close path, still holding the read side.
 
-        With ``delegate`` (the app's own read) the sleeping keeper runs it instead, and the
-        app's get_message waits only until the close is decided (``_finished``), not for the
-        transport's close: the app goes on at the same point as when a background reader
-        closes (its cleanup, such as announcing a departure, overlaps the TCP close).
+        With ``delegate`` (the app's own read) a task in the websocket's nursery runs it
+        instead, and the app's get_message waits only until the close is decided
+        (``_finished``), not for the transport's close: the app goes on at the same point as
+        when a background reader closes (its cleanup, such as announcing a departure, overlaps
+        the TCP close).
         """
         self._stopping = True
         if isinstance(result, tuple):
@@ -713,12 +734,18 @@ class WebSocket:
                 self.close_code, self.close_reason = code, reason
         else:
             code, reason = NORMAL, ""
-        timer = self._timer
-        if delegate and timer is not None:
+        nursery = self._nursery
+        if delegate and nursery is not None:
             self._pending_close = code, reason
-            timer.deadline = -math.inf
+            nursery.start_soon(self._run_pending_close)
             return
         await self._finish_close(code, reason)
+
+    async def _run_pending_close(self) -> None:
+        pending = self._pending_close
+        if pending is not None:  # (else an explicit close took it over: ``_close``)
+            self._pending_close = None
+            await self._finish_close(*pending)
 
     async def _pong(self, ping: Ping) -> bool:
         """Answer ``ping``; whether the connection is still usable.  Shielded: an app task
@@ -783,14 +810,11 @@ class WebSocket:
 
     # ------------------------------------------------------------------------------ keeper
 
-    def _is_stopping(self) -> bool:
-        return self._stopping  # (a call: not narrowed by mypy across the awaits that change it)
-
     def _poke(self, when: float) -> None:
-        """Make the keeper wake by ``when``."""
-        timer = self._timer
-        if timer is not None and timer.deadline > when:
-            timer.deadline = when
+        """Make the keeper fire this websocket by ``when``."""
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.schedule(self, when)
 
     def _next_due(self) -> float:
         opts = self._options
@@ -804,67 +828,65 @@ class WebSocket:
                 due = min(due, max(self._quiet_since, self._pinged_at) + opts.ping_interval)
         return due
 
-    async def _keeper(self, shutdown: trio.Event | None) -> None:
-        """The websocket's one timer: keepalive pings, the idle timeout, the write timeout,
-        the hand-over to a background reader, and the close on graceful shutdown.  Sleeps
-        until the next of them is due; reads nothing; never waits for the send lock."""
-        opts = self._options
-        # The keeper first runs once the app's task has blocked: if the app has not asked for
-        # a message by then, read for it until it does (so pings and backpressure work for an
-        # app that never reads); a reading app has the read side already.
+    async def _first_look(self) -> None:
+        """Runs once the app's task has first blocked: if the app has not asked for a message
+        by then, read for it until it does (so pings and backpressure work for an app that
+        never reads); a reading app has the read side already."""
         if self._reader is None and not self._stopping and not self._app_read:
             self._start_background_reader()
-        while True:
-            with trio.CancelScope(deadline=self._next_due()) as timer:
-                self._timer = timer
-                if shutdown is not None:
-                    await shutdown.wait()
-                else:
-                    await trio.sleep_forever()
-            self._timer = None
-            pending = self._pending_close
-            if pending is not None:
-                self._pending_close = None
-                await self._finish_close(*pending)
-                return
-            if self._is_stopping():
-                return
-            if shutdown is not None and shutdown.is_set():
-                await self._close(GOING_AWAY, "server shutting down")
-                return
-            now = trio.current_time()
-            if opts.idle_timeout and now >= self._write_since + opts.idle_timeout:
-                # a peer that stopped reading: close the transport under the blocked write,
-                # which then fails with ConnectionClosed (1006); the reader sees the end
+
+    def timer_shutdown(self) -> None:
+        """The keeper's call when the server's graceful shutdown begins: close with 1001."""
+        if self._keeper is not None:
+            self._keeper.discard(self)
+        if not self._stopping and self._nursery is not None:
+            self._nursery.start_soon(self._close, GOING_AWAY, "server shutting down")
+
+    def timer_fire(self, now: float) -> float:
+        """The keeper's call once this websocket's due time has passed: keepalive pings, the
+        idle timeout, the write timeout, the hand-over to a background reader.  Does not
+        block (what takes time runs as a task in the websocket's nursery); returns when it is
+        due next.  Never waits for the send lock."""
+        opts = self._options
+        if self._stopping or self._nursery is None:
+            return math.inf
+        nursery = self._nursery
+        if opts.idle_timeout and now >= self._write_since + opts.idle_timeout:
+            # a peer that stopped reading: close the transport under the blocked write,
+            # which then fails with ConnectionClosed (1006); the reader sees the end
+            if self.close_code is None:
+                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+            self._stream_closed = True
+            nursery.start_soon(trio.aclose_forcefully, self._stream)
+            return math.inf
+        if self._reader is not None:
+            if not self._receiving:  # dispatching or a blocked delivery is not silence
+                return self._next_due()
+            if opts.idle_timeout and now >= self._quiet_since + opts.idle_timeout:
                 if self.close_code is None:
-                    self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
-                self._stream_closed = True
-                await trio.aclose_forcefully(self._stream)
-                return
-            if self._reader is not None:
-                if not self._receiving:  # dispatching or a blocked delivery is not silence
-                    continue
-                if opts.idle_timeout and now >= self._quiet_since + opts.idle_timeout:
-                    if self.close_code is None:
-                        self.close_code, self.close_reason = INTERNAL_ERROR, "idle timeout"
-                    await self._close(INTERNAL_ERROR, "idle timeout")
-                    return
-                if (opts.ping_interval and now >= max(self._quiet_since, self._pinged_at) + opts.ping_interval
-                        and not self._send_lock.locked()):  # a write under way: ping later
-                    self._pinged_at = now
-                    with trio.move_on_after(opts.idle_timeout or math.inf) as bounded:
-                        try:
-                            await self._send_event(Ping(payload=b""))
-                        except ConnectionClosed:
-                            pass
-                    if bounded.cancelled_caught:  # the ping itself could not be written: a dead peer
-                        if self.close_code is None:
-                            self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
-                        self._stream_closed = True
-                        await trio.aclose_forcefully(self._stream)  # the reader sees the end
-                        return
-            elif now >= self._away_since + HANDOVER:
-                self._start_background_reader()
+                    self.close_code, self.close_reason = INTERNAL_ERROR, "idle timeout"
+                nursery.start_soon(self._close, INTERNAL_ERROR, "idle timeout")
+                return math.inf
+            if (opts.ping_interval and now >= max(self._quiet_since, self._pinged_at) + opts.ping_interval
+                    and not self._send_lock.locked()):  # a write under way: ping later
+                self._pinged_at = now
+                nursery.start_soon(self._keepalive_ping)
+        elif now >= self._away_since + HANDOVER:
+            self._start_background_reader()
+        return self._next_due()
+
+    async def _keepalive_ping(self) -> None:
+        opts = self._options
+        with trio.move_on_after(opts.idle_timeout or math.inf) as bounded:
+            try:
+                await self._send_event(Ping(payload=b""))
+            except ConnectionClosed:
+                pass
+        if bounded.cancelled_caught:  # the ping itself could not be written: a dead peer
+            if self.close_code is None:
+                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)  # the reader sees the end
 
     # ----------------------------------------------------------------------------- closing
 
