@@ -85,7 +85,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -430,7 +430,22 @@ class WebSocket:
         """True once the close handshake started (either side) or the transport ended."""
         return self.close_code is not None or self._ws.state is not ConnectionState.OPEN
 
-    async def get_message(self) -> str | bytes:
+    def get_message(self) -> Coroutine[Any, Any, str | bytes]:
+        """The next message (``await`` it): see the class docstring.  A plain function returning
+        the coroutine, so that ``async for`` (``__anext__``) and ``get_message`` are one
+        coroutine frame each, not two."""
+        return self._next_message(False)
+
+    def __aiter__(self) -> WebSocket:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
+        return self._next_message(True)
+
+    def _end_error(self, iterating: bool) -> Exception:
+        return StopAsyncIteration() if iterating else self._closed_error()
+
+    async def _next_message(self, iterating: bool) -> str | bytes:
         while True:
             if self._channel_used:
                 assert self._messages_out is not None
@@ -441,7 +456,7 @@ class WebSocket:
                         self._channel_used = False
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     if self._held is None:
-                        raise self._closed_error() from None
+                        raise self._end_error(iterating) from None
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return message
@@ -453,13 +468,13 @@ class WebSocket:
             if self._stopping:
                 await self._finished.wait()
                 if self._messages_out is None:
-                    raise self._closed_error()
+                    raise self._end_error(iterating)
                 self._channel_used = True  # drain what was queued before the close, then raise
                 try:
                     return self._messages_out.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     if self._held is None:
-                        raise self._closed_error() from None
+                        raise self._end_error(iterating) from None
                 continue  # the held message, next
             reader = self._reader
             if reader is None:
@@ -480,15 +495,6 @@ class WebSocket:
                 await wakeup.wait()
             finally:
                 self._waiting -= 1
-
-    def __aiter__(self) -> WebSocket:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        try:
-            return await self.get_message()
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
 
     async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
         if isinstance(message, str):
@@ -582,13 +588,18 @@ class WebSocket:
 
     # ----------------------------------------------------------------------------- reading
 
-    async def _receive(self) -> bytes:
-        """One read; b"" at EOF or when the stream broke.  Silence is timed from its start:
-        the keeper's ping and idle timeout count only while a reader waits in here."""
+    def _begin_read(self) -> None:
+        """A read starts: silence is timed from now.  The keeper's ping and idle timeout count
+        only while a reader waits (``_receiving``)."""
         now = self._quiet_since = trio.current_time()
         self._receiving = True
         if now + self._read_due < self.timer_due:
             self._poke(now + self._read_due)  # a ping or the idle timeout falls due sooner
+
+    async def _receive(self) -> bytes:
+        """One read; b"" at EOF or when the stream broke (``_pull`` has its own copy of these
+        lines: a coroutine fewer per message on the echo path)."""
+        self._begin_read()
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
             return data if type(data) is bytes else bytes(data)
@@ -655,10 +666,18 @@ class WebSocket:
                 if self._stopping:
                     return None
                 scope = self._read_scope = trio.CancelScope()
-                with scope:
-                    data = await self._receive()
+                received: bytes | bytearray = b""
+                self._begin_read()
+                try:
+                    with scope:
+                        received = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                finally:
+                    self._receiving = False
                 if scope.cancelled_caught:  # a closer wants the read side
                     return None
+                data = received if type(received) is bytes else bytes(received)
                 if not data:
                     await self._end(_ENDED, delegate=True)
                     return None
