@@ -520,9 +520,61 @@ class WebSocket:
             reader = self._reader
             if reader is None:
                 if self._options.pull:
-                    pulled = await self._pull()
-                    if pulled is not None:
-                        return pulled
+                    # The app's own read, until a whole message (returned) or the end of the
+                    # connection (a close is then under way or done: looked at again above).
+                    # Inline, not a coroutine of its own: one frame fewer per message.
+                    self._reader = _Reader.APP
+                    self._app_read = True
+                    try:
+                        while True:
+                            if self._events is not None:
+                                result = self._take()
+                                if type(result) is Ping:
+                                    if await self._pong(result):
+                                        continue
+                                    result = _ENDED
+                                if result is _MORE:
+                                    self._events = None
+                                elif isinstance(result, (str, bytes)):
+                                    self._gave = not self._gave
+                                    if self._waiting and self._gave:  # another task waits: every other one is theirs
+                                        try:
+                                            self._queue().send_nowait(result)
+                                        except trio.WouldBlock:
+                                            pass  # the queue is full: this one is ours
+                                        else:
+                                            self._channel_used = True
+                                            self._wake()
+                                            continue
+                                    away = self._away_since = trio.current_time()
+                                    if away + HANDOVER < self.timer_due:
+                                        self._poke(away + HANDOVER)  # to hand over if the app stays away
+                                    return result
+                                else:
+                                    await self._end(result, delegate=True)
+                                    break
+                            if self._is_stopping():
+                                break
+                            scope = self._read_scope = trio.CancelScope()
+                            received: bytes | bytearray = b""
+                            self._begin_read()
+                            try:
+                                with scope:
+                                    received = await self._stream.receive_some(RECEIVE_SIZE)
+                            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                pass
+                            finally:
+                                self._receiving = False
+                            if scope.cancelled_caught:  # a closer wants the read side
+                                break
+                            data = received if type(received) is bytes else bytes(received)
+                            if not data:
+                                await self._end(_ENDED, delegate=True)
+                                break
+                            self._ws.receive_data(data)
+                            self._events = self._ws.events()
+                    finally:
+                        self._release()
                     continue
                 self._start_background_reader()
             elif reader is _Reader.BACKGROUND and not self._bg_busy and self._options.pull:
@@ -639,8 +691,8 @@ class WebSocket:
             self._poke(now + self._read_due)  # a ping or the idle timeout falls due sooner
 
     async def _receive(self) -> bytes:
-        """One read; b"" at EOF or when the stream broke (``_pull`` has its own copy of these
-        lines: a coroutine fewer per message on the echo path)."""
+        """One read; b"" at EOF or when the stream broke (get_message's own read has its own
+        copy of these lines: a coroutine fewer per message on the echo path)."""
         self._begin_read()
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -671,62 +723,6 @@ class WebSocket:
         if wakeup is not None:
             self._wakeup = None
             wakeup.set()
-
-    async def _pull(self) -> str | bytes | None:
-        """get_message's own read: the first whole message, or None if the connection ended
-        (a close is then under way or done; the caller waits for it)."""
-        self._reader = _Reader.APP
-        self._app_read = True
-        try:
-            while True:
-                if self._events is not None:
-                    result = self._take()
-                    if type(result) is Ping:
-                        if await self._pong(result):
-                            continue
-                        result = _ENDED
-                    if result is _MORE:
-                        self._events = None
-                    elif isinstance(result, (str, bytes)):
-                        self._gave = not self._gave
-                        if self._waiting and self._gave:  # another task waits: every other one is theirs
-                            try:
-                                self._queue().send_nowait(result)
-                            except trio.WouldBlock:
-                                pass  # the queue is full: this one is ours
-                            else:
-                                self._channel_used = True
-                                self._wake()
-                                continue
-                        away = self._away_since = trio.current_time()
-                        if away + HANDOVER < self.timer_due:
-                            self._poke(away + HANDOVER)  # to hand over if the app stays away
-                        return result
-                    else:
-                        await self._end(result, delegate=True)
-                        return None
-                if self._stopping:
-                    return None
-                scope = self._read_scope = trio.CancelScope()
-                received: bytes | bytearray = b""
-                self._begin_read()
-                try:
-                    with scope:
-                        received = await self._stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                finally:
-                    self._receiving = False
-                if scope.cancelled_caught:  # a closer wants the read side
-                    return None
-                data = received if type(received) is bytes else bytes(received)
-                if not data:
-                    await self._end(_ENDED, delegate=True)
-                    return None
-                self._ws.receive_data(data)
-                self._events = self._ws.events()
-        finally:
-            self._release()
 
     def _start_background_reader(self) -> None:
         assert self._nursery is not None and self._reader is None
@@ -883,6 +879,9 @@ class WebSocket:
                 break
 
     # ------------------------------------------------------------------------------ keeper
+
+    def _is_stopping(self) -> bool:
+        return self._stopping  # (a call: not narrowed by mypy across the awaits that change it)
 
     def _poke(self, when: float) -> None:
         """Make the keeper fire this websocket by ``when``."""
