@@ -211,7 +211,7 @@ class _SendLock:
 
     def __init__(self) -> None:
         self.held = False
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made at the first contention
 
     def locked(self) -> bool:
         return self.held
@@ -219,6 +219,8 @@ class _SendLock:
     async def acquire(self) -> None:
         """Wait for the lock (a checkpoint either way).  Cancelled while waiting: not taken."""
         if self.held:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
             await self._lot.park()  # woken by release, which handed the lock over
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -226,7 +228,7 @@ class _SendLock:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def release(self) -> None:
-        if self._lot:
+        if self._lot:  # (None or empty: nobody waits)
             self._lot.unpark()  # still held: now by the first waiter
         else:
             self.held = False
@@ -262,6 +264,9 @@ HANDOVER = 1.0
 class WebSocketContext:
     """What :func:`accept` returns: ``async with`` it to get the :class:`WebSocket`."""
 
+    __slots__ = ("_open_stream", "_subprotocol", "_deflate", "_options", "_ws", "_nursery_cm",
+                 "_nursery", "shutdown", "env")
+
     def __init__(self, open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]],
                  subprotocol: str | None, deflate: _BoundedDeflate | None, options: _Options) -> None:
         #: Takes the stream and gives the handshake answer still to write on it: the full hijack
@@ -294,7 +299,7 @@ class WebSocketContext:
             # closed (1006), so the app's ``async for`` just ends.
             ws.close_code, ws.close_reason = ABNORMAL, "the client left during the handshake"
             ws._stopping = True
-            ws._finished.set()
+            ws._set_finished()
             started = False
         else:
             started = True
@@ -398,7 +403,7 @@ class WebSocket:
         "_stream", "_deflate", "subprotocol", "compression", "_options", "_ws", "_send_lock",
         "_send_broken", "_stream_closed", "_parser_dead", "_messages_in", "_messages_out",
         "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
-        "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
+        "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
         "_held", "close_code", "close_reason",
@@ -446,7 +451,9 @@ class WebSocket:
         self._nursery: trio.Nursery | None = None
         self._stopping = False  # a close is under way: no new reads, get_message waits for it
         self._closing = False
-        self._finished = trio.Event()
+        #: The close is decided (``_finished_event``, made only if someone waits for it).
+        self._finished = False
+        self._finished_event: trio.Event | None = None
         now = trio.current_time()
         self._quiet_since = now  # when the read under way (or the last one) began
         self._pinged_at = -math.inf
@@ -507,7 +514,7 @@ class WebSocket:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return held
             if self._stopping:
-                await self._finished.wait()
+                await self._wait_finished()
                 if self._messages_out is None:
                     raise self._end_error(iterating)
                 self._channel_used = True  # drain what was queued before the close, then raise
@@ -880,6 +887,19 @@ class WebSocket:
 
     # ------------------------------------------------------------------------------ keeper
 
+    def _set_finished(self) -> None:
+        self._finished = True
+        if self._finished_event is not None:
+            self._finished_event.set()
+
+    async def _wait_finished(self) -> None:
+        if self._finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._finished_event is None:
+            self._finished_event = trio.Event()
+        await self._finished_event.wait()
+
     def _is_stopping(self) -> bool:
         return self._stopping  # (a call: not narrowed by mypy across the awaits that change it)
 
@@ -995,7 +1015,7 @@ class WebSocket:
         close frame is always answered); only a write that really broke mid-frame prevents it.
         """
         if self._closing:
-            await self._finished.wait()
+            await self._wait_finished()
             return
         self._closing = True
         linger = 0.0
@@ -1018,7 +1038,7 @@ class WebSocket:
         finally:
             if self.close_code is None:
                 self.close_code, self.close_reason = ABNORMAL, "no close frame received"
-            self._finished.set()
+            self._set_finished()
             if self._messages_in is not None:
                 self._messages_in.close()
             for waiter in self._pings.values():
