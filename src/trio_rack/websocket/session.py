@@ -105,6 +105,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
+from ..app.streams import HijackedStream
 from ..keeper import Keeper
 
 __all__ = ["ConnectionClosed", "WebSocket", "WebSocketContext"]
@@ -374,6 +375,13 @@ _ENDED = object()
 _ABORTABLE = (trio.SocketStream, trio.SSLStream)
 
 
+def _plain_socket(stream: trio.abc.Stream) -> Any:
+    """The trio socket under the server's hijacked plain-TCP stream, else None (see ``_read``)."""
+    if type(stream) is HijackedStream and type(stream.transport) is trio.SocketStream:
+        return stream.transport.socket
+    return None
+
+
 def _abortable(stream: trio.abc.Stream) -> bool:
     if isinstance(stream, _ABORTABLE):
         return True
@@ -404,7 +412,7 @@ class WebSocket:
         "_send_broken", "_stream_closed", "_parser_dead", "_messages_in", "_messages_out",
         "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
-        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due",
+        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due", "_socket",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
         "_held", "close_code", "close_reason",
         "__weakref__",
@@ -460,6 +468,7 @@ class WebSocket:
         self._away_since = now  # when an app task last left get_message with a message
         self._write_since = math.inf  # when the write under way started
         self._abortable = _abortable(stream)
+        self._socket = _plain_socket(stream)
         #: What times this websocket (the server's shared :class:`~trio_rack.keeper.Keeper`, or a
         #: private one), and when it is due next there (the keeper's; ``_poke`` moves it earlier).
         self._keeper: Keeper | None = None
@@ -567,7 +576,7 @@ class WebSocket:
                             self._begin_read()
                             try:
                                 with scope:
-                                    received = await self._stream.receive_some(RECEIVE_SIZE)
+                                    received = await self._read()
                             except (trio.BrokenResourceError, trio.ClosedResourceError):
                                 pass
                             finally:
@@ -688,6 +697,37 @@ class WebSocket:
             self._send_lock.release()
 
     # ----------------------------------------------------------------------------- reading
+
+    async def _read(self) -> bytes | bytearray:
+        """One read of at most RECEIVE_SIZE bytes: through the stream, or, on the server's
+        hijacked plain-TCP connection once its replay is drained, on the socket itself.
+
+        Why: an echo's next message is not there yet when the app asks for it (the peer has
+        just been sent the reply), so waiting for readability *first* and then reading saves
+        the failing ``recv`` that ``trio.SocketStream.receive_some`` always tries first, and
+        its layers (two conflict detectors, an error-translating generator context manager,
+        the ``_nonblocking_helper``).  Same checkpoints: ``wait_readable`` is the one
+        cancellation point, nothing is read before it returns, so a closer that cancels this
+        read loses nothing.  A closed socket (``fileno()`` -1, or another task closed it while
+        we waited: ``ClosedResourceError``) reads as the end.
+        """
+        sock = self._socket
+        stream = self._stream
+        if sock is None or stream._replay or stream.closed:  # type: ignore[attr-defined]
+            return await stream.receive_some(RECEIVE_SIZE)
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError
+            await trio.lowlevel.wait_readable(fd)
+            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
+                raise trio.ClosedResourceError  # closed while we waited: never read a reused fd
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
 
     def _begin_read(self) -> None:
         """A read starts: silence is timed from now.  The keeper's ping and idle timeout count
