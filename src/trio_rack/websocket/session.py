@@ -676,13 +676,13 @@ class WebSocket:
             timeout = self._options.idle_timeout
             try:
                 if timeout is None:
-                    await self._stream.send_all(data)
+                    await self._write(data)
                 elif self._abortable:
                     self._write_since = since = trio.current_time()
                     if since + timeout < self.timer_due:
                         self._poke(since + timeout)
                     try:
-                        await self._stream.send_all(data)
+                        await self._write(data)
                     finally:
                         self._write_since = math.inf
                 else:
@@ -728,6 +728,32 @@ class WebSocket:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError from exc
+
+    async def _write(self, data: bytes) -> None:
+        """``send_all`` through the stream, or, on the server's hijacked plain-TCP connection,
+        one ``os.write`` on the socket first (what does not fit goes through the stream, whose
+        blocked write closing wakes).  The same checkpoints as ``trio.SocketStream.send_all``
+        (cancellable before anything is written, a scheduler pass after), without its layers.
+        """
+        sock = self._socket
+        stream = self._stream
+        if sock is None or stream.closed:  # type: ignore[attr-defined]
+            await stream.send_all(data)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError from exc
+        if sent < len(data):
+            await stream.send_all(memoryview(data)[sent:])
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _begin_read(self) -> None:
         """A read starts: silence is timed from now.  The keeper's ping and idle timeout count
