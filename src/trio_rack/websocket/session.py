@@ -768,7 +768,7 @@ class WebSocket:
         copy of these lines: a coroutine fewer per message on the echo path)."""
         self._begin_read()
         try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            data = await self._read()
             return data if type(data) is bytes else bytes(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
