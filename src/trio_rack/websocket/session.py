@@ -33,6 +33,15 @@ Theory of operation
   the background reader blocks, stops reading the socket and TCP flow control pushes back on
   the peer: at most ``max_queue`` messages, one message being assembled and one 64 KiB read
   are ever buffered.
+* **The socket itself, on plain TCP.**  On the server's hijacked plain-TCP connection (once
+  the replay of bytes read past the handshake is drained) reads wait for readability first and
+  then ``os.read`` the socket, and writes are one ``os.write`` (what does not fit goes through
+  the stream): an echo's next message is never there when the app asks for it, so trio's
+  ``receive_some`` always began with a failing ``recv``, and its layers cost more than the
+  echo's own work (``_read``/``_write``; ``bench/README.md``, "WebSockets").  Checkpoints are
+  trio's: the wait is the read's one cancellation point (nothing is read before it returns),
+  a write is cancellable before it starts and passes through the scheduler after.  A closed
+  socket reads as the end; TLS and HTTP/2 tunnels use the stream.
 * **One writer at a time.**  Every frame is encoded by wsproto *and* written under one lock, so
   compression state and wire order agree and pongs never interleave with a message.
 * **Size limits are enforced while data arrives**, never after: an uncompressed message is
