@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from .config import Limits
+from .keeper import Keeper
 from .types import App
 
 __all__ = [
@@ -129,3 +130,6 @@ class ServerState:
         self.all_closed = trio.Event()
         #: Set when a graceful shutdown begins; apps see it as ``env["trio_rack.shutdown"]``.
         self.shutdown_started = trio.Event()
+        #: Times every websocket of this server from one task (``serve()`` runs it beside the
+        #: connections); apps reach it as ``env["trio_rack.keeper"]`` once they hijack.
+        self.keeper = Keeper(self.shutdown_started)

@@ -689,6 +689,7 @@ class Exchange:
         self._request_body.close()
         self.state.active.discard(self)  # the app owns the stream now: no liveness sweeps
         self.state.in_flight -= 1  # a long-lived connection (a websocket) holds no request slot
+        self.env["trio_rack.keeper"] = self.state.keeper  # its timers (trio_rack.keeper), for a websocket
         if self._deadline != math.inf and self._scope.deadline == self._deadline:
             # Hijacked connections are exempt from --request-timeout: the server's deadline is
             # lifted.  An app opts in by setting the scope's deadline itself after the hijack

@@ -5,8 +5,8 @@ The trio-rack side runs inside the adapter's app call, in the connection's task:
 ASGI app in a nursery of its own, waits for the app's decision, and then
 
 * ``websocket.accept`` → enters ``websocket.accept(env, subprotocols=[chosen], headers=...)``
-  (the full hijack and the ``101``, in this task, so the websocket's nursery, with its keeper
-  and background reader, nests properly) and stays in it until the app ends; the app task
+  (the full hijack and the ``101``, in this task, so the websocket's nursery, with its
+  background reader and the tasks its timers start, nests properly) and stays in it until the app ends; the app task
   sends, receives (reading the socket itself while it waits for a message) and closes
   through the :class:`~trio_rack.websocket.WebSocket` object, which any task may use;
 * ``websocket.close`` before accepting → an HTTP 403;

@@ -321,6 +321,7 @@ async def _serve_listeners(
     connection_slots = _ConnectionSlots(state.limits.max_connections)
     async with trio.open_nursery() as connections:
         connections.start_soon(run_liveness_sweeper, state)
+        connections.start_soon(state.keeper.run)  # (websockets' timers: trio_rack.keeper)
         async with trio.open_nursery() as acceptors:
             for actual, listener in listeners:
                 acceptors.start_soon(

@@ -19,8 +19,8 @@ or, for an endpoint that is only a websocket, ``@websocket.endpoint(...)`` on
 
 Layout: :mod:`.handshake` (pure: request checks, subprotocol selection, deflate negotiation,
 the ``101`` head) and :mod:`.session` (the accepted websocket: reading on the app's task, the
-keeper task and the background reader, writer lock, size limits, the close path; its docstring
-is the theory of operation).  This module is the API:
+timers the server's shared keeper runs, the background reader, writer lock, size limits, the
+close path; its docstring is the theory of operation).  This module is the API:
 :func:`accept` and :func:`endpoint`, and the public names of both.
 """
 

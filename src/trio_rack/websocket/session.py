@@ -17,10 +17,15 @@ Theory of operation
   not yet consumed stay in wsproto's event generator for the next call.  An echo then costs
   one wake-up of one task per message: no hand-off between tasks, no channel, and no cancel
   scope with a deadline (why: ``bench/README.md``, "WebSockets").
-* **The keeper and the background reader.**  Each websocket has one more task, the *keeper*,
-  in a nursery the ``async with`` opens.  It sleeps until the next thing that is due (a
-  keepalive ping, the idle timeout, the write timeout, a hand-over, graceful shutdown) and
-  reads nothing itself.  While the app does not read (it has not asked for a message yet, or
+* **The keeper and the background reader.**  The server's one *keeper* task
+  (:mod:`trio_rack.keeper`, ``env["trio_rack.keeper"]``: a heap of due times for all its
+  websockets) times this one: when the next thing falls due (a keepalive ping, the idle
+  timeout, the write timeout, a hand-over, graceful shutdown) it calls ``timer_fire``, which
+  decides without blocking and starts what takes time (a ping, a close, the background
+  reader) as a task in the nursery the ``async with`` opens.  Nothing reads in the keeper, and
+  no task per websocket sleeps for it (a task, two cancel scopes and a coroutine stack less
+  per idle websocket).  Where no server runs a keeper (the in-memory testing helpers), the
+  websocket runs a private one in its nursery.  While the app does not read (it has not asked for a message yet, or
   has been away from ``get_message`` for ``HANDOVER`` seconds, or a second task waits for
   one), the keeper starts a *background reader* that reads, answers pings and puts whole
   messages into a bounded memory channel (``max_queue``); it gives the read side back as soon
@@ -28,6 +33,15 @@ Theory of operation
   the background reader blocks, stops reading the socket and TCP flow control pushes back on
   the peer: at most ``max_queue`` messages, one message being assembled and one 64 KiB read
   are ever buffered.
+* **The socket itself, on plain TCP.**  On the server's hijacked plain-TCP connection (once
+  the replay of bytes read past the handshake is drained) reads wait for readability first and
+  then ``os.read`` the socket, and writes are one ``os.write`` (what does not fit goes through
+  the stream): an echo's next message is never there when the app asks for it, so trio's
+  ``receive_some`` always began with a failing ``recv``, and its layers cost more than the
+  echo's own work (``_read``/``_write``; ``bench/README.md``, "WebSockets").  Checkpoints are
+  trio's: the wait is the read's one cancellation point (nothing is read before it returns),
+  a write is cancellable before it starts and passes through the scheduler after.  A closed
+  socket reads as the end; TLS and HTTP/2 tunnels use the stream.
 * **One writer at a time.**  Every frame is encoded by wsproto *and* written under one lock, so
   compression state and wire order agree and pongs never interleave with a message.
 * **Size limits are enforced while data arrives**, never after: an uncompressed message is
@@ -56,9 +70,9 @@ Theory of operation
   either done (and its message returned) or not started.
 * **Server shutdown.**  Cancelling ``serve()`` cancels every connection task, so every open
   websocket gets 1001.  A *graceful* shutdown (``shutdown_trigger``, SIGTERM) sets the server's
-  ``env["trio_rack.shutdown"]`` event; each keeper waits for it too and closes with 1001
-  "server shutting down" at once, so the app's loop ends and its block exits within the grace
-  period.
+  ``env["trio_rack.shutdown"]`` event; the keeper waits for it too and starts the close with
+  1001 "server shutting down" on every websocket at once, so the apps' loops end and their
+  blocks exit within the grace period.
 * **Dead peers.**  Every ``ping_interval`` seconds of silence while someone reads, the keeper
   sends a ping; after ``idle_timeout`` seconds with nothing received while a reader was
   waiting for data it closes with 1011 "idle timeout".  A single frame that cannot be written
@@ -69,7 +83,8 @@ Theory of operation
   keeps a per-write ``fail_after``).
 
 Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
-``_inbound_compressed``, ``_inbound_is_compressible``), present in wsproto 1.2 and 1.3.
+``_inbound_compressed``, ``_inbound_is_compressible``) and on ``Connection._events`` (a deque
+that only ``receive_data(None)`` fills, see ``_EventQueue``), present in wsproto 1.2 and 1.3.
 """
 
 from __future__ import annotations
@@ -79,7 +94,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -98,6 +113,9 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
+
+from ..app.streams import HijackedStream
+from ..keeper import Keeper
 
 __all__ = ["ConnectionClosed", "WebSocket", "WebSocketContext"]
 
@@ -178,6 +196,60 @@ class _BoundedDeflate(PerMessageDeflate):
 
 
 
+class _EventQueue(list[Event]):
+    """wsproto's ``Connection._events``, which only ``receive_data(None)`` fills (never called
+    here: an EOF is ours to handle): a deque costs ~700 bytes per idle websocket, an empty
+    list 56 (bench/ws_probe.py).  Speaks the two deque calls wsproto makes on it."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Event:
+        return self.pop(0)
+
+
+class _SendLock:
+    """The send lock: one task at a time writes a frame; waiters get it in FIFO order.
+
+    Not a ``trio.Lock``: its uncontended acquire and release register the owner as a breaker of
+    the lock's parking lot (``inspect.getcoroutinestate``, a dict entry and a list made and
+    removed per frame), which cost more than a trip through the scheduler on every frame sent.
+    Here, free means ``held`` is False (and then nobody waits: a release with waiters hands the
+    lock to the first one, as ``trio.Lock`` does, so a woken waiter never races a newcomer).
+    """
+
+    __slots__ = ("held", "_lot")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made at the first contention
+
+    def locked(self) -> bool:
+        return self.held
+
+    async def acquire(self) -> None:
+        """Wait for the lock (a checkpoint either way).  Cancelled while waiting: not taken."""
+        if self.held:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
+            await self._lot.park()  # woken by release, which handed the lock over
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self.held = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def release(self) -> None:
+        if self._lot:  # (None or empty: nobody waits)
+            self._lot.unpark()  # still held: now by the first waiter
+        else:
+            self.held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass(frozen=True, slots=True)
 class _Options:
     max_message_size: int
@@ -202,11 +274,14 @@ HANDOVER = 1.0
 class WebSocketContext:
     """What :func:`accept` returns: ``async with`` it to get the :class:`WebSocket`."""
 
+    __slots__ = ("_open_stream", "_subprotocol", "_deflate", "_options", "_ws", "_nursery_cm",
+                 "_nursery", "shutdown", "env")
+
     def __init__(self, open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]],
                  subprotocol: str | None, deflate: _BoundedDeflate | None, options: _Options) -> None:
         #: Takes the stream and gives the handshake answer still to write on it: the full hijack
         #: and its ``101`` head (HTTP/1), or HTTP/2's tunnel whose ``200`` is already sent.
-        self._open_stream = open_stream
+        self._open_stream: Callable[[], Awaitable[tuple[trio.abc.Stream, bytes]]] | None = open_stream
         self._subprotocol = subprotocol
         self._deflate = deflate
         self._options = options
@@ -221,7 +296,10 @@ class WebSocketContext:
     async def __aenter__(self) -> WebSocket:
         if self._ws is not None:
             raise RuntimeError("a websocket context can be entered only once")
-        stream, head = await self._open_stream()
+        open_stream, self._open_stream = self._open_stream, None  # (its closure is not kept)
+        if open_stream is None:
+            raise RuntimeError("a websocket context can be entered only once")
+        stream, head = await open_stream()
         ws = self._ws = WebSocket(stream, self._subprotocol, self._deflate, self._options)
         try:
             if head:
@@ -231,7 +309,7 @@ class WebSocketContext:
             # closed (1006), so the app's ``async for`` just ends.
             ws.close_code, ws.close_reason = ABNORMAL, "the client left during the handshake"
             ws._stopping = True
-            ws._finished.set()
+            ws._set_finished()
             started = False
         else:
             started = True
@@ -241,7 +319,14 @@ class WebSocketContext:
         nursery = self._nursery = await self._nursery_cm.__aenter__()
         if started:
             ws._nursery = nursery
-            nursery.start_soon(ws._keeper, self.shutdown)
+            keeper = self.env.get("trio_rack.keeper") if self.env is not None else None
+            if not isinstance(keeper, Keeper) or not keeper.running:
+                # no server runs a shared keeper (the in-memory testing helpers): a private one
+                keeper = Keeper(self.shutdown)
+                nursery.start_soon(keeper.run)
+            ws._keeper = keeper
+            keeper.add(ws, ws._next_due())
+            nursery.start_soon(ws._first_look)
         return ws
 
     async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None,
@@ -254,9 +339,13 @@ class WebSocketContext:
             code, reason = GOING_AWAY, "going away"
         else:
             code, reason = INTERNAL_ERROR, "internal error"
-        with trio.CancelScope(shield=True) as shield:
-            shield.deadline = trio.current_time() + ws._options.close_timeout + 1
-            await ws._close(code, reason)
+        try:
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + ws._options.close_timeout + 1
+                await ws._close(code, reason)
+        finally:
+            if ws._keeper is not None:
+                ws._keeper.discard(ws)
         # No reader is left by now; the keeper may still be sleeping.
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
@@ -295,6 +384,13 @@ _ENDED = object()
 _ABORTABLE = (trio.SocketStream, trio.SSLStream)
 
 
+def _plain_socket(stream: trio.abc.Stream) -> Any:
+    """The trio socket under the server's hijacked plain-TCP stream, else None (see ``_read``)."""
+    if type(stream) is HijackedStream and type(stream.transport) is trio.SocketStream:
+        return stream.transport.socket
+    return None
+
+
 def _abortable(stream: trio.abc.Stream) -> bool:
     if isinstance(stream, _ABORTABLE):
         return True
@@ -324,8 +420,8 @@ class WebSocket:
         "_stream", "_deflate", "subprotocol", "compression", "_options", "_ws", "_send_lock",
         "_send_broken", "_stream_closed", "_parser_dead", "_messages_in", "_messages_out",
         "_channel_used", "_pings", "_parts", "_size", "_events", "_reader", "_read_scope",
-        "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished",
-        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_timer",
+        "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
+        "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due", "_socket",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
         "_held", "close_code", "close_reason",
         "__weakref__",
@@ -339,7 +435,8 @@ class WebSocket:
         self.compression = deflate is not None
         self._options = options
         self._ws = Connection(ConnectionType.SERVER, [deflate] if deflate else None)
-        self._send_lock = trio.Lock()
+        self._ws._events = _EventQueue()  # type: ignore[assignment]  # (see _EventQueue)
+        self._send_lock = _SendLock()
         self._send_broken = False  # a write was interrupted mid-frame: never write again
         self._stream_closed = False
         self._parser_dead = False
@@ -371,15 +468,20 @@ class WebSocket:
         self._nursery: trio.Nursery | None = None
         self._stopping = False  # a close is under way: no new reads, get_message waits for it
         self._closing = False
-        self._finished = trio.Event()
+        #: The close is decided (``_finished_event``, made only if someone waits for it).
+        self._finished = False
+        self._finished_event: trio.Event | None = None
         now = trio.current_time()
         self._quiet_since = now  # when the read under way (or the last one) began
         self._pinged_at = -math.inf
         self._away_since = now  # when an app task last left get_message with a message
         self._write_since = math.inf  # when the write under way started
         self._abortable = _abortable(stream)
-        #: The keeper's sleep; others move its deadline earlier when something falls due sooner.
-        self._timer: trio.CancelScope | None = None
+        self._socket = _plain_socket(stream)
+        #: What times this websocket (the server's shared :class:`~trio_rack.keeper.Keeper`, or a
+        #: private one), and when it is due next there (the keeper's; ``_poke`` moves it earlier).
+        self._keeper: Keeper | None = None
+        self.timer_due = math.inf
         #: Seconds of silence while reading after which the keeper has something to do.
         self._read_due = min(options.ping_interval or math.inf, options.idle_timeout or math.inf)
         #: A close path the app's task handed to the keeper (see ``_end``).
@@ -394,7 +496,22 @@ class WebSocket:
         """True once the close handshake started (either side) or the transport ended."""
         return self.close_code is not None or self._ws.state is not ConnectionState.OPEN
 
-    async def get_message(self) -> str | bytes:
+    def get_message(self) -> Coroutine[Any, Any, str | bytes]:
+        """The next message (``await`` it): see the class docstring.  A plain function returning
+        the coroutine, so that ``async for`` (``__anext__``) and ``get_message`` are one
+        coroutine frame each, not two."""
+        return self._next_message(False)
+
+    def __aiter__(self) -> WebSocket:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
+        return self._next_message(True)
+
+    def _end_error(self, iterating: bool) -> Exception:
+        return StopAsyncIteration() if iterating else self._closed_error()
+
+    async def _next_message(self, iterating: bool) -> str | bytes:
         while True:
             if self._channel_used:
                 assert self._messages_out is not None
@@ -405,7 +522,7 @@ class WebSocket:
                         self._channel_used = False
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     if self._held is None:
-                        raise self._closed_error() from None
+                        raise self._end_error(iterating) from None
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return message
@@ -415,22 +532,74 @@ class WebSocket:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return held
             if self._stopping:
-                await self._finished.wait()
+                await self._wait_finished()
                 if self._messages_out is None:
-                    raise self._closed_error()
+                    raise self._end_error(iterating)
                 self._channel_used = True  # drain what was queued before the close, then raise
                 try:
                     return self._messages_out.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     if self._held is None:
-                        raise self._closed_error() from None
+                        raise self._end_error(iterating) from None
                 continue  # the held message, next
             reader = self._reader
             if reader is None:
                 if self._options.pull:
-                    pulled = await self._pull()
-                    if pulled is not None:
-                        return pulled
+                    # The app's own read, until a whole message (returned) or the end of the
+                    # connection (a close is then under way or done: looked at again above).
+                    # Inline, not a coroutine of its own: one frame fewer per message.
+                    self._reader = _Reader.APP
+                    self._app_read = True
+                    try:
+                        while True:
+                            if self._events is not None:
+                                result = self._take()
+                                if type(result) is Ping:
+                                    if await self._pong(result):
+                                        continue
+                                    result = _ENDED
+                                if result is _MORE:
+                                    self._events = None
+                                elif isinstance(result, (str, bytes)):
+                                    self._gave = not self._gave
+                                    if self._waiting and self._gave:  # another task waits: every other one is theirs
+                                        try:
+                                            self._queue().send_nowait(result)
+                                        except trio.WouldBlock:
+                                            pass  # the queue is full: this one is ours
+                                        else:
+                                            self._channel_used = True
+                                            self._wake()
+                                            continue
+                                    away = self._away_since = trio.current_time()
+                                    if away + HANDOVER < self.timer_due:
+                                        self._poke(away + HANDOVER)  # to hand over if the app stays away
+                                    return result
+                                else:
+                                    await self._end(result, delegate=True)
+                                    break
+                            if self._is_stopping():
+                                break
+                            scope = self._read_scope = trio.CancelScope()
+                            received: bytes | bytearray = b""
+                            self._begin_read()
+                            try:
+                                with scope:
+                                    received = await self._read()
+                            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                pass
+                            finally:
+                                self._receiving = False
+                            if scope.cancelled_caught:  # a closer wants the read side
+                                break
+                            data = received if type(received) is bytes else bytes(received)
+                            if not data:
+                                await self._end(_ENDED, delegate=True)
+                                break
+                            self._ws.receive_data(data)
+                            self._events = self._ws.events()
+                    finally:
+                        self._release()
                     continue
                 self._start_background_reader()
             elif reader is _Reader.BACKGROUND and not self._bg_busy and self._options.pull:
@@ -444,15 +613,6 @@ class WebSocket:
                 await wakeup.wait()
             finally:
                 self._waiting -= 1
-
-    def __aiter__(self) -> WebSocket:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        try:
-            return await self.get_message()
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
 
     async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
         if isinstance(message, str):
@@ -507,12 +667,13 @@ class WebSocket:
         does not wake, a ``fail_after`` per write.  (One function, not two: a coroutine fewer
         per message.)
         """
-        # acquire_nowait first: the write below is the checkpoint, so an uncontended send
-        # costs no extra trip through the scheduler.
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        # taken without a checkpoint when free: the write below is the checkpoint, so an
+        # uncontended send costs no extra trip through the scheduler.
+        lock = self._send_lock
+        if lock.held:
+            await lock.acquire()
+        else:
+            lock.held = True
         try:
             if self._stream_closed or self._send_broken:
                 raise self._closed_error()
@@ -524,14 +685,13 @@ class WebSocket:
             timeout = self._options.idle_timeout
             try:
                 if timeout is None:
-                    await self._stream.send_all(data)
+                    await self._write(data)
                 elif self._abortable:
                     self._write_since = since = trio.current_time()
-                    timer = self._timer
-                    if timer is not None and timer.deadline > since + timeout:
-                        timer.deadline = since + timeout
+                    if since + timeout < self.timer_due:
+                        self._poke(since + timeout)
                     try:
-                        await self._stream.send_all(data)
+                        await self._write(data)
                     finally:
                         self._write_since = math.inf
                 else:
@@ -547,16 +707,77 @@ class WebSocket:
 
     # ----------------------------------------------------------------------------- reading
 
-    async def _receive(self) -> bytes:
-        """One read; b"" at EOF or when the stream broke.  Silence is timed from its start:
-        the keeper's ping and idle timeout count only while a reader waits in here."""
+    async def _read(self) -> bytes | bytearray:
+        """One read of at most RECEIVE_SIZE bytes: through the stream, or, on the server's
+        hijacked plain-TCP connection once its replay is drained, on the socket itself.
+
+        Why: an echo's next message is not there yet when the app asks for it (the peer has
+        just been sent the reply), so waiting for readability *first* and then reading saves
+        the failing ``recv`` that ``trio.SocketStream.receive_some`` always tries first, and
+        its layers (two conflict detectors, an error-translating generator context manager,
+        the ``_nonblocking_helper``).  Same checkpoints: ``wait_readable`` is the one
+        cancellation point, nothing is read before it returns, so a closer that cancels this
+        read loses nothing.  A closed socket (``fileno()`` -1, or another task closed it while
+        we waited: ``ClosedResourceError``) reads as the end.
+        """
+        sock = self._socket
+        stream = self._stream
+        if sock is None or stream._replay or stream.closed:  # type: ignore[attr-defined]
+            return await stream.receive_some(RECEIVE_SIZE)
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError
+            await trio.lowlevel.wait_readable(fd)
+            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
+                raise trio.ClosedResourceError  # closed while we waited: never read a reused fd
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
+
+    async def _write(self, data: bytes) -> None:
+        """``send_all`` through the stream, or, on the server's hijacked plain-TCP connection,
+        one ``os.write`` on the socket first (what does not fit goes through the stream, whose
+        blocked write closing wakes).  The same checkpoints as ``trio.SocketStream.send_all``
+        (cancellable before anything is written, a scheduler pass after), without its layers.
+        """
+        sock = self._socket
+        stream = self._stream
+        if sock is None or stream.closed:  # type: ignore[attr-defined]
+            await stream.send_all(data)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError from exc
+        if sent < len(data):
+            await stream.send_all(memoryview(data)[sent:])
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _begin_read(self) -> None:
+        """A read starts: silence is timed from now.  The keeper's ping and idle timeout count
+        only while a reader waits (``_receiving``)."""
         now = self._quiet_since = trio.current_time()
         self._receiving = True
-        timer = self._timer
-        if timer is not None and timer.deadline > now + self._read_due:
-            timer.deadline = now + self._read_due  # a ping or the idle timeout falls due sooner
+        if now + self._read_due < self.timer_due:
+            self._poke(now + self._read_due)  # a ping or the idle timeout falls due sooner
+
+    async def _receive(self) -> bytes:
+        """One read; b"" at EOF or when the stream broke (get_message's own read has its own
+        copy of these lines: a coroutine fewer per message on the echo path)."""
+        self._begin_read()
         try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            data = await self._read()
             return data if type(data) is bytes else bytes(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
@@ -584,55 +805,6 @@ class WebSocket:
         if wakeup is not None:
             self._wakeup = None
             wakeup.set()
-
-    async def _pull(self) -> str | bytes | None:
-        """get_message's own read: the first whole message, or None if the connection ended
-        (a close is then under way or done; the caller waits for it)."""
-        self._reader = _Reader.APP
-        self._app_read = True
-        try:
-            while True:
-                if self._events is not None:
-                    result = self._take()
-                    if type(result) is Ping:
-                        if await self._pong(result):
-                            continue
-                        result = _ENDED
-                    if result is _MORE:
-                        self._events = None
-                    elif isinstance(result, (str, bytes)):
-                        self._gave = not self._gave
-                        if self._waiting and self._gave:  # another task waits: every other one is theirs
-                            try:
-                                self._queue().send_nowait(result)
-                            except trio.WouldBlock:
-                                pass  # the queue is full: this one is ours
-                            else:
-                                self._channel_used = True
-                                self._wake()
-                                continue
-                        away = self._away_since = trio.current_time()
-                        timer = self._timer
-                        if timer is not None and timer.deadline > away + HANDOVER:
-                            timer.deadline = away + HANDOVER  # to hand over if the app stays away
-                        return result
-                    else:
-                        await self._end(result, delegate=True)
-                        return None
-                if self._stopping:
-                    return None
-                scope = self._read_scope = trio.CancelScope()
-                with scope:
-                    data = await self._receive()
-                if scope.cancelled_caught:  # a closer wants the read side
-                    return None
-                if not data:
-                    await self._end(_ENDED, delegate=True)
-                    return None
-                self._ws.receive_data(data)
-                self._events = self._ws.events()
-        finally:
-            self._release()
 
     def _start_background_reader(self) -> None:
         assert self._nursery is not None and self._reader is None
@@ -701,10 +873,11 @@ class WebSocket:
         """The reader found the end (the peer's close or EOF: ``_ENDED``) or a failure
         ((code, reason)): it runs the close path, still holding the read side.
 
-        With ``delegate`` (the app's own read) the sleeping keeper runs it instead, and the
-        app's get_message waits only until the close is decided (``_finished``), not for the
-        transport's close: the app goes on at the same point as when a background reader
-        closes (its cleanup, such as announcing a departure, overlaps the TCP close).
+        With ``delegate`` (the app's own read) a task in the websocket's nursery runs it
+        instead, and the app's get_message waits only until the close is decided
+        (``_finished``), not for the transport's close: the app goes on at the same point as
+        when a background reader closes (its cleanup, such as announcing a departure, overlaps
+        the TCP close).
         """
         self._stopping = True
         if isinstance(result, tuple):
@@ -713,12 +886,18 @@ class WebSocket:
                 self.close_code, self.close_reason = code, reason
         else:
             code, reason = NORMAL, ""
-        timer = self._timer
-        if delegate and timer is not None:
+        nursery = self._nursery
+        if delegate and nursery is not None:
             self._pending_close = code, reason
-            timer.deadline = -math.inf
+            nursery.start_soon(self._run_pending_close)
             return
         await self._finish_close(code, reason)
+
+    async def _run_pending_close(self) -> None:
+        pending = self._pending_close
+        if pending is not None:  # (else an explicit close took it over: ``_close``)
+            self._pending_close = None
+            await self._finish_close(*pending)
 
     async def _pong(self, ping: Ping) -> bool:
         """Answer ``ping``; whether the connection is still usable.  Shielded: an app task
@@ -783,14 +962,27 @@ class WebSocket:
 
     # ------------------------------------------------------------------------------ keeper
 
+    def _set_finished(self) -> None:
+        self._finished = True
+        if self._finished_event is not None:
+            self._finished_event.set()
+
+    async def _wait_finished(self) -> None:
+        if self._finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._finished_event is None:
+            self._finished_event = trio.Event()
+        await self._finished_event.wait()
+
     def _is_stopping(self) -> bool:
         return self._stopping  # (a call: not narrowed by mypy across the awaits that change it)
 
     def _poke(self, when: float) -> None:
-        """Make the keeper wake by ``when``."""
-        timer = self._timer
-        if timer is not None and timer.deadline > when:
-            timer.deadline = when
+        """Make the keeper fire this websocket by ``when``."""
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.schedule(self, when)
 
     def _next_due(self) -> float:
         opts = self._options
@@ -804,67 +996,65 @@ class WebSocket:
                 due = min(due, max(self._quiet_since, self._pinged_at) + opts.ping_interval)
         return due
 
-    async def _keeper(self, shutdown: trio.Event | None) -> None:
-        """The websocket's one timer: keepalive pings, the idle timeout, the write timeout,
-        the hand-over to a background reader, and the close on graceful shutdown.  Sleeps
-        until the next of them is due; reads nothing; never waits for the send lock."""
-        opts = self._options
-        # The keeper first runs once the app's task has blocked: if the app has not asked for
-        # a message by then, read for it until it does (so pings and backpressure work for an
-        # app that never reads); a reading app has the read side already.
+    async def _first_look(self) -> None:
+        """Runs once the app's task has first blocked: if the app has not asked for a message
+        by then, read for it until it does (so pings and backpressure work for an app that
+        never reads); a reading app has the read side already."""
         if self._reader is None and not self._stopping and not self._app_read:
             self._start_background_reader()
-        while True:
-            with trio.CancelScope(deadline=self._next_due()) as timer:
-                self._timer = timer
-                if shutdown is not None:
-                    await shutdown.wait()
-                else:
-                    await trio.sleep_forever()
-            self._timer = None
-            pending = self._pending_close
-            if pending is not None:
-                self._pending_close = None
-                await self._finish_close(*pending)
-                return
-            if self._is_stopping():
-                return
-            if shutdown is not None and shutdown.is_set():
-                await self._close(GOING_AWAY, "server shutting down")
-                return
-            now = trio.current_time()
-            if opts.idle_timeout and now >= self._write_since + opts.idle_timeout:
-                # a peer that stopped reading: close the transport under the blocked write,
-                # which then fails with ConnectionClosed (1006); the reader sees the end
+
+    def timer_shutdown(self) -> None:
+        """The keeper's call when the server's graceful shutdown begins: close with 1001."""
+        if self._keeper is not None:
+            self._keeper.discard(self)
+        if not self._stopping and self._nursery is not None:
+            self._nursery.start_soon(self._close, GOING_AWAY, "server shutting down")
+
+    def timer_fire(self, now: float) -> float:
+        """The keeper's call once this websocket's due time has passed: keepalive pings, the
+        idle timeout, the write timeout, the hand-over to a background reader.  Does not
+        block (what takes time runs as a task in the websocket's nursery); returns when it is
+        due next.  Never waits for the send lock."""
+        opts = self._options
+        if self._stopping or self._nursery is None:
+            return math.inf
+        nursery = self._nursery
+        if opts.idle_timeout and now >= self._write_since + opts.idle_timeout:
+            # a peer that stopped reading: close the transport under the blocked write,
+            # which then fails with ConnectionClosed (1006); the reader sees the end
+            if self.close_code is None:
+                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+            self._stream_closed = True
+            nursery.start_soon(trio.aclose_forcefully, self._stream)
+            return math.inf
+        if self._reader is not None:
+            if not self._receiving:  # dispatching or a blocked delivery is not silence
+                return self._next_due()
+            if opts.idle_timeout and now >= self._quiet_since + opts.idle_timeout:
                 if self.close_code is None:
-                    self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
-                self._stream_closed = True
-                await trio.aclose_forcefully(self._stream)
-                return
-            if self._reader is not None:
-                if not self._receiving:  # dispatching or a blocked delivery is not silence
-                    continue
-                if opts.idle_timeout and now >= self._quiet_since + opts.idle_timeout:
-                    if self.close_code is None:
-                        self.close_code, self.close_reason = INTERNAL_ERROR, "idle timeout"
-                    await self._close(INTERNAL_ERROR, "idle timeout")
-                    return
-                if (opts.ping_interval and now >= max(self._quiet_since, self._pinged_at) + opts.ping_interval
-                        and not self._send_lock.locked()):  # a write under way: ping later
-                    self._pinged_at = now
-                    with trio.move_on_after(opts.idle_timeout or math.inf) as bounded:
-                        try:
-                            await self._send_event(Ping(payload=b""))
-                        except ConnectionClosed:
-                            pass
-                    if bounded.cancelled_caught:  # the ping itself could not be written: a dead peer
-                        if self.close_code is None:
-                            self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
-                        self._stream_closed = True
-                        await trio.aclose_forcefully(self._stream)  # the reader sees the end
-                        return
-            elif now >= self._away_since + HANDOVER:
-                self._start_background_reader()
+                    self.close_code, self.close_reason = INTERNAL_ERROR, "idle timeout"
+                nursery.start_soon(self._close, INTERNAL_ERROR, "idle timeout")
+                return math.inf
+            if (opts.ping_interval and now >= max(self._quiet_since, self._pinged_at) + opts.ping_interval
+                    and not self._send_lock.locked()):  # a write under way: ping later
+                self._pinged_at = now
+                nursery.start_soon(self._keepalive_ping)
+        elif now >= self._away_since + HANDOVER:
+            self._start_background_reader()
+        return self._next_due()
+
+    async def _keepalive_ping(self) -> None:
+        opts = self._options
+        with trio.move_on_after(opts.idle_timeout or math.inf) as bounded:
+            try:
+                await self._send_event(Ping(payload=b""))
+            except ConnectionClosed:
+                pass
+        if bounded.cancelled_caught:  # the ping itself could not be written: a dead peer
+            if self.close_code is None:
+                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)  # the reader sees the end
 
     # ----------------------------------------------------------------------------- closing
 
@@ -900,7 +1090,7 @@ class WebSocket:
         close frame is always answered); only a write that really broke mid-frame prevents it.
         """
         if self._closing:
-            await self._finished.wait()
+            await self._wait_finished()
             return
         self._closing = True
         linger = 0.0
@@ -923,7 +1113,7 @@ class WebSocket:
         finally:
             if self.close_code is None:
                 self.close_code, self.close_reason = ABNORMAL, "no close frame received"
-            self._finished.set()
+            self._set_finished()
             if self._messages_in is not None:
                 self._messages_in.close()
             for waiter in self._pings.values():
