@@ -236,12 +236,12 @@ def prepare_response(result: Any) -> PreparedResponse:
         raise AppError("header 'rack.hijack' must be an async callable hijack(stream)")
     if hijack is None and status < 200:
         raise AppError(f"status {status} is informational; a final response needs 200-999")
-    kind = classify_body(body)
+    kind = BodyKind.BUFFERED if type(body) is list else classify_body(body)  # (the common body: no call)
     wire, app_length = _encode_headers(headers, keep_hop_by_hop=hijack is not None, buffered=kind is BodyKind.BUFFERED)
     chunks: Sequence[bytes] = ()
     length = 0
     if kind is BodyKind.BUFFERED:
-        chunks = [check_chunk(c) for c in body]
+        chunks = [c if type(c) is bytes else check_chunk(c) for c in body]  # (a call only when not bytes)
         length = sum(map(len, chunks))
         if hijack is None:
             wire.append((b"content-length", str(length).encode("ascii")))

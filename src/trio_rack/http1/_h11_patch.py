@@ -1,4 +1,5 @@
-"""Two adjustments to h11: strict chunk extensions, and lower-case framing header names.
+"""Three adjustments to h11: strict chunk extensions, lower-case framing header names, and
+request events built without a second look at the request line.
 
 **Chunk extensions.**  Make h11 refuse malformed chunk extensions (RFC 9112 §7.1.1), until h11 does so itself.
 
@@ -27,16 +28,33 @@ the exchange's already validated head), and the values it adds are h11's constan
 comma-separated pieces of those values; the framing checks (content-length,
 transfer-encoding) still run.  That second pass cost every streamed and every
 ``connection: close`` response about 10 µs (profiled).
+
+**Request events.**  h11's reader for a request head (``maybe_read_from_IDLE_client``) matches
+the request line with its ``request_line_re`` (``method SP target SP version``, the method a
+``token``, the target ``vchar+``) and passes the groups to ``Request(...)``, whose constructor
+matches the method and the target once more (``method_re``, ``request_target_re``: the same
+sub-patterns, so they cannot fail on those groups), takes keyword arguments and counts Host
+through the ``Headers`` sequence: 2.3 µs of every request, 0.6 µs with :func:`request_event`,
+which keeps the rest of the constructor in its order and with its messages
+(``normalize_and_validate``: the Content-Length and Transfer-Encoding verdicts, then the Host
+count).  :func:`fast_request_events` installs the reader variant in h11's ``READERS`` table
+(every h11 server connection in the process), only over the exact function it replaces and only
+with h11's four ``Request`` slots; the httptools engine builds its events with
+:func:`request_event` too.  ``tests/test_h11_request_reader.py`` holds the variant to h11's own
+reader on the differential corpus.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
+import h11
 from h11 import _headers
+from h11._util import LocalProtocolError, validate
 
-__all__ = ["lower_case_framing_headers", "tighten_chunk_extensions"]
+__all__ = ["fast_request_events", "lower_case_framing_headers", "request_event", "tighten_chunk_extensions"]
 
 log = logging.getLogger("trio_rack.error")
 
@@ -84,3 +102,64 @@ def _set_comma_header_lower(headers: _headers.Headers, name: bytes, new_values: 
     new_headers = [(raw, value) for raw, found, value in headers._full_items if found != name]
     new_headers.extend((name, value) for value in new_values)
     return _headers.normalize_and_validate(new_headers, _parsed=True)
+
+
+#: Whether :func:`request_event` may fill in h11's ``Request`` itself (its slots as in h11 0.16).
+FAST_REQUEST = getattr(h11.Request, "__slots__", None) == ("method", "headers", "target", "http_version")
+
+
+def request_event(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]], version: bytes) -> Any:
+    """``h11.Request(..., _parsed=True)`` for a method and target known to match h11's request
+    line (see the module docstring): the same event, the same errors, in the same order."""
+    if not FAST_REQUEST:
+        return h11.Request(method=method, target=target, headers=fields, http_version=version, _parsed=True)
+    headers = _headers.normalize_and_validate(fields, _parsed=True)
+    hosts = 0
+    for item in headers._full_items:
+        if item[1] == b"host":
+            hosts += 1
+    if version == b"1.1" and hosts == 0:
+        raise LocalProtocolError("Missing mandatory Host: header")
+    if hosts > 1:
+        raise LocalProtocolError("Found multiple Host: headers")
+    event = object.__new__(h11.Request)
+    object.__setattr__(event, "method", method)
+    object.__setattr__(event, "headers", headers)
+    object.__setattr__(event, "target", target)
+    object.__setattr__(event, "http_version", version)
+    return event
+
+
+def _read_request_head(buf: Any) -> Any:
+    """h11's ``maybe_read_from_IDLE_client`` (h11 0.14–0.16), its event made by
+    :func:`request_event`: the request line's groups are passed as they matched."""
+    from h11 import _readers
+
+    lines = buf.maybe_extract_lines()
+    if lines is None:
+        if buf.is_next_line_obviously_invalid_request_line():
+            raise LocalProtocolError("illegal request line")
+        return None
+    if not lines:
+        raise LocalProtocolError("no request line received")
+    matches = validate(_readers.request_line_re, lines[0], "illegal request line: {!r}", lines[0])
+    fields = list(_readers._decode_header_lines(lines[1:]))
+    return request_event(matches["method"], matches["target"], fields, matches["http_version"])
+
+
+def fast_request_events() -> bool:
+    """Install :func:`_read_request_head` as h11's reader of request heads; False if h11 differs."""
+    from h11 import _readers
+
+    readers: Any = getattr(_readers, "READERS", None)
+    key = (h11.CLIENT, h11.IDLE)
+    if readers is None or key not in readers:
+        return False
+    current = readers[key]
+    if current is _read_request_head:
+        return True
+    if not FAST_REQUEST or current is not getattr(_readers, "maybe_read_from_IDLE_client", None):
+        log.debug("h11's request reader changed; leaving it as it is")
+        return False
+    readers[key] = _read_request_head
+    return True

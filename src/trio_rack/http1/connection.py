@@ -19,9 +19,11 @@ are parsed first) or closes.
   connection (at most 25 % late: no scope deadline moves per request);
   :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one is due.
   A write blocked past the write timeout is found by the liveness sweeper, which cancels the
-  request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
-  the exchange: a vanished client or a request deadline cancels the request, and
-  the exchange records why.
+  request (see :mod:`trio_rack.net.transport`).  The request runs in this same scope
+  (:attr:`HTTPConnection.shared_scope`) unless it needs one of its own (``--request-timeout``,
+  a request nursery): a vanished client, the app or a deadline it set cancels the request,
+  the exchange records why and catches it, and the connection closes, as it would after a
+  request scope of its own was cancelled (see :class:`~trio_rack.app.exchange.Exchange`).
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
@@ -66,7 +68,7 @@ from ..net.transport import (
 )
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
-from ._h11_patch import lower_case_framing_headers, tighten_chunk_extensions
+from ._h11_patch import fast_request_events, lower_case_framing_headers, tighten_chunk_extensions
 from .body_rate import BodyRate
 from .parsers import new_parser
 from .wire import serialize_head
@@ -75,6 +77,7 @@ __all__ = ["HTTPConnection"]
 
 tighten_chunk_extensions()  # see _h11_patch: refuse NUL, bare CR, non-tokens in chunk-ext
 lower_case_framing_headers()  # see _h11_patch: "transfer-encoding: chunked", not "Transfer-Encoding"
+fast_request_events()  # see _h11_patch: no second match of the request line's method and target
 
 log = logging.getLogger("trio_rack.error")
 
@@ -103,6 +106,14 @@ except ImportError:  # pragma: no cover - another h11: the header list goes thro
 #: it takes it as it is: the exchange's names are lower-case tokens already, its
 #: content-length digits, its values checked; h11 still derives the framing from them.
 _PREBUILT_HEADERS = _H11_TRUSTS_PARSED and _H11Headers is not None and hasattr(_H11Headers, "_full_items")
+#: ... and the event itself: ``h11.Response(...)`` with keyword arguments, ``super().__init__``
+#: and ``__post_init__`` was ~1 µs of every response for what the exchange has checked already
+#: (a validated head, an int status); with h11's four response slots as in h11 0.16, the event
+#: is filled in directly (:meth:`HTTPConnection._head_event`), keeping h11's one rule on it:
+#: a final response's status is 200 to 999.  Another h11: its constructor, as before.
+_PREBUILT_RESPONSE = _PREBUILT_HEADERS and getattr(h11.Response, "__slots__", None) == (
+    "headers", "http_version", "reason", "status_code",
+)  # fmt: skip
 #: h11's chunked body writer.  While it is the one in use, a streamed chunk is framed by
 #: :meth:`HTTPConnection.send_data` itself, exactly as this writer frames it: in SEND_BODY a
 #: Data event changes no state, and h11's event machinery around it (the event object, the
@@ -154,7 +165,7 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only", "_fresh",
-        "_body_rate", "parser", "_head_clock",
+        "_body_rate", "parser", "_head_clock", "shared_scope",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
@@ -182,6 +193,10 @@ class HTTPConnection:
         self.h11 = new_parser(self.parser, state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
         self.deadlines = Deadlines()
+        #: The exchange runs its request in the connection's scope (its deadline stays
+        #: infinite: the read deadlines are floats): no scope of its own per request, see
+        #: :class:`~trio_rack.app.exchange.Exchange` and :meth:`scope_cancelled_for_connection`.
+        self.shared_scope = self.deadlines.scope
         self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
         self.exchange: Exchange | None = None
         self._cancel_reason: str | None = None
@@ -303,8 +318,15 @@ class HTTPConnection:
                 # what needs buffered bytes.
                 if self.state.draining and not self._fresh:
                     return None  # graceful shutdown: no new request on this connection
-                await self._receive_into_h11()
-                continue
+                # _receive_into_h11, inline (one coroutine fewer per request, on the path
+                # every keep-alive request waits in), and what it put in the parser's empty
+                # buffer is what ``trailing_data`` would give next: not asked again.
+                try:
+                    data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                self.h11.receive_data(data)
+                buffered, closed = data, not data
             if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
                 # h11's size limit only covers heads that arrive in pieces; this covers the rest.
                 if strict.request_line_too_long(buffered, limits.max_request_line):
@@ -453,6 +475,13 @@ class HTTPConnection:
         fields: Any = self._framed_headers(headers)
         if _PREBUILT_HEADERS:
             fields = _H11Headers([(name, name, value) for name, value in fields])
+            if _PREBUILT_RESPONSE and 200 <= status < 1000:  # see _PREBUILT_RESPONSE
+                event = object.__new__(h11.Response)
+                object.__setattr__(event, "headers", fields)
+                object.__setattr__(event, "http_version", b"1.1")
+                object.__setattr__(event, "reason", REASONS.get(status, b""))
+                object.__setattr__(event, "status_code", status)
+                return event
         return h11.Response(
             status_code=status,
             headers=fields,
@@ -470,8 +499,12 @@ class HTTPConnection:
     ) -> None:
         """A buffered response, coalesced into one write when small."""
         h = self.h11
-        pieces = [h.send(self._head_event(status, headers))]
+        # The head's pieces as the parser made them (h11: a piece per header line), joined
+        # once with the rest when small: one join, not one for the head and one for all.
+        pieces = h.send_with_data_passthrough(self._head_event(status, headers)) or []
         self._started = True
+        if length > COALESCE_LIMIT:
+            pieces = [b"".join(pieces)]
         if not head_only:
             for chunk in body:
                 if chunk:
@@ -638,6 +671,14 @@ class HTTPConnection:
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
+
+    def scope_cancelled_for_connection(self) -> bool:
+        """Whether the sweep cancelled the connection's scope for a read deadline while the
+        exchange ran (a body read timed out): its ``expire_if_due`` leaves the phase and sets the
+        deadline to infinity, which no live read phase has (the timeouts are finite).  Then the
+        cancellation is the driver's (:meth:`_after_cancel`: 408), not the request's."""
+        deadlines = self.deadlines
+        return deadlines.read_phase is not ReadPhase.APP and deadlines.read_deadline == math.inf
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""

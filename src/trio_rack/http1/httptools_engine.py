@@ -52,6 +52,8 @@ from h11._readers import ChunkedReader
 from h11._receivebuffer import ReceiveBuffer
 from h11._util import LocalProtocolError, RemoteProtocolError
 
+from ._h11_patch import request_event
+
 httptools: Any
 try:  # optional: the [speedups] extra
     import httptools
@@ -255,7 +257,7 @@ class HttptoolsConnection:
         if problem is not None:
             return self._h11_head()
         self._buf._extract(end)  # before h11's checks below raise, as h11 consumes the head first
-        return Request(method=method, target=sink.url, headers=fields, http_version=version, _parsed=True)
+        return _request(method, sink.url, fields, version, head)
 
     def _h11_head(self) -> Request | None:
         """h11's verdict on the buffered head: its error raised, or its request (consumed)."""
@@ -566,6 +568,23 @@ def _header_lines(items: Any) -> list[bytes]:
 
 def _head(status: int, reason: bytes, items: Any) -> list[Any]:
     return [b"HTTP/1.1 %d %s\r\n" % (status, reason), *_header_lines(items), b"\r\n"]
+
+
+def _request(
+    method: bytes, target: bytes, fields: list[tuple[bytes, bytes]], version: bytes, head: bytes | bytearray
+) -> Request:
+    """``h11.Request(..., _parsed=True)`` for a head llhttp parsed, without its second look at
+    the request line (:func:`._h11_patch.request_event`).
+
+    :func:`_h11_grammar_problem` has matched the whole line with h11's ``request_line``
+    already; when the line begins with exactly ``method SP target SP`` (checked here), h11's
+    re-match of the method and the target is a second validation of the same bytes.  Any other
+    shape goes through ``Request(...)``.
+    """
+    if not head.startswith(b"%s %s " % (method, target)):
+        return Request(method=method, target=target, headers=fields, http_version=version, _parsed=True)
+    event: Request = request_event(method, target, fields, version)
+    return event
 
 
 def _h11_grammar_problem(
