@@ -1,14 +1,15 @@
-"""The request's cancel scope when it is the HTTP/1 connection's (issue #12 point 2).
+"""The request's own cancel scope on HTTP/1 (issue #12 point 2 tried sharing the connection's).
 
-Without ``--request-timeout`` and without a request nursery, an HTTP/1 request runs in its
-connection's cancel scope instead of one of its own (a scope made, entered and left was
-~48,000 instructions of a hello request): ``env["trio_rack.cancel_scope"]`` is that scope.
-These tests pin that every documented way a request is cancelled still ends that request as
-before — the app's ``cancel()``, a deadline the app set, the sweep's client-gone and
-write-timeout cancels — while the connection's own cancellations (a body read timing out,
-server shutdown) stay the connection's, and that a deadline the app set but did not reach is
-not inherited by the next request on the connection.  Every test runs on both HTTP/1 parsers
-(``http1_parsers``); timeouts on trio's autojump clock.
+``env["trio_rack.cancel_scope"]`` is a scope of the request's own on every HTTP/1 request.
+Running the request in its connection's scope instead saved ~43,000 instructions a hello
+request, and was dropped: a scope the app kept and cancelled after its request ended cut a
+later request on the same keep-alive connection.  These tests pin that every documented way a
+request is cancelled ends that request only — the app's ``cancel()``, a deadline the app set,
+the sweep's client-gone and write-timeout cancels — while the connection's own cancellations
+(a body read timing out, server shutdown) stay the connection's, that a scope kept past its
+request does nothing to the next one, and that a body read the app gives up on leaves no body
+deadline armed under its response.  Every test runs on both HTTP/1 parsers (``http1_parsers``);
+timeouts on trio's autojump clock.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records]
 
 
-async def test_the_scope_is_the_connections_without_a_request_timeout_and_its_own_with_one() -> None:
+async def test_every_request_has_a_scope_of_its_own_with_or_without_a_request_timeout() -> None:
     seen: list[trio.CancelScope] = []
 
     async def app(env: dict[str, Any]) -> Any:
@@ -45,7 +46,7 @@ async def test_the_scope_is_the_connections_without_a_request_timeout_and_its_ow
         second = await client.request("GET", "/")
     assert first.status == second.status == 200
     assert first.header("x-deadline") == second.header("x-deadline") == "inf"
-    assert seen[0] is seen[1]  # one scope per connection: the connection's
+    assert seen[0] is not seen[1]
 
     seen.clear()
     async with memory_connection(app, limits=Limits(request_timeout=30)) as client:
@@ -53,6 +54,84 @@ async def test_the_scope_is_the_connections_without_a_request_timeout_and_its_ow
         second = await client.request("GET", "/")
     assert float(first.header("x-deadline") or "inf") < math.inf
     assert seen[0] is not seen[1]  # --request-timeout: a scope (and deadline) per request
+
+
+@pytest.mark.parametrize("misuse", ["cancel", "shield"])
+async def test_a_scope_kept_past_its_request_does_nothing_to_the_next(
+    misuse: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A watchdog in an app-wide nursery cancels (or shields) "its" request's scope after the
+    request ended: the next request on the same keep-alive connection is served whole, and the
+    server's own cancellation still ends the connection."""
+    app_nursery: list[trio.Nursery] = []
+
+    async def watchdog(scope: trio.CancelScope) -> None:
+        await trio.sleep(2)
+        if misuse == "cancel":
+            scope.cancel()
+        else:
+            scope.shield = True
+
+    async def ticks() -> Any:
+        for i in range(4):
+            yield b"tick %d\n" % i
+            await trio.sleep(1)
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/fast":
+            app_nursery[0].start_soon(watchdog, env["trio_rack.cancel_scope"])
+            return 200, {"content-type": "text/plain"}, [b"fast\n"]
+        return 200, {"content-type": "text/plain"}, ticks()
+
+    state = ServerState(app, Limits(), access_log=False)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            app_nursery.append(nursery)
+            nursery.start_soon(serve_stream, server, state)
+            await client.send_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(b"fast\n"):
+                got += await client.receive_some(65536)
+            await client.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(b"0\r\n\r\n"):
+                data = await client.receive_some(65536)
+                assert data, f"the second request was cut after {got.count(b'tick')} ticks"
+                got += data
+            assert got.count(b"tick") == 4
+            nursery.cancel_scope.cancel()  # the server's cancellation reaches the idle connection
+
+
+async def test_a_body_read_the_app_gives_up_on_leaves_no_body_deadline_under_its_response(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The app stops waiting for a slow body (its own timeout) and streams 10 s of ticks: the
+    body timeout (3 s) is the read's, not the response's, and no tick is cut."""
+
+    async def ticks() -> Any:
+        for i in range(10):
+            yield b"tick %d\n" % i
+            await trio.sleep(1)
+
+    async def app(env: dict[str, Any]) -> Any:
+        with trio.move_on_after(0.5):
+            await env["rack.input"].receive_some()
+        return 200, {"content-type": "text/plain"}, ticks()
+
+    state = ServerState(app, Limits(body_timeout=3.0), access_log=False)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_stream, server, state)
+            await client.send_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+            got = b""
+            while not got.endswith(b"0\r\n\r\n"):
+                data = await client.receive_some(65536)
+                assert data, f"the response was cut after {got.count(b'tick')} ticks"
+                got += data
+            assert got.count(b"tick") == 10
+            nursery.cancel_scope.cancel()
 
 
 async def test_cancelling_the_scope_ends_the_request_and_its_connection_only(caplog: pytest.LogCaptureFixture) -> None:

@@ -78,7 +78,11 @@ async def test_a_new_worker_that_fails_stops_the_restart(tmp_path: Path) -> None
         with trio.fail_after(RESTART_TIMEOUT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(load.new_connection_client)
-                await trio.sleep(0.3)
+                # both old workers seen serving before the restart (0.3 s of load on a busy
+                # machine sometimes reached only one, and the other's later answers then
+                # looked like a new worker's)
+                while len(pids(load.bodies)) < 2:  # noqa: ASYNC110 (the load task fills bodies; no event to wait on)
+                    await trio.sleep(0.1)
                 before = pids(load.bodies)
                 server.pids |= before
                 (tmp_path / "app.py").write_text("def broken(:\n")  # a syntax error

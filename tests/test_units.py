@@ -168,6 +168,16 @@ def test_build_env_host_cache_keeps_schemes_apart():
         assert build_env(_request(b"/", headers=[("host", "example.com")]), tls)["SERVER_PORT"] == "443"
 
 
+def test_build_env_host_cache_cannot_be_poisoned_across_schemes():
+    """A Host text holding a space (HTTP/2's ``:authority`` is not checked against HOST_RE)
+    cannot pass for another scheme's cache key: https for ``victim.example`` stays 443."""
+    plain = ConnInfo("http", ("h", 80), ("c", 1))
+    tls = ConnInfo("https", ("h", 443), ("c", 1), tls={})
+    build_env(_request(b"/", headers=[("host", "victim.example 443")]), plain)
+    env = build_env(_request(b"/", headers=[("host", "victim.example")]), tls)
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("victim.example", "443")
+
+
 def test_build_env_text_caches_are_bounded(monkeypatch):
     """Values are client-chosen: a full cache starts afresh instead of growing."""
     from trio_rack.app import env as env_module

@@ -36,7 +36,7 @@ _VALUE_CACHE_MAX = 1024
 #: ... values longer than this (cookies, tokens: mostly unique) are decoded each time.
 _VALUE_CACHE_LONGEST = 256
 #: ``SERVER_NAME`` and ``SERVER_PORT`` by ``Host`` text, the same way (the same bound).
-_HOST_CACHE: dict[str, tuple[str, str]] = {}
+_HOST_CACHE: dict[tuple[str, int], tuple[str, str]] = {}
 #: The methods of RFC 9110 as env's text (any other is decoded).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")}
 
@@ -55,7 +55,7 @@ def _text(value: bytes) -> str:
 
 def _server_name_and_port(host: str, default_port: int) -> tuple[str, str]:
     """:func:`split_host`, shared with earlier requests for the same ``Host`` and scheme."""
-    key = host if default_port == 80 else f"{host} {default_port}"
+    key = (host, default_port)  # a pair: no Host text can pass for another scheme's key
     pair = _HOST_CACHE.get(key)
     if pair is None:
         pair = split_host(host, default_port)

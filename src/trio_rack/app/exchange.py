@@ -107,14 +107,6 @@ class ResponseSink(Protocol):
     can_send_trailers: bool
     #: The socket the liveness sweeper polls for a hang-up; None for in-memory transports.
     fileno: int | None
-    # Optional, read with ``getattr`` (so a sink without them needs nothing):
-    # ``shared_scope: trio.CancelScope | None``, a cancel scope entered already and free while
-    # the exchange runs, that may double as the request's (the HTTP/1 connection's: one
-    # request at a time, and every cancellation of a request ends its connection anyway);
-    # None or absent, the request gets a scope of its own (see :class:`Exchange`).  A sink
-    # offering one also has ``scope_cancelled_for_connection() -> bool``: whether that scope
-    # was cancelled for the connection's own reasons (a read deadline), not the request's,
-    # which makes the cancellation the driver's to handle.
 
     async def receive_body(self) -> bytes:
         """The next piece of the decoded request body, ``b""`` at its end (RequestBodyError)."""
@@ -205,27 +197,19 @@ class Exchange:
     Resource handling: every stream the app is given is closed before :meth:`run` returns or
     raises; the sink (and the transport below it) stays the driver's.
 
-    The request's scope: a ``trio.CancelScope`` made, entered and left was about 48,000
-    instructions of a hello request's 560,000 (bench/README.md, "Cost model").  Where the sink
-    offers a scope to share (``ResponseSink.shared_scope``: the HTTP/1 connection's, whose
-    deadline is infinite and which nothing else cancels while a request runs but the
-    connection's read deadline), no ``--request-timeout`` is set and the app gets no request
-    nursery, the request runs in that scope and ``env["trio_rack.cancel_scope"]`` *is* it:
-    the app's ``cancel()`` and ``deadline`` work as on a scope of its own, and every way the
-    request is cancelled (the app, its deadline, the sweep's client-gone and write-timeout
-    cancels) ended the connection already (``Outcome.CLOSE``).  The exchange then does what
-    leaving its own scope did: :meth:`run` catches the ``Cancelled`` when the
-    scope was cancelled for the request (not for the connection's read deadline, not from
-    outside), everything after it is synchronous or shielded, and a deadline the app set but
-    did not reach is lifted for the next request.  Otherwise (HTTP/2 streams, a request
-    timeout, adapters' nurseries, overload) the request gets its own scope as before.
+    The request's scope is its own (``trio.CancelScope()`` per request, about 48,000
+    instructions of a hello request): ``env["trio_rack.cancel_scope"]`` may outlive the request
+    in the app's hands, and cancelling a scope whose request is over must do nothing.  Running
+    the request in its connection's scope instead was tried (s5-req, a140405) and dropped: a
+    scope kept and cancelled later ended a later request on the same keep-alive connection,
+    and a ``shield`` set on it kept the connection out of reach of the server's cancellation.
     """
 
     __slots__ = (
         "state", "sink", "head", "info", "env", "fileno", "cancel_reason", "client_gone",
         "_scope", "_response", "_prepared", "_head_only", "_sent", "_status", "_headers", "_result",
         "_error", "_request_body", "_response_stream", "_hijacked", "_disconnected", "_began",
-        "_deadline", "_shared", "_caught",
+        "_deadline",
     )  # fmt: skip
 
     def __init__(self, state: ServerState, sink: ResponseSink, head: RequestHead, info: ConnInfo) -> None:
@@ -238,12 +222,7 @@ class Exchange:
         self.cancel_reason: str | None = None
         #: Set when the client is known to be gone (the driver then skips its orderly close).
         self.client_gone = False
-        shared: trio.CancelScope | None = getattr(sink, "shared_scope", None)
-        #: Whether the request runs in the sink's scope (see the class docstring).
-        self._shared = shared is not None and state.request_timeout is None and not state.request_nursery
-        self._scope: trio.CancelScope = shared if shared is not None and self._shared else trio.CancelScope()
-        #: In the shared scope: whether :meth:`run` caught the request's Cancelled.
-        self._caught = False
+        self._scope = trio.CancelScope()
         self._response = ResponseState.PENDING
         self._prepared: PreparedResponse | None = None
         self._head_only = head.method == b"HEAD"
@@ -293,39 +272,8 @@ class Exchange:
         outcome = Outcome.CLOSE
         try:
             if state.in_flight > state.max_in_flight:
-                if self._shared:  # rare: a scope of its own, as before
-                    self._shared = False
-                    self._scope = self.env["trio_rack.cancel_scope"] = trio.CancelScope()
                 with self._scope:  # the write timeout (the sweep) cancels this scope, as for any response
                     outcome = await self._overloaded()
-            elif self._shared:
-                # _respond in the sink's scope, catching what leaving a scope of its own
-                # caught (inline: one coroutine fewer per request).  Exactly the request's
-                # cancellations are caught: the scope cancelled (by the app, its deadline, or
-                # :meth:`cancel`) and not for the connection (its read deadline, which the
-                # driver answers with a 408) — a cancellation from outside (server shutdown)
-                # with the scope not cancelled goes on, and if both happened, the outer one is
-                # raised again at the driver's next checkpoint, outside the scope.
-                try:
-                    outcome = await self._respond()
-                except trio.Cancelled:
-                    if not self._cancelled_for_request():
-                        raise
-                    self._caught = True
-                except BaseExceptionGroup as group:  # Cancelled from inside the app's own nurseries
-                    matched, rest = group.split(trio.Cancelled)
-                    if matched is None or not self._cancelled_for_request():
-                        raise
-                    self._caught = True
-                    if rest is not None:
-                        raise rest from None
-                else:
-                    scope = self._scope
-                    if scope.cancel_called:  # cancelled with no checkpoint after it: no next request
-                        if outcome is Outcome.KEEP_ALIVE:
-                            outcome = Outcome.CLOSE
-                    elif scope.deadline != math.inf:
-                        scope.deadline = math.inf  # the app's, not reached: not the next request's
             elif state.request_nursery:
                 outcome = await self._respond_in_nursery()
             else:
@@ -333,7 +281,7 @@ class Exchange:
                     self._arm_deadline(state.request_timeout)
                 with self._scope:
                     outcome = await self._respond()
-            if self._caught if self._shared else self._scope.cancelled_caught:
+            if self._scope.cancelled_caught:
                 outcome = await self._after_cancel()
         finally:
             if self._response is not ResponseState.HIJACKED:
@@ -348,10 +296,6 @@ class Exchange:
             finally:
                 self._break_cycles()
         return outcome
-
-    def _cancelled_for_request(self) -> bool:
-        # (the optional half of the sink's protocol: every sink with a shared scope has it)
-        return self._scope.cancel_called and not self.sink.scope_cancelled_for_connection()  # type: ignore[attr-defined]
 
     def _break_cycles(self) -> None:
         """Drop the references from this exchange's env and streams back to the exchange.
@@ -439,9 +383,8 @@ class Exchange:
             self.sink.abort()
         elif timed_out and self._response is ResponseState.PENDING:
             # a fresh scope for the 503's write: the sweep enforces the write timeout by
-            # cancelling ``_scope``, and the request's own has already been used up (shielded
-            # when that was the connection's: it stays cancelled; the sweep bounds the write)
-            self._scope = trio.CancelScope(shield=self._shared)
+            # cancelling ``_scope``, and the request's own has already been used up
+            self._scope = trio.CancelScope()
             with self._scope:
                 await self._send_error(503)  # the sink adds connection: close
         return Outcome.CLOSE

@@ -19,11 +19,9 @@ are parsed first) or closes.
   connection (at most 25 % late: no scope deadline moves per request);
   :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one is due.
   A write blocked past the write timeout is found by the liveness sweeper, which cancels the
-  request (see :mod:`trio_rack.net.transport`).  The request runs in this same scope
-  (:attr:`HTTPConnection.shared_scope`) unless it needs one of its own (``--request-timeout``,
-  a request nursery): a vanished client, the app or a deadline it set cancels the request,
-  the exchange records why and catches it, and the connection closes, as it would after a
-  request scope of its own was cancelled (see :class:`~trio_rack.app.exchange.Exchange`).
+  request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
+  the exchange: a vanished client or a request deadline cancels the request, and
+  the exchange records why.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
@@ -165,7 +163,7 @@ class HTTPConnection:
         "transport", "state", "info", "limits", "h11", "fileno", "client_gone", "writer",
         "deadlines", "exchange", "_cancel_reason", "_started", "_must_close", "_body_read",
         "_body_wire", "_head_only", "_fresh",
-        "_body_rate", "parser", "_head_clock", "shared_scope",
+        "_body_rate", "parser", "_head_clock",
     )  # fmt: skip
 
     #: A full hijack hands over the raw connection (ResponseSink capability).
@@ -193,10 +191,6 @@ class HTTPConnection:
         self.h11 = new_parser(self.parser, state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
         self.deadlines = Deadlines()
-        #: The exchange runs its request in the connection's scope (its deadline stays
-        #: infinite: the read deadlines are floats): no scope of its own per request, see
-        #: :class:`~trio_rack.app.exchange.Exchange` and :meth:`scope_cancelled_for_connection`.
-        self.shared_scope = self.deadlines.scope
         self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
         self.exchange: Exchange | None = None
         self._cancel_reason: str | None = None
@@ -651,17 +645,27 @@ class HTTPConnection:
                 now = trio.current_time()
                 self.deadlines.set_read(ReadPhase.BODY, now + self.limits.body_timeout)
                 left = rate.time_left()
-                if left < self.limits.body_timeout:
-                    # --min-body-rate would fail before the body timeout: wait only that long.
-                    with trio.move_on_after(max(left, 0.0)) as slow:
-                        received = await self._receive_into_h11(size)  # cancelled on body timeout too
-                    if slow.cancelled_caught:
-                        self._must_close = True
-                        raise RequestBodyError(
-                            408, f"request body slower than {rate.min_rate:g} bytes a second (--min-body-rate)"
-                        )
-                else:
-                    received = await self._receive_into_h11(size)  # cancelled on timeout
+                try:
+                    if left < self.limits.body_timeout:
+                        # --min-body-rate would fail before the body timeout: wait only that long.
+                        with trio.move_on_after(max(left, 0.0)) as slow:
+                            received = await self._receive_into_h11(size)  # cancelled on body timeout too
+                        if slow.cancelled_caught:
+                            self._must_close = True
+                            raise RequestBodyError(
+                                408, f"request body slower than {rate.min_rate:g} bytes a second (--min-body-rate)"
+                            )
+                    else:
+                        received = await self._receive_into_h11(size)  # cancelled on timeout
+                except BaseException:
+                    # The read did not finish.  Unless the body timeout itself expired (the sweep
+                    # set the deadline to infinity: the driver answers 408 from the BODY phase),
+                    # the app stopped reading (its own cancel or timeout, a slow-rate 408 it may
+                    # catch): the body deadline must not stay armed under what the app does
+                    # next (a long response, a hijack), or the sweep would cut that.
+                    if self.deadlines.read_deadline != math.inf:
+                        self.deadlines.set_read(ReadPhase.APP, math.inf)
+                    raise
                 rate.record(trio.current_time() - now, received)
                 self._body_wire += received
                 self.deadlines.set_read(ReadPhase.APP, math.inf)
@@ -671,14 +675,6 @@ class HTTPConnection:
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
-
-    def scope_cancelled_for_connection(self) -> bool:
-        """Whether the sweep cancelled the connection's scope for a read deadline while the
-        exchange ran (a body read timed out): its ``expire_if_due`` leaves the phase and sets the
-        deadline to infinity, which no live read phase has (the timeouts are finite).  Then the
-        cancellation is the driver's (:meth:`_after_cancel`: 408), not the request's."""
-        deadlines = self.deadlines
-        return deadlines.read_phase is not ReadPhase.APP and deadlines.read_deadline == math.inf
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""
