@@ -2,7 +2,7 @@
 
 ::
 
-    python bench/ab.py A_REF B_REF [--rounds 7] [--seconds 5] [--connections 64]
+    python bench/ab.py A_REF B_REF [--rounds 7] [--seconds 5] [--connections 64] [--http1-parser h11|httptools]
 
 Each ref's ``src/`` is exported with ``git archive`` into a temporary folder and served from
 there (``PYTHONPATH``), pinned to core 0 with ``taskset``; ``wrk -t1`` runs on core 1.  Rounds
@@ -42,6 +42,8 @@ def one_round(src: Path, label: str, args: argparse.Namespace, logs: Path) -> fl
     argv = ["taskset", "-c", "0", sys.executable, "-m", "trio_rack", "serve", str(BENCH / "rack_app.py")]
     argv += ["-b", f"http://127.0.0.1:{port}", "--no-access-log", "--log-level", "warning"]
     argv += ["--max-connections", str(MAX_CONNECTIONS)]
+    if args.http1_parser:
+        argv += ["--http1-parser", args.http1_parser]
     os.environ["PYTHONPATH"] = str(src)
     server.spawn(argv, log=logs / f"{label}.log")
     try:
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--http1-parser", choices=["h11", "httptools"], help="pin the parser on both sides (default: auto)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="trio-rack-ab-") as tmp:
         root = Path(tmp)
