@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--http1-parser", choices=["h11", "httptools"], help="pin the parser on both sides (default: auto)")
+    parser.add_argument(
+        "--http1-parser", choices=["h11", "httptools"], help="pin the parser on both sides (default: auto)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="trio-rack-ab-") as tmp:
         root = Path(tmp)

@@ -674,6 +674,26 @@ async def test_cve_2019_9516_empty_header_names_are_refused() -> None:
     assert calls == 0
 
 
+@pytest.mark.parametrize("authority", ["victim.example 443", "a/b", "x@y"])
+async def test_a_malformed_authority_gets_a_400_as_on_http1(authority: str) -> None:
+    """``:authority`` is held to the grammar HTTP/1's Host is (HOST_RE): env repeats it
+    (HTTP_HOST, SERVER_NAME), so a malformed one is a 400, never the app's."""
+    calls = 0
+
+    async def app(env: dict[str, Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        return 200, {}, [b"ok"]
+
+    async with memory_h2_connection(app) as client:
+        sid = await client.start_request("GET", "/", authority=authority)
+        response = await client.read_response(sid)
+        assert response.status == 400
+        good = await client.request("GET", "/")  # the connection goes on
+        assert (good.status, good.body) == (200, b"ok")
+    assert calls == 1
+
+
 @pytest.mark.parametrize("seed", range(5))
 async def test_garbage_after_the_preface_never_crashes_the_connection(
     seed: int, caplog: pytest.LogCaptureFixture, autojump_clock: Any

@@ -51,6 +51,7 @@ from hyperframe.frame import GoAwayFrame
 
 from ..app.env import ConnInfo
 from ..app.head import RequestHead
+from ..authority import HOST_RE
 from ..config import Limits
 from ..net.transport import socket_fileno
 from ..state import ServerState
@@ -325,6 +326,10 @@ class H2Connection:
         method = pseudo.get(b":method", b"")
         authority = pseudo.get(b":authority")
         protocol = pseudo.get(b":protocol")
+        # The authority grammar HTTP/1's Host gets (strict.check_request): h2 checks the
+        # field's characters, not its shape, and env repeats it (HTTP_HOST, SERVER_NAME).
+        if authority is not None and HOST_RE.fullmatch(authority) is None:
+            return None, (400, "malformed :authority")
         if method == b"CONNECT" and protocol is None:
             return RequestHead(method, authority or b"", b"", "2", regular, authority), (0, "")
         target = pseudo.get(b":path", b"")
