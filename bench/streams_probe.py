@@ -124,26 +124,32 @@ async def memory(n: int, trace: bool, top: int) -> None:
         if snap0 is None or snap1 is None:
             nursery.cancel_scope.cancel()
             return
-        stats = snap1.compare_to(snap0, "lineno")
-        size = sum(s.size_diff for s in stats)
-        blocks = sum(s.count_diff for s in stats)
-        print(f"traced: {size / n:,.0f} B and {blocks / n:.1f} blocks per stream")
-        by_file: collections.Counter[str] = collections.Counter()
-        for s in stats:
-            by_file[_short(s.traceback[0].filename)] += s.size_diff
-        print("\nbytes per stream by file:")
-        for name, b in by_file.most_common(top):
-            print(f"{b / n:7.0f}  {name}")
-        print("\nbytes and blocks per stream by line:")
-        for s in stats[:top]:
-            frame = s.traceback[0]
-            code = linecache.getline(frame.filename, frame.lineno).strip()[:80]
-            print(f"{s.size_diff / n:7.0f} {s.count_diff / n:4.1f}  {_short(frame.filename)}:{frame.lineno}  {code}")
+        print_traced(snap0, snap1, n, "stream", top)
         nursery.cancel_scope.cancel()
 
 
 def _short(filename: str) -> str:
     return filename.split("site-packages/")[-1].split("/src/")[-1]
+
+
+def print_traced(snap0: tracemalloc.Snapshot, snap1: tracemalloc.Snapshot, n: int, unit: str, top: int) -> None:
+    """What the ``n`` units (streams, websockets) allocated between the two snapshots, per
+    unit: in all, by file, and the ``top`` lines (``ws_probe.py`` prints the same report)."""
+    stats = snap1.compare_to(snap0, "lineno")
+    size = sum(s.size_diff for s in stats)
+    blocks = sum(s.count_diff for s in stats)
+    print(f"traced: {size / n:,.0f} B and {blocks / n:.1f} blocks per {unit}")
+    by_file: collections.Counter[str] = collections.Counter()
+    for s in stats:
+        by_file[_short(s.traceback[0].filename)] += s.size_diff
+    print(f"\nbytes per {unit} by file:")
+    for name, b in by_file.most_common(top):
+        print(f"{b / n:7.0f}  {name}")
+    print(f"\nbytes and blocks per {unit} by line:")
+    for s in stats[:top]:
+        frame = s.traceback[0]
+        code = linecache.getline(frame.filename, frame.lineno).strip()[:80]
+        print(f"{s.size_diff / n:7.0f} {s.count_diff / n:4.1f}  {_short(frame.filename)}:{frame.lineno}  {code}")
 
 
 async def run(n: int, seconds: int) -> None:

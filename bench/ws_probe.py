@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
-import linecache
 import resource
 import subprocess
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, str(BENCH.parent / "examples"))
 
 import websocket_echo  # noqa: E402
 
+from streams_probe import print_traced  # noqa: E402
 from trio_rack import Limits, serve  # noqa: E402
 
 
@@ -57,10 +57,6 @@ async def _idle_client(port: int, n: int) -> None:
     print("ready", flush=True)
     await trio.to_thread.run_sync(sys.stdin.read)
     await ws_bench._close_all(streams)
-
-
-def _short(filename: str) -> str:
-    return filename.split("site-packages/")[-1].split("/src/")[-1]
 
 
 async def probe(n: int, trace: bool, objects: bool, top: int) -> None:
@@ -114,22 +110,7 @@ async def probe(n: int, trace: bool, objects: bool, top: int) -> None:
             for name, count in diff.most_common(top):
                 print(f"{count / n:7.2f}  {name}")
         if snap0 is not None and snap1 is not None:
-            stats = snap1.compare_to(snap0, "lineno")
-            size = sum(s.size_diff for s in stats)
-            blocks = sum(s.count_diff for s in stats)
-            print(f"traced: {size / n:,.0f} B and {blocks / n:.1f} blocks per websocket")
-            by_file: collections.Counter[str] = collections.Counter()
-            for s in stats:
-                by_file[_short(s.traceback[0].filename)] += s.size_diff
-            print("\nbytes per websocket by file:")
-            for name, b in by_file.most_common(top):
-                print(f"{b / n:7.0f}  {name}")
-            print("\nbytes and blocks per websocket by line:")
-            for s in stats[:top]:
-                frame = s.traceback[0]
-                code = linecache.getline(frame.filename, frame.lineno).strip()[:80]
-                where = f"{_short(frame.filename)}:{frame.lineno}"
-                print(f"{s.size_diff / n:7.0f} {s.count_diff / n:4.1f}  {where}  {code}")
+            print_traced(snap0, snap1, n, "websocket", top)
         nursery.cancel_scope.cancel()
 
 

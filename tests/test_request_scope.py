@@ -32,6 +32,23 @@ def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records]
 
 
+async def _ticks(n: int) -> Any:
+    """A streamed body: ``n`` ticks a second apart."""
+    for i in range(n):
+        yield b"tick %d\n" % i
+        await trio.sleep(1)
+
+
+async def _ticks_received(client: trio.abc.Stream) -> int:
+    """Read one chunked response to its last chunk; how many ticks it had (fails if cut)."""
+    got = b""
+    while not got.endswith(b"0\r\n\r\n"):
+        data = await client.receive_some(65536)
+        assert data, f"the response was cut after {got.count(b'tick')} ticks"
+        got += data
+    return got.count(b"tick")
+
+
 async def test_every_request_has_a_scope_of_its_own_with_or_without_a_request_timeout() -> None:
     seen: list[trio.CancelScope] = []
 
@@ -72,16 +89,11 @@ async def test_a_scope_kept_past_its_request_does_nothing_to_the_next(
         else:
             scope.shield = True
 
-    async def ticks() -> Any:
-        for i in range(4):
-            yield b"tick %d\n" % i
-            await trio.sleep(1)
-
     async def app(env: dict[str, Any]) -> Any:
         if env["PATH_INFO"] == "/fast":
             app_nursery[0].start_soon(watchdog, env["trio_rack.cancel_scope"])
             return 200, {"content-type": "text/plain"}, [b"fast\n"]
-        return 200, {"content-type": "text/plain"}, ticks()
+        return 200, {"content-type": "text/plain"}, _ticks(4)
 
     state = ServerState(app, Limits(), access_log=False)
     client, server = trio.testing.memory_stream_pair()
@@ -94,12 +106,7 @@ async def test_a_scope_kept_past_its_request_does_nothing_to_the_next(
             while not got.endswith(b"fast\n"):
                 got += await client.receive_some(65536)
             await client.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-            got = b""
-            while not got.endswith(b"0\r\n\r\n"):
-                data = await client.receive_some(65536)
-                assert data, f"the second request was cut after {got.count(b'tick')} ticks"
-                got += data
-            assert got.count(b"tick") == 4
+            assert await _ticks_received(client) == 4  # the whole second response
             nursery.cancel_scope.cancel()  # the server's cancellation reaches the idle connection
 
 
@@ -109,15 +116,10 @@ async def test_a_body_read_the_app_gives_up_on_leaves_no_body_deadline_under_its
     """The app stops waiting for a slow body (its own timeout) and streams 10 s of ticks: the
     body timeout (3 s) is the read's, not the response's, and no tick is cut."""
 
-    async def ticks() -> Any:
-        for i in range(10):
-            yield b"tick %d\n" % i
-            await trio.sleep(1)
-
     async def app(env: dict[str, Any]) -> Any:
         with trio.move_on_after(0.5):
             await env["rack.input"].receive_some()
-        return 200, {"content-type": "text/plain"}, ticks()
+        return 200, {"content-type": "text/plain"}, _ticks(10)
 
     state = ServerState(app, Limits(body_timeout=3.0), access_log=False)
     client, server = trio.testing.memory_stream_pair()
@@ -125,12 +127,7 @@ async def test_a_body_read_the_app_gives_up_on_leaves_no_body_deadline_under_its
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_stream, server, state)
             await client.send_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
-            got = b""
-            while not got.endswith(b"0\r\n\r\n"):
-                data = await client.receive_some(65536)
-                assert data, f"the response was cut after {got.count(b'tick')} ticks"
-                got += data
-            assert got.count(b"tick") == 10
+            assert await _ticks_received(client) == 10
             nursery.cancel_scope.cancel()
 
 
@@ -256,7 +253,7 @@ async def test_a_body_read_timing_out_is_still_the_connections_408(autojump_cloc
 async def test_a_client_that_hangs_up_gets_its_app_cancelled(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Real sockets: the sweep's poll sees the hang-up and cancels the (shared) scope."""
+    """Real sockets: the sweep's poll sees the hang-up and cancels the request's scope."""
     caplog.set_level(logging.INFO, logger="trio_rack")
     cancelled = trio.Event()
 
@@ -338,9 +335,9 @@ async def _sleep_then(started: trio.Event) -> Any:
 async def test_a_deadline_set_around_a_hijack_still_ends_the_hijacked_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Without --request-timeout the app's deadline is on the shared scope: before a partial
-    hijack it is kept, after a full one it is the app's opt-in; either way it ends the app
-    and the stream is closed."""
+    """Without --request-timeout the app's own deadline: before a partial hijack it is kept,
+    after a full one it is the app's opt-in; either way it ends the app and the stream is
+    closed."""
     ended: list[float] = []
 
     async def partial(env: dict[str, Any]) -> Any:
@@ -376,8 +373,8 @@ async def test_a_deadline_set_around_a_hijack_still_ends_the_hijacked_connection
 async def test_with_a_request_timeout_the_own_scope_still_gets_its_503(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """--request-timeout keeps a scope per request: the deadline passes, 503, the log names
-    the flag; the connection's scope is not the one cancelled (nothing left for the next)."""
+    """--request-timeout: the deadline passes, 503, the log names the flag; the connection's
+    scope is not the one cancelled (nothing left for the next)."""
     caplog.set_level(logging.INFO, logger="trio_rack")
 
     async def app(env: dict[str, Any]) -> Any:

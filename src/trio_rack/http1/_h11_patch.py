@@ -51,7 +51,7 @@ import re
 from typing import Any
 
 import h11
-from h11 import _headers
+from h11 import _headers, _readers
 from h11._util import LocalProtocolError, validate
 
 __all__ = ["fast_request_events", "lower_case_framing_headers", "request_event", "tighten_chunk_extensions"]
@@ -68,8 +68,6 @@ _STRICT_PATTERN = rb"(?P<chunk_size>[0-9A-Fa-f]{1,20})(?P<chunk_ext>" + _EXT + r
 
 def tighten_chunk_extensions() -> bool:
     """Install the strict chunk-header pattern in h11; False if h11 is not the expected one."""
-    from h11 import _readers
-
     current = getattr(_readers, "chunk_header_re", None)
     if current is None:
         return False
@@ -133,8 +131,6 @@ def request_event(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
 def _read_request_head(buf: Any) -> Any:
     """h11's ``maybe_read_from_IDLE_client`` (h11 0.14–0.16), its event made by
     :func:`request_event`: the request line's groups are passed as they matched."""
-    from h11 import _readers
-
     lines = buf.maybe_extract_lines()
     if lines is None:
         if buf.is_next_line_obviously_invalid_request_line():
@@ -149,8 +145,6 @@ def _read_request_head(buf: Any) -> Any:
 
 def fast_request_events() -> bool:
     """Install :func:`_read_request_head` as h11's reader of request heads; False if h11 differs."""
-    from h11 import _readers
-
     readers: Any = getattr(_readers, "READERS", None)
     key = (h11.CLIENT, h11.IDLE)
     if readers is None or key not in readers:
