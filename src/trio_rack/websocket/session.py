@@ -16,7 +16,10 @@ Theory of operation
   frames with wsproto, answers pings and returns the first whole message; frames parsed but
   not yet consumed stay in wsproto's event generator for the next call.  An echo then costs
   one wake-up of one task per message: no hand-off between tasks, no channel, and no cancel
-  scope with a deadline (why: ``bench/README.md``, "WebSockets").
+  scope with a deadline (why: ``bench/README.md``, "WebSockets").  On the plain socket the
+  read has no cancel scope at all: a closer takes the read side by setting a flag and waking
+  the wait through the fd (``_read_plain``), and defers that wake-up while a write waits for
+  room on the same fd; on other streams the read has a plain cancel scope (no deadline).
 * **The keeper and the background reader.**  The server's one *keeper* task
   (:mod:`trio_rack.keeper`, ``env["trio_rack.keeper"]``: a heap of due times for all its
   websockets) times this one: when the next thing falls due (a keepalive ping, the idle
@@ -50,8 +53,9 @@ Theory of operation
   and the rest of that message is skipped uninflated (the parser stays in step, so the peer's
   close reply can still be read).
 * **Closing has one path** (``_finish_close``), run by whichever task stops the connection
-  once no other task is reading (a closer cancels the read under way, which is the only
-  cancel scope a read has, and waits until the read side is released): send our close frame
+  once no other task is reading (a closer stops the read under way, ``_stop_reader``: it
+  cancels the read's scope or wakes the app's scope-free read, and waits until the read side
+  is released): send our close frame
   (or the reply to the peer's; through the send lock, so a close that comes while the app is
   writing still gets its reply, RFC 6455 §5.5.1), read until the peer's close frame or EOF
   (discarding messages; this also avoids the RST that closing a socket with unread input
@@ -423,7 +427,7 @@ class WebSocket:
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due", "_socket",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
-        "_held", "close_code", "close_reason",
+        "_held", "_take_read", "_write_blocked", "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -459,6 +463,10 @@ class WebSocket:
         #: what a closer cancels.
         self._read_scope: trio.CancelScope | None = None
         self._read_released: trio.Event | None = None  # a closer waits for the read side
+        #: A closer wants the read side from the app's scope-free read (``_read_plain``).
+        self._take_read = False
+        #: A write waits for room in the socket (``_write``): a closer must not wake the fd now.
+        self._write_blocked = False
         self._waiting = 0  # app tasks in get_message waiting for a message or a change
         self._gave = False  # the reading app task passed its last message to a waiting one
         self._app_read = False  # an app task has read for itself
@@ -578,20 +586,34 @@ class WebSocket:
                                 else:
                                     await self._end(result, delegate=True)
                                     break
-                            if self._is_stopping():
+                            if self._is_stopping() or self._take_read:
                                 break
-                            scope = self._read_scope = trio.CancelScope()
-                            received: bytes | bytearray = b""
+                            received: bytes | bytearray | None = b""
+                            stream = self._stream
                             self._begin_read()
-                            try:
-                                with scope:
-                                    received = await self._read()
-                            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                                pass
-                            finally:
-                                self._receiving = False
-                            if scope.cancelled_caught:  # a closer wants the read side
-                                break
+                            if self._socket is not None and not stream._replay and not stream.closed:  # type: ignore[attr-defined]
+                                # the plain socket: no cancel scope (see _read_plain)
+                                self._read_scope = None
+                                try:
+                                    received = await self._read_plain()
+                                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                    pass
+                                finally:
+                                    self._receiving = False
+                                if received is None:  # a closer took the read side
+                                    break
+                            else:
+                                scope = self._read_scope = trio.CancelScope()
+                                try:
+                                    with scope:
+                                        received = await self._read()
+                                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                    pass
+                                finally:
+                                    self._receiving = False
+                                if scope.cancelled_caught:  # a closer wants the read side
+                                    break
+                            assert received is not None
                             data = received if type(received) is bytes else bytes(received)
                             if not data:
                                 await self._end(_ENDED, delegate=True)
@@ -760,9 +782,54 @@ class WebSocket:
         except OSError as exc:
             raise trio.BrokenResourceError from exc
         if sent < len(data):
-            await stream.send_all(memoryview(data)[sent:])
+            self._write_blocked = True
+            try:
+                await stream.send_all(memoryview(data)[sent:])
+            finally:
+                self._write_blocked = False
+                if self._take_read:
+                    self._stop_reader()  # a closer came while we waited: wake the read now
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _read_plain(self) -> bytes | None:
+        """The app's own read on the server's hijacked plain-TCP socket (replay drained), without
+        a cancel scope: ``None`` if a closer took the read side while it waited.
+
+        Why no scope: entering and leaving a ``trio.CancelScope`` per read (a cancel status, the
+        task moved between status sets) was ~12% of an echo's instructions (bench/README.md,
+        "WebSockets").  Instead a closer (``_stop_reader``) sets ``_take_read`` and wakes this
+        wait with ``trio.lowlevel.notify_closing`` on the fd: the wait raises
+        ``ClosedResourceError`` (or had returned already), this read sees the flag and reads
+        nothing, exactly as a cancelled wait would.  Trio's epoll and kqueue backends only drop
+        their registration of the fd there, so the next wait (the close path's) registers it
+        afresh.  A write blocked on the same fd would be woken too, so while one is
+        (``_write_blocked``) the closer leaves the wake-up to that write's end (``_write``).
+        Cancellation from outside (the app's own timeout, server shutdown) still arrives at the
+        wait, the one checkpoint, before anything is read.
+        """
+        sock = self._socket
+        stream = self._stream
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                if self._take_read:
+                    return None
+                raise
+            if self._take_read:
+                return None
+            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
+                raise trio.ClosedResourceError  # closed while we waited: never read a reused fd
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
 
     def _begin_read(self) -> None:
         """A read starts: silence is timed from now.  The keeper's ping and idle timeout count
@@ -792,6 +859,7 @@ class WebSocket:
     def _release(self) -> None:
         self._reader = None
         self._read_scope = None
+        self._take_read = False
         self._bg_busy = False
         released = self._read_released
         if released is not None:
@@ -1059,9 +1127,16 @@ class WebSocket:
     # ----------------------------------------------------------------------------- closing
 
     def _stop_reader(self) -> None:
+        """Take the read side: cancel the read's scope, or wake the app's scope-free read
+        (``_read_plain``; it looks at ``_take_read`` before its next read in any case)."""
         scope = self._read_scope
         if scope is not None:
             scope.cancel()
+        elif self._reader is _Reader.APP:
+            self._take_read = True
+            sock = self._socket
+            if self._receiving and not self._write_blocked and sock is not None and sock.fileno() >= 0:
+                trio.lowlevel.notify_closing(sock.fileno())
 
     async def _close(self, code: int, reason: str) -> None:
         """Stop the reader (or let it finish closing), then run the close path."""
