@@ -55,6 +55,17 @@ async def handshake(client: Client, pipelined: bytes = b"") -> None:
     client.codec.receive_bytes(rest)
 
 
+async def text_message(client: Client) -> str:
+    """The next text message, however many frames it came in."""
+    got = ""
+    while True:
+        frame = await client.frame()
+        assert frame.opcode in (Opcode.TEXT, Opcode.CONTINUATION)
+        got += frame.payload
+        if frame.message_finished:
+            return got
+
+
 def echo_app(seen: list[Any]) -> Any:
     async def app(env: dict[str, Any]) -> Any:
         async with websocket.accept(env, max_message_size=8 * 1024 * 1024) as ws:
@@ -80,14 +91,7 @@ async def test_pipelined_frame_then_the_socket_then_a_large_message() -> None:
             assert frame.payload == f"message {n}"
         big = "x" * (4 * 1024 * 1024)  # far more than a socket buffer: os.write sends part
         await client.send_text(big)
-        got = ""
-        while True:
-            frame = await client.frame()
-            assert frame.opcode in (Opcode.TEXT, Opcode.CONTINUATION)
-            got += frame.payload
-            if frame.message_finished:
-                break
-        assert got == big
+        assert await text_message(client) == big
         await client.stream.send_all(bytes(client.codec.close(1000, "done")))
         frame = await client.frame()
         assert frame.opcode is Opcode.CLOSE and frame.payload[0] == 1000
@@ -183,14 +187,7 @@ async def test_a_close_while_a_write_waits_for_room_lets_that_write_finish_first
     async with pair(app) as (client, _):
         await handshake(client)
         await go.wait()
-        got = ""
-        while True:
-            frame = await client.frame()
-            assert frame.opcode in (Opcode.TEXT, Opcode.CONTINUATION)
-            got += frame.payload
-            if frame.message_finished:
-                break
-        assert got == big
+        assert await text_message(client) == big
         frame = await client.frame()
         assert frame.opcode is Opcode.CLOSE and tuple(frame.payload) == (4001, "closed mid-write")
         await client.stream.send_all(bytes(client.codec.close(4001, "")))

@@ -742,23 +742,13 @@ class WebSocket:
         read loses nothing.  A closed socket (``fileno()`` -1, or another task closed it while
         we waited: ``ClosedResourceError``) reads as the end.
         """
-        sock = self._socket
         stream = self._stream
-        if sock is None or stream._replay or stream.closed:  # type: ignore[attr-defined]
+        if self._socket is None or stream._replay or stream.closed:  # type: ignore[attr-defined]
             return await stream.receive_some(RECEIVE_SIZE)
-        while True:
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError
-            await trio.lowlevel.wait_readable(fd)
-            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
-                raise trio.ClosedResourceError  # closed while we waited: never read a reused fd
-            try:
-                return os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError from exc
+        data = await self._read_plain()
+        if data is None:  # (only the app's own read is ever taken this way, and it calls _read_plain)
+            raise trio.ClosedResourceError
+        return data
 
     async def _write(self, data: bytes) -> None:
         """``send_all`` through the stream, or, on the server's hijacked plain-TCP connection,
