@@ -97,6 +97,7 @@ import enum
 import logging
 import math
 import os
+import struct
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -133,6 +134,24 @@ NORMAL, GOING_AWAY, MESSAGE_TOO_BIG, INTERNAL_ERROR, ABNORMAL = 1000, 1001, 1009
 #: discarding input until the peer's FIN, so that closing does not RST our close frame away.
 #: Not a wait for the peer's close frame: the peer has seen the end of the stream already.
 FAIL_LINGER = 1.0
+
+
+_TEXT, _BINARY = 0x1, 0x2
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One whole (FIN) unmasked frame of ``payload`` with ``opcode``: the bytes wsproto's
+    ``FrameProtocol`` makes for a server with no extension (``tests/test_ws_frames.py`` holds
+    them equal for every opcode and for payload sizes across all three length forms), made
+    here because wsproto's path (an event object, ``Connection.send``, ``send_data``,
+    ``_serialize_frame`` and three copies of the payload) cost more than the echo's read.
+    Used for messages when no extension is negotiated (wsproto frames the rest)."""
+    n = len(payload)
+    if n <= 125:
+        return bytes((0x80 | opcode, n)) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
 
 
 class ConnectionClosed(Exception):
@@ -637,10 +656,12 @@ class WebSocket:
                 self._waiting -= 1
 
     async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
+        event: Event | bytes
+        plain = self._deflate is None  # no extension: the frame is ours to make (server_frame)
         if isinstance(message, str):
-            event: Event = TextMessage(data=message)
+            event = server_frame(_TEXT, message.encode("utf-8")) if plain else TextMessage(data=message)
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            event = BytesMessage(data=bytes(message))
+            event = server_frame(_BINARY, bytes(message)) if plain else BytesMessage(data=bytes(message))
         else:
             raise TypeError(f"send_message takes str or bytes, not {type(message).__name__}")
         await self._send_event(event)
@@ -680,9 +701,10 @@ class WebSocket:
 
     # ----------------------------------------------------------------------------- writing
 
-    async def _send_event(self, event: Event) -> None:
-        """Encode and write one frame under the send lock.  An interrupted or failed write
-        leaves the stream unusable (``_send_broken``).
+    async def _send_event(self, event: Event | bytes) -> None:
+        """Encode and write one frame under the send lock (``bytes``: a whole message framed
+        already by :func:`server_frame`, sent only while the connection is open, as wsproto
+        would).  An interrupted or failed write leaves the stream unusable (``_send_broken``).
 
         The write timeout (``idle_timeout``): the keeper closes the transport under a write
         that started too long ago (see the module docstring), or, on a stream that closing
@@ -699,10 +721,15 @@ class WebSocket:
         try:
             if self._stream_closed or self._send_broken:
                 raise self._closed_error()
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError:
-                raise self._closed_error() from None
+            if type(event) is bytes:
+                if self._ws.state is not ConnectionState.OPEN:
+                    raise self._closed_error()
+                data = event
+            else:
+                try:
+                    data = self._ws.send(event)  # type: ignore[arg-type]
+                except LocalProtocolError:
+                    raise self._closed_error() from None
             self._send_broken = True
             timeout = self._options.idle_timeout
             try:
