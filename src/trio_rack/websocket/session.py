@@ -86,9 +86,19 @@ Theory of operation
   wakes the blocked write (a stream that closing does not wake, such as an HTTP/2 tunnel,
   keeps a per-write ``fail_after``).
 
+* **Frames of our own where wsproto's add nothing.**  With no extension negotiated, a message
+  sent is framed by :func:`server_frame`, and a read that is exactly one whole plain frame
+  (FIN, text or binary, masked, 7- or 16-bit length, valid UTF-8, within the size limit) while
+  wsproto's parser stands between messages with an empty buffer is decoded by
+  :func:`whole_frame`; anything else (pings, closes, fragments, partial or several frames, a
+  frame wsproto would fail) goes to wsproto's parser, which decides.  ``tests/test_ws_frames.py``
+  holds both to wsproto's bytes and verdicts.
+
 Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
-``_inbound_compressed``, ``_inbound_is_compressible``) and on ``Connection._events`` (a deque
-that only ``receive_data(None)`` fills, see ``_EventQueue``), present in wsproto 1.2 and 1.3.
+``_inbound_compressed``, ``_inbound_is_compressible``), on ``Connection._events`` (a deque
+that only ``receive_data(None)`` fills, see ``_EventQueue``) and on where its parser stands
+(``Connection._proto._frame_decoder.header``/``.buffer.buffer``,
+``Connection._proto._message_decoder.opcode``), present in wsproto 1.2 and 1.3.
 """
 
 from __future__ import annotations
@@ -152,6 +162,47 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
     if n <= 0xFFFF:
         return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
     return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+def whole_frame(data: bytes, max_size: int) -> str | bytes | None:
+    """The message in ``data`` if ``data`` is exactly one whole frame that a server with no
+    extension accepts as a whole message: FIN, no reserved bit, text or binary, masked, a 7- or
+    minimal 16-bit length, at most ``max_size`` bytes, text that is valid UTF-8.  Else None
+    (wsproto's parser then takes ``data``, and decides).
+
+    Why: an echo's read is one such frame, and wsproto's path (its buffer, a header object,
+    two generators, a frame object per step, an incremental UTF-8 decoder, an event object)
+    cost more than the rest of the read.  Valid only between messages, with wsproto's frame
+    buffer empty (the session checks); ``tests/test_ws_frames.py`` holds the verdicts and the
+    messages to wsproto's over every opcode, bit, length form and mask.
+    """
+    size = len(data)
+    if size < 6:
+        return None
+    first = data[0]
+    if first != 0x81 and first != 0x82:  # FIN, no RSV, TEXT or BINARY
+        return None
+    n = data[1] ^ 0x80  # the mask bit must be set
+    if n < 126:
+        start = 6
+    elif n == 126:
+        n = (data[2] << 8) | data[3]
+        if n < 126:  # not minimal: wsproto fails the connection
+            return None
+        start = 8
+    else:  # masked with a 64-bit length (or not masked at all)
+        return None
+    if size != start + n or n > max_size:
+        return None
+    key = data[start - 4:start]
+    payload = (int.from_bytes(data[start:], "little")
+               ^ int.from_bytes(key * ((n >> 2) + 1), "little") & ((1 << (n << 3)) - 1)).to_bytes(n, "little")
+    if first == 0x82:
+        return payload
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class ConnectionClosed(Exception):
@@ -446,7 +497,7 @@ class WebSocket:
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due", "_socket",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
-        "_held", "_take_read", "_write_blocked", "close_code", "close_reason",
+        "_held", "_take_read", "_write_blocked", "_simple", "_decoder", "_assembler", "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -459,6 +510,11 @@ class WebSocket:
         self._options = options
         self._ws = Connection(ConnectionType.SERVER, [deflate] if deflate else None)
         self._ws._events = _EventQueue()  # type: ignore[assignment]  # (see _EventQueue)
+        #: No extension: a read that is one whole plain frame, between messages, is decoded by
+        #: :func:`whole_frame`, not by wsproto's parser; its decoders say where the parser is.
+        self._simple = deflate is None
+        self._decoder = self._ws._proto._frame_decoder
+        self._assembler = self._ws._proto._message_decoder
         self._send_lock = _SendLock()
         self._send_broken = False  # a write was interrupted mid-frame: never write again
         self._stream_closed = False
@@ -577,34 +633,40 @@ class WebSocket:
                     # Inline, not a coroutine of its own: one frame fewer per message.
                     self._reader = _Reader.APP
                     self._app_read = True
+                    simple: str | bytes | None = None
                     try:
                         while True:
-                            if self._events is not None:
+                            result: object
+                            if simple is not None:  # a whole frame read last time (whole_frame)
+                                result, simple = simple, None
+                            elif self._events is None:
+                                result = _MORE
+                            else:
                                 result = self._take()
-                                if type(result) is Ping:
+                                if type(result) is Ping:  # (only wsproto's parser finds pings)
                                     if await self._pong(result):
                                         continue
                                     result = _ENDED
-                                if result is _MORE:
-                                    self._events = None
-                                elif isinstance(result, (str, bytes)):
-                                    self._gave = not self._gave
-                                    if self._waiting and self._gave:  # another task waits: every other one is theirs
-                                        try:
-                                            self._queue().send_nowait(result)
-                                        except trio.WouldBlock:
-                                            pass  # the queue is full: this one is ours
-                                        else:
-                                            self._channel_used = True
-                                            self._wake()
-                                            continue
-                                    away = self._away_since = trio.current_time()
-                                    if away + HANDOVER < self.timer_due:
-                                        self._poke(away + HANDOVER)  # to hand over if the app stays away
-                                    return result
-                                else:
-                                    await self._end(result, delegate=True)
-                                    break
+                            if result is _MORE:
+                                self._events = None
+                            elif isinstance(result, (str, bytes)):
+                                self._gave = not self._gave
+                                if self._waiting and self._gave:  # another task waits: every other one is theirs
+                                    try:
+                                        self._queue().send_nowait(result)
+                                    except trio.WouldBlock:
+                                        pass  # the queue is full: this one is ours
+                                    else:
+                                        self._channel_used = True
+                                        self._wake()
+                                        continue
+                                away = self._away_since = trio.current_time()
+                                if away + HANDOVER < self.timer_due:
+                                    self._poke(away + HANDOVER)  # to hand over if the app stays away
+                                return result
+                            else:
+                                await self._end(result, delegate=True)
+                                break
                             if self._is_stopping() or self._take_read:
                                 break
                             received: bytes | bytearray | None = b""
@@ -637,6 +699,12 @@ class WebSocket:
                             if not data:
                                 await self._end(_ENDED, delegate=True)
                                 break
+                            if self._simple and self._decoder.header is None and not self._decoder.buffer.buffer \
+                                    and self._assembler.opcode is None and self._ws.state is ConnectionState.OPEN:
+                                # between frames and messages: one whole plain frame needs no parser
+                                simple = whole_frame(data, self._options.max_message_size)
+                                if simple is not None:
+                                    continue
                             self._ws.receive_data(data)
                             self._events = self._ws.events()
                     finally:
