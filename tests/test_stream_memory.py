@@ -1,0 +1,123 @@
+"""What a streamed response keeps while its body is sent (issue #12 point 4: memory per open stream).
+
+A streamed response may outlive its app call by minutes (an event stream, a long poll), and
+10,000 of them are 10,000 of whatever each keeps.  These tests pin what is let go early — and
+that everything an app can still reach stays whole:
+
+* env: released before the body is sent when nothing but the exchange holds it and nothing
+  at the end needs it (no access log, no ``rack.response_finished`` callback); kept when the
+  body (or anything else) holds it, when a callback is registered, when the access log is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_rack import Limits
+from trio_rack.state import ServerState
+from trio_rack.testing import memory_connection
+
+
+class _Marker:
+    """Something an app puts in env, to see (by weak reference) how long env lives."""
+
+
+def _marking_app(seen: list[bool | None], *, body_holds_env: bool = False) -> Any:
+    """An app whose streamed body records, at its second chunk, whether env was still alive
+    (True), gone (False) — or, with ``body_holds_env``, what it reads from env (kept)."""
+
+    async def app(env: dict[str, Any]) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+        marker = env["test.marker"] = _Marker()
+        ref = weakref.ref(marker)
+        del marker
+
+        async def body() -> AsyncIterator[bytes]:  # holds no env: only the weak reference
+            yield b"first,"
+            await trio.lowlevel.checkpoint()
+            seen.append(ref() is not None)
+            yield b"second,"
+
+        async def body_with_env() -> AsyncIterator[bytes]:
+            async for chunk in body():
+                yield chunk
+            yield env["PATH_INFO"].encode()
+
+        return 200, {"content-type": "text/plain"}, body_with_env() if body_holds_env else body()
+
+    return app
+
+
+async def test_env_released_while_a_body_nobody_else_holds_streams(protocol: str) -> None:
+    seen: list[bool | None] = []
+    async with memory_connection(_marking_app(seen), protocol=protocol) as client:
+        response = await client.request("GET", "/s")
+        assert response.status == 200
+        assert response.body == b"first,second,"
+        assert seen == [False]  # gone before the body's second chunk
+        again = await client.request("GET", "/s")  # the connection goes on as before
+        assert again.body == b"first,second,"
+
+
+async def test_env_kept_while_the_body_holds_it(protocol: str) -> None:
+    seen: list[bool | None] = []
+    async with memory_connection(_marking_app(seen, body_holds_env=True), protocol=protocol) as client:
+        response = await client.request("GET", "/kept")
+        assert response.status == 200
+        assert response.body == b"first,second,/kept"
+    assert seen == [True]
+
+
+async def test_env_kept_for_a_response_finished_callback(protocol: str) -> None:
+    seen: list[bool | None] = []
+    finished: list[tuple[Any, ...]] = []
+    inner = _marking_app(seen)
+
+    async def app(env: dict[str, Any]) -> Any:
+        env["rack.response_finished"].append(
+            lambda e, status, headers, error: finished.append((e["PATH_INFO"], type(e["test.marker"]), status, error))
+        )
+        return await inner(env)
+
+    async with memory_connection(app, protocol=protocol) as client:
+        response = await client.request("GET", "/cb")
+        assert response.body == b"first,second,"
+    assert seen == [True]
+    assert finished == [("/cb", _Marker, 200, None)]
+
+
+async def test_env_kept_for_the_access_log(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[bool | None] = []
+    state = ServerState(_marking_app(seen), Limits(), access_log=True)
+    with caplog.at_level(logging.INFO, logger="trio_rack.access"):
+        async with memory_connection(None, state=state) as client:
+            response = await client.request("GET", "/logged?q=1")
+            assert response.body == b"first,second,"
+    assert seen == [True]
+    lines = [r.getMessage() for r in caplog.records if r.name == "trio_rack.access"]
+    assert any("/logged?q=1" in line and " 200 " in line for line in lines), lines
+
+
+async def test_env_kept_by_an_app_that_holds_it_elsewhere(protocol: str) -> None:
+    """Held by the app outside the body (a registry of open streams, say): kept, and its
+    callables are broken at the end as for any request (no reference cycle, a clear error)."""
+    seen: list[bool | None] = []
+    inner = _marking_app(seen)
+    registry: list[dict[str, Any]] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        registry.append(env)
+        return await inner(env)
+
+    async with memory_connection(app, protocol=protocol) as client:
+        assert (await client.request("GET", "/")).body == b"first,second,"
+    assert seen == [True]
+    assert isinstance(registry[0]["test.marker"], _Marker)
+    with pytest.raises(RuntimeError, match="this request is over"):
+        registry[0]["rack.early_hints"]({})
