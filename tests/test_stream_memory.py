@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from trio_rack import Limits
@@ -121,3 +122,54 @@ async def test_env_kept_by_an_app_that_holds_it_elsewhere(protocol: str) -> None
     assert isinstance(registry[0]["test.marker"], _Marker)
     with pytest.raises(RuntimeError, match="this request is over"):
         registry[0]["rack.early_hints"]({})
+
+
+async def test_a_request_head_the_app_kept_stays_whole(protocol: str) -> None:
+    """env goes, but a head the app kept (``trio_rack.request_head``) keeps its headers and query."""
+    kept: list[Any] = []
+    seen: list[bool | None] = []
+    inner = _marking_app(seen)
+
+    async def app(env: dict[str, Any]) -> Any:
+        kept.append(env["trio_rack.request_head"])
+        return await inner(env)
+
+    async with memory_connection(app, protocol=protocol) as client:
+        response = await client.request("GET", "/h?x=1", headers=[("x-probe", "yes")])
+        assert response.body == b"first,second,"
+    assert seen == [False]  # env itself was let go
+    head = kept[0]
+    assert head.path == b"/h" and head.query == b"x=1"
+    assert (b"x-probe", b"yes") in list(head.headers)
+
+
+async def test_a_request_deadline_after_env_was_let_go_still_logs_method_and_path(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The deadline's log line reads the head's method and path: kept when env and the rest of
+    the head went."""
+    seen: list[bool | None] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        marker = env["test.marker"] = _Marker()
+        ref = weakref.ref(marker)
+        del marker
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first,"
+            await trio.lowlevel.checkpoint()
+            seen.append(ref() is not None)
+            await trio.sleep_forever()
+            yield b"never"  # pragma: no cover
+
+        return 200, {"content-type": "text/plain"}, body()
+
+    with caplog.at_level(logging.INFO, logger="trio_rack.error"):
+        async with memory_connection(app, limits=Limits(request_timeout=2.0)) as client:
+            await client.stream.send_all(b"GET /slow?q=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = b""
+            while chunk := await client.stream.receive_some(65536):
+                data += chunk
+    assert seen == [False]
+    assert b"first," in data and not data.endswith(b"0\r\n\r\n")  # aborted visibly
+    assert any("request deadline passed" in r.getMessage() and "GET /slow" in r.getMessage() for r in caplog.records)

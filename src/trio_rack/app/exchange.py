@@ -329,7 +329,9 @@ class Exchange:
         task or a closure that kept env keeps it whole: its reference count says so), env is
         dropped here and freed by reference counting, its cycle through the bound methods
         with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list is
-        reachable only through env.  The request nursery's tasks (ASGI) keep theirs.
+        reachable only through env.  The request nursery's tasks (ASGI) keep theirs.  The
+        request head goes the same way when env was its only other holder: its header list
+        and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`.
         """
         env = self.env
         if env is None or self.state.access_log or self._disconnected is not None or env["rack.response_finished"]:
@@ -337,6 +339,14 @@ class Exchange:
         self.env = None
         if sys.getrefcount(env) > _ONLY_A_LOCAL:
             self.env = env  # someone else holds it: kept (and its callables broken at the end)
+            return
+        del env
+        head = self.head
+        if sys.getrefcount(head) <= _ONLY_A_LOCAL + 1:  # (this local and self.head)
+            # The head was env's too (``trio_rack.request_head``); now no one else sees it, and
+            # of it only the method and path are still read (_after_cancel's log line).
+            head.headers = ()
+            head.query = b""
 
     def _arm_deadline(self, timeout: float) -> None:
         """``--request-timeout``: the request's scope gets a deadline the app may move."""
