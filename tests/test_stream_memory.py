@@ -173,3 +173,30 @@ async def test_a_request_deadline_after_env_was_let_go_still_logs_method_and_pat
     assert seen == [False]
     assert b"first," in data and not data.endswith(b"0\r\n\r\n")  # aborted visibly
     assert any("request deadline passed" in r.getMessage() and "GET /slow" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("first", ["GET", "HEAD"])
+async def test_a_switch_proposed_after_a_streamed_response_on_the_same_connection(
+    http1_parser: str, first: str
+) -> None:
+    """While a streamed body is sent, h11's per-response proposals set is a shared empty one
+    (connection.py's _NO_PROPOSALS); a real set is back by the time the next request may
+    propose a switch (Upgrade, CONNECT) on the same keep-alive connection."""
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/s":
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"streamed"
+
+            return 200, {"content-type": "text/plain"}, body()
+        return 200, {"content-type": "text/plain"}, [env.get("HTTP_UPGRADE", "none").encode()]
+
+    async with memory_connection(app, http1_parser=http1_parser) as client:
+        for _ in range(2):
+            response = await client.request(first, "/s")
+            assert response.status == 200
+            assert response.body == (b"streamed" if first == "GET" else b"")
+            upgraded = await client.request("GET", "/u", headers=[("connection", "upgrade"), ("upgrade", "websocket")])
+            assert upgraded.status == 200 and upgraded.body == b"websocket"
+        assert (await client.request("GET", "/u")).body == b"none"  # and the connection goes on
