@@ -200,3 +200,66 @@ async def test_a_switch_proposed_after_a_streamed_response_on_the_same_connectio
             upgraded = await client.request("GET", "/u", headers=[("connection", "upgrade"), ("upgrade", "websocket")])
             assert upgraded.status == 200 and upgraded.body == b"websocket"
         assert (await client.request("GET", "/u")).body == b"none"  # and the connection goes on
+
+
+async def test_a_body_is_still_closed_when_env_and_the_return_value_were_let_go(protocol: str) -> None:
+    """With env let go the exchange drops the app's return value too: the body is closed all the
+    same (from the validated response), once."""
+    closed: list[str] = []
+    seen: list[bool | None] = []
+
+    class Body:
+        def __init__(self, ref: Any) -> None:
+            self.ref = ref
+            self.chunks = [b"a", b"b"]
+
+        def __aiter__(self) -> Body:
+            return self
+
+        async def __anext__(self) -> bytes:
+            if len(self.chunks) == 1:
+                seen.append(self.ref() is not None)
+            if not self.chunks:
+                raise StopAsyncIteration
+            return self.chunks.pop(0)
+
+        async def aclose(self) -> None:
+            closed.append("aclose")
+
+    async def app(env: dict[str, Any]) -> Any:
+        marker = env["test.marker"] = _Marker()
+        return 200, {"content-type": "text/plain"}, Body(weakref.ref(marker))
+
+    async with memory_connection(app, protocol=protocol) as client:
+        assert (await client.request("GET", "/")).body == b"ab"
+        assert (await client.request("GET", "/")).body == b"ab"
+    assert seen == [False, False]
+    assert closed == ["aclose", "aclose"]
+
+
+class _Headers(dict[str, str]):
+    """A headers dict a weak reference can follow (a plain dict cannot be weakly referenced)."""
+
+
+async def test_the_apps_headers_go_with_env(protocol: str) -> None:
+    """The headers dict the app returned is kept only as a ``rack.response_finished``
+    argument: with env let go (no callback can exist), it goes before the body is sent."""
+    seen: list[bool] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        headers = _Headers({"content-type": "text/plain"})
+        ref = weakref.ref(headers)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first,"
+            await trio.lowlevel.checkpoint()
+            seen.append(ref() is not None)
+            yield b"second"
+
+        return 200, headers, body()
+
+    async with memory_connection(app, protocol=protocol) as client:
+        response = await client.request("GET", "/")
+        assert response.body == b"first,second"
+        assert ("content-type", "text/plain") in response.headers
+    assert seen == [False]

@@ -331,7 +331,8 @@ class Exchange:
         with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list is
         reachable only through env.  The request nursery's tasks (ASGI) keep theirs.  The
         request head goes the same way when env was its only other holder: its header list
-        and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`.
+        and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`;
+        and the app's return value and headers dict, which only the callbacks would be given.
         """
         env = self.env
         if env is None or self.state.access_log or self._disconnected is not None or env["rack.response_finished"]:
@@ -347,6 +348,9 @@ class Exchange:
             # of it only the method and path are still read (_after_cancel's log line).
             head.headers = ()
             head.query = b""
+        # Nor are the app's return value and its headers dict wanted any more: they were the
+        # callbacks' arguments, and none can be registered now (the body is in _prepared).
+        self._result = self._headers = None
 
     def _arm_deadline(self, timeout: float) -> None:
         """``--request-timeout``: the request's scope gets a deadline the app may move."""
@@ -476,6 +480,7 @@ class Exchange:
                 await self._send_error(500)
                 return Outcome.CLOSE
             self._status, self._headers = prepared.status, result[1]
+            del result  # (held by self._result, unless _release_env lets it go)
             # The response is sent from this frame, not from a coroutine below it: a streamed
             # response's frames live as long as it does (10,000 stacks at 10,000 open streams)
             # and every one of them is resumed at each chunk.
@@ -720,7 +725,8 @@ class Exchange:
         self._request_body.close()
         if self._response_stream is not None:
             self._response_stream.close_from_server()
-        body = _body_of(self._result)
+        prepared = self._prepared  # (its body is the app's; _result may be gone, see _release_env)
+        body = prepared.body if prepared is not None else _body_of(self._result)
         env = self.env
         if (
             self._hijacked is not None
