@@ -22,6 +22,11 @@ parses a request head into a :class:`~trio_rack.app.head.RequestHead` and hands 
    stream, a hijacked stream), closes the body, runs ``rack.response_finished`` in reverse, and
    writes the access-log line.
 
+A streamed body may be sent for minutes after the app returned (10,000 event streams are
+10,000 exchanges): before it is sent, the exchange lets go of env, the app's return value and
+most of the request head when nothing else can reach them and nothing at the end needs them
+(no access log, no ``rack.response_finished`` callback): :meth:`Exchange._release_env`.
+
 The exchange never imports h11 or h2 and never touches a socket: framing (chunked, END_STREAM,
 ``connection: close``) is the sink's business.  The response's progress is one
 :class:`ResponseState`; every decision about what may still be sent reads it.
