@@ -340,7 +340,13 @@ class Exchange:
         and the app's return value and headers dict, which only the callbacks would be given.
         """
         env = self.env
-        if env is None or self.state.access_log or self._disconnected is not None or env["rack.response_finished"]:
+        if (
+            env is None
+            or self.state.access_log
+            or self._disconnected is not None
+            or env["rack.response_finished"]
+            or _ONLY_A_LOCAL < 0
+        ):
             return
         self.env = None
         if sys.getrefcount(env) > _ONLY_A_LOCAL:
@@ -784,7 +790,10 @@ _ENV_CALLBACKS = ("rack.hijack", "rack.early_hints", "trio_rack.tunnel", "trio_r
 
 def _references_of_a_local() -> int:
     """``sys.getrefcount`` of an object only a local variable holds, as this interpreter counts
-    (the call's own reference included): what :meth:`Exchange._release_env` compares with."""
+    (the call's own reference included): what :meth:`Exchange._release_env` compares with;
+    -1 where the interpreter keeps no reference counts to read (then nothing is let go early)."""
+    if not hasattr(sys, "getrefcount"):  # pragma: no cover - CPython has it
+        return -1
     only_here: dict[str, Any] = {}
     return sys.getrefcount(only_here)
 
