@@ -40,9 +40,10 @@ Theory of operation
 * **The socket itself, on plain TCP.**  On the server's hijacked plain-TCP connection (once
   the replay of bytes read past the handshake is drained) reads wait for readability first and
   then ``os.read`` the socket, and writes are one ``os.write`` (what does not fit waits for
-  room, ``wait_writable``, and is written the same way): an echo's next message is never there when the app asks for it, so trio's
-  ``receive_some`` always began with a failing ``recv``, and its layers cost more than the
-  echo's own work (``_read``/``_write``; ``bench/README.md``, "WebSockets").  Checkpoints are
+  room, ``wait_writable``, and is written the same way): an echo's next message is never
+  there when the app asks for it, so trio's ``receive_some`` always began with a failing
+  ``recv``, and its layers cost more than the echo's own work (``_read``/``_write``;
+  ``bench/README.md``, "WebSockets").  Checkpoints are
   trio's: the wait is the read's one cancellation point (nothing is read before it returns),
   a write is cancellable before it starts and passes through the scheduler after.  A closed
   socket reads as the end; TLS and HTTP/2 tunnels use the stream.
@@ -1245,11 +1246,25 @@ class WebSocket:
         self._stopping = True
         if self._pending_close is not None:  # the app's read found the end first: that close wins
             (code, reason), self._pending_close = self._pending_close, None
+        with trio.move_on_after(self._options.close_timeout):
+            await self._take_read_side()
+        if self._reader is not None and not self._closing and not self._stream_closed:
+            # The reader is not in a read but in a write: a pong (shielded) behind a write to a
+            # peer that reads nothing, and the keeper's write timeout is off once a close is
+            # under way.  Closing the transport wakes that write; the reader then ends.
+            if self.close_code is None:
+                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)
+        await self._take_read_side()
+        await self._finish_close(code, reason)
+
+    async def _take_read_side(self) -> None:
+        """Wait until no other task reads (stopping the reader under way), or a close is run."""
         while self._reader is not None and not self._closing:
             released = self._read_released = self._read_released or trio.Event()
             self._stop_reader()
             await released.wait()
-        await self._finish_close(code, reason)
 
     async def _finish_close(self, code: int, reason: str) -> None:
         """The one close path; no other task may be reading.  Idempotent, bounded.
