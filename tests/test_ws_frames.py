@@ -232,3 +232,33 @@ async def test_whole_frame_is_used_only_where_wsprotos_parser_stands_between_mes
         closing = await client.frame()
         assert closing.opcode is Op.CLOSE and closing.payload[0] == 1002
     assert seen[0].close_code == 1002  # type: ignore[attr-defined]
+
+
+async def test_a_frame_whose_payload_is_a_whole_frame_is_one_message_whatever_the_reads() -> None:
+    """Over a real socket pair: a binary frame's header (and mask) in one read and its payload
+    in the next, where the payload's bytes on the wire are themselves one whole masked text
+    frame.  wsproto's parser stands mid-frame (its buffer empty, no message begun: only
+    ``_frame_decoder.header`` says so), so the second read is payload, not a message: the echo
+    is the binary message, then the next frame is read as usual."""
+    import trio
+    import trio.testing
+    from wsproto.frame_protocol import Opcode as Op
+
+    from test_ws_raw_socket import echo_app, handshake, pair
+    from trio_rack.websocket.session import whole_frame
+
+    inner = client_frame(0x81, b"evil")
+    assert whole_frame(inner, 1 << 20) == "evil"
+    key = b"\x11\x22\x33\x44"
+    outer = client_frame(0x82, bytes(b ^ key[i % 4] for i, b in enumerate(inner)), key=key)
+    assert outer[6:] == inner
+    seen: list[object] = []
+    async with pair(echo_app(seen)) as (client, _):
+        await handshake(client)
+        await client.stream.send_all(outer[:6])
+        await trio.testing.wait_all_tasks_blocked()  # the server has read the header
+        await client.stream.send_all(outer[6:])
+        echoed = await client.frame()
+        assert (echoed.opcode, bytes(echoed.payload)) == (Op.BINARY, bytes(b ^ key[i % 4] for i, b in enumerate(inner)))
+        await client.send_text("after")
+        assert (await client.frame()).payload == "after"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from wsproto.frame_protocol import Opcode
@@ -150,10 +151,10 @@ async def test_a_peer_that_leaves_ends_the_websocket_as_1006() -> None:
 
 async def test_a_close_while_a_write_waits_for_room_lets_that_write_finish_first() -> None:
     """The app's read on the plain socket has no cancel scope: a closer wakes it through the
-    fd (``notify_closing``), which would also break a write waiting for room on that fd.  So a
-    close that comes while one does leaves the read waiting until the write is done; then the
-    read ends, the whole message is on the wire and the close handshake completes (the peer's
-    reply is read on the same fd after the wake-up)."""
+    fd (``notify_closing``), which also wakes a write waiting for room on that fd; the write
+    sees its socket still open and waits again.  So the read side is given up at once, the
+    close frame waits for the write (the send lock), the whole message is on the wire and the
+    close handshake completes (the peer's reply is read on the same fd after the wake-up)."""
     from wsproto.connection import ConnectionState
 
     from trio_rack.websocket.session import _Reader
@@ -177,10 +178,10 @@ async def test_a_close_while_a_write_waits_for_room_lets_that_write_finish_first
                 nursery.start_soon(reader)
                 nursery.start_soon(ws.send_message, big)
                 await trio.testing.wait_all_tasks_blocked()
-                assert ws._write_blocked  # the peer reads nothing yet: the write waits for room
+                assert ws._send_lock.locked() and ws._reader is _Reader.APP  # the write waits for room
                 nursery.start_soon(ws.aclose, 4001, "closed mid-write")
                 await trio.testing.wait_all_tasks_blocked()
-                assert ws._take_read and ws._reader is _Reader.APP  # the read waits for the write
+                assert ws._reader is None and ws._send_lock.locked()  # read side taken, the write waits
                 go.set()
         return -1, {}, []
 
@@ -225,3 +226,99 @@ async def test_a_closer_wakes_the_apps_read_and_the_close_reply_is_read_on_the_s
             assert await client.stream.receive_some(100) == b""
     assert ended == [1011]
     assert seen[0]._ws.state is ConnectionState.CLOSED
+
+
+async def read_and_write_until_closed(ws: Any, ended: dict[str, float], start: float,
+                                      nursery: trio.Nursery) -> None:
+    """One task waits for a message, another (a second later) writes far more than the socket
+    buffers hold; both must end with ConnectionClosed; ``ended`` records when."""
+
+    async def reader() -> None:
+        with pytest.raises(websocket.ConnectionClosed):
+            await ws.get_message()
+        ended["reader"] = trio.current_time() - start
+
+    async def writer() -> None:
+        await trio.sleep(1)  # after the read began: the idle timeout comes first
+        with pytest.raises(websocket.ConnectionClosed):
+            await ws.send_message("y" * (8 * 1024 * 1024))
+        ended["writer"] = trio.current_time() - start
+
+    nursery.start_soon(reader)
+    nursery.start_soon(writer)
+
+
+@pytest.mark.parametrize("closer", ["aclose", "idle timeout", "shutdown", "idle_timeout=None"])
+async def test_a_close_is_bounded_while_a_write_waits_for_a_peer_that_reads_nothing(
+        closer: str, autojump_clock: trio.testing.MockClock) -> None:
+    """A close that comes while the app's read waits and another task's write waits for room
+    (a peer that reads nothing, and sends nothing) ends within ``close_timeout``: the read side
+    is taken at once, the close frame cannot get past the write, and when ``close_timeout``
+    runs out the transport is closed under the write, which fails with ConnectionClosed.
+    (A close that waited for the read side until the write was done waited for ever: with
+    ``idle_timeout=None`` no write timeout, and the idle timeout's own close turned it off.)"""
+    shutdown = trio.Event()
+    ended: dict[str, float] = {}
+    exited = trio.Event()
+    start = trio.current_time()
+
+    async def app(env: dict[str, Any]) -> Any:
+        if closer == "shutdown":
+            env["trio_rack.shutdown"] = shutdown  # what the server sets for a graceful shutdown
+        idle = {"idle timeout": 2.0, "aclose": 60.0}.get(closer)
+        async with websocket.accept(env, close_timeout=3.0, idle_timeout=idle, ping_interval=None) as ws:
+            async with trio.open_nursery() as nursery:
+                await read_and_write_until_closed(ws, ended, start, nursery)
+                await trio.sleep(1.5)
+                if closer in ("aclose", "idle_timeout=None"):
+                    await ws.aclose(1000, "bye")
+                    ended["aclose"] = trio.current_time() - start
+                elif closer == "shutdown":
+                    shutdown.set()
+        ended["exit"] = trio.current_time() - start
+        exited.set()
+        return -1, {}, []
+
+    async with pair(app) as (client, _):
+        await handshake(client)
+        with trio.fail_after(20):
+            await exited.wait()
+    # the close starts at 1.5 s (2 s: the idle timeout) and takes close_timeout at most
+    limit = (2.0 if closer == "idle timeout" else 1.5) + 3.0
+    assert set(ended) >= {"reader", "writer", "exit"}
+    assert max(ended.values()) <= limit + 0.01, ended
+
+
+@pytest.mark.parametrize("idle_timeout", [60.0, None])
+async def test_a_close_is_bounded_while_the_reader_answers_a_ping_behind_a_blocked_write(
+        idle_timeout: float | None, autojump_clock: trio.testing.MockClock) -> None:
+    """The peer reads nothing but sends a ping: the app's read answers it and its (shielded)
+    pong waits behind another task's write that waits for room.  ``aclose`` cannot take the
+    read side from a reader that is writing, and the keeper's write timeout is off once a close
+    is under way; after ``close_timeout`` the transport is closed under the write, the pong
+    and the write fail, and everything ends (it waited for ever before, with any
+    ``idle_timeout``)."""
+    ended: dict[str, float] = {}
+    exited = trio.Event()
+    start = trio.current_time()
+
+    async def app(env: dict[str, Any]) -> Any:
+        async with websocket.accept(env, close_timeout=3.0, idle_timeout=idle_timeout, ping_interval=None) as ws:
+            async with trio.open_nursery() as nursery:
+                await read_and_write_until_closed(ws, ended, start, nursery)
+                await trio.sleep(1.5)
+                assert ws._send_lock.locked() and ws._send_lock._lot  # the pong waits for the write
+                await ws.aclose(1000, "bye")
+                ended["aclose"] = trio.current_time() - start
+        ended["exit"] = trio.current_time() - start
+        exited.set()
+        return -1, {}, []
+
+    async with pair(app) as (client, _):
+        await handshake(client)
+        await trio.sleep(1.2)
+        await client.ping(b"hi")
+        with trio.fail_after(20):
+            await exited.wait()
+    assert set(ended) == {"reader", "writer", "aclose", "exit"}
+    assert max(ended.values()) <= 1.5 + 3.0 + 0.01, ended

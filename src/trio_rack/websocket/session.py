@@ -18,8 +18,9 @@ Theory of operation
   one wake-up of one task per message: no hand-off between tasks, no channel, and no cancel
   scope with a deadline (why: ``bench/README.md``, "WebSockets").  On the plain socket the
   read has no cancel scope at all: a closer takes the read side by setting a flag and waking
-  the wait through the fd (``_read_plain``), and defers that wake-up while a write waits for
-  room on the same fd; on other streams the read has a plain cancel scope (no deadline).
+  the wait through the fd (``_read_plain``); a write waiting for room on the same fd is woken
+  too, sees its socket still open and waits again (``_write``), so a close is never held up
+  by a write; on other streams the read has a plain cancel scope (no deadline).
 * **The keeper and the background reader.**  The server's one *keeper* task
   (:mod:`trio_rack.keeper`, ``env["trio_rack.keeper"]``: a heap of due times for all its
   websockets) times this one: when the next thing falls due (a keepalive ping, the idle
@@ -38,10 +39,11 @@ Theory of operation
   are ever buffered.
 * **The socket itself, on plain TCP.**  On the server's hijacked plain-TCP connection (once
   the replay of bytes read past the handshake is drained) reads wait for readability first and
-  then ``os.read`` the socket, and writes are one ``os.write`` (what does not fit goes through
-  the stream): an echo's next message is never there when the app asks for it, so trio's
-  ``receive_some`` always began with a failing ``recv``, and its layers cost more than the
-  echo's own work (``_read``/``_write``; ``bench/README.md``, "WebSockets").  Checkpoints are
+  then ``os.read`` the socket, and writes are one ``os.write`` (what does not fit waits for
+  room, ``wait_writable``, and is written the same way): an echo's next message is never
+  there when the app asks for it, so trio's ``receive_some`` always began with a failing
+  ``recv``, and its layers cost more than the echo's own work (``_read``/``_write``;
+  ``bench/README.md``, "WebSockets").  Checkpoints are
   trio's: the wait is the read's one cancellation point (nothing is read before it returns),
   a write is cancellable before it starts and passes through the scheduler after.  A closed
   socket reads as the end; TLS and HTTP/2 tunnels use the stream.
@@ -497,7 +499,7 @@ class WebSocket:
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due", "_socket",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
-        "_held", "_take_read", "_write_blocked", "_simple", "_decoder", "_assembler", "close_code", "close_reason",
+        "_held", "_take_read", "_simple", "_decoder", "_assembler", "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -540,8 +542,6 @@ class WebSocket:
         self._read_released: trio.Event | None = None  # a closer waits for the read side
         #: A closer wants the read side from the app's scope-free read (``_read_plain``).
         self._take_read = False
-        #: A write waits for room in the socket (``_write``): a closer must not wake the fd now.
-        self._write_blocked = False
         self._waiting = 0  # app tasks in get_message waiting for a message or a change
         self._gave = False  # the reading app task passed its last message to a waiting one
         self._app_read = False  # an app task has read for itself
@@ -847,9 +847,19 @@ class WebSocket:
 
     async def _write(self, data: bytes) -> None:
         """``send_all`` through the stream, or, on the server's hijacked plain-TCP connection,
-        one ``os.write`` on the socket first (what does not fit goes through the stream, whose
-        blocked write closing wakes).  The same checkpoints as ``trio.SocketStream.send_all``
-        (cancellable before anything is written, a scheduler pass after), without its layers.
+        one ``os.write`` on the socket first; what does not fit waits for room
+        (``wait_writable``) and is written the same way.  The same checkpoints as
+        ``trio.SocketStream.send_all`` (cancellable before anything is written, a scheduler pass
+        after), without its layers.
+
+        Not the stream's ``send_all`` for the rest: a closer wakes the app's scope-free read with
+        ``notify_closing`` on this fd (``_stop_reader``), which wakes a write waiting here too
+        (``ClosedResourceError``), and ``send_all`` would lose count of what it had written.
+        Woken with the socket still open (``fileno()`` unchanged, the stream not closed), this
+        write waits again; a real close (the keeper's write timeout, the close path's
+        ``close_timeout``) says -1 and ends it.  (A close that waited for such a write instead
+        waited as long as the peer read nothing: for ever with ``idle_timeout=None``, and the
+        idle timeout's own close turned the write timeout off.)
         """
         sock = self._socket
         stream = self._stream
@@ -866,16 +876,25 @@ class WebSocket:
             sent = 0
         except OSError as exc:
             raise trio.BrokenResourceError from exc
-        if sent < len(data):
-            self._write_blocked = True
-            try:
-                await stream.send_all(memoryview(data)[sent:])
-            finally:
-                self._write_blocked = False
-                if self._take_read:
-                    self._stop_reader()  # a closer came while we waited: wake the read now
-        else:
+        if sent == len(data):
             await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        rest = memoryview(data)[sent:]
+        while rest:
+            try:
+                await trio.lowlevel.wait_writable(fd)
+            except trio.ClosedResourceError:
+                if sock.fileno() == fd and not stream.closed:  # type: ignore[attr-defined]
+                    continue  # a closer woke the app's read on this fd (_stop_reader), not us
+                raise
+            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
+                raise trio.ClosedResourceError  # closed while we waited: never write a reused fd
+            try:
+                rest = rest[os.write(fd, rest):]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
 
     async def _read_plain(self) -> bytes | None:
         """The app's own read on the server's hijacked plain-TCP socket (replay drained), without
@@ -888,8 +907,7 @@ class WebSocket:
         ``ClosedResourceError`` (or had returned already), this read sees the flag and reads
         nothing, exactly as a cancelled wait would.  Trio's epoll and kqueue backends only drop
         their registration of the fd there, so the next wait (the close path's) registers it
-        afresh.  A write blocked on the same fd would be woken too, so while one is
-        (``_write_blocked``) the closer leaves the wake-up to that write's end (``_write``).
+        afresh.  A write blocked on the same fd is woken too, and waits again (``_write``).
         Cancellation from outside (the app's own timeout, server shutdown) still arrives at the
         wait, the one checkpoint, before anything is read.
         """
@@ -1220,7 +1238,7 @@ class WebSocket:
         elif self._reader is _Reader.APP:
             self._take_read = True
             sock = self._socket
-            if self._receiving and not self._write_blocked and sock is not None and sock.fileno() >= 0:
+            if self._receiving and sock is not None and sock.fileno() >= 0:
                 trio.lowlevel.notify_closing(sock.fileno())
 
     async def _close(self, code: int, reason: str) -> None:
@@ -1228,11 +1246,25 @@ class WebSocket:
         self._stopping = True
         if self._pending_close is not None:  # the app's read found the end first: that close wins
             (code, reason), self._pending_close = self._pending_close, None
+        with trio.move_on_after(self._options.close_timeout):
+            await self._take_read_side()
+        if self._reader is not None and not self._closing and not self._stream_closed:
+            # The reader is not in a read but in a write: a pong (shielded) behind a write to a
+            # peer that reads nothing, and the keeper's write timeout is off once a close is
+            # under way.  Closing the transport wakes that write; the reader then ends.
+            if self.close_code is None:
+                self.close_code, self.close_reason = ABNORMAL, "connection lost while sending"
+            self._stream_closed = True
+            await trio.aclose_forcefully(self._stream)
+        await self._take_read_side()
+        await self._finish_close(code, reason)
+
+    async def _take_read_side(self) -> None:
+        """Wait until no other task reads (stopping the reader under way), or a close is run."""
         while self._reader is not None and not self._closing:
             released = self._read_released = self._read_released or trio.Event()
             self._stop_reader()
             await released.wait()
-        await self._finish_close(code, reason)
 
     async def _finish_close(self, code: int, reason: str) -> None:
         """The one close path; no other task may be reading.  Idempotent, bounded.
