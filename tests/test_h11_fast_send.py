@@ -27,7 +27,7 @@ import h11
 import pytest
 from h11._headers import Headers
 
-from test_parser_differential import SEED, VALID, _mutate, _smuggling_corpus, drive
+from test_parser_differential import SEED, VALID, _mutate, _smuggling_corpus, _splits, drive
 from trio_rack.http1 import _h11_fast
 from trio_rack.http1 import connection as _connection  # noqa: F401  (installs the h11 patches)
 from trio_rack.http1.parsers import new_parser
@@ -316,11 +316,22 @@ def test_random_programs_leave_the_same_bytes_and_states() -> None:
 
 
 def test_the_parser_differential_corpus_gives_the_same_transcripts() -> None:
+    """Whole, split in two (at random, at the head's end, inside its blank line), with and
+    without the peer's EOF after it."""
     rng = random.Random(SEED)
     base = VALID + _smuggling_corpus()
+    head = driver_style(200, [(b"content-length", b"2")])
     for data_ in base + [_mutate(rng, rng.choice(base)) for _ in range(1500)]:
-        for eof in (False, True):
-            assert drive(_fast(), [data_], eof) == drive(_plain(), [data_], eof), data_
+        for pieces in _splits(data_, rng):
+            for eof in (False, True):
+                assert drive(_fast(), pieces, eof) == drive(_plain(), pieces, eof), (pieces, eof)
+                # ... and every piece of state, step by step, around a response to it
+                actions: list[tuple[Any, ...]] = []
+                for piece in pieces:
+                    actions += [("receive", piece), *_read_request(3)]
+                actions += [("send", head), ("send", data(b"ok")), ("send", end()), *_read_request(2), ("cycle",)]
+                actions += [*_read_request(3), *([("receive", b""), *_read_request(2)] if eof else [])]
+                assert transcript(_fast, actions) == transcript(_plain, actions), (pieces, eof)
 
 
 def test_the_comparison_is_not_vacuous() -> None:
@@ -352,3 +363,26 @@ def test_the_comparison_is_not_vacuous() -> None:
     finally:
         h11.Connection.send_with_data_passthrough = original  # type: ignore[method-assign]
     assert taken == 3 and calls == []  # all three steps were the fast ones
+
+
+def test_the_receiving_steps_are_taken_too() -> None:
+    """A plain request, its body and its end are read without h11's general ``next_event``."""
+    original = h11.Connection.next_event
+    calls: list[Any] = []
+
+    def spy(self: Any) -> Any:
+        calls.append(self.their_state)
+        return original(self)
+
+    conn = _fast()
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nh")
+    h11.Connection.next_event = spy  # type: ignore[method-assign]
+    try:
+        kinds = [type(conn.next_event()).__name__ for _ in range(2)]
+        assert conn.next_event() is h11.NEED_DATA
+        conn.receive_data(b"i")
+        kinds += [type(conn.next_event()).__name__ for _ in range(2)]
+    finally:
+        h11.Connection.next_event = original  # type: ignore[method-assign]
+    assert kinds == ["Request", "Data", "Data", "EndOfMessage"] and calls == []
+    assert conn.their_state is h11.DONE and conn.our_state is h11.SEND_RESPONSE

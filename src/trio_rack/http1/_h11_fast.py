@@ -1,40 +1,49 @@
-"""h11's server connection, with the steady-state steps of a response taken in one go.
+"""h11's server connection, with the steady-state steps of a request cycle taken in one go.
 
 Theory of operation
 -------------------
-h11 sends every event through the same general machinery: ``send_with_data_passthrough``
-cleans a ``Response``'s headers up (``_clean_up_response_headers_for_sending``: the framing
-from ``_body_framing``, then ``set_comma_header`` for ``content-length``, ``transfer-encoding``
-and ``connection``, each rebuilding and renormalising the whole header list), then
-``_process_event`` copies the state dict, asks ``_server_switch_event``, walks the transition
-tables, fires the state-triggered transitions, works out ``_keep_alive`` and 100-continue again
-with ``get_comma_header``, and ``_respond_to_state_changes`` picks the body writer by running
-``_body_framing`` a second time.  For a response the driver has already validated (a lower-case
-``Headers``, an int status, h11's ``1.1``) in the common states, every one of those decisions is
-known from one pass over the header list; that general path was ~8 µs of the ~12 µs h11 took to
-send a hello response.
+h11 takes every event through the same general machinery.  ``next_event`` and
+``send_with_data_passthrough`` both end in ``_process_event``, which copies the state dict,
+asks ``_server_switch_event``, walks the transition tables, fires the state-triggered
+transitions, works out ``_keep_alive`` and 100-continue with ``get_comma_header``, and lets
+``_respond_to_state_changes`` pick the next reader or writer (running ``_body_framing`` again);
+a ``Response`` is first cleaned up (``_clean_up_response_headers_for_sending``: the framing from
+``_body_framing``, then ``set_comma_header`` for ``content-length``, ``transfer-encoding`` and
+``connection``, each rebuilding and renormalising the whole header list).  For a plain request
+and a response the driver has already validated, in the common states, every one of those
+decisions is known from one pass over the header list: the general path was ~14 µs of the
+~23 µs h11 spent on one hello cycle (parse, end of message, response, body, end).
 
-:class:`ServerConnection` is ``h11.Connection(h11.SERVER)`` with ``send_with_data_passthrough``
-taking three steps directly, with h11's exact result — the same bytes (the same pieces, even),
-the same states, keep-alive flag, switch proposals, 100-continue flag, reader and writer:
+:class:`ServerConnection` is ``h11.Connection(h11.SERVER)`` taking these steps directly, with
+h11's exact result — the same events, bytes (the same pieces, even), states, keep-alive flag,
+switch proposals, 100-continue flag, request method, peer version, reader and writer:
 
-* **a Response** while our state is ``SEND_RESPONSE``, no protocol switch is proposed, and the
-  head is plain: at most one ``content-length`` (ASCII digits, h11's 20 at most), at most one
-  ``transfer-encoding`` (exactly ``chunked``), ``http_version`` ``1.1`` and an ``int`` status;
-  h11's cleanup rules, its one transition (``SEND_RESPONSE`` → ``SEND_BODY``), the keep-alive
-  rule (``process_keep_alive_disabled``, h11's own method) and the writer h11's
+* **receiving a Request** (both sides IDLE, no proposal): h11's own reader (or the one
+  :mod:`._h11_patch` installed) makes the event; a plain one (no CONNECT, no ``connection``,
+  ``upgrade`` or ``expect`` header) takes h11's two transitions, the HTTP/1.0 keep-alive rule
+  and the reader ``_body_framing`` picks; any other goes to h11's ``_process_event``;
+* **receiving Data and EndOfMessage** (``SEND_BODY``, h11's content-length or chunked reader):
+  Data moves no state and ends a 100-continue wait; the end is ``DONE`` and h11's own
+  state-triggered transitions whenever any could fire.  A content-length reader with nothing
+  left returns one shared ``EndOfMessage`` (h11 makes a fresh, equal one each time);
+* **sending a Response** while our state is ``SEND_RESPONSE``, no protocol switch is proposed,
+  and the head is plain: at most one ``content-length`` (ASCII digits, h11's 20 at most), at
+  most one ``transfer-encoding`` (exactly ``chunked``), ``http_version`` ``1.1`` and an ``int``
+  status; h11's cleanup rules, its one transition (``SEND_RESPONSE`` → ``SEND_BODY``), the
+  keep-alive rule (``process_keep_alive_disabled``, h11's own method) and the writer
   ``_body_framing`` would pick; the head written by h11's own ``write_headers``;
-* **Data** in ``SEND_BODY``: no state changes there, so just h11's body writer;
-* **EndOfMessage** in ``SEND_BODY``: ``DONE``, then h11's own state-triggered transitions
-  whenever any could fire (keep-alive off, a peer that closed or failed), then the writer's
-  ``send_eom``.
+* **sending Data** in ``SEND_BODY``: no state changes there, so just h11's body writer;
+* **sending EndOfMessage** in ``SEND_BODY``: ``DONE``, then h11's own state-triggered
+  transitions whenever any could fire (keep-alive off, a peer that closed or failed), then the
+  writer's ``send_eom``.
 
 Anything else (an ``InformationalResponse``, a response before a request or during a switch
 proposal, a head that is not plain, ``ConnectionClosed``, any error state) goes through h11's
-own method unchanged.  The steps rely on one invariant of h11's state machine: after every
-public call the states are a fixed point of the state-triggered transitions (every change of
-``ConnectionState.states`` is followed by ``_fire_state_triggered_transitions``), so a step that
-moves only our state knows which of them can fire.
+own methods unchanged; errors are h11's (``_process_error``, a local error re-raised as a
+remote one when receiving).  The steps rely on one invariant of h11's state machine: after
+every public call the states are a fixed point of the state-triggered transitions (every
+change of ``ConnectionState.states`` is followed by ``_fire_state_triggered_transitions``), so
+a step that moves only known states knows which of them can fire.
 
 Installed only over the exact h11 it was written against: h11's version is one of
 :data:`CHECKED_H11`, its ``send_with_data_passthrough`` is still its own, and the lower-case
@@ -42,8 +51,9 @@ framing headers of :mod:`._h11_patch` are in place (the names this writes); othe
 :func:`new_server_connection` gives a plain ``h11.Connection``.
 ``tests/test_h11_fast_send.py`` holds this class to unpatched h11 on a corpus of request and
 response pairs (HTTP/1.0 and 1.1, keep-alive and close, HEAD, CONNECT, upgrades, 1xx, 204 and
-304, chunked and content-length, ``connection`` headers, 100-continue, framing errors): the
-bytes and every piece of state after each event.
+304, chunked and content-length, ``connection`` headers, 100-continue, framing errors) and on
+the parser differential suite's corpus, split as it splits it: the events, the bytes and every
+piece of state after each call.
 """
 
 from __future__ import annotations
@@ -53,6 +63,8 @@ from typing import Any
 import h11
 from h11 import CLIENT, DONE, SEND_BODY, SEND_RESPONSE, SERVER, Data, EndOfMessage, Response, _connection, _writers
 from h11._headers import Headers, get_comma_header
+from h11._readers import ChunkedReader, ContentLengthReader
+from h11._util import LocalProtocolError, RemoteProtocolError
 from h11._writers import ChunkedWriter, ContentLengthWriter, Http10Writer, write_headers
 
 from ._h11_patch import _set_comma_header_lower
@@ -62,23 +74,131 @@ __all__ = ["CHECKED_H11", "FAST_SEND", "ServerConnection", "new_server_connectio
 #: The h11 releases whose send machinery the steps here were checked against, line by line.
 CHECKED_H11 = frozenset({"0.16.0"})
 
+IDLE = h11.IDLE
+NEED_DATA = h11.NEED_DATA
+Request = h11.Request
 READERS = h11._readers.READERS
 WRITERS = _writers.WRITERS
 _BODY_WRITERS = (ContentLengthWriter, ChunkedWriter, Http10Writer)
+_BODY_READERS = (ContentLengthReader, ChunkedReader)
+#: What a content-length reader with nothing left returns (h11 makes a fresh, equal one).
+_END = EndOfMessage()
+#: Request headers whose presence needs h11's comma-header rules (the rest are counted).
+_RARE_REQUEST = frozenset({b"connection", b"upgrade", b"expect"})
 #: Client states in which, with keep-alive on and no switch proposed, none of h11's
 #: state-triggered transitions can fire whatever our state becomes (they need the client in
 #: MIGHT_SWITCH_PROTOCOL, CLOSED or ERROR, or keep-alive off).
 _QUIET_CLIENT = frozenset({h11.IDLE, SEND_BODY, DONE})
+#: Server states in which, with keep-alive on and no switch proposed, the client's DONE
+#: triggers nothing (h11's rules for a DONE client need the server CLOSED or ERROR).
+_QUIET_SERVER = frozenset({h11.IDLE, SEND_RESPONSE, SEND_BODY, DONE})
 #: h11's CONTENT_LENGTH_MAX_DIGITS: a longer value goes through h11 (which refuses it).
 _MAX_DIGITS = 20
 
 
 class ServerConnection(h11.Connection):
-    """``h11.Connection(h11.SERVER)`` sending a plain response without h11's general path (see
-    the module docstring).  One per connection, like h11's."""
+    """``h11.Connection(h11.SERVER)`` receiving a plain request and sending a plain response
+    without h11's general path (see the module docstring).  One per connection, like h11's."""
 
     def __init__(self, max_incomplete_event_size: int = _connection.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE) -> None:
         super().__init__(SERVER, max_incomplete_event_size=max_incomplete_event_size)
+
+    # ------------------------------------------------------------------------------ receiving
+
+    def next_event(self) -> Any:
+        cstate = self._cstate
+        states = cstate.states
+        client = states[CLIENT]
+        reader: Any = self._reader
+        if cstate.pending_switch_proposals:
+            return super().next_event()
+        if client is IDLE:
+            if states[SERVER] is not IDLE or reader is not READERS[(CLIENT, IDLE)]:
+                return super().next_event()
+        elif client is not SEND_BODY or type(reader) not in _BODY_READERS:
+            return super().next_event()
+        try:
+            # _extract_next_receive_event, for a reader without read_eof (IDLE) or with one.
+            buf = self._receive_buffer
+            if type(reader) is ContentLengthReader and reader._remaining == 0:
+                event: Any = _END
+            else:
+                event = reader(buf)
+            if event is None:
+                if not buf and self._receive_buffer_closed:
+                    if client is IDLE:
+                        event = h11.ConnectionClosed()
+                        self._process_event(CLIENT, event)
+                        return event
+                    event = reader.read_eof()  # (raises: a body cut short)
+                else:
+                    if len(buf) > self._max_incomplete_event_size:
+                        raise RemoteProtocolError("Receive buffer too long", error_status_hint=431)
+                    if self._receive_buffer_closed:
+                        raise RemoteProtocolError("peer unexpectedly closed connection")
+                    return NEED_DATA
+            kind = type(event)
+            if kind is Request:
+                self._received_request(event)
+            elif kind is Data:
+                # _process_event(CLIENT, Data) in SEND_BODY: no state moves; 100-continue is over.
+                self.client_is_waiting_for_100_continue = False
+            elif kind is EndOfMessage:
+                self._received_end(event)
+            else:
+                self._process_event(CLIENT, event)
+            return event
+        except BaseException as exc:
+            self._process_error(CLIENT)
+            if isinstance(exc, LocalProtocolError):
+                exc._reraise_as_remote_protocol_error()
+            raise
+
+    def _received_request(self, event: Any) -> None:
+        """h11's ``_process_event(CLIENT, request)`` (see the module docstring)."""
+        length = b""
+        chunked = rare = False
+        for _, name, value in event.headers._full_items:
+            if name == b"content-length":
+                length = value  # (h11's Request kept one value, of digits)
+            elif name == b"transfer-encoding":
+                chunked = True  # (h11's Request kept one, "chunked")
+            elif name in _RARE_REQUEST:
+                rare = True
+        if rare or event.method == b"CONNECT":
+            # A switch proposal (CONNECT, upgrade), connection or expect tokens: h11's own step.
+            self._process_event(CLIENT, event)
+            return
+        cstate = self._cstate
+        # IDLE -> SEND_BODY, and the server's IDLE -> SEND_RESPONSE; nothing state-triggered
+        # applies there (no proposal, neither side DONE).
+        cstate.states[CLIENT] = SEND_BODY
+        cstate.states[SERVER] = SEND_RESPONSE
+        self._request_method = event.method
+        version = self.their_http_version = event.http_version
+        if version < b"1.1":
+            cstate.process_keep_alive_disabled()
+        self._writer = WRITERS[(SERVER, SEND_RESPONSE)]  # type: ignore[assignment]
+        # _body_framing(method, request): chunked, else content-length (none: 0)
+        if chunked:
+            self._reader = ChunkedReader()
+        else:
+            self._reader = ContentLengthReader(int(length) if length else 0)
+
+    def _received_end(self, event: Any) -> None:
+        """h11's ``_process_event(CLIENT, EndOfMessage)``: DONE, then what that triggers."""
+        cstate = self._cstate
+        states = cstate.states
+        server = states[SERVER]
+        states[CLIENT] = DONE
+        if not (cstate.keep_alive and server in _QUIET_SERVER):
+            cstate._fire_state_triggered_transitions()
+        self.client_is_waiting_for_100_continue = False
+        if states[SERVER] is not server:
+            self._writer = self._get_io_object(SERVER, event, WRITERS)
+        self._reader = self._get_io_object(CLIENT, event, READERS)
+
+    # -------------------------------------------------------------------------------- sending
 
     def send_with_data_passthrough(self, event: Any) -> list[Any] | None:
         kind = type(event)
