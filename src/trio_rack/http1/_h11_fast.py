@@ -35,7 +35,9 @@ switch proposals, 100-continue flag, request method, peer version, reader and wr
 * **sending Data** in ``SEND_BODY``: no state changes there, so just h11's body writer;
 * **sending EndOfMessage** in ``SEND_BODY``: ``DONE``, then h11's own state-triggered
   transitions whenever any could fire (keep-alive off, a peer that closed or failed), then the
-  writer's ``send_eom``.
+  writer's ``send_eom``;
+* **the next cycle** from both sides DONE with keep-alive on: both IDLE, and IDLE's reader
+  and writer.
 
 Anything else (an ``InformationalResponse``, a response before a request or during a switch
 proposal, a head that is not plain, ``ConnectionClosed``, any error state) goes through h11's
@@ -197,6 +199,26 @@ class ServerConnection(h11.Connection):
         if states[SERVER] is not server:
             self._writer = self._get_io_object(SERVER, event, WRITERS)
         self._reader = self._get_io_object(CLIENT, event, READERS)
+
+    def start_next_cycle(self) -> None:
+        """h11's ``start_next_cycle`` for both sides DONE on a keep-alive connection (what h11
+        asserts then): IDLE again, and the readers and writers of IDLE."""
+        cstate = self._cstate
+        states = cstate.states
+        if (
+            states[CLIENT] is DONE
+            and states[SERVER] is DONE
+            and len(states) == 2
+            and cstate.keep_alive
+            and not cstate.pending_switch_proposals
+            and not self.client_is_waiting_for_100_continue
+        ):
+            cstate.states = {CLIENT: IDLE, SERVER: IDLE}
+            self._request_method = None
+            self._writer = WRITERS.get((SERVER, IDLE))  # type: ignore[assignment]
+            self._reader = READERS.get((CLIENT, IDLE))  # type: ignore[assignment]
+            return
+        super().start_next_cycle()
 
     # -------------------------------------------------------------------------------- sending
 
