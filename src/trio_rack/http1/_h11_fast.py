@@ -19,9 +19,9 @@ h11's exact result — the same events, bytes (the same pieces, even), states, k
 switch proposals, 100-continue flag, request method, peer version, reader and writer:
 
 * **receiving a Request** (both sides IDLE, no proposal): h11's own reader (or the one
-  :mod:`._h11_patch` installed) makes the event; a plain one (no CONNECT, no ``connection``,
-  ``upgrade`` or ``expect`` header) takes h11's two transitions, the HTTP/1.0 keep-alive rule
-  and the reader ``_body_framing`` picks; any other goes to h11's ``_process_event``;
+  :mod:`._h11_patch` installed) makes the event; a plain one (no CONNECT, no ``upgrade`` or
+  ``expect`` header) takes h11's two transitions, its keep-alive rule (``connection: close``,
+  HTTP/1.0) and the reader ``_body_framing`` picks; any other goes to h11's ``_process_event``;
 * **receiving Data and EndOfMessage** (``SEND_BODY``, h11's content-length or chunked reader):
   Data moves no state and ends a 100-continue wait; the end is ``DONE`` and h11's own
   state-triggered transitions whenever any could fire.  A content-length reader with nothing
@@ -85,8 +85,8 @@ _BODY_WRITERS = (ContentLengthWriter, ChunkedWriter, Http10Writer)
 _BODY_READERS = (ContentLengthReader, ChunkedReader)
 #: What a content-length reader with nothing left returns (h11 makes a fresh, equal one).
 _END = EndOfMessage()
-#: Request headers whose presence needs h11's comma-header rules (the rest are counted).
-_RARE_REQUEST = frozenset({b"connection", b"upgrade", b"expect"})
+#: Request headers that send a request through h11's own ``_process_event``.
+_RARE_REQUEST = frozenset({b"upgrade", b"expect"})
 #: Client states in which, with keep-alive on and no switch proposed, none of h11's
 #: state-triggered transitions can fire whatever our state becomes (they need the client in
 #: MIGHT_SWITCH_PROTOCOL, CLOSED or ERROR, or keep-alive off).
@@ -159,16 +159,18 @@ class ServerConnection(h11.Connection):
     def _received_request(self, event: Any) -> None:
         """h11's ``_process_event(CLIENT, request)`` (see the module docstring)."""
         length = b""
-        chunked = rare = False
+        chunked = connection = rare = False
         for _, name, value in event.headers._full_items:
             if name == b"content-length":
                 length = value  # (h11's Request kept one value, of digits)
             elif name == b"transfer-encoding":
                 chunked = True  # (h11's Request kept one, "chunked")
+            elif name == b"connection":
+                connection = True
             elif name in _RARE_REQUEST:
                 rare = True
         if rare or event.method == b"CONNECT":
-            # A switch proposal (CONNECT, upgrade), connection or expect tokens: h11's own step.
+            # A switch proposal (CONNECT, upgrade) or an expectation: h11's own step.
             self._process_event(CLIENT, event)
             return
         cstate = self._cstate
@@ -178,7 +180,8 @@ class ServerConnection(h11.Connection):
         cstate.states[SERVER] = SEND_RESPONSE
         self._request_method = event.method
         version = self.their_http_version = event.http_version
-        if version < b"1.1":
+        # _keep_alive(request): "close" among the connection tokens, or HTTP/1.0
+        if (connection and b"close" in get_comma_header(event.headers, b"connection")) or version < b"1.1":
             cstate.process_keep_alive_disabled()
         self._writer = WRITERS[(SERVER, SEND_RESPONSE)]  # type: ignore[assignment]
         # _body_framing(method, request): chunked, else content-length (none: 0)
