@@ -694,6 +694,30 @@ async def test_a_malformed_authority_gets_a_400_as_on_http1(authority: str) -> N
     assert calls == 1
 
 
+@pytest.mark.parametrize(
+    ("hosts", "status"),
+    [(["victim.example 443"], 400), (["a/b"], 400), (["ok.example:81"], 200)],
+)
+async def test_a_host_field_without_authority_is_held_to_the_same_grammar(hosts: list[str], status: int) -> None:
+    """Without ``:authority`` a ``host`` field stands in for it (RFC 9113 §8.3.1) and env repeats
+    it: it gets HTTP/1's Host grammar (HOST_RE; h2 itself refuses a second one), a 400 otherwise,
+    and the connection goes on."""
+    seen: list[tuple[str, str]] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        seen.append((env["SERVER_NAME"], env["SERVER_PORT"]))
+        return 200, {}, [b"ok"]
+
+    async with memory_h2_connection(app) as client:
+        sid = await client.start_request("GET", "/", authority=None, headers=[("host", h) for h in hosts])
+        response = await client.read_response(sid)
+        assert response.status == status
+        good = await client.request("GET", "/")
+        assert (good.status, good.body) == (200, b"ok")
+    expected = [("ok.example", "81")] if status == 200 else []
+    assert seen == expected + [("test", "80")]
+
+
 @pytest.mark.parametrize("seed", range(5))
 async def test_garbage_after_the_preface_never_crashes_the_connection(
     seed: int, caplog: pytest.LogCaptureFixture, autojump_clock: Any

@@ -30,7 +30,22 @@ async def echo(env: dict[str, object]) -> tuple[int, dict[str, str], list[bytes]
     return 200, {"content-type": "application/octet-stream"}, [body]
 
 
-@pytest.mark.parametrize(("app", "body"), [(hello, b"x" * 10), (echo, b"x" * 100_000)], ids=["hello", "upload"])
+async def streamed(env: dict[str, object]) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+    """A streamed body that holds no env: the exchange lets env go before sending it."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"Hello, "
+        await trio.lowlevel.checkpoint()
+        yield b"world!"
+
+    return 200, {"content-type": "text/plain"}, body()
+
+
+@pytest.mark.parametrize(
+    ("app", "body"),
+    [(hello, b"x" * 10), (echo, b"x" * 100_000), (streamed, b"x" * 10)],
+    ids=["hello", "upload", "streamed"],
+)
 async def test_keep_alive_requests_leave_no_cyclic_garbage(app, body: bytes, http1_parser: str) -> None:
     async with memory_connection(app, http1_parser=http1_parser) as client:
         for _ in range(5):  # warm up: first-use caches, lazily made objects

@@ -97,10 +97,18 @@ async def test_a_scope_kept_past_its_request_does_nothing_to_the_next(
 
     state = ServerState(app, Limits(), access_log=False)
     client, server = trio.testing.memory_stream_pair()
+    served = trio.Event()
+
+    async def connection() -> None:
+        try:
+            await serve_stream(server, state)
+        finally:
+            served.set()
+
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             app_nursery.append(nursery)
-            nursery.start_soon(serve_stream, server, state)
+            nursery.start_soon(connection)
             await client.send_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
             got = b""
             while not got.endswith(b"fast\n"):
@@ -108,6 +116,13 @@ async def test_a_scope_kept_past_its_request_does_nothing_to_the_next(
             await client.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
             assert await _ticks_received(client) == 4  # the whole second response
             nursery.cancel_scope.cancel()  # the server's cancellation reaches the idle connection
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(5):
+                    await served.wait()
+                reached = served.is_set()
+                if not reached:  # a shielded connection: end it from the client side, then fail
+                    await client.aclose()
+            assert reached, "the server's cancellation did not reach the connection"
 
 
 async def test_a_body_read_the_app_gives_up_on_leaves_no_body_deadline_under_its_response(

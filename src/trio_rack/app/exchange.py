@@ -22,6 +22,11 @@ parses a request head into a :class:`~trio_rack.app.head.RequestHead` and hands 
    stream, a hijacked stream), closes the body, runs ``rack.response_finished`` in reverse, and
    writes the access-log line.
 
+A streamed body may be sent for minutes after the app returned (10,000 event streams are
+10,000 exchanges): before it is sent, the exchange lets go of env, the app's return value and
+most of the request head when nothing else can reach them and nothing at the end needs them
+(no access log, no ``rack.response_finished`` callback): :meth:`Exchange._release_env`.
+
 The exchange never imports h11 or h2 and never touches a socket: framing (chunked, END_STREAM,
 ``connection: close``) is the sink's business.  The response's progress is one
 :class:`ResponseState`; every decision about what may still be sent reads it.
@@ -59,6 +64,7 @@ import inspect
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -239,7 +245,8 @@ class Exchange:
         self._began = trio.current_time() if state.access_log else 0.0
         #: The request deadline the server set (``--request-timeout``); ``math.inf`` if none.
         self._deadline = math.inf
-        self.env = self._make_env()
+        #: None once released while a streamed body is sent (:meth:`_release_env`).
+        self.env: Env | None = self._make_env()
 
     def _make_env(self) -> Env:
         env = build_env(self.head, self.info)
@@ -309,10 +316,52 @@ class Exchange:
         reference counting when the driver moves on.
         """
         env = self.env
-        for key in _ENV_CALLBACKS:
-            if key in env:
-                env[key] = _request_over
+        if env is not None:  # (None: released while its body streamed, see _release_env)
+            for key in _ENV_CALLBACKS:
+                if key in env:
+                    env[key] = _request_over
         self._response_stream = None
+
+    def _release_env(self) -> None:
+        """A streamed body is about to be sent: let env go now if nothing else can reach it.
+
+        A streamed response (an event stream; 10,000 of them in ``bench/run``'s streams
+        scenario) may outlive its app call by minutes, and env with it: the 22-key dict alone
+        is 768 B, with its strings, bound methods and sinks about 1.1 KB a request.  What the
+        exchange itself still wants of env comes at the end: the access-log line and the
+        ``rack.response_finished`` callbacks.  When neither is due (no access log, no
+        callback registered) and the exchange holds the only reference (the app's body, a
+        task or a closure that kept env keeps it whole: its reference count says so), env is
+        dropped here and freed by reference counting, its cycle through the bound methods
+        with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list is
+        reachable only through env.  The request nursery's tasks (ASGI) keep theirs.  The
+        request head goes the same way when env was its only other holder: its header list
+        and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`;
+        and the app's return value and headers dict, which only the callbacks would be given.
+        """
+        env = self.env
+        if (
+            env is None
+            or self.state.access_log
+            or self._disconnected is not None
+            or env["rack.response_finished"]
+            or _ONLY_A_LOCAL < 0
+        ):
+            return
+        self.env = None
+        if sys.getrefcount(env) > _ONLY_A_LOCAL:
+            self.env = env  # someone else holds it: kept (and its callables broken at the end)
+            return
+        del env
+        head = self.head
+        if sys.getrefcount(head) <= _ONLY_A_LOCAL + 1:  # (this local and self.head)
+            # The head was env's too (``trio_rack.request_head``); now no one else sees it, and
+            # of it only the method and path are still read (_after_cancel's log line).
+            head.headers = ()
+            head.query = b""
+        # Nor are the app's return value and its headers dict wanted any more: they were the
+        # callbacks' arguments, and none can be registered now (the body is in _prepared).
+        self._result = self._headers = None
 
     def _arm_deadline(self, timeout: float) -> None:
         """``--request-timeout``: the request's scope gets a deadline the app may move."""
@@ -347,15 +396,17 @@ class Exchange:
 
     async def _respond_in_nursery(self) -> Outcome:
         outcome = Outcome.CLOSE
-        self._disconnected = self.env["trio_rack.disconnected"] = trio.Event()
+        env = self.env  # (kept whole: the nursery's tasks may use it, see _release_env)
+        assert env is not None
+        self._disconnected = env["trio_rack.disconnected"] = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                self._scope = self.env["trio_rack.cancel_scope"] = nursery.cancel_scope
+                self._scope = env["trio_rack.cancel_scope"] = nursery.cancel_scope
                 if self.state.request_timeout is not None:
                     self._arm_deadline(self.state.request_timeout)
-                self.env["trio_rack.nursery"] = nursery
+                env["trio_rack.nursery"] = nursery
                 if self.sink.can_send_trailers:
-                    self.env["trio_rack.set_trailers"] = self._set_trailers
+                    env["trio_rack.set_trailers"] = self._set_trailers
                 outcome = await self._respond()
         except Exception as exc:  # a task of the app's failed (the adapter should catch its own)
             self._error = exc
@@ -414,7 +465,7 @@ class Exchange:
         """Call the app and send what it returns; the app's failures end here."""
         try:
             try:
-                result = await self.state.app(self.env)
+                result = await self.state.app(self.env)  # type: ignore[arg-type]  # (None only later)
             except Exception as exc:
                 self._error = exc
                 if self._hijacked is not None:
@@ -440,6 +491,7 @@ class Exchange:
                 await self._send_error(500)
                 return Outcome.CLOSE
             self._status, self._headers = prepared.status, result[1]
+            del result  # (held by self._result, unless _release_env lets it go)
             # The response is sent from this frame, not from a coroutine below it: a streamed
             # response's frames live as long as it does (10,000 stacks at 10,000 open streams)
             # and every one of them is resumed at each chunk.
@@ -451,7 +503,9 @@ class Exchange:
             if self._head_only or prepared.status in (204, 304):
                 await self._start()
                 await self.end()
-            elif kind is BodyKind.STREAMING:
+                return Outcome.KEEP_ALIVE
+            self._release_env()  # a streamed body may run for minutes: env goes if no one else holds it
+            if kind is BodyKind.STREAMING:
                 stream = self._response_stream = ResponseStream(self, self._request_body)
                 await prepared.body(stream)
                 if not stream.closed:
@@ -632,7 +686,8 @@ class Exchange:
         self._request_body.close()
         self.state.active.discard(self)  # the app owns the stream now: no liveness sweeps
         self.state.in_flight -= 1  # a long-lived connection (a websocket) holds no request slot
-        self.env["trio_rack.keeper"] = self.state.keeper  # its timers (trio_rack.keeper), for a websocket
+        if self.env is not None:  # (always, before a streamed body: see _release_env)
+            self.env["trio_rack.keeper"] = self.state.keeper  # its timers (trio_rack.keeper), for a websocket
         if self._deadline != math.inf and self._scope.deadline == self._deadline:
             # Hijacked connections are exempt from --request-timeout: the server's deadline is
             # lifted.  An app opts in by setting the scope's deadline itself after the hijack
@@ -681,9 +736,13 @@ class Exchange:
         self._request_body.close()
         if self._response_stream is not None:
             self._response_stream.close_from_server()
-        body = _body_of(self._result)
-        if self._hijacked is not None or self.env["rack.response_finished"] or (
-            type(body) is not list and _closable(body)
+        prepared = self._prepared  # (its body is the app's; _result may be gone, see _release_env)
+        body = prepared.body if prepared is not None else _body_of(self._result)
+        env = self.env
+        if (
+            self._hijacked is not None
+            or (env is not None and env["rack.response_finished"])
+            or (type(body) is not list and _closable(body))
         ):
             return body
         return _NO_CLEAN_UP
@@ -691,7 +750,7 @@ class Exchange:
     async def _clean_up(self, body: Any) -> None:
         """Async clean-up: shielded (it must happen even when we are being cancelled) but bounded."""
         env = self.env
-        callbacks = env["rack.response_finished"]
+        callbacks = env["rack.response_finished"] if env is not None else ()
         headers = self._headers if self._prepared is not None else None
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
             if self._hijacked is not None:
@@ -706,13 +765,15 @@ class Exchange:
                     log.exception("rack.response_finished callback %r failed", callback)
 
     def _log_response(self) -> None:
+        env = self.env
+        assert env is not None  # (never released with the access log on)
         status = self._status
         if status is None and self._hijacked is not None:
             # A full hijack: the app wrote the head itself; it may say which status
             # (trio_rack.websocket records its 101 here).
-            status = self.env.get("trio_rack.hijack_status")
+            status = env.get("trio_rack.hijack_status")
         accesslog.log_response(
-            self.env,
+            env,
             status if type(status) is int else None,
             self._sent,
             hijacked=self._hijacked is not None,
@@ -725,6 +786,20 @@ _NO_CLEAN_UP: Any = object()
 
 #: The env entries that are bound methods of the exchange (see Exchange._break_cycles).
 _ENV_CALLBACKS = ("rack.hijack", "rack.early_hints", "trio_rack.tunnel", "trio_rack.set_trailers")
+
+
+def _references_of_a_local() -> int:
+    """``sys.getrefcount`` of an object only a local variable holds, as this interpreter counts
+    (the call's own reference included): what :meth:`Exchange._release_env` compares with;
+    -1 where the interpreter keeps no reference counts to read (then nothing is let go early)."""
+    if not hasattr(sys, "getrefcount"):  # pragma: no cover - CPython has it
+        return -1
+    only_here: dict[str, Any] = {}
+    return sys.getrefcount(only_here)
+
+
+#: See :func:`_references_of_a_local`.
+_ONLY_A_LOCAL = _references_of_a_local()
 
 
 def _request_over(*args: Any, **kwargs: Any) -> Any:

@@ -118,6 +118,13 @@ _PREBUILT_RESPONSE = _PREBUILT_HEADERS and getattr(h11.Response, "__slots__", No
 #: state-machine pass, the writer's three pieces) was 6.5 µs of each chunk against 0.15 µs.
 #: If a future h11 renames it, every chunk simply goes through h11 again.
 _CHUNKED_WRITER = getattr(getattr(h11, "_writers", None), "ChunkedWriter", None)
+#: h11 gives every response a fresh, empty ``pending_switch_proposals`` set (216 B) and keeps it
+#: until the next one: for a streamed response, as long as its body runs (10,000 sets at 10,000
+#: open streams).  Nothing can be proposed while we send a body (proposals come with a request,
+#: the next one is parsed only after this response ended), so from the head until
+#: :meth:`HTTPConnection.end` one shared empty frozenset stands in, and a fresh set is put back
+#: at the end, before h11 could ``add`` to it.  Only where h11 has that shape (0.16's).
+_NO_PROPOSALS: frozenset[Any] = frozenset()
 #: A ``bytearray(b'...')`` or ``b'...'`` repr inside h11's error messages.
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])((?:\\.|(?!\1).)*)\1\)|\bb(['"])((?:\\.|(?!\3).)*)\3""")
 #: How much of a refused request's first line the access log shows at most.
@@ -486,7 +493,12 @@ class HTTPConnection:
     async def send_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The head of a streamed response (framing chosen by h11: chunked, or close-delimited)."""
         self._started = True
-        await self.writer.write(self.h11.send(self._head_event(status, headers)))
+        h = self.h11
+        data = h.send(self._head_event(status, headers))
+        cstate = getattr(h, "_cstate", None)  # (h11's; see _NO_PROPOSALS)
+        if cstate is not None and type(cstate.pending_switch_proposals) is set and not cstate.pending_switch_proposals:
+            cstate.pending_switch_proposals = _NO_PROPOSALS
+        await self.writer.write(data)
 
     async def send_whole(
         self, status: int, headers: list[tuple[bytes, bytes]], body: Sequence[bytes], length: int, head_only: bool
@@ -569,10 +581,14 @@ class HTTPConnection:
 
     async def end(self) -> None:
         """End a streamed response (the terminating chunk, or the end of a close-delimited body)."""
+        h = self.h11
         try:
-            data = self.h11.send(_END)
+            data = h.send(_END)
         except h11.LocalProtocolError as exc:
             raise AppError(f"response ended short of its content-length: {exc}") from None
+        cstate = getattr(h, "_cstate", None)
+        if cstate is not None and cstate.pending_switch_proposals is _NO_PROPOSALS:
+            cstate.pending_switch_proposals = set()  # before the next request may propose a switch
         if data:
             await self.writer.write(data)
         if self.h11.our_state is h11.MUST_CLOSE:

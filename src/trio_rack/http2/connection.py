@@ -328,8 +328,12 @@ class H2Connection:
         protocol = pseudo.get(b":protocol")
         # The authority grammar HTTP/1's Host gets (strict.check_request): h2 checks the
         # field's characters, not its shape, and env repeats it (HTTP_HOST, SERVER_NAME).
-        if authority is not None and HOST_RE.fullmatch(authority) is None:
-            return None, (400, "malformed :authority")
+        # Without ``:authority`` a ``host`` field stands in for it (RFC 9113 §8.3.1), so it is
+        # held to the same grammar (h2 refuses a second ``host``, and a ``host`` that differs
+        # from ``:authority``, but checks neither one's shape).
+        host = authority if authority is not None else next((v for n, v in regular if n == b"host"), None)
+        if host is not None and HOST_RE.fullmatch(host) is None:
+            return None, (400, "malformed :authority" if authority is not None else "malformed host")
         if method == b"CONNECT" and protocol is None:
             return RequestHead(method, authority or b"", b"", "2", regular, authority), (0, "")
         target = pseudo.get(b":path", b"")

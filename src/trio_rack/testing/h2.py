@@ -94,14 +94,15 @@ class H2MemoryClient:
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
         end_stream: bool = True,
-        authority: str = "test",
+        authority: str | None = "test",
         scheme: str = "http",
         protocol: str | None = None,
     ) -> int:
-        """Open a stream with a request; returns its id.  ``end_stream=False`` keeps the body open."""
+        """Open a stream with a request; returns its id.  ``end_stream=False`` keeps the body open;
+        ``authority=None`` sends no ``:authority`` (a ``host`` field in ``headers`` may stand in)."""
         await self._start()
         sid = self.h2.get_next_available_stream_id()
-        pseudo = [(":method", method), (":authority", authority)]
+        pseudo = [(":method", method)] + ([(":authority", authority)] if authority is not None else [])
         if method != "CONNECT" or protocol is not None:
             pseudo += [(":scheme", scheme), (":path", target)]
         if protocol is not None:

@@ -16,7 +16,10 @@ Theory of operation
   frames with wsproto, answers pings and returns the first whole message; frames parsed but
   not yet consumed stay in wsproto's event generator for the next call.  An echo then costs
   one wake-up of one task per message: no hand-off between tasks, no channel, and no cancel
-  scope with a deadline (why: ``bench/README.md``, "WebSockets").
+  scope with a deadline (why: ``bench/README.md``, "WebSockets").  On the plain socket the
+  read has no cancel scope at all: a closer takes the read side by setting a flag and waking
+  the wait through the fd (``_read_plain``), and defers that wake-up while a write waits for
+  room on the same fd; on other streams the read has a plain cancel scope (no deadline).
 * **The keeper and the background reader.**  The server's one *keeper* task
   (:mod:`trio_rack.keeper`, ``env["trio_rack.keeper"]``: a heap of due times for all its
   websockets) times this one: when the next thing falls due (a keepalive ping, the idle
@@ -50,8 +53,9 @@ Theory of operation
   and the rest of that message is skipped uninflated (the parser stays in step, so the peer's
   close reply can still be read).
 * **Closing has one path** (``_finish_close``), run by whichever task stops the connection
-  once no other task is reading (a closer cancels the read under way, which is the only
-  cancel scope a read has, and waits until the read side is released): send our close frame
+  once no other task is reading (a closer stops the read under way, ``_stop_reader``: it
+  cancels the read's scope or wakes the app's scope-free read, and waits until the read side
+  is released): send our close frame
   (or the reply to the peer's; through the send lock, so a close that comes while the app is
   writing still gets its reply, RFC 6455 §5.5.1), read until the peer's close frame or EOF
   (discarding messages; this also avoids the RST that closing a socket with unread input
@@ -82,9 +86,19 @@ Theory of operation
   wakes the blocked write (a stream that closing does not wake, such as an HTTP/2 tunnel,
   keeps a per-write ``fail_after``).
 
+* **Frames of our own where wsproto's add nothing.**  With no extension negotiated, a message
+  sent is framed by :func:`server_frame`, and a read that is exactly one whole plain frame
+  (FIN, text or binary, masked, 7- or 16-bit length, valid UTF-8, within the size limit) while
+  wsproto's parser stands between messages with an empty buffer is decoded by
+  :func:`whole_frame`; anything else (pings, closes, fragments, partial or several frames, a
+  frame wsproto would fail) goes to wsproto's parser, which decides.  ``tests/test_ws_frames.py``
+  holds both to wsproto's bytes and verdicts.
+
 Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
-``_inbound_compressed``, ``_inbound_is_compressible``) and on ``Connection._events`` (a deque
-that only ``receive_data(None)`` fills, see ``_EventQueue``), present in wsproto 1.2 and 1.3.
+``_inbound_compressed``, ``_inbound_is_compressible``), on ``Connection._events`` (a deque
+that only ``receive_data(None)`` fills, see ``_EventQueue``) and on where its parser stands
+(``Connection._proto._frame_decoder.header``/``.buffer.buffer``,
+``Connection._proto._message_decoder.opcode``), present in wsproto 1.2 and 1.3.
 """
 
 from __future__ import annotations
@@ -93,6 +107,7 @@ import enum
 import logging
 import math
 import os
+import struct
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -129,6 +144,65 @@ NORMAL, GOING_AWAY, MESSAGE_TOO_BIG, INTERNAL_ERROR, ABNORMAL = 1000, 1001, 1009
 #: discarding input until the peer's FIN, so that closing does not RST our close frame away.
 #: Not a wait for the peer's close frame: the peer has seen the end of the stream already.
 FAIL_LINGER = 1.0
+
+
+_TEXT, _BINARY = 0x1, 0x2
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One whole (FIN) unmasked frame of ``payload`` with ``opcode``: the bytes wsproto's
+    ``FrameProtocol`` makes for a server with no extension (``tests/test_ws_frames.py`` holds
+    them equal for every opcode and for payload sizes across all three length forms), made
+    here because wsproto's path (an event object, ``Connection.send``, ``send_data``,
+    ``_serialize_frame`` and three copies of the payload) cost more than the echo's read.
+    Used for messages when no extension is negotiated (wsproto frames the rest)."""
+    n = len(payload)
+    if n <= 125:
+        return bytes((0x80 | opcode, n)) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+def whole_frame(data: bytes, max_size: int) -> str | bytes | None:
+    """The message in ``data`` if ``data`` is exactly one whole frame that a server with no
+    extension accepts as a whole message: FIN, no reserved bit, text or binary, masked, a 7- or
+    minimal 16-bit length, at most ``max_size`` bytes, text that is valid UTF-8.  Else None
+    (wsproto's parser then takes ``data``, and decides).
+
+    Why: an echo's read is one such frame, and wsproto's path (its buffer, a header object,
+    two generators, a frame object per step, an incremental UTF-8 decoder, an event object)
+    cost more than the rest of the read.  Valid only between messages, with wsproto's frame
+    buffer empty (the session checks); ``tests/test_ws_frames.py`` holds the verdicts and the
+    messages to wsproto's over every opcode, bit, length form and mask.
+    """
+    size = len(data)
+    if size < 6:
+        return None
+    first = data[0]
+    if first != 0x81 and first != 0x82:  # FIN, no RSV, TEXT or BINARY
+        return None
+    n = data[1] ^ 0x80  # the mask bit must be set
+    if n < 126:
+        start = 6
+    elif n == 126:
+        n = (data[2] << 8) | data[3]
+        if n < 126:  # not minimal: wsproto fails the connection
+            return None
+        start = 8
+    else:  # masked with a 64-bit length (or not masked at all)
+        return None
+    if size != start + n or n > max_size:
+        return None
+    key = data[start - 4:start]
+    payload = (int.from_bytes(data[start:], "little")
+               ^ int.from_bytes(key * ((n >> 2) + 1), "little") & ((1 << (n << 3)) - 1)).to_bytes(n, "little")
+    if first == 0x82:
+        return payload
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class ConnectionClosed(Exception):
@@ -423,7 +497,7 @@ class WebSocket:
         "_read_released", "_waiting", "_nursery", "_stopping", "_closing", "_finished", "_finished_event",
         "_quiet_since", "_pinged_at", "_away_since", "_write_since", "_abortable", "_keeper", "timer_due", "_socket",
         "_read_due", "_pending_close", "_gave", "_app_read", "_wakeup", "_bg_busy", "_receiving",
-        "_held", "close_code", "close_reason",
+        "_held", "_take_read", "_write_blocked", "_simple", "_decoder", "_assembler", "close_code", "close_reason",
         "__weakref__",
     )
 
@@ -436,6 +510,11 @@ class WebSocket:
         self._options = options
         self._ws = Connection(ConnectionType.SERVER, [deflate] if deflate else None)
         self._ws._events = _EventQueue()  # type: ignore[assignment]  # (see _EventQueue)
+        #: No extension: a read that is one whole plain frame, between messages, is decoded by
+        #: :func:`whole_frame`, not by wsproto's parser; its decoders say where the parser is.
+        self._simple = deflate is None
+        self._decoder = self._ws._proto._frame_decoder
+        self._assembler = self._ws._proto._message_decoder
         self._send_lock = _SendLock()
         self._send_broken = False  # a write was interrupted mid-frame: never write again
         self._stream_closed = False
@@ -459,6 +538,10 @@ class WebSocket:
         #: what a closer cancels.
         self._read_scope: trio.CancelScope | None = None
         self._read_released: trio.Event | None = None  # a closer waits for the read side
+        #: A closer wants the read side from the app's scope-free read (``_read_plain``).
+        self._take_read = False
+        #: A write waits for room in the socket (``_write``): a closer must not wake the fd now.
+        self._write_blocked = False
         self._waiting = 0  # app tasks in get_message waiting for a message or a change
         self._gave = False  # the reading app task passed its last message to a waiting one
         self._app_read = False  # an app task has read for itself
@@ -550,52 +633,78 @@ class WebSocket:
                     # Inline, not a coroutine of its own: one frame fewer per message.
                     self._reader = _Reader.APP
                     self._app_read = True
+                    simple: str | bytes | None = None
                     try:
                         while True:
-                            if self._events is not None:
+                            result: object
+                            if simple is not None:  # a whole frame read last time (whole_frame)
+                                result, simple = simple, None
+                            elif self._events is None:
+                                result = _MORE
+                            else:
                                 result = self._take()
-                                if type(result) is Ping:
+                                if type(result) is Ping:  # (only wsproto's parser finds pings)
                                     if await self._pong(result):
                                         continue
                                     result = _ENDED
-                                if result is _MORE:
-                                    self._events = None
-                                elif isinstance(result, (str, bytes)):
-                                    self._gave = not self._gave
-                                    if self._waiting and self._gave:  # another task waits: every other one is theirs
-                                        try:
-                                            self._queue().send_nowait(result)
-                                        except trio.WouldBlock:
-                                            pass  # the queue is full: this one is ours
-                                        else:
-                                            self._channel_used = True
-                                            self._wake()
-                                            continue
-                                    away = self._away_since = trio.current_time()
-                                    if away + HANDOVER < self.timer_due:
-                                        self._poke(away + HANDOVER)  # to hand over if the app stays away
-                                    return result
-                                else:
-                                    await self._end(result, delegate=True)
-                                    break
-                            if self._is_stopping():
+                            if result is _MORE:
+                                self._events = None
+                            elif isinstance(result, (str, bytes)):
+                                self._gave = not self._gave
+                                if self._waiting and self._gave:  # another task waits: every other one is theirs
+                                    try:
+                                        self._queue().send_nowait(result)
+                                    except trio.WouldBlock:
+                                        pass  # the queue is full: this one is ours
+                                    else:
+                                        self._channel_used = True
+                                        self._wake()
+                                        continue
+                                away = self._away_since = trio.current_time()
+                                if away + HANDOVER < self.timer_due:
+                                    self._poke(away + HANDOVER)  # to hand over if the app stays away
+                                return result
+                            else:
+                                await self._end(result, delegate=True)
                                 break
-                            scope = self._read_scope = trio.CancelScope()
-                            received: bytes | bytearray = b""
+                            if self._is_stopping() or self._take_read:
+                                break
+                            received: bytes | bytearray | None = b""
+                            stream = self._stream
                             self._begin_read()
-                            try:
-                                with scope:
-                                    received = await self._read()
-                            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                                pass
-                            finally:
-                                self._receiving = False
-                            if scope.cancelled_caught:  # a closer wants the read side
-                                break
+                            if self._socket is not None and not stream._replay and not stream.closed:  # type: ignore[attr-defined]
+                                # the plain socket: no cancel scope (see _read_plain)
+                                self._read_scope = None
+                                try:
+                                    received = await self._read_plain()
+                                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                    pass
+                                finally:
+                                    self._receiving = False
+                                if received is None:  # a closer took the read side
+                                    break
+                            else:
+                                scope = self._read_scope = trio.CancelScope()
+                                try:
+                                    with scope:
+                                        received = await self._read()
+                                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                    pass
+                                finally:
+                                    self._receiving = False
+                                if scope.cancelled_caught:  # a closer wants the read side
+                                    break
+                            assert received is not None
                             data = received if type(received) is bytes else bytes(received)
                             if not data:
                                 await self._end(_ENDED, delegate=True)
                                 break
+                            if self._simple and self._decoder.header is None and not self._decoder.buffer.buffer \
+                                    and self._assembler.opcode is None and self._ws.state is ConnectionState.OPEN:
+                                # between frames and messages: one whole plain frame needs no parser
+                                simple = whole_frame(data, self._options.max_message_size)
+                                if simple is not None:
+                                    continue
                             self._ws.receive_data(data)
                             self._events = self._ws.events()
                     finally:
@@ -615,10 +724,12 @@ class WebSocket:
                 self._waiting -= 1
 
     async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
+        event: Event | bytes
+        plain = self._deflate is None  # no extension: the frame is ours to make (server_frame)
         if isinstance(message, str):
-            event: Event = TextMessage(data=message)
+            event = server_frame(_TEXT, message.encode("utf-8")) if plain else TextMessage(data=message)
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            event = BytesMessage(data=bytes(message))
+            event = server_frame(_BINARY, bytes(message)) if plain else BytesMessage(data=bytes(message))
         else:
             raise TypeError(f"send_message takes str or bytes, not {type(message).__name__}")
         await self._send_event(event)
@@ -658,9 +769,10 @@ class WebSocket:
 
     # ----------------------------------------------------------------------------- writing
 
-    async def _send_event(self, event: Event) -> None:
-        """Encode and write one frame under the send lock.  An interrupted or failed write
-        leaves the stream unusable (``_send_broken``).
+    async def _send_event(self, event: Event | bytes) -> None:
+        """Encode and write one frame under the send lock (``bytes``: a whole message framed
+        already by :func:`server_frame`, sent only while the connection is open, as wsproto
+        would).  An interrupted or failed write leaves the stream unusable (``_send_broken``).
 
         The write timeout (``idle_timeout``): the keeper closes the transport under a write
         that started too long ago (see the module docstring), or, on a stream that closing
@@ -677,10 +789,15 @@ class WebSocket:
         try:
             if self._stream_closed or self._send_broken:
                 raise self._closed_error()
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError:
-                raise self._closed_error() from None
+            if type(event) is bytes:
+                if self._ws.state is not ConnectionState.OPEN:
+                    raise self._closed_error()
+                data = event
+            else:
+                try:
+                    data = self._ws.send(event)  # type: ignore[arg-type]
+                except LocalProtocolError:
+                    raise self._closed_error() from None
             self._send_broken = True
             timeout = self._options.idle_timeout
             try:
@@ -720,23 +837,13 @@ class WebSocket:
         read loses nothing.  A closed socket (``fileno()`` -1, or another task closed it while
         we waited: ``ClosedResourceError``) reads as the end.
         """
-        sock = self._socket
         stream = self._stream
-        if sock is None or stream._replay or stream.closed:  # type: ignore[attr-defined]
+        if self._socket is None or stream._replay or stream.closed:  # type: ignore[attr-defined]
             return await stream.receive_some(RECEIVE_SIZE)
-        while True:
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError
-            await trio.lowlevel.wait_readable(fd)
-            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
-                raise trio.ClosedResourceError  # closed while we waited: never read a reused fd
-            try:
-                return os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError from exc
+        data = await self._read_plain()
+        if data is None:  # (only the app's own read is ever taken this way, and it calls _read_plain)
+            raise trio.ClosedResourceError
+        return data
 
     async def _write(self, data: bytes) -> None:
         """``send_all`` through the stream, or, on the server's hijacked plain-TCP connection,
@@ -760,9 +867,54 @@ class WebSocket:
         except OSError as exc:
             raise trio.BrokenResourceError from exc
         if sent < len(data):
-            await stream.send_all(memoryview(data)[sent:])
+            self._write_blocked = True
+            try:
+                await stream.send_all(memoryview(data)[sent:])
+            finally:
+                self._write_blocked = False
+                if self._take_read:
+                    self._stop_reader()  # a closer came while we waited: wake the read now
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _read_plain(self) -> bytes | None:
+        """The app's own read on the server's hijacked plain-TCP socket (replay drained), without
+        a cancel scope: ``None`` if a closer took the read side while it waited.
+
+        Why no scope: entering and leaving a ``trio.CancelScope`` per read (a cancel status, the
+        task moved between status sets) was ~12% of an echo's instructions (bench/README.md,
+        "WebSockets").  Instead a closer (``_stop_reader``) sets ``_take_read`` and wakes this
+        wait with ``trio.lowlevel.notify_closing`` on the fd: the wait raises
+        ``ClosedResourceError`` (or had returned already), this read sees the flag and reads
+        nothing, exactly as a cancelled wait would.  Trio's epoll and kqueue backends only drop
+        their registration of the fd there, so the next wait (the close path's) registers it
+        afresh.  A write blocked on the same fd would be woken too, so while one is
+        (``_write_blocked``) the closer leaves the wake-up to that write's end (``_write``).
+        Cancellation from outside (the app's own timeout, server shutdown) still arrives at the
+        wait, the one checkpoint, before anything is read.
+        """
+        sock = self._socket
+        stream = self._stream
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                if self._take_read:
+                    return None
+                raise
+            if self._take_read:
+                return None
+            if sock.fileno() != fd or stream.closed:  # type: ignore[attr-defined]
+                raise trio.ClosedResourceError  # closed while we waited: never read a reused fd
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
 
     def _begin_read(self) -> None:
         """A read starts: silence is timed from now.  The keeper's ping and idle timeout count
@@ -792,6 +944,7 @@ class WebSocket:
     def _release(self) -> None:
         self._reader = None
         self._read_scope = None
+        self._take_read = False
         self._bg_busy = False
         released = self._read_released
         if released is not None:
@@ -1059,9 +1212,16 @@ class WebSocket:
     # ----------------------------------------------------------------------------- closing
 
     def _stop_reader(self) -> None:
+        """Take the read side: cancel the read's scope, or wake the app's scope-free read
+        (``_read_plain``; it looks at ``_take_read`` before its next read in any case)."""
         scope = self._read_scope
         if scope is not None:
             scope.cancel()
+        elif self._reader is _Reader.APP:
+            self._take_read = True
+            sock = self._socket
+            if self._receiving and not self._write_blocked and sock is not None and sock.fileno() >= 0:
+                trio.lowlevel.notify_closing(sock.fileno())
 
     async def _close(self, code: int, reason: str) -> None:
         """Stop the reader (or let it finish closing), then run the close path."""
