@@ -560,14 +560,19 @@ def _without(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> list[tuple
 
 
 def _header_lines(items: Any) -> list[bytes]:
-    """h11's ``write_headers`` without the blank line: Host first, then the rest in order."""
-    lines = [b"%s: %s\r\n" % (raw, value) for raw, name, value in items if name == b"host"]
-    lines.extend(b"%s: %s\r\n" % (raw, value) for raw, name, value in items if name != b"host")
+    """h11's ``write_headers`` without the blank line: Host first, then the rest in order (one
+    pass over a response without Host, the usual one)."""
+    lines = [b"%s: %s\r\n" % (raw, value) for raw, name, value in items if name != b"host"]
+    if len(lines) < len(items):
+        lines[:0] = [b"%s: %s\r\n" % (raw, value) for raw, name, value in items if name == b"host"]
     return lines
 
 
 def _head(status: int, reason: bytes, items: Any) -> list[Any]:
-    return [b"HTTP/1.1 %d %s\r\n" % (status, reason), *_header_lines(items), b"\r\n"]
+    lines = _header_lines(items)
+    lines.insert(0, b"HTTP/1.1 %d %s\r\n" % (status, reason))
+    lines.append(b"\r\n")
+    return lines
 
 
 def _request(

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import h11
-
 from ..config import HTTP1_PARSERS, ConfigError
 from . import httptools_engine
+from ._h11_fast import new_server_connection
 
 __all__ = ["HTTP1_PARSERS", "new_parser", "resolve_parser"]
 
@@ -35,4 +34,4 @@ def new_parser(name: str, max_head_size: int) -> Any:
     """A fresh server-side parser of the resolved kind ``name``, with h11's API (one per connection)."""
     if name == "httptools":
         return httptools_engine.HttptoolsConnection(max_incomplete_event_size=max_head_size)
-    return h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
+    return new_server_connection(max_head_size)
