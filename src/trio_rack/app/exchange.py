@@ -333,26 +333,26 @@ class Exchange:
         callback registered) and the exchange holds the only reference (the app's body, a
         task or a closure that kept env keeps it whole: its reference count says so), env is
         dropped here and freed by reference counting, its cycle through the bound methods
-        with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list is
-        reachable only through env.  The request nursery's tasks (ASGI) keep theirs.  The
-        request head goes the same way when env was its only other holder: its header list
+        with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list's own
+        reference count says env is its only holder.  The request nursery's tasks (ASGI) keep
+        theirs.  The request head goes the same way when env was its only other holder: its header list
         and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`;
         and the app's return value and headers dict, which only the callbacks would be given.
         """
         env = self.env
-        if (
-            env is None
-            or self.state.access_log
-            or self._disconnected is not None
-            or env["rack.response_finished"]
-            or _ONLY_A_LOCAL < 0
-        ):
+        if env is None or self.state.access_log or self._disconnected is not None or _ONLY_A_LOCAL < 0:
+            return
+        callbacks = env["rack.response_finished"]
+        if callbacks:
             return
         self.env = None
-        if sys.getrefcount(env) > _ONLY_A_LOCAL:
+        # The callbacks list counts too: a body that kept only it (``cbs.append(...)`` from its
+        # generator), or a copy of env that shares it (``Builder.mount``'s ``dict(env)``, kept
+        # by a mounted app's body), may still register a callback, which needs env at the end.
+        if sys.getrefcount(env) > _ONLY_A_LOCAL or sys.getrefcount(callbacks) > _ONLY_A_LOCAL + 1:
             self.env = env  # someone else holds it: kept (and its callables broken at the end)
             return
-        del env
+        del env, callbacks
         head = self.head
         if sys.getrefcount(head) <= _ONLY_A_LOCAL + 1:  # (this local and self.head)
             # The head was env's too (``trio_rack.request_head``); now no one else sees it, and
