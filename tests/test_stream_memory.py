@@ -311,3 +311,17 @@ async def test_a_callback_registered_by_a_mounted_apps_body_runs(protocol: str) 
     async with memory_connection(app, protocol=protocol) as client:
         assert (await client.request("GET", "/m/x")).body == b"first,second"
     assert finished == [("/m/x", "", 200)]  # (the server's env: the mount's copy had /x and /m)
+
+
+def test_reference_counts_that_do_not_count_let_nothing_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration must fail safe: an interpreter whose ``sys.getrefcount`` does not follow
+    the references (a constant, say) gets -1, and env is never let go early there."""
+    import sys
+
+    from trio_rack.app import exchange
+
+    assert exchange._references_of_a_local() == exchange._ONLY_A_LOCAL > 0  # (this CPython counts)
+    monkeypatch.setattr(sys, "getrefcount", lambda obj: 2)
+    assert exchange._references_of_a_local() == -1
+    monkeypatch.delattr(sys, "getrefcount")
+    assert exchange._references_of_a_local() == -1

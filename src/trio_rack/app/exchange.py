@@ -791,11 +791,20 @@ _ENV_CALLBACKS = ("rack.hijack", "rack.early_hints", "trio_rack.tunnel", "trio_r
 def _references_of_a_local() -> int:
     """``sys.getrefcount`` of an object only a local variable holds, as this interpreter counts
     (the call's own reference included): what :meth:`Exchange._release_env` compares with;
-    -1 where the interpreter keeps no reference counts to read (then nothing is let go early)."""
-    if not hasattr(sys, "getrefcount"):  # pragma: no cover - CPython has it
+    -1 where the interpreter keeps no reference counts to read (then nothing is let go early).
+
+    Read twice, the second time with one more holder: an interpreter whose number does not go up
+    by exactly one (no reference counts under it, a constant) cannot tell "only the exchange"
+    from "the app too", and gets -1 (PyPy has no ``getrefcount`` at all)."""
+    getrefcount = getattr(sys, "getrefcount", None)
+    if getrefcount is None:  # (PyPy)
         return -1
     only_here: dict[str, Any] = {}
-    return sys.getrefcount(only_here)
+    alone = getrefcount(only_here)
+    one_more = [only_here]
+    held = getrefcount(only_here)
+    del one_more
+    return alone if alone > 0 and held == alone + 1 else -1
 
 
 #: See :func:`_references_of_a_local`.
