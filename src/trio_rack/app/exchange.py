@@ -525,6 +525,8 @@ class Exchange:
                 for chunk in prepared.body:
                     await self.send_data(check_chunk(chunk))
                 await self.end()
+            if self._response is ResponseState.HIJACKED:  # the body called rack.hijack before its first write
+                return Outcome.HIJACKED
             return Outcome.KEEP_ALIVE
         except ClientGone as exc:  # the driver knows, and logs nothing more: the client left
             self._error = self._error or exc
