@@ -630,6 +630,32 @@ async def test_hijack_after_response_started_is_refused():
     assert r.body == b"x" and "response has started" in errors[0]
 
 
+@pytest.mark.parametrize("holds", ["env", "callable"])
+async def test_a_full_hijack_from_a_streaming_body_before_it_wrote_hands_the_connection_over(
+    http1_parser: str, holds: str
+) -> None:
+    """A streaming body may still hijack before its first write (the response is pending): the
+    exchange then reports the connection hijacked, and the driver leaves it alone (it used
+    to take it for a keep-alive one and crash on the parser the hijack had released).  With
+    only the callable kept, env itself is let go first (exchange._release_env)."""
+
+    async def app(env):
+        hijack = env["rack.hijack"]
+
+        async def body(stream):
+            raw = (env["rack.hijack"] if holds == "env" else hijack)()
+            await raw.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nraw")
+            await raw.aclose()
+
+        return 200, {}, body
+
+    async with memory_connection(app, http1_parser=http1_parser) as client:
+        await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = await read_until_closed(client.stream)
+        await trio.testing.wait_all_tasks_blocked()  # (the driver's crash surfaced here, at the exit)
+    assert data.endswith(b"\r\n\r\nraw")
+
+
 # ---------------------------------------------------------------------------------- timeouts
 
 

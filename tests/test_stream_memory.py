@@ -263,3 +263,65 @@ async def test_the_apps_headers_go_with_env(protocol: str) -> None:
         assert response.body == b"first,second"
         assert ("content-type", "text/plain") in response.headers
     assert seen == [False]
+
+
+async def test_a_callback_registered_by_a_body_that_kept_only_the_list_runs(protocol: str) -> None:
+    """A body that kept ``rack.response_finished`` (not env) and registers a callback while it
+    is sent: env is kept for it (the list's reference count says so), and the callback runs."""
+    finished: list[tuple[Any, ...]] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        callbacks = env["rack.response_finished"]
+        headers = {"content-type": "text/plain"}
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first,"
+            callbacks.append(lambda e, status, h, error: finished.append((e["PATH_INFO"], status, h is headers, error)))
+            yield b"second"
+
+        return 200, headers, body()
+
+    async with memory_connection(app, protocol=protocol) as client:
+        assert (await client.request("GET", "/list")).body == b"first,second"
+    assert finished == [("/list", 200, True, None)]
+
+
+async def test_a_callback_registered_by_a_mounted_apps_body_runs(protocol: str) -> None:
+    """``Builder.mount`` gives the mounted app a copy of env (``dict(env)``) that shares the
+    callbacks list: a body that holds that copy and registers a callback while it is sent
+    must see it run, though nothing holds the server's env itself."""
+    from trio_rack import Builder
+
+    finished: list[tuple[Any, ...]] = []
+
+    async def mounted(env: dict[str, Any]) -> Any:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first,"
+            env["rack.response_finished"].append(
+                lambda e, status, headers, error: finished.append((e["PATH_INFO"], e["SCRIPT_NAME"], status))
+            )
+            yield b"second"
+
+        return 200, {"content-type": "text/plain"}, body()
+
+    async def fallback(env: dict[str, Any]) -> Any:
+        return 404, {}, []
+
+    app = Builder().mount("/m", mounted).run(fallback)
+    async with memory_connection(app, protocol=protocol) as client:
+        assert (await client.request("GET", "/m/x")).body == b"first,second"
+    assert finished == [("/m/x", "", 200)]  # (the server's env: the mount's copy had /x and /m)
+
+
+def test_reference_counts_that_do_not_count_let_nothing_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration must fail safe: an interpreter whose ``sys.getrefcount`` does not follow
+    the references (a constant, say) gets -1, and env is never let go early there."""
+    import sys
+
+    from trio_rack.app import exchange
+
+    assert exchange._references_of_a_local() == exchange._ONLY_A_LOCAL > 0  # (this CPython counts)
+    monkeypatch.setattr(sys, "getrefcount", lambda obj: 2)
+    assert exchange._references_of_a_local() == -1
+    monkeypatch.delattr(sys, "getrefcount")
+    assert exchange._references_of_a_local() == -1

@@ -333,26 +333,26 @@ class Exchange:
         callback registered) and the exchange holds the only reference (the app's body, a
         task or a closure that kept env keeps it whole: its reference count says so), env is
         dropped here and freed by reference counting, its cycle through the bound methods
-        with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list is
-        reachable only through env.  The request nursery's tasks (ASGI) keep theirs.  The
-        request head goes the same way when env was its only other holder: its header list
+        with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list's own
+        reference count says env is its only holder.  The request nursery's tasks (ASGI) keep
+        theirs.  The request head goes the same way when env was its only other holder: its header list
         and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`;
         and the app's return value and headers dict, which only the callbacks would be given.
         """
         env = self.env
-        if (
-            env is None
-            or self.state.access_log
-            or self._disconnected is not None
-            or env["rack.response_finished"]
-            or _ONLY_A_LOCAL < 0
-        ):
+        if env is None or self.state.access_log or self._disconnected is not None or _ONLY_A_LOCAL < 0:
+            return
+        callbacks = env["rack.response_finished"]
+        if callbacks:
             return
         self.env = None
-        if sys.getrefcount(env) > _ONLY_A_LOCAL:
+        # The callbacks list counts too: a body that kept only it (``cbs.append(...)`` from its
+        # generator), or a copy of env that shares it (``Builder.mount``'s ``dict(env)``, kept
+        # by a mounted app's body), may still register a callback, which needs env at the end.
+        if sys.getrefcount(env) > _ONLY_A_LOCAL or sys.getrefcount(callbacks) > _ONLY_A_LOCAL + 1:
             self.env = env  # someone else holds it: kept (and its callables broken at the end)
             return
-        del env
+        del env, callbacks
         head = self.head
         if sys.getrefcount(head) <= _ONLY_A_LOCAL + 1:  # (this local and self.head)
             # The head was env's too (``trio_rack.request_head``); now no one else sees it, and
@@ -525,6 +525,8 @@ class Exchange:
                 for chunk in prepared.body:
                     await self.send_data(check_chunk(chunk))
                 await self.end()
+            if self._response is ResponseState.HIJACKED:  # the body called rack.hijack before its first write
+                return Outcome.HIJACKED
             return Outcome.KEEP_ALIVE
         except ClientGone as exc:  # the driver knows, and logs nothing more: the client left
             self._error = self._error or exc
@@ -791,11 +793,20 @@ _ENV_CALLBACKS = ("rack.hijack", "rack.early_hints", "trio_rack.tunnel", "trio_r
 def _references_of_a_local() -> int:
     """``sys.getrefcount`` of an object only a local variable holds, as this interpreter counts
     (the call's own reference included): what :meth:`Exchange._release_env` compares with;
-    -1 where the interpreter keeps no reference counts to read (then nothing is let go early)."""
-    if not hasattr(sys, "getrefcount"):  # pragma: no cover - CPython has it
+    -1 where the interpreter keeps no reference counts to read (then nothing is let go early).
+
+    Read twice, the second time with one more holder: an interpreter whose number does not go up
+    by exactly one (no reference counts under it, a constant) cannot tell "only the exchange"
+    from "the app too", and gets -1 (PyPy has no ``getrefcount`` at all)."""
+    getrefcount = getattr(sys, "getrefcount", None)
+    if getrefcount is None:  # (PyPy)
         return -1
     only_here: dict[str, Any] = {}
-    return sys.getrefcount(only_here)
+    alone = getrefcount(only_here)
+    one_more = [only_here]
+    held = getrefcount(only_here)
+    del one_more
+    return alone if alone > 0 and held == alone + 1 else -1
 
 
 #: See :func:`_references_of_a_local`.
