@@ -19,7 +19,8 @@ The thread talks to the loop only through ``trio.from_thread``:
   thread produces before the loop has taken the head are put aside (at most
   :data:`PENDING_LIMIT` bytes) without the thread waiting: if the iterable has ended by then
   — a list, or Werkzeug's one-chunk responses — the response goes out whole, with
-  ``content-length``, and the thread is already free.  Later items go through an unbuffered
+  ``content-length``, and the thread is already free (an iterator whose ``length_hint`` says
+  it is at its end after its one chunk does not wake the loop before that end).  Later items go through an unbuffered
   memory channel to the streaming body, whose ``send_all`` is the back-pressure: a thread
   writing to a slow client waits.  Nothing waits for a later item to send an earlier one.
   The channel is opened (on the loop) only when a response needs it — a streamed one, or a
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import io
 import logging
+import operator
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -325,11 +327,15 @@ class _Response:
         self.head_sent = True  # from now on start_response(exc_info) re-raises
 
     def write(self, data: bytes) -> None:
-        """``write()``, and each item of the iterable: hand ``data`` to the loop.
+        """``write()``, and each item of the iterable: hand ``data`` to the loop."""
+        self._hand_over(data, wake=True)
 
-        Until the rack call has taken the head, a chunk is only put aside (no waiting for the
-        client; at most PENDING_LIMIT bytes); after that it goes through the channel, waiting
-        for the client to take it (back-pressure).
+    def _hand_over(self, data: bytes, *, wake: bool) -> None:
+        """Until the rack call has taken the head, a chunk is only put aside (no waiting for the
+        client; at most PENDING_LIMIT bytes), and the first one wakes the rack call — unless
+        ``wake`` is false: the iterable says it has nothing more (a list's or tuple's iterator
+        at its end), so the end of :meth:`run` wakes it with the response whole.  After that it
+        goes through the channel, waiting for the client to take it (back-pressure).
         """
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"WSGI body data must be bytes, got {type(data).__name__}")
@@ -345,7 +351,7 @@ class _Response:
                 first = len(self.pending) == 1
         try:
             if stashed:
-                if first:  # wake the rack call without waiting for the loop
+                if first and wake:  # wake the rack call without waiting for the loop
                     self.token.run_sync_soon(self.head_ready.set)
                 return
             trio.from_thread.run(self._send_chunk, data)
@@ -369,9 +375,13 @@ class _Response:
                 self.whole = chunks  # returning wakes the rack call
                 self.head_sent = True
                 return
-            for item in result:
+            items = iter(result)
+            for item in items:
                 if item:
-                    self.write(item)
+                    # length_hint is 0 only for an iterator that knows it is at its end (a
+                    # list's, a tuple's): its one chunk goes out whole, with content-length,
+                    # whoever runs first; -1 (no hint: a generator) wakes the loop at once.
+                    self._hand_over(item, wake=operator.length_hint(items, -1) != 0)
             self._commit_head()
             self.finished = True
             with self.lock:
