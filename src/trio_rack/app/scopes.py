@@ -47,7 +47,7 @@ from typing import Any
 import attrs
 import trio
 
-__all__ = ["FAST", "enter", "exit_with", "leave", "new"]
+__all__ = ["FAST", "Fresh", "enter", "exit_with", "leave", "new"]
 
 #: The fields, in order, of the Trio internals this module builds by hand (trio 0.31–0.35).
 _SCOPE_FIELDS = (
@@ -170,3 +170,24 @@ def exit_with(scope: trio.CancelScope, exc: BaseException) -> bool:
     """``scope.__exit__`` for an exception: True if the scope swallowed it (its own Cancelled)."""
     tb: TracebackType | None = exc.__traceback__
     return bool(scope.__exit__(type(exc), exc, tb))
+
+
+class Fresh:
+    """``with scopes.Fresh() as scope:`` is ``with trio.CancelScope() as scope:`` through
+    :func:`enter`, :func:`leave` and :func:`exit_with` (two small Python calls around them):
+    for the scopes made per body read and per streamed send (app/streams.py)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        self.scope = new()
+
+    def __enter__(self) -> trio.CancelScope:
+        enter(self.scope)
+        return self.scope
+
+    def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if exc is None:
+            leave(self.scope)
+            return False
+        return exit_with(self.scope, exc)
