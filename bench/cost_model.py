@@ -6,6 +6,7 @@
     python3 bench/cost_model.py --no-callgrind  # µs only, ~1 minute
     python3 bench/cost_model.py --per-connection  # what a connection costs (accept ... close)
     python3 bench/cost_model.py --stage parse_fresh -n 1000   # one loop (what callgrind runs)
+    python3 bench/cost_model.py --stage exchange --instructions  # one loop's instructions per iteration
 
 What it measures, and how
 -------------------------
@@ -241,9 +242,37 @@ def _stage_loops() -> dict[str, Callable[[int], Any]]:
             async with lock:
                 pass
 
+    async def scope_short(n: int) -> None:  # the same scope through app/scopes.py, as the exchange enters it
+        from trio_rack.app import scopes
+
+        for _ in range(n):
+            s = scopes.new()
+            scopes.enter(s)
+            scopes.leave(s)
+
+    class _NoSink:  # a ResponseSink that sends nothing: the exchange's own cost alone
+        can_full_hijack = True
+        can_send_trailers = False
+        fileno = None
+
+        async def send_whole(self, *args: Any) -> None:
+            pass
+
+        def discard_body(self) -> None:
+            pass
+
+    async def exchange(n: int) -> None:  # Exchange(...).run() of the hello request, the sink a no-op
+        head, _ = head_and_env()
+        state = ServerState(hello, limits, access_log=False)
+        sink: Any = _NoSink()
+        for _ in range(n):
+            await Exchange(state, sink, head, info).run()
+
     return {
         "empty": empty,
         "scope": scope,
+        "scope_short": scope_short,
+        "exchange": exchange,
         "checkpoint": checkpoint,
         "free_lock": free_lock,
         "h11_new": h11_new,
@@ -477,6 +506,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", help="run one stage's loop and exit (for callgrind)")
     parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument(
+        "--instructions", action="store_true", help="with --stage: callgrind instructions per iteration (1,000 / 3,000)"
+    )
     parser.add_argument("--no-callgrind", action="store_true", help="µs only")
     parser.add_argument("--requests", type=int, default=20000, help="end-to-end µs: requests per run")
     parser.add_argument(
@@ -485,6 +517,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.per_connection:
         per_connection(args.requests // 10)
+        return
+    if args.stage and args.instructions:
+        with tempfile.TemporaryDirectory() as work:
+            print(f"{args.stage}: {stage_instructions(args.stage, 1000, 3000, work):,.0f} instructions per iteration")
         return
     if args.stage:
         run_stage(args.stage, args.n)

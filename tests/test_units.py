@@ -71,6 +71,19 @@ def test_prepare_buffered_response():
     assert (b"content-length", b"3") in p.headers and (b"content-length", b"999") not in p.headers
 
 
+def test_prepare_buffered_chunks_are_a_checked_copy():
+    """The chunks sent are bytes (a bytearray or memoryview converted) in a list of their own: an
+    app that changes its list after returning it changes nothing that is sent."""
+    body = [b"ab", bytearray(b"c"), memoryview(b"de")]
+    p = prepare_response((200, {}, body))
+    assert p.chunks == [b"ab", b"c", b"de"] and all(type(c) is bytes for c in p.chunks)
+    body.append(b"late")
+    assert p.chunks == [b"ab", b"c", b"de"] and p.length == 5
+    assert (b"content-length", b"5") in p.headers
+    t = prepare_response((200, {}, (b"x", bytearray(b"yz"))))
+    assert t.chunks == [b"x", b"yz"] and t.length == 3
+
+
 def test_prepare_accepts_list_triple_and_strips_value_whitespace():
     p = prepare_response([200, {"x": "  v  "}, []])
     assert (b"x", b"v") in p.headers

@@ -74,7 +74,7 @@ from ..errors import AppError, ClientGone
 from ..files import open_file, read_slices
 from ..state import SERVER_HEADER, ServerState, date_field
 from ..types import Env
-from . import accesslog
+from . import accesslog, scopes
 from .accesslog import escape
 from .env import ConnInfo, build_env
 from .errors_sink import ErrorsSink
@@ -203,9 +203,10 @@ class Exchange:
     Resource handling: every stream the app is given is closed before :meth:`run` returns or
     raises; the sink (and the transport below it) stays the driver's.
 
-    The request's scope is its own (``trio.CancelScope()`` per request, about 48,000
-    instructions of a hello request): ``env["trio_rack.cancel_scope"]`` may outlive the request
-    in the app's hands, and cancelling a scope whose request is over must do nothing.  Running
+    The request's scope is its own (a ``trio.CancelScope`` per request, made and entered by
+    :mod:`.scopes`' short path: about 15,000 instructions of a hello request, 48,000 through
+    ``with``): ``env["trio_rack.cancel_scope"]`` may outlive the request in the app's hands,
+    and cancelling a scope whose request is over must do nothing.  Running
     the request in its connection's scope instead was tried (s5-req, a140405) and dropped: a
     scope kept and cancelled later ended a later request on the same keep-alive connection,
     and a ``shield`` set on it kept the connection out of reach of the server's cancellation.
@@ -228,7 +229,7 @@ class Exchange:
         self.cancel_reason: str | None = None
         #: Set when the client is known to be gone (the driver then skips its orderly close).
         self.client_gone = False
-        self._scope = trio.CancelScope()
+        self._scope = scopes.new()
         self._response = ResponseState.PENDING
         self._prepared: PreparedResponse | None = None
         self._head_only = head.method == b"HEAD"
@@ -280,14 +281,23 @@ class Exchange:
         try:
             if state.in_flight > state.max_in_flight:
                 with self._scope:  # the write timeout (the sweep) cancels this scope, as for any response
-                    outcome = await self._overloaded()
+                    outcome = await self._respond(self._overloaded())
             elif state.request_nursery:
                 outcome = await self._respond_in_nursery()
             else:
-                if state.request_timeout is not None:
-                    self._arm_deadline(state.request_timeout)
-                with self._scope:
+                # ``with self._scope:``, by app/scopes.py's short path (a fresh scope, left
+                # without an exception: a third of the price); any other exit is Trio's own.
+                scope = self._scope
+                scopes.enter(scope)
+                try:
+                    if state.request_timeout is not None:
+                        self._arm_deadline(state.request_timeout)
                     outcome = await self._respond()
+                except BaseException as exc:
+                    if not scopes.exit_with(scope, exc):
+                        raise
+                else:
+                    scopes.leave(scope)
             if self._scope.cancelled_caught:
                 outcome = await self._after_cancel()
         finally:
@@ -367,11 +377,12 @@ class Exchange:
         """``--request-timeout``: the request's scope gets a deadline the app may move."""
         self._deadline = self._scope.deadline = trio.current_time() + timeout
 
-    async def _overloaded(self) -> Outcome:
-        """``--limit-concurrency`` reached: 503 with ``retry-after``; the app is not called.
+    def _overloaded(self) -> Any:
+        """``--limit-concurrency`` reached: the 503 with ``retry-after`` to send instead of
+        calling the app.
 
-        The answer goes out as an ordinary buffered response (so the connection may stay open:
-        reconnecting would cost an overloaded server more than the 503 does).
+        It goes out as an ordinary buffered response (:meth:`_respond`), so the connection may
+        stay open: reconnecting would cost an overloaded server more than the 503 does.
         """
         state = self.state
         now = trio.current_time()
@@ -381,18 +392,11 @@ class Exchange:
                 "concurrency limit reached: %d requests in flight; answering 503 (logged at most once a second)",
                 state.max_in_flight,
             )
-        result = self._result = (
+        return (
             503,
             {"content-type": "text/plain; charset=utf-8", "retry-after": OVERLOAD_RETRY_AFTER},
             [b"503 Service Unavailable: server busy, retry later\n"],
         )
-        prepared = self._prepared = prepare_response(result)
-        self._status, self._headers = prepared.status, result[1]
-        try:
-            return await self._send_buffered(prepared)
-        except ClientGone as exc:
-            self._error = exc
-            return Outcome.CLOSE
 
     async def _respond_in_nursery(self) -> Outcome:
         outcome = Outcome.CLOSE
@@ -461,11 +465,13 @@ class Exchange:
         """The liveness sweeper saw a write blocked past the write timeout."""
         self.cancel("client stopped reading (write timeout); connection dropped", client_gone=True)
 
-    async def _respond(self) -> Outcome:
-        """Call the app and send what it returns; the app's failures end here."""
+    async def _respond(self, result: Any = None) -> Outcome:
+        """Call the app (unless given its ``result``: the overload 503) and send what it
+        returns; the app's failures end here."""
         try:
             try:
-                result = await self.state.app(self.env)  # type: ignore[arg-type]  # (None only later)
+                if result is None:
+                    result = await self.state.app(self.env)  # type: ignore[arg-type]  # (None only later)
             except Exception as exc:
                 self._error = exc
                 if self._hijacked is not None:
@@ -499,7 +505,16 @@ class Exchange:
                 return await self._partial_hijack(prepared)
             kind = prepared.kind
             if kind is BodyKind.BUFFERED:
-                return await self._send_buffered(prepared)
+                # head, body and end in one send_whole (here, not in a coroutine of its own)
+                no_body = self._head_only or prepared.status in (204, 304)
+                self._response = ResponseState.STREAMING
+                await self.sink.send_whole(
+                    prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
+                )
+                self._response = ResponseState.DONE
+                if not no_body:
+                    self._sent = prepared.length
+                return Outcome.KEEP_ALIVE
             if self._head_only or prepared.status in (204, 304):
                 await self._start()
                 await self.end()
@@ -581,19 +596,6 @@ class Exchange:
         self._sent = len(body)
 
     # ----------------------------------------------------------------------- the response
-
-    async def _send_buffered(self, prepared: PreparedResponse) -> Outcome:
-        """A buffered body (a list): head, body and end in one :meth:`ResponseSink.send_whole`.
-        (Every other body is sent by :meth:`_respond` itself.)"""
-        no_body = self._head_only or prepared.status in (204, 304)
-        self._response = ResponseState.STREAMING
-        await self.sink.send_whole(
-            prepared.status, _with_date_and_server(prepared.headers), prepared.chunks, prepared.length, no_body
-        )
-        self._response = ResponseState.DONE
-        if not no_body:
-            self._sent = prepared.length
-        return Outcome.KEEP_ALIVE
 
     async def _start(self) -> None:
         """Send the head of a streamed response, once."""

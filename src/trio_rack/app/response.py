@@ -241,10 +241,16 @@ def prepare_response(result: Any) -> PreparedResponse:
     chunks: Sequence[bytes] = ()
     length = 0
     if kind is BodyKind.BUFFERED:
-        chunks = [c if type(c) is bytes else check_chunk(c) for c in body]  # (a call only when not bytes)
-        length = sum(map(len, chunks))
+        # A copy (the app may change its list later), checked in one pass: a call only for a
+        # chunk that is not bytes, no comprehension's frame.
+        copied: list[Any] = body.copy() if type(body) is list else list(body)
+        for i, chunk in enumerate(copied):
+            if type(chunk) is not bytes:
+                copied[i] = chunk = check_chunk(chunk)
+            length += len(chunk)
+        chunks = copied
         if hijack is None:
-            wire.append((b"content-length", str(length).encode("ascii")))
+            wire.append((b"content-length", b"%d" % length))
     return PreparedResponse(status, wire, kind, body, chunks, length, hijack, app_length)
 
 

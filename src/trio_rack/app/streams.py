@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import trio
 
 from ..errors import RequestBodyError
+from . import scopes
 
 __all__ = ["read_all", "BodySink", "BodySource", "Busy", "HijackedStream", "RequestBody", "ResponseStream"]
 
@@ -123,9 +124,10 @@ class RequestBody(trio.abc.ReceiveStream):
                 if self._eof:
                     await trio.lowlevel.checkpoint()
                     return b""
-                pending = self._pending = trio.CancelScope()
+                fresh = scopes.Fresh()
+                pending = self._pending = fresh.scope
                 try:
-                    with pending:
+                    with fresh:
                         data = await self._source.receive_body()
                 except RequestBodyError as exc:
                     self.failure = exc
@@ -213,10 +215,12 @@ class ResponseStream(trio.abc.Stream):
             if pending.cancelled_caught:
                 raise trio.ClosedResourceError("the response stream was closed during the wait")
 
-    def _interruptible(self, *, sending: bool) -> trio.CancelScope:
-        self._pending = scope = trio.CancelScope()
+    def _interruptible(self, *, sending: bool) -> scopes.Fresh:
+        """A fresh scope for one send or wait, entered by the caller (app/scopes.py's short path)."""
+        fresh = scopes.Fresh()
+        self._pending = fresh.scope
         self._sending = sending
-        return scope
+        return fresh
 
     def _interrupt(self) -> None:
         """Closing while a send waits: wake it; a half-sent body can only be aborted.  Closing
