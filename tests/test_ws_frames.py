@@ -262,3 +262,38 @@ async def test_a_frame_whose_payload_is_a_whole_frame_is_one_message_whatever_th
         assert (echoed.opcode, bytes(echoed.payload)) == (Op.BINARY, bytes(b ^ key[i % 4] for i, b in enumerate(inner)))
         await client.send_text("after")
         assert (await client.frame()).payload == "after"
+
+
+async def test_a_wsproto_whose_parser_hides_its_position_gets_its_own_parser_for_every_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wsproto without the decoders' fields this relies on (a later release): the probe says
+    so, and every read goes through wsproto's parser (whole_frame is never called), messages
+    still echo."""
+    from wsproto import Connection as WsConnection
+
+    import trio_rack.websocket.session as session
+    from test_ws_raw_socket import echo_app, handshake, pair
+
+    assert session.PARSER_POSITION_KNOWN  # the wsproto installed here
+    real_proto = WsConnection.__init__
+
+    def init_without_decoders(self: WsConnection, *args: object, **kwargs: object) -> None:
+        real_proto(self, *args, **kwargs)  # type: ignore[arg-type]
+        del self._proto._frame_decoder
+
+    monkeypatch.setattr(WsConnection, "__init__", init_without_decoders)
+    assert session._parser_position_known() is False
+    monkeypatch.setattr(session, "PARSER_POSITION_KNOWN", False)
+    monkeypatch.undo()  # the session's own wsproto must keep its decoders: only the flag stays off
+    monkeypatch.setattr(session, "PARSER_POSITION_KNOWN", False)
+    calls: list[bytes] = []
+    real_whole = session.whole_frame
+    monkeypatch.setattr(session, "whole_frame", lambda data, size: calls.append(data) or real_whole(data, size))
+    seen: list[object] = []
+    async with pair(echo_app(seen)) as (client, _):
+        await handshake(client)
+        for text in ("one", "two"):
+            await client.send_text(text)
+            assert (await client.frame()).payload == text
+    assert calls == []

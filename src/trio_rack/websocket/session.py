@@ -100,7 +100,9 @@ Relies on wsproto's ``PerMessageDeflate`` internals (``_decompressor``,
 ``_inbound_compressed``, ``_inbound_is_compressible``), on ``Connection._events`` (a deque
 that only ``receive_data(None)`` fills, see ``_EventQueue``) and on where its parser stands
 (``Connection._proto._frame_decoder.header``/``.buffer.buffer``,
-``Connection._proto._message_decoder.opcode``), present in wsproto 1.2 and 1.3.
+``Connection._proto._message_decoder.opcode``), present in wsproto 1.2 and 1.3.  The last
+are looked for once at import (:data:`PARSER_POSITION_KNOWN`): a wsproto without them gets
+its own parser for every read, never a wrong guess about where it stands.
 """
 
 from __future__ import annotations
@@ -164,6 +166,22 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
     if n <= 0xFFFF:
         return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
     return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+def _parser_position_known() -> bool:
+    """Whether this wsproto's parser shows where it stands as 1.2 and 1.3 do (see the module
+    docstring): a fresh connection's frame decoder has no header and an empty buffer, its
+    message decoder no opcode."""
+    try:
+        proto: Any = Connection(ConnectionType.SERVER)._proto
+        decoder, assembler = proto._frame_decoder, proto._message_decoder
+        return decoder.header is None and decoder.buffer.buffer == b"" and assembler.opcode is None
+    except AttributeError:
+        return False
+
+
+#: :func:`whole_frame` stands in for wsproto's parser only where that parser's position is known.
+PARSER_POSITION_KNOWN = _parser_position_known()
 
 
 def whole_frame(data: bytes, max_size: int) -> str | bytes | None:
@@ -514,9 +532,10 @@ class WebSocket:
         self._ws._events = _EventQueue()  # type: ignore[assignment]  # (see _EventQueue)
         #: No extension: a read that is one whole plain frame, between messages, is decoded by
         #: :func:`whole_frame`, not by wsproto's parser; its decoders say where the parser is.
-        self._simple = deflate is None
-        self._decoder = self._ws._proto._frame_decoder
-        self._assembler = self._ws._proto._message_decoder
+        self._simple = deflate is None and PARSER_POSITION_KNOWN
+        proto: Any = self._ws._proto
+        self._decoder: Any = proto._frame_decoder if self._simple else None
+        self._assembler: Any = proto._message_decoder if self._simple else None
         self._send_lock = _SendLock()
         self._send_broken = False  # a write was interrupted mid-frame: never write again
         self._stream_closed = False
