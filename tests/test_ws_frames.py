@@ -284,8 +284,7 @@ async def test_a_wsproto_whose_parser_hides_its_position_gets_its_own_parser_for
 
     monkeypatch.setattr(WsConnection, "__init__", init_without_decoders)
     assert session._parser_position_known() is False
-    monkeypatch.setattr(session, "PARSER_POSITION_KNOWN", False)
-    monkeypatch.undo()  # the session's own wsproto must keep its decoders: only the flag stays off
+    monkeypatch.undo()  # the sessions below keep their decoders: only the probe's verdict is kept
     monkeypatch.setattr(session, "PARSER_POSITION_KNOWN", False)
     calls: list[bytes] = []
     real_whole = session.whole_frame
