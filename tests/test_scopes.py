@@ -301,3 +301,19 @@ def test_the_gate_closes_when_the_task_fields_change(monkeypatch: pytest.MonkeyP
 def test_the_gate_closes_for_unknown_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scopes, "_KNOWN_CODE", frozenset())
     assert scopes._internals() is None
+
+
+async def test_leave_with_a_child_status_still_attached_is_trios(fast: bool) -> None:
+    """A status still hanging under the scope's at the end (only misnesting makes one) is Trio's
+    case: ``close`` abandons the subtree and cancels it; the short path (which would only unlink
+    the scope's own status, leaving the child under a closed parent, uncancelled) must not run."""
+    from trio._core import _run
+
+    scope = scopes.new()
+    scopes.enter(scope)
+    status = scope._cancel_status  # type: ignore[attr-defined]
+    child = _run.CancelStatus(scope=trio.CancelScope(), parent=status)
+    scopes.leave(scope)
+    assert trio.lowlevel.current_task()._cancel_status is status._parent or status._parent is None
+    assert status.abandoned_by_misnesting and child.abandoned_by_misnesting
+    assert status.effectively_cancelled and child.effectively_cancelled
