@@ -317,3 +317,33 @@ async def test_leave_with_a_child_status_still_attached_is_trios(fast: bool) -> 
     assert trio.lowlevel.current_task()._cancel_status is status._parent or status._parent is None
     assert status.abandoned_by_misnesting and child.abandoned_by_misnesting
     assert status.effectively_cancelled and child.effectively_cancelled
+
+
+async def test_the_frames_around_enter_and_leave_are_ki_protected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``with trio.CancelScope():`` calls Trio's KI-protected ``__exit__`` directly; Fresh's
+    ``__exit__`` and :func:`scopes.exit_with` are Python frames in between, and a Ctrl-C raised in
+    one of them (before Trio's code runs) would leave the scope entered.  They are protected too."""
+    seen: dict[str, bool] = {}
+    real_leave, real_enter, real_exit = scopes.leave, scopes.enter, trio.CancelScope.__exit__
+
+    def probe_enter(scope: trio.CancelScope) -> None:
+        seen["Fresh.__enter__"] = trio.lowlevel.currently_ki_protected()  # (the probe's caller decides)
+        real_enter(scope)
+
+    def probe_leave(scope: trio.CancelScope) -> None:
+        seen["Fresh.__exit__"] = trio.lowlevel.currently_ki_protected()
+        real_leave(scope)
+
+    def probe_exit(self: trio.CancelScope, *args: Any) -> bool:
+        seen.setdefault("exit_with", trio.lowlevel.currently_ki_protected())
+        return real_exit(self, *args)
+
+    monkeypatch.setattr(scopes, "enter", probe_enter)
+    monkeypatch.setattr(scopes, "leave", probe_leave)
+    monkeypatch.setattr(trio.CancelScope, "__exit__", probe_exit)
+    assert not trio.lowlevel.currently_ki_protected()  # (the test itself is not: the probes can tell)
+    with scopes.Fresh():
+        pass
+    with pytest.raises(ValueError), scopes.Fresh():
+        raise ValueError
+    assert seen == {"Fresh.__enter__": True, "Fresh.__exit__": True, "exit_with": True}

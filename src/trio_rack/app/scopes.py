@@ -29,7 +29,9 @@ everything but the plain exit goes through Trio's own code:
   ``--request-timeout``'s); otherwise, and for every exception, ``__exit__`` runs, which
   catches ``Cancelled``, sets ``cancelled_caught`` and unregisters the deadline.
 * Both are KI-protected as ``__enter__``/``__exit__`` are (a Ctrl-C arriving in them waits for
-  the next checkpoint), at no cost per call (Trio marks the code objects).
+  the next checkpoint), at no cost per call (Trio marks the code objects); so are
+  :func:`exit_with` and :class:`Fresh`'s methods, the frames between the block and them (a
+  Ctrl-C raised there would leave the scope entered: the task's status a dead request's).
 
 Trio's private fields are read only when they are exactly the fields this was written against
 and Trio's code around them is exactly the code it was checked against (:data:`FAST`, checked
@@ -201,6 +203,7 @@ def leave(scope: trio.CancelScope) -> None:
         task._attempt_delivery_of_any_pending_cancel()  # as _activate_cancel_status does
 
 
+@trio.lowlevel.enable_ki_protection
 def exit_with(scope: trio.CancelScope, exc: BaseException) -> bool:
     """``scope.__exit__`` for an exception: True if the scope swallowed it (its own Cancelled)."""
     tb: TracebackType | None = exc.__traceback__
@@ -217,10 +220,12 @@ class Fresh:
     def __init__(self) -> None:
         self.scope = new()
 
+    @trio.lowlevel.enable_ki_protection
     def __enter__(self) -> trio.CancelScope:
         enter(self.scope)
         return self.scope
 
+    @trio.lowlevel.enable_ki_protection
     def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc is None:
             leave(self.scope)
