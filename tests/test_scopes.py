@@ -36,7 +36,7 @@ def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 def test_the_short_path_is_taken_on_this_trio() -> None:
     """The installed Trio is one app/scopes.py knows; if not, re-read Trio's CancelScope.__enter__,
     _close and CancelStatus against scopes.enter/leave and update their field lists."""
-    assert scopes.FAST, f"trio {trio.__version__}: CancelScope/CancelStatus fields changed"
+    assert scopes.FAST, f"trio {trio.__version__}: CancelScope/CancelStatus/Task fields or their code changed"
 
 
 def _status_fields(status: Any) -> dict[str, Any]:
@@ -243,3 +243,107 @@ async def test_misnesting_is_reported_as_trio_reports_it(fast: bool) -> None:
     with pytest.raises(RuntimeError, match="Cancel scope stack corrupted"):
         scopes.leave(scope)  # the inner scope is still open: Trio's own _close says so
     inner.__exit__(None, None, None)
+
+
+def _with_body_changed(owner: Any, name: str) -> Any:
+    """A stand-in for ``owner.name`` that behaves the same but whose source differs (a Trio
+    whose code around the same fields changed)."""
+    original = getattr(owner, name)
+
+    def changed(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)  # a different body: a newer Trio's, say
+
+    return changed
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("CancelScope", "__enter__"),
+        ("CancelScope", "_close"),
+        ("CancelScope", "__exit__"),
+        ("CancelStatus", "recalculate"),
+        ("CancelStatus", "close"),
+        ("CancelStatus", "__attrs_post_init__"),
+        ("Task", "_activate_cancel_status"),
+        ("Task", "_attempt_delivery_of_any_pending_cancel"),
+    ],
+)
+def test_the_gate_closes_when_trios_code_changes_under_the_same_fields(
+    where: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The field lists alone let a Trio through whose ``__enter__``/``_close``/... do something
+    new with the same fields (the short path would then silently skip it): the code's digest
+    turns the short path off too."""
+    from trio._core import _run
+
+    assert scopes._internals() is not None
+    owner = getattr(_run, where[0])
+    monkeypatch.setattr(owner, where[1], _with_body_changed(owner, where[1]))
+    assert scopes._internals() is None
+
+
+def test_the_gate_closes_when_a_method_it_calls_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio._core import _run
+
+    monkeypatch.delattr(_run.Task, "_attempt_delivery_of_any_pending_cancel")
+    assert scopes._internals() is None
+
+
+def test_the_gate_closes_when_the_task_fields_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new ``Task`` field (a per-task record ``__enter__`` would keep) turns the short path off:
+    this Trio's fields stand for the known ones, a known list one longer for a changed Trio."""
+    assert scopes._internals() is not None
+    monkeypatch.setattr(scopes, "_TASK_FIELDS", (*scopes._TASK_FIELDS, "_cancel_scope_stack"))
+    assert scopes._internals() is None
+
+
+def test_the_gate_closes_for_unknown_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scopes, "_KNOWN_CODE", frozenset())
+    assert scopes._internals() is None
+
+
+async def test_leave_with_a_child_status_still_attached_is_trios(fast: bool) -> None:
+    """A status still hanging under the scope's at the end (only misnesting makes one) is Trio's
+    case: ``close`` abandons the subtree and cancels it; the short path (which would only unlink
+    the scope's own status, leaving the child under a closed parent, uncancelled) must not run."""
+    from trio._core import _run
+
+    scope = scopes.new()
+    scopes.enter(scope)
+    status = scope._cancel_status  # type: ignore[attr-defined]
+    child = _run.CancelStatus(scope=trio.CancelScope(), parent=status)
+    scopes.leave(scope)
+    assert trio.lowlevel.current_task()._cancel_status is status._parent or status._parent is None
+    assert status.abandoned_by_misnesting and child.abandoned_by_misnesting
+    assert status.effectively_cancelled and child.effectively_cancelled
+
+
+async def test_the_frames_around_enter_and_leave_are_ki_protected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``with trio.CancelScope():`` calls Trio's KI-protected ``__exit__`` directly; Fresh's
+    ``__exit__`` and :func:`scopes.exit_with` are Python frames in between, and a Ctrl-C raised in
+    one of them (before Trio's code runs) would leave the scope entered.  They are protected too."""
+    seen: dict[str, bool] = {}
+    real_leave, real_enter, real_exit = scopes.leave, scopes.enter, trio.CancelScope.__exit__
+
+    def probe_enter(scope: trio.CancelScope) -> None:
+        seen["Fresh.__enter__"] = trio.lowlevel.currently_ki_protected()  # (the probe's caller decides)
+        real_enter(scope)
+
+    def probe_leave(scope: trio.CancelScope) -> None:
+        seen["Fresh.__exit__"] = trio.lowlevel.currently_ki_protected()
+        real_leave(scope)
+
+    def probe_exit(self: trio.CancelScope, *args: Any) -> bool:
+        seen.setdefault("exit_with", trio.lowlevel.currently_ki_protected())
+        return real_exit(self, *args)
+
+    monkeypatch.setattr(scopes, "enter", probe_enter)
+    monkeypatch.setattr(scopes, "leave", probe_leave)
+    monkeypatch.setattr(trio.CancelScope, "__exit__", probe_exit)
+    assert not trio.lowlevel.currently_ki_protected()  # (the test itself is not: the probes can tell)
+    with scopes.Fresh():
+        pass
+    with pytest.raises(ValueError), scopes.Fresh():
+        raise ValueError
+    assert seen == {"Fresh.__enter__": True, "Fresh.__exit__": True, "exit_with": True}

@@ -29,17 +29,24 @@ everything but the plain exit goes through Trio's own code:
   ``--request-timeout``'s); otherwise, and for every exception, ``__exit__`` runs, which
   catches ``Cancelled``, sets ``cancelled_caught`` and unregisters the deadline.
 * Both are KI-protected as ``__enter__``/``__exit__`` are (a Ctrl-C arriving in them waits for
-  the next checkpoint), at no cost per call (Trio marks the code objects).
+  the next checkpoint), at no cost per call (Trio marks the code objects); so are
+  :func:`exit_with` and :class:`Fresh`'s methods, the frames between the block and them (a
+  Ctrl-C raised there would leave the scope entered: the task's status a dead request's).
 
 Trio's private fields are read only when they are exactly the fields this was written against
-(:data:`FAST`, checked once at import against ``attrs.fields`` of ``CancelScope`` and
-``CancelStatus`` and the task's ``_cancel_status``): any other Trio gets ``__enter__`` and
-``__exit__`` for every scope, the same semantics at the old price.  ``tests/test_scopes.py``
+and Trio's code around them is exactly the code it was checked against (:data:`FAST`, checked
+once at import: ``attrs.fields`` of ``CancelScope``, ``CancelStatus`` and ``Task``, and the
+sha256 of the source of ``__enter__``, ``_close``, ``__exit__``, the deadline registration,
+``CancelStatus``' constructor, ``recalculate``, ``close`` and the task's status switch and
+cancel delivery, :data:`_KNOWN_CODE`): any other Trio gets ``__enter__`` and ``__exit__`` for
+every scope, the same semantics at the old price.  ``tests/test_scopes.py``
 compares the two paths' structures field by field, so a change in Trio shows up there first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 from types import TracebackType
 from typing import Any
@@ -55,6 +62,33 @@ _SCOPE_FIELDS = (
     "_cancel_reason", "_relative_deadline", "_deadline", "_shield",
 )  # fmt: skip
 _STATUS_FIELDS = ("_scope", "effectively_cancelled", "_parent", "_children", "_tasks", "abandoned_by_misnesting")
+_TASK_FIELDS = (
+    "_parent_nursery", "coro", "_runner", "name", "context", "_counter", "_ki_protected", "_next_send_fn",
+    "_next_send", "_abort_func", "custom_sleep_data", "_child_nurseries", "_eventual_parent_nursery",
+    "_cancel_points", "_schedule_points", "_cancel_status",
+)  # fmt: skip
+#: sha256 of the source of the Trio code :func:`enter` and :func:`leave` stand in for or call
+#: (:func:`_trio_code`), for each Trio it was checked against line by line.  The same fields with
+#: a different body (a new step in ``__enter__`` or ``_close``) must turn the short path off too:
+#: after re-reading that code against enter/leave, add its digest here.
+_KNOWN_CODE = frozenset({
+    "20cbc20c814d3b94da67fa8453d4c79a5fcb99a56da39b5d2aa5760a4b3d6d49",  # trio 0.35.0
+})  # fmt: skip
+
+
+def _trio_code(run: Any) -> str:
+    """The sha256 of the source of the Trio functions the short paths replace or call."""
+    scope, status, task = run.CancelScope, run.CancelStatus, run.Task
+    functions = (
+        scope.__enter__, scope._close, scope.__exit__, scope._might_change_registered_deadline.__wrapped__,
+        status.__attrs_post_init__, status.recalculate, status.close, status.parent.fset,
+        status.parent_cancellation_is_visible_to_us.fget,
+        task._activate_cancel_status, task._attempt_delivery_of_any_pending_cancel,
+    )  # fmt: skip
+    digest = hashlib.sha256()
+    for function in functions:
+        digest.update(inspect.getsource(function).encode())
+    return digest.hexdigest()
 
 
 def _internals() -> tuple[Any, Any] | None:
@@ -64,14 +98,17 @@ def _internals() -> tuple[Any, Any] | None:
 
         status_cls = _run.CancelStatus
         context = _run.GLOBAL_RUN_CONTEXT
-        scope_fields = tuple(f.name for f in attrs.fields(trio.CancelScope))
+        if trio.CancelScope is not _run.CancelScope:
+            return None
+        scope_fields = tuple(f.name for f in attrs.fields(_run.CancelScope))
         status_fields = tuple(f.name for f in attrs.fields(status_cls))
-        task_fields = {f.name for f in attrs.fields(trio.lowlevel.Task)}
-    except (ImportError, AttributeError, TypeError, attrs.exceptions.NotAnAttrsClassError):
+        task_fields = tuple(f.name for f in attrs.fields(_run.Task))
+        code = _trio_code(_run)
+    except (ImportError, AttributeError, TypeError, OSError, attrs.exceptions.NotAnAttrsClassError):
+        return None  # (OSError, TypeError: no source to read, as in a frozen build)
+    if scope_fields != _SCOPE_FIELDS or status_fields != _STATUS_FIELDS or task_fields != _TASK_FIELDS:
         return None
-    if scope_fields != _SCOPE_FIELDS or status_fields != _STATUS_FIELDS:
-        return None
-    if not {"_cancel_status", "_abort_func"} <= task_fields:
+    if code not in _KNOWN_CODE:
         return None
     return status_cls, context
 
@@ -166,6 +203,7 @@ def leave(scope: trio.CancelScope) -> None:
         task._attempt_delivery_of_any_pending_cancel()  # as _activate_cancel_status does
 
 
+@trio.lowlevel.enable_ki_protection
 def exit_with(scope: trio.CancelScope, exc: BaseException) -> bool:
     """``scope.__exit__`` for an exception: True if the scope swallowed it (its own Cancelled)."""
     tb: TracebackType | None = exc.__traceback__
@@ -182,10 +220,12 @@ class Fresh:
     def __init__(self) -> None:
         self.scope = new()
 
+    @trio.lowlevel.enable_ki_protection
     def __enter__(self) -> trio.CancelScope:
         enter(self.scope)
         return self.scope
 
+    @trio.lowlevel.enable_ki_protection
     def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc is None:
             leave(self.scope)
