@@ -208,6 +208,8 @@ def _heads(style: Any) -> dict[str, Any]:
         heads["two-codings"] = style(200, [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")])
         heads["odd-coding"] = style(200, [(b"transfer-encoding", b"gzip")])
         heads["empty-length"] = style(200, [(b"content-length", b"")])
+        # (name, name, value) with a name that is not lower-case: h11's rebuilds lower-case it
+        heads["upper-name-slot"] = style(200, [(b"Connection", b"Keep-Alive, Foo"), (b"Content-Length", b"0")])
     return heads
 
 

@@ -303,8 +303,10 @@ class ServerConnection(h11.Connection):
         need_close = False
         rebuilt = False
         if not empty and (codings or not lengths):  # "chunked" or "http/1.0"
+            # h11's rebuild lower-cases every name from its raw spelling: a name that is not
+            # its raw name lower-cased (even where both are one object) would change there.
             for raw, name, _ in items:
-                if raw is not name and raw.lower() != name:
+                if raw.lower() != name:
                     return None  # not a Headers h11 would rebuild unchanged: h11's own path
             items = [item for item in items if item[1] != b"content-length" and item[1] != b"transfer-encoding"]
             rebuilt = True
@@ -321,7 +323,7 @@ class ServerConnection(h11.Connection):
         if not cstate.keep_alive or need_close:
             if not rebuilt:
                 for raw, name, _ in items:
-                    if raw is not name and raw.lower() != name:
+                    if raw.lower() != name:
                         return None
             tokens = set(get_comma_header(Headers(items), b"connection"))
             tokens.discard(b"keep-alive")
