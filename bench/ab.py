@@ -3,6 +3,10 @@
 ::
 
     python bench/ab.py A_REF B_REF [--rounds 7] [--seconds 5] [--connections 64] [--http1-parser h11|httptools]
+    python bench/ab.py A_REF B_REF --upload      # bench/run's upload row instead: MB/s, -c4
+
+``--upload`` measures what ``bench/run``'s upload row does (``POST /upload`` of 10 MiB echoed
+back, ``wrk -c4``) and prints MB/s instead of req/s.
 
 Each ref's ``src/`` is exported with ``git archive`` into a temporary folder and served from
 there (``PYTHONPATH``), pinned to core 0 with ``taskset``; ``wrk -t1`` runs on core 1.  Rounds
@@ -24,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _procs import ServerProcess, free_port
-from _scenarios import wrk
+from _scenarios import UPLOAD_BYTES, wrk
 from _servers import BENCH, MAX_CONNECTIONS
 
 REPO = BENCH.parent
@@ -48,13 +52,14 @@ def one_round(src: Path, label: str, args: argparse.Namespace, logs: Path) -> fl
     server.spawn(argv, log=logs / f"{label}.log")
     try:
         server.wait_ready()
-        wrk(f"http://127.0.0.1:{port}/", duration=1, connections=args.connections, cpus="1")  # warm-up
-        result = wrk(
-            f"http://127.0.0.1:{port}/", duration=args.seconds, server=server, connections=args.connections, cpus="1"
-        )
+        url = f"http://127.0.0.1:{port}/" + ("upload" if args.upload else "")
+        shape: dict[str, int] = {"connections": 4, "upload": UPLOAD_BYTES} if args.upload else {}
+        shape.setdefault("connections", args.connections)
+        wrk(url, duration=1, cpus="1", **shape)  # warm-up
+        result = wrk(url, duration=args.seconds, server=server, cpus="1", **shape)
         if result["errors"]:
             raise SystemExit(f"{label}: wrk saw errors {result['errors']}")
-        return float(result["rps"])
+        return float(result["upload_mbps" if args.upload else "rps"])
     finally:
         server.stop()
 
@@ -69,7 +74,9 @@ def main() -> None:
     parser.add_argument(
         "--http1-parser", choices=["h11", "httptools"], help="pin the parser on both sides (default: auto)"
     )
+    parser.add_argument("--upload", action="store_true", help="the 10 MiB upload (MB/s, -c4) instead of hello")
     args = parser.parse_args()
+    unit = "MB/s" if args.upload else "req/s"
     with tempfile.TemporaryDirectory(prefix="trio-rack-ab-") as tmp:
         root = Path(tmp)
         srcs = {}
@@ -82,10 +89,10 @@ def main() -> None:
             label = order[i % 4]
             rps = one_round(srcs[label], label, args, root)
             results[label].append(rps)
-            print(f"round {i + 1:2d} {label} {rps:8.0f} req/s", flush=True)
+            print(f"round {i + 1:2d} {label} {rps:8.0f} {unit}", flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"A {args.a}: median {med['A']:.0f} req/s over {len(results['A'])} runs")
-    print(f"B {args.b}: median {med['B']:.0f} req/s over {len(results['B'])} runs")
+    print(f"A {args.a}: median {med['A']:.0f} {unit} over {len(results['A'])} runs")
+    print(f"B {args.b}: median {med['B']:.0f} {unit} over {len(results['B'])} runs")
     print(f"B/A = {med['B'] / med['A']:.3f}")
 
 
