@@ -92,3 +92,37 @@ async def test_a_body_past_the_pending_limit_arrives_whole_and_in_order(channels
     assert response.status == 200 and response.body == expected
     assert again.body == expected
     assert channels == [1, 1]
+
+
+class _ClaimsToBeDone:
+    """An iterator whose hint says nothing is left while chunks past PENDING_LIMIT follow."""
+
+    def __init__(self) -> None:
+        self.chunks = [b"a" * 10, b"b" * (2 * wsgi.PENDING_LIMIT), b"c"]
+
+    def __iter__(self) -> _ClaimsToBeDone:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self.chunks:
+            raise StopIteration
+        return self.chunks.pop(0)
+
+    def __length_hint__(self) -> int:
+        return 0
+
+
+def claims_to_be_done(environ: dict[str, Any], start_response: Any) -> _ClaimsToBeDone:
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return _ClaimsToBeDone()
+
+
+async def test_an_iterator_whose_hint_is_wrong_is_streamed_whole(channels: list[int], protocol: str) -> None:
+    """Only a list's or tuple's iterator is believed at its end: another's hint of 0 while more
+    follows (past PENDING_LIMIT) still wakes the loop at its first chunk, so the thread's channel
+    sends find a reader and the body arrives whole, streamed."""
+    with trio.fail_after(30):
+        async with memory_connection(WSGIAdapter(claims_to_be_done), protocol=protocol) as client:
+            response = await client.request("GET", "/")
+    assert (response.status, response.body) == (200, b"a" * 10 + b"b" * (2 * wsgi.PENDING_LIMIT) + b"c")
+    assert channels == [1]

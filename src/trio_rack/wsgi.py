@@ -265,6 +265,10 @@ def _status_code(status: Any) -> int:
     return int(status[:3])
 
 
+#: Iterators whose ``length_hint`` is exact (the builtin list's and tuple's).
+_EXACT_ITERATORS: tuple[type[Any], ...] = (type(iter([])), type(iter(())))
+
+
 class _Response:
     """One request's bridge between the WSGI thread and the loop."""
 
@@ -376,12 +380,14 @@ class _Response:
                 self.head_sent = True
                 return
             items = iter(result)
+            exact = type(items) in _EXACT_ITERATORS
             for item in items:
                 if item:
-                    # length_hint is 0 only for an iterator that knows it is at its end (a
-                    # list's, a tuple's): its one chunk goes out whole, with content-length,
-                    # whoever runs first; -1 (no hint: a generator) wakes the loop at once.
-                    self._hand_over(item, wake=operator.length_hint(items, -1) != 0)
+                    # A list's or tuple's iterator knows exactly what is left: after its last
+                    # chunk the response goes out whole, with content-length, whoever runs
+                    # first.  Any other iterator's hint could be wrong (a __len__ of 0 while
+                    # more follows would leave the rack call asleep): it wakes the loop at once.
+                    self._hand_over(item, wake=not exact or operator.length_hint(items) != 0)
             self._commit_head()
             self.finished = True
             with self.lock:
