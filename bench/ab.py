@@ -53,10 +53,9 @@ def one_round(src: Path, label: str, args: argparse.Namespace, logs: Path) -> fl
     try:
         server.wait_ready()
         url = f"http://127.0.0.1:{port}/" + ("upload" if args.upload else "")
-        shape: dict[str, int] = {"connections": 4, "upload": UPLOAD_BYTES} if args.upload else {}
-        shape.setdefault("connections", args.connections)
-        wrk(url, duration=1, cpus="1", **shape)  # warm-up
-        result = wrk(url, duration=args.seconds, server=server, cpus="1", **shape)
+        connections, upload = (4, UPLOAD_BYTES) if args.upload else (args.connections, 0)
+        wrk(url, duration=1, cpus="1", connections=connections, upload=upload)  # warm-up
+        result = wrk(url, duration=args.seconds, server=server, cpus="1", connections=connections, upload=upload)
         if result["errors"]:
             raise SystemExit(f"{label}: wrk saw errors {result['errors']}")
         return float(result["upload_mbps" if args.upload else "rps"])
