@@ -45,7 +45,7 @@ from typing import Any
 import h11
 import trio
 
-from ..app import accesslog
+from ..app import accesslog, scopes
 from ..app.env import ConnInfo
 from ..app.exchange import Exchange, Outcome
 from ..app.response import REASONS
@@ -223,46 +223,78 @@ class HTTPConnection:
     # ----------------------------------------------------------------------------- main loop
 
     async def run(self) -> None:
-        """The keep-alive loop, inside the connection's scope.
+        """The keep-alive loop: each cycle's reads in a scope of their own.
 
         One coroutine for the loop and the set-up around it (no ``_serve_requests`` of its
         own): its frame lives as long as the connection, 10,000 of them at 10,000 open
         streams, and every resumption of a streamed response passes through each frame.
+
+        A cycle's scope (:attr:`Deadlines.scope`, the one the sweep cancels when a read
+        deadline passes) covers the drain of the previous request's unread body and the read
+        of this request's head; a request that announces a body (:func:`.strict.has_body`)
+        runs its exchange inside it too, so its body reads are timed as the head's were.  A
+        request without one leaves it before the exchange: nothing that exchange does reads
+        from the transport, and while it runs (a stream: minutes) the task is in the
+        request's own scope alone, not in two (a cancel status and its two sets, some 700 B
+        a stream).  Outside both the server's cancellation still reaches it (the connections'
+        nursery); writes stay timed by the sweep through the exchange (``in_scope`` stays set).
         """
         state = self.state
         state.connections.add(self)
         deadlines = self.deadlines
         state.read_deadlines.add(deadlines)
-        hijacked = False
+        hijacked = cancelled = False
+        first = True
         try:
-            with deadlines.scope:
-                deadlines.in_scope = True
-                while True:
-                    request = await self._read_request(self._fresh)
+            while True:
+                scope = deadlines.scope = scopes.new()
+                scopes.enter(scope)
+                deadlines.in_scope = inside = True
+                try:
+                    ready = first or await self._prepare_next_cycle()
+                    first = False
+                    request = await self._read_request(self._fresh) if ready else None
                     self._fresh = False
                     if request is None:
+                        outcome = None
+                    else:
+                        if not strict.has_body(request):
+                            scopes.leave(scope)  # (see the docstring: the exchange runs outside it)
+                            inside = False
+                        self._head_only = request.method == b"HEAD"
+                        exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
+                        # h11's event (its Headers, the raw names and target) is not needed once
+                        # the head is built: not kept for the whole response (a long stream's life).
+                        del request
+                        try:
+                            outcome = await exchange.run()
+                        finally:
+                            self.exchange = None
+                            if exchange.client_gone or self.writer.broken:
+                                self.client_gone = True
+                        del exchange  # (nor the exchange, its env and body, while the next request is awaited)
+                except BaseException as exc:
+                    if not inside:
+                        raise
+                    deadlines.in_scope = False
+                    if not scopes.exit_with(scope, exc):
+                        raise
+                    cancelled = True
+                    break
+                if inside:
+                    scopes.leave(scope)
+                    if scope.cancel_called:  # (an app that swallowed the Cancelled: still the end)
+                        cancelled = True
                         break
-                    self._head_only = request.method == b"HEAD"
-                    exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
-                    # h11's event (its Headers, the raw names and target) is not needed once the
-                    # head is built: not kept for the whole response (a long stream's life).
-                    del request
-                    try:
-                        outcome = await exchange.run()
-                    finally:
-                        self.exchange = None
-                        if exchange.client_gone or self.writer.broken:
-                            self.client_gone = True
-                    del exchange  # (nor the exchange, its env and body, while the next request is awaited)
-                    if outcome is Outcome.HIJACKED:
-                        hijacked = True
-                        break
-                    if outcome is Outcome.CLOSE or state.draining or self.client_gone:
-                        break
-                    if not await self._prepare_next_cycle():
-                        break
+                if outcome is None:
+                    break
+                if outcome is Outcome.HIJACKED:
+                    hijacked = True
+                    break
+                if outcome is Outcome.CLOSE or state.draining or self.client_gone:
+                    break
             deadlines.in_scope = False
-            if deadlines.scope.cancelled_caught:
+            if cancelled:
                 await self._after_cancel()
             elif not hijacked and not self.client_gone:
                 await shutdown_transport(self.transport)

@@ -96,7 +96,7 @@ class ReadPhase(enum.Enum):
 
 
 class Deadlines:
-    """The connection's one cancel scope and its read deadline, enforced by the liveness sweep.
+    """The connection's read deadline, enforced by the liveness sweep, and the scope it cancels.
 
     Registered in :attr:`~trio_rack.state.ServerState.read_deadlines` by the driver for the
     connection's life (see the module docstring for why no scope deadline moves).
@@ -105,8 +105,11 @@ class Deadlines:
     __slots__ = ("scope", "in_scope", "read_phase", "read_deadline")
 
     def __init__(self) -> None:
+        #: The scope the driver's reads run in (HTTP/1: one per request cycle, put here by the
+        #: driver; this one until the first).
         self.scope = trio.CancelScope()
-        #: True while the driver runs inside :attr:`scope` (writes after it time out on their own).
+        #: True while the driver runs inside :attr:`scope`, or in a request's exchange the sweep
+        #: watches (writes outside both, e.g. a 408 after a timeout, time out on their own).
         self.in_scope = False
         self.read_phase = ReadPhase.IDLE
         #: When the read under way times out (Trio's clock); ``math.inf`` while none does.

@@ -1,0 +1,117 @@
+"""The HTTP/1 driver's per-cycle read scope (http1/connection.py ``run``).
+
+Each request cycle's reads (the previous body's drain, this head) run in a scope of their own,
+the one the liveness sweep cancels when a read deadline passes; a request announcing a body
+runs its exchange inside it (its body reads are timed the same way), one without a body runs
+its exchange outside it, in the request's own scope only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+
+from trio_rack import Limits
+from trio_rack.http1 import strict
+from trio_rack.testing import ServerState, read_until_closed, serve_stream
+
+
+def _request(*headers: tuple[bytes, bytes]) -> h11.Request:
+    return h11.Request(method=b"POST", target=b"/", headers=[(b"host", b"a"), *headers])
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ((), False),
+        (((b"content-length", b"0"),), False),
+        (((b"content-length", b"000"),), False),
+        (((b"content-length", b"5"),), True),
+        (((b"content-length", b"10"),), True),
+        (((b"transfer-encoding", b"chunked"),), True),
+        (((b"accept", b"*/*"), (b"content-length", b"1")), True),
+    ],
+)
+def test_has_body(headers: tuple[tuple[bytes, bytes], ...], expected: bool) -> None:
+    assert strict.has_body(_request(*headers)) is expected
+
+
+def _driver(state: ServerState) -> Any:
+    (driver,) = state.connections
+    return driver
+
+
+async def _serve_one(
+    method: bytes, extra: bytes, *, limits: Limits | None = None
+) -> tuple[bytes, list[str], ServerState]:
+    """One request whose app cancels the driver's read scope (what a passed read deadline
+    does) while it runs, then sleeps a second; the bytes the client got, and what the app saw."""
+    seen: list[str] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        _driver(state).deadlines.scope.cancel()
+        try:
+            await trio.sleep(1)
+        except trio.Cancelled:
+            seen.append("cancelled")
+            raise
+        seen.append("slept")
+        return 200, {"content-type": "text/plain"}, [b"done"]
+
+    state = ServerState(app, limits or Limits(), access_log=False)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_stream, server, state)
+            await client.send_all(method + b" / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n" + extra)
+            data = await read_until_closed(client)
+            nursery.cancel_scope.cancel()
+    return data, seen, state
+
+
+async def test_a_bodyless_requests_app_runs_outside_the_read_scope(autojump_clock: trio.testing.MockClock) -> None:
+    data, seen, _ = await _serve_one(b"GET", b"\r\n")
+    assert seen == ["slept"]
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done"), data
+
+
+async def test_a_request_with_a_body_runs_its_app_inside_the_read_scope(autojump_clock: trio.testing.MockClock) -> None:
+    """Its body reads are timed by that scope: cancelling it ends the app (the body timeout's way)."""
+    data, seen, _ = await _serve_one(b"POST", b"content-length: 3\r\n\r\nabc")
+    assert seen == ["cancelled"]
+    assert b"200" not in data
+
+
+async def test_the_idle_timeout_after_a_bodyless_stream_still_ends_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a response served outside the read scope, the next cycle's scope times the wait."""
+
+    async def app(env: dict[str, Any]) -> Any:
+        async def ticks() -> Any:
+            for _ in range(3):
+                await trio.sleep(1)
+                yield b"."
+
+        return 200, {"content-type": "text/plain"}, ticks()
+
+    state = ServerState(app, Limits(keepalive_timeout=5.0), access_log=False)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_stream, server, state)
+            await client.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                received += await client.receive_some()
+            done = trio.current_time()
+            rest = await read_until_closed(client)
+            waited = trio.current_time() - done
+            nursery.cancel_scope.cancel()
+    assert received.count(b"\r\n.\r\n") == 3
+    assert rest == b""
+    assert 5.0 <= waited <= 5.0 * 1.25 + 0.01, waited
