@@ -17,6 +17,8 @@ import trio.testing
 
 from trio_rack import Limits
 from trio_rack.http1 import strict
+from trio_rack.net.transport import ReadPhase
+from trio_rack.server.liveness import expire_read_deadlines
 from trio_rack.testing import ServerState, read_until_closed, serve_stream
 
 
@@ -45,15 +47,17 @@ def _driver(state: ServerState) -> Any:
     return driver
 
 
-async def _serve_one(
-    method: bytes, extra: bytes, *, limits: Limits | None = None
-) -> tuple[bytes, list[str], ServerState]:
-    """One request whose app cancels the driver's read scope (what a passed read deadline
-    does) while it runs, then sleeps a second; the bytes the client got, and what the app saw."""
+async def _serve_one(method: bytes, extra: bytes) -> tuple[bytes, list[str], list[int]]:
+    """One request whose app makes the connection's read deadline pass and runs the sweep's
+    check (what a body read timing out does) while it runs, then sleeps a second; the bytes
+    the client got, what the app saw, and how many connections the check cancelled."""
     seen: list[str] = []
+    expired: list[int] = []
 
     async def app(env: dict[str, Any]) -> Any:
-        _driver(state).deadlines.scope.cancel()
+        now = trio.current_time()
+        _driver(state).deadlines.set_read(ReadPhase.BODY, now - 1)
+        expired.append(expire_read_deadlines(state, now))
         try:
             await trio.sleep(1)
         except trio.Cancelled:
@@ -62,28 +66,39 @@ async def _serve_one(
         seen.append("slept")
         return 200, {"content-type": "text/plain"}, [b"done"]
 
-    state = ServerState(app, limits or Limits(), access_log=False)
+    async def serve() -> None:
+        try:
+            await serve_stream(server, state)
+        finally:
+            await server.aclose()  # (as the listener does: the 408 path leaves the close to it)
+
+    state = ServerState(app, Limits(), access_log=False)
     client, server = trio.testing.memory_stream_pair()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_stream, server, state)
+            nursery.start_soon(serve)
             await client.send_all(method + b" / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n" + extra)
             data = await read_until_closed(client)
             nursery.cancel_scope.cancel()
-    return data, seen, state
+    return data, seen, expired
 
 
 async def test_a_bodyless_requests_app_runs_outside_the_read_scope(autojump_clock: trio.testing.MockClock) -> None:
-    data, seen, _ = await _serve_one(b"GET", b"\r\n")
+    """No read scope is left to cancel under it (nor kept: the exchange reads nothing)."""
+    data, seen, expired = await _serve_one(b"GET", b"\r\n")
+    assert expired == [0]
     assert seen == ["slept"]
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done"), data
 
 
 async def test_a_request_with_a_body_runs_its_app_inside_the_read_scope(autojump_clock: trio.testing.MockClock) -> None:
-    """Its body reads are timed by that scope: cancelling it ends the app (the body timeout's way)."""
-    data, seen, _ = await _serve_one(b"POST", b"content-length: 3\r\n\r\nabc")
+    """Its body reads are timed by that scope: a passed deadline ends the app, and the driver
+    answers 408 as for any body read timing out."""
+    data, seen, expired = await _serve_one(b"POST", b"content-length: 3\r\n\r\nabc")
+    assert expired == [1]
     assert seen == ["cancelled"]
-    assert b"200" not in data
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert b"timed out waiting for the request body" in data
 
 
 async def test_the_idle_timeout_after_a_bodyless_stream_still_ends_the_connection(

@@ -244,15 +244,14 @@ class HTTPConnection:
         deadlines = self.deadlines
         state.read_deadlines.add(deadlines)
         hijacked = cancelled = False
-        first = True
         try:
             while True:
                 scope = deadlines.scope = scopes.new()
                 scopes.enter(scope)
                 deadlines.in_scope = inside = True
                 try:
-                    ready = first or await self._prepare_next_cycle()
-                    first = False
+                    # (_fresh: the first cycle, with no previous request to finish)
+                    ready = self._fresh or await self._prepare_next_cycle()
                     request = await self._read_request(self._fresh) if ready else None
                     self._fresh = False
                     if request is None:
@@ -261,6 +260,8 @@ class HTTPConnection:
                         if not strict.has_body(request):
                             scopes.leave(scope)  # (see the docstring: the exchange runs outside it)
                             inside = False
+                            deadlines.scope = None  # (nor kept while it runs: 112 B a stream)
+                            del scope
                         self._head_only = request.method == b"HEAD"
                         exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
                         # h11's event (its Headers, the raw names and target) is not needed once
@@ -294,7 +295,7 @@ class HTTPConnection:
                 if outcome is Outcome.CLOSE or state.draining or self.client_gone:
                     break
             deadlines.in_scope = False
-            if cancelled:
+            if cancelled:  # a read deadline passed, or close_if_idle
                 await self._after_cancel()
             elif not hijacked and not self.client_gone:
                 await shutdown_transport(self.transport)
@@ -751,9 +752,10 @@ class HTTPConnection:
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: end the connection now if it is waiting for a next request."""
-        if self.deadlines.read_phase is ReadPhase.IDLE and self.deadlines.in_scope and not self._fresh:
+        deadlines = self.deadlines
+        if deadlines.read_phase is ReadPhase.IDLE and deadlines.in_scope and deadlines.scope and not self._fresh:
             self._cancel_reason = "closed while idle: server shutting down"
-            self.deadlines.scope.cancel()
+            deadlines.scope.cancel()
 
 
 def _socket_of(stream: trio.abc.Stream) -> Any:

@@ -106,8 +106,9 @@ class Deadlines:
 
     def __init__(self) -> None:
         #: The scope the driver's reads run in (HTTP/1: one per request cycle, put here by the
-        #: driver; this one until the first).
-        self.scope = trio.CancelScope()
+        #: driver; this one until the first); None while no read can happen (HTTP/1: the
+        #: exchange of a request without a body), when there is nothing to cancel.
+        self.scope: trio.CancelScope | None = trio.CancelScope()
         #: True while the driver runs inside :attr:`scope`, or in a request's exchange the sweep
         #: watches (writes outside both, e.g. a 408 after a timeout, time out on their own).
         self.in_scope = False
@@ -121,10 +122,11 @@ class Deadlines:
 
     def expire_if_due(self, now: float) -> bool:
         """The sweep's visit: cancel the connection's scope if its read deadline has passed."""
-        if self.read_deadline > now or not self.in_scope:
+        scope = self.scope
+        if self.read_deadline > now or not self.in_scope or scope is None:
             return False
         self.read_deadline = math.inf
-        self.scope.cancel()
+        scope.cancel()
         return True
 
 
