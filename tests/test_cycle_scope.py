@@ -130,3 +130,48 @@ async def test_the_idle_timeout_after_a_bodyless_stream_still_ends_the_connectio
     assert received.count(b"\r\n.\r\n") == 3
     assert rest == b""
     assert 5.0 <= waited <= 5.0 * 1.25 + 0.01, waited
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """The qualified names of the coroutines ``coro`` awaits through, outermost first."""
+    names = []
+    while coro is not None and hasattr(coro, "cr_code"):
+        names.append(coro.cr_code.co_qualname)
+        coro = coro.cr_await
+    return names
+
+
+async def test_a_streamed_response_runs_from_the_drivers_frame_without_exchange_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The driver takes the exchange's steps itself: under a streamed body, the connection's
+    task awaits ``HTTPConnection.run`` then ``Exchange.respond``, with no ``Exchange.run``
+    between them (a coroutine fewer per open stream)."""
+    tasks: list[trio.lowlevel.Task] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        async def body() -> Any:
+            tasks.append(trio.lowlevel.current_task())
+            yield b"."
+            await trio.sleep(1)
+            yield b"."
+
+        return 200, {"content-type": "text/plain"}, body()
+
+    state = ServerState(app, Limits(), access_log=False)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_stream, server, state)
+            await client.send_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            data = b""
+            while b"1\r\n.\r\n" not in data:  # the first chunk: the body now sleeps
+                data += await client.receive_some()
+            (task,) = tasks
+            chain = _awaiting(task.coro)  # (suspended now: each coroutine's cr_await is set)
+            data += await read_until_closed(client)
+            nursery.cancel_scope.cancel()
+    assert data.endswith(b"1\r\n.\r\n0\r\n\r\n"), data
+    assert "HTTPConnection.run" in chain, chain
+    assert chain[chain.index("HTTPConnection.run") + 1] == "Exchange.respond", chain
+    assert "Exchange.run" not in chain, chain

@@ -267,8 +267,18 @@ class HTTPConnection:
                         # h11's event (its Headers, the raw names and target) is not needed once
                         # the head is built: not kept for the whole response (a long stream's life).
                         del request
+                        # exchange.run(), its steps taken here: one coroutine fewer under a
+                        # streamed response, 10,000 of them at 10,000 open streams
                         try:
-                            outcome = await exchange.run()
+                            if exchange.begin():
+                                try:
+                                    outcome = await exchange.respond()
+                                except BaseException as exc:
+                                    outcome = await exchange.finish(exc)
+                                else:
+                                    outcome = await exchange.finish(outcome)
+                            else:
+                                outcome = await exchange.run()
                         finally:
                             self.exchange = None
                             if exchange.client_gone or self.writer.broken:
