@@ -49,3 +49,17 @@ def test_common_methods_and_versions_are_one_object_for_every_connection() -> No
     assert a.their_http_version == b"1.1" and a.their_http_version is b.their_http_version
     c, _ = _parsed(b"PATCH / HTTP/1.0\r\nhost: a\r\n\r\n")  # not shared: kept as parsed
     assert c._request_method == b"PATCH" and c.their_http_version == b"1.0"
+
+
+def test_chunked_responses_share_one_stateless_writer() -> None:
+    writers = []
+    for _ in range(2):
+        conn, _ = _parsed(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        conn.next_event()
+        head = conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+        assert head is not None and head.endswith(b"\r\n\r\n")
+        writers.append(conn._writer)
+        assert conn.send(h11.Data(data=b"abc")) == b"3\r\nabc\r\n"
+        assert conn.send(h11.EndOfMessage()) == b"0\r\n\r\n"
+    assert writers[0] is writers[1] is _h11_fast._CHUNKED
+    assert vars(_h11_fast._CHUNKED) == {}  # nothing a response could leave behind for the next

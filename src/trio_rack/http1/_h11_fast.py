@@ -100,6 +100,9 @@ _MAX_DIGITS = 20
 #: with nothing left changes nothing when called (it returns the end; ``read_eof`` raises), and
 #: it is kept as long as the response takes (88 B at each of 10,000 open streams).
 _NO_BODY = ContentLengthReader(0)
+#: The writer of a chunked response body, one for every connection: h11's has no state (each
+#: call writes what it is given), and it is kept as long as the response streams.
+_CHUNKED = ChunkedWriter()
 #: The request's method and version as one shared ``bytes`` each, for the common ones: the
 #: connection keeps both for the response's life (h11's parser makes them anew per request).
 _SHARED = {token: token for token in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"1.1", b"1.0")}
@@ -357,7 +360,7 @@ class ServerConnection(h11.Connection):
         if empty or method == b"HEAD":
             self._writer = ContentLengthWriter(0)
         elif codings:
-            self._writer = ChunkedWriter()
+            self._writer = _CHUNKED
         elif lengths:
             self._writer = ContentLengthWriter(int(length))
         else:
