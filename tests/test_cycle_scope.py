@@ -175,3 +175,39 @@ async def test_a_streamed_response_runs_from_the_drivers_frame_without_exchange_
     assert "HTTPConnection.run" in chain, chain
     assert chain[chain.index("HTTPConnection.run") + 1] == "Exchange.respond", chain
     assert "Exchange.run" not in chain, chain
+
+
+async def test_an_overloaded_request_through_the_drivers_steps_is_counted_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``begin`` says False over ``--limit-concurrency``: the driver goes on with ``run_begun``
+    (which does not begin again), and every request is out of flight afterwards."""
+    release = trio.Event()
+
+    async def app(env: dict[str, Any]) -> Any:
+        if env["PATH_INFO"] == "/hold":
+            await release.wait()
+        return 200, {}, [env["PATH_INFO"].encode()]
+
+    state = ServerState(app, Limits(limit_concurrency=1), access_log=False)
+    (held, held_server), (other, other_server) = (trio.testing.memory_stream_pair() for _ in range(2))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_stream, held_server, state)
+            nursery.start_soon(serve_stream, other_server, state)
+            await held.send_all(b"GET /hold HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            await trio.testing.wait_all_tasks_blocked()
+            assert state.in_flight == 1
+            await other.send_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+            data = b""
+            while not data.endswith(b"retry later\n"):
+                data += await other.receive_some()
+            assert data.startswith(b"HTTP/1.1 503 "), data
+            await trio.testing.wait_all_tasks_blocked()
+            assert state.in_flight == 1  # the held one only: the 503's request was counted once
+            release.set()
+            assert (await read_until_closed(held)).endswith(b"/hold")
+            await other.send_all(b"GET /y HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            assert (await read_until_closed(other)).endswith(b"/y")
+            assert state.in_flight == 0 and not state.active
+            nursery.cancel_scope.cancel()

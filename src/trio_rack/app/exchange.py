@@ -286,6 +286,11 @@ class Exchange:
             except BaseException as exc:
                 return await self.finish(exc)
             return await self.finish(outcome)
+        return await self.run_begun()
+
+    async def run_begun(self) -> Outcome:
+        """The rest of :meth:`run` for a request :meth:`begin` returned False for (overload, a
+        request nursery): the caller awaits this instead of :meth:`respond` and :meth:`finish`."""
         outcome = Outcome.CLOSE
         try:
             if self.state.in_flight > self.state.max_in_flight:  # (as begin found it: no await since)
@@ -301,7 +306,7 @@ class Exchange:
         """The request is in flight; in the common case (not over ``--limit-concurrency``, no
         request nursery) its scope is entered and True returned: the caller then awaits
         :meth:`respond` and hands :meth:`finish` its outcome or exception, whatever happens.
-        False: the caller awaits :meth:`run` instead (which does not begin again)."""
+        False: the caller awaits :meth:`run_begun` instead."""
         state = self.state
         state.active.add(self)
         state.in_flight += 1  # given back in finish, or at a hijack (_hand_over)

@@ -278,7 +278,7 @@ class HTTPConnection:
                                 else:
                                     outcome = await exchange.finish(outcome)
                             else:
-                                outcome = await exchange.run()
+                                outcome = await exchange.run_begun()
                         finally:
                             self.exchange = None
                             if exchange.client_gone or self.writer.broken:
