@@ -14,9 +14,11 @@ are parsed first) or closes.
 * **One writer, one reader.**  Every write goes through one :class:`~trio_rack.net.transport.Writer`.
   Outside the app only this task reads; while the app runs, reads happen only on its behalf
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
-* **One cancel scope per connection, read deadlines the sweep enforces**
-  (:class:`~trio_rack.net.transport.Deadlines`): idle, head and body timeouts end the
-  connection (at most 25 % late: no scope deadline moves per request);
+* **A read scope per request cycle, read deadlines the sweep enforces**
+  (:class:`~trio_rack.net.transport.Deadlines`): idle, head, drain and body timeouts end the
+  connection (at most 25 % late: no scope deadline moves per request); the scope covers the
+  previous body's drain and the head's read, and the exchange only when the request has a
+  body (see :meth:`HTTPConnection.run`);
   :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one is due.
   A write blocked past the write timeout is found by the liveness sweeper, which cancels the
   request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-* **One cancel scope per connection, a read deadline the sweeper enforces.**  A driver runs its
-  connection inside :attr:`Deadlines.scope`; the current read deadline (idle, head, body,
+* **A read scope, a read deadline the sweeper enforces.**  A driver runs its reads inside
+  :attr:`Deadlines.scope` (HTTP/1: one scope per request cycle); the current read deadline (idle, head, body,
   drain: the :class:`ReadPhase` says which, so when it passes the driver knows what timed out)
   is a plain float, :attr:`Deadlines.read_deadline`.  The liveness sweeper, which wakes about
   once a second anyway, cancels the scope of every connection whose read deadline has passed
@@ -12,7 +12,8 @@ Theory of operation
   so a timeout fires at most 25 % late, never early.  Entering a scope per read cost more than h11's parsing; moving
   the one scope's deadline twice a request (to the idle deadline, then to infinity while the
   app runs) cost 36,000 instructions of a hello request (bench/README.md, "Cost model");
-  storing a float costs next to nothing.  Exact and race-free all the same: the sweep runs
+  storing a float costs next to nothing (HTTP/1's scope per request cycle, by app/scopes.py's
+  short path, is ~13,500 instructions of a hello request: bench/README.md).  Exact and race-free all the same: the sweep runs
   in the connection's own Trio run, between its steps, so it never sees a phase half-changed.
 * **One writer, stalls found by the sweeper.**  Every byte reaches the stream through
   :meth:`Writer.write`, one task at a time (an app may read ``rack.input`` — which can send
