@@ -13,8 +13,9 @@ Theory of operation
   the one scope's deadline twice a request (to the idle deadline, then to infinity while the
   app runs) cost 36,000 instructions of a hello request (bench/README.md, "Cost model");
   storing a float costs next to nothing (HTTP/1's scope per request cycle, by app/scopes.py's
-  short path, is ~13,500 instructions of a hello request: bench/README.md).  Exact and race-free all the same: the sweep runs
-  in the connection's own Trio run, between its steps, so it never sees a phase half-changed.
+  short path, is ~13,500 instructions of a hello request: bench/README.md).  Exact and
+  race-free all the same: the sweep runs in the connection's own Trio run, between its steps,
+  so it never sees a phase half-changed.
 * **One writer, stalls found by the sweeper.**  Every byte reaches the stream through
   :meth:`Writer.write`, one task at a time (an app may read ``rack.input`` — which can send
   ``100 Continue`` — in one task while its streaming body writes in another).  A write inside
