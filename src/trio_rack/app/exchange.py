@@ -273,31 +273,67 @@ class Exchange:
     # ---------------------------------------------------------------------------- the cycle
 
     async def run(self) -> Outcome:
-        """Serve the request; never raises for the app's failures, only for outer cancellation."""
-        state = self.state
-        state.active.add(self)
-        state.in_flight += 1  # given back in the finally, or at a hijack (_hand_over)
+        """Serve the request; never raises for the app's failures, only for outer cancellation.
+
+        :meth:`begin`, :meth:`respond` and :meth:`finish`, which a driver whose frame lives as
+        long as the response may call itself (HTTP/1: one coroutine fewer per open stream,
+        some 260 B at each of 10,000 streams); the rare cases (overload, a request nursery)
+        run here.
+        """
+        if self.begin():
+            try:
+                outcome = await self.respond()
+            except BaseException as exc:
+                return await self.finish(exc)
+            return await self.finish(outcome)
+        return await self.run_begun()
+
+    async def run_begun(self) -> Outcome:
+        """The rest of :meth:`run` for a request :meth:`begin` returned False for (overload, a
+        request nursery): the caller awaits this instead of :meth:`respond` and :meth:`finish`."""
         outcome = Outcome.CLOSE
         try:
-            if state.in_flight > state.max_in_flight:
+            if self.state.in_flight > self.state.max_in_flight:  # (as begin found it: no await since)
                 with self._scope:  # the write timeout (the sweep) cancels this scope, as for any response
-                    outcome = await self._respond(self._overloaded())
-            elif state.request_nursery:
-                outcome = await self._respond_in_nursery()
+                    outcome = await self.respond(self._overloaded())
             else:
-                # ``with self._scope:``, by app/scopes.py's short path (a fresh scope, left
-                # without an exception: a third of the price); any other exit is Trio's own.
-                scope = self._scope
-                scopes.enter(scope)
-                try:
-                    if state.request_timeout is not None:
-                        self._arm_deadline(state.request_timeout)
-                    outcome = await self._respond()
-                except BaseException as exc:
-                    if not scopes.exit_with(scope, exc):
-                        raise
-                else:
-                    scopes.leave(scope)
+                outcome = await self._respond_in_nursery()
+        except BaseException as exc:
+            return await self.finish(exc, entered=False)
+        return await self.finish(outcome, entered=False)
+
+    def begin(self) -> bool:
+        """The request is in flight; in the common case (not over ``--limit-concurrency``, no
+        request nursery) its scope is entered and True returned: the caller then awaits
+        :meth:`respond` and hands :meth:`finish` its outcome or exception, whatever happens.
+        False: the caller awaits :meth:`run_begun` instead."""
+        state = self.state
+        state.active.add(self)
+        state.in_flight += 1  # given back in finish, or at a hijack (_hand_over)
+        if state.in_flight > state.max_in_flight or state.request_nursery:
+            return False
+        # ``with self._scope:``, by app/scopes.py's short path (a fresh scope, left without an
+        # exception: a third of the price); any other exit is Trio's own (finish).
+        scopes.enter(self._scope)
+        if state.request_timeout is not None:
+            self._arm_deadline(state.request_timeout)
+        return True
+
+    async def finish(self, result: Outcome | BaseException, *, entered: bool = True) -> Outcome:
+        """The end of the cycle :meth:`begin` started: the request's scope left (``entered``),
+        its cancellation answered, the request out of flight, what the app gave closed, the
+        access-log line.  ``result`` is what :meth:`respond` returned or raised; an exception
+        other than the scope's own ``Cancelled`` is raised again, after all that."""
+        state = self.state
+        outcome = Outcome.CLOSE
+        try:
+            if isinstance(result, BaseException):
+                if not entered or not scopes.exit_with(self._scope, result):
+                    raise result
+            else:
+                if entered:
+                    scopes.leave(self._scope)
+                outcome = result
             if self._scope.cancelled_caught:
                 outcome = await self._after_cancel()
         finally:
@@ -381,7 +417,7 @@ class Exchange:
         """``--limit-concurrency`` reached: the 503 with ``retry-after`` to send instead of
         calling the app.
 
-        It goes out as an ordinary buffered response (:meth:`_respond`), so the connection may
+        It goes out as an ordinary buffered response (:meth:`respond`), so the connection may
         stay open: reconnecting would cost an overloaded server more than the 503 does.
         """
         state = self.state
@@ -411,7 +447,7 @@ class Exchange:
                 env["trio_rack.nursery"] = nursery
                 if self.sink.can_send_trailers:
                     env["trio_rack.set_trailers"] = self._set_trailers
-                outcome = await self._respond()
+                outcome = await self.respond()
         except Exception as exc:  # a task of the app's failed (the adapter should catch its own)
             self._error = exc
             outcome = await self._fail(exc)
@@ -465,7 +501,7 @@ class Exchange:
         """The liveness sweeper saw a write blocked past the write timeout."""
         self.cancel("client stopped reading (write timeout); connection dropped", client_gone=True)
 
-    async def _respond(self, result: Any = None) -> Outcome:
+    async def respond(self, result: Any = None) -> Outcome:
         """Call the app (unless given its ``result``: the overload 503) and send what it
         returns; the app's failures end here."""
         try:

@@ -96,6 +96,16 @@ _QUIET_CLIENT = frozenset({h11.IDLE, SEND_BODY, DONE})
 _QUIET_SERVER = frozenset({h11.IDLE, SEND_RESPONSE, SEND_BODY, DONE})
 #: h11's CONTENT_LENGTH_MAX_DIGITS: a longer value goes through h11 (which refuses it).
 _MAX_DIGITS = 20
+#: The reader of a request without a body, one for every connection: a content-length reader
+#: with nothing left changes nothing when called (it returns the end; ``read_eof`` raises), and
+#: it is kept as long as the response takes (88 B at each of 10,000 open streams).
+_NO_BODY = ContentLengthReader(0)
+#: The writer of a chunked response body, one for every connection: h11's has no state (each
+#: call writes what it is given), and it is kept as long as the response streams.
+_CHUNKED = ChunkedWriter()
+#: The request's method and version as one shared ``bytes`` each, for the common ones: the
+#: connection keeps both for the response's life (h11's parser makes them anew per request).
+_SHARED = {token: token for token in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"1.1", b"1.0")}
 
 
 class ServerConnection(h11.Connection):
@@ -178,8 +188,9 @@ class ServerConnection(h11.Connection):
         # applies there (no proposal, neither side DONE).
         cstate.states[CLIENT] = SEND_BODY
         cstate.states[SERVER] = SEND_RESPONSE
-        self._request_method = event.method
-        version = self.their_http_version = event.http_version
+        method, version = event.method, event.http_version
+        self._request_method = _SHARED.get(method, method)
+        version = self.their_http_version = _SHARED.get(version, version)
         # _keep_alive(request): "close" among the connection tokens, or HTTP/1.0
         if (connection and b"close" in get_comma_header(event.headers, b"connection")) or version < b"1.1":
             cstate.process_keep_alive_disabled()
@@ -188,7 +199,7 @@ class ServerConnection(h11.Connection):
         if chunked:
             self._reader = ChunkedReader()
         else:
-            self._reader = ContentLengthReader(int(length) if length else 0)
+            self._reader = ContentLengthReader(int(length)) if length and length.strip(b"0") else _NO_BODY
 
     def _received_end(self, event: Any) -> None:
         """h11's ``_process_event(CLIENT, EndOfMessage)``: DONE, then what that triggers."""
@@ -349,7 +360,7 @@ class ServerConnection(h11.Connection):
         if empty or method == b"HEAD":
             self._writer = ContentLengthWriter(0)
         elif codings:
-            self._writer = ChunkedWriter()
+            self._writer = _CHUNKED
         elif lengths:
             self._writer = ContentLengthWriter(int(length))
         else:

@@ -14,9 +14,11 @@ are parsed first) or closes.
 * **One writer, one reader.**  Every write goes through one :class:`~trio_rack.net.transport.Writer`.
   Outside the app only this task reads; while the app runs, reads happen only on its behalf
   (``rack.input``, the streaming body), so a pipelined request is never consumed behind its back.
-* **One cancel scope per connection, read deadlines the sweep enforces**
-  (:class:`~trio_rack.net.transport.Deadlines`): idle, head and body timeouts end the
-  connection (at most 25 % late: no scope deadline moves per request);
+* **A read scope per request cycle, read deadlines the sweep enforces**
+  (:class:`~trio_rack.net.transport.Deadlines`): idle, head, drain and body timeouts end the
+  connection (at most 25 % late: no scope deadline moves per request); the scope covers the
+  previous body's drain and the head's read, and the exchange only when the request has a
+  body (see :meth:`HTTPConnection.run`);
   :meth:`HTTPConnection._after_cancel` then says why and answers ``408`` where one is due.
   A write blocked past the write timeout is found by the liveness sweeper, which cancels the
   request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
@@ -45,7 +47,7 @@ from typing import Any
 import h11
 import trio
 
-from ..app import accesslog
+from ..app import accesslog, scopes
 from ..app.env import ConnInfo
 from ..app.exchange import Exchange, Outcome
 from ..app.response import REASONS
@@ -223,46 +225,89 @@ class HTTPConnection:
     # ----------------------------------------------------------------------------- main loop
 
     async def run(self) -> None:
-        """The keep-alive loop, inside the connection's scope.
+        """The keep-alive loop: each cycle's reads in a scope of their own.
 
         One coroutine for the loop and the set-up around it (no ``_serve_requests`` of its
         own): its frame lives as long as the connection, 10,000 of them at 10,000 open
         streams, and every resumption of a streamed response passes through each frame.
+
+        A cycle's scope (:attr:`Deadlines.scope`, the one the sweep cancels when a read
+        deadline passes) covers the drain of the previous request's unread body and the read
+        of this request's head; a request that announces a body (:func:`.strict.has_body`)
+        runs its exchange inside it too, so its body reads are timed as the head's were.  A
+        request without one leaves it before the exchange: nothing that exchange does reads
+        from the transport, and while it runs (a stream: minutes) the task is in the
+        request's own scope alone, not in two (a cancel status and its two sets, some 700 B
+        a stream).  Outside both the server's cancellation still reaches it (the connections'
+        nursery); writes stay timed by the sweep through the exchange (``in_scope`` stays set).
         """
         state = self.state
         state.connections.add(self)
         deadlines = self.deadlines
         state.read_deadlines.add(deadlines)
-        hijacked = False
+        hijacked = cancelled = False
         try:
-            with deadlines.scope:
-                deadlines.in_scope = True
-                while True:
-                    request = await self._read_request(self._fresh)
+            while True:
+                scope = deadlines.scope = scopes.new()
+                scopes.enter(scope)
+                deadlines.in_scope = inside = True
+                try:
+                    # (_fresh: the first cycle, with no previous request to finish)
+                    ready = self._fresh or await self._prepare_next_cycle()
+                    request = await self._read_request(self._fresh) if ready else None
                     self._fresh = False
                     if request is None:
+                        outcome = None
+                    else:
+                        if not strict.has_body(request):
+                            scopes.leave(scope)  # (see the docstring: the exchange runs outside it)
+                            inside = False
+                            deadlines.scope = None  # (nor kept while it runs: 112 B a stream)
+                            del scope
+                        self._head_only = request.method == b"HEAD"
+                        exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
+                        # h11's event (its Headers, the raw names and target) is not needed once
+                        # the head is built: not kept for the whole response (a long stream's life).
+                        del request
+                        # exchange.run(), its steps taken here: one coroutine fewer under a
+                        # streamed response, 10,000 of them at 10,000 open streams
+                        try:
+                            if exchange.begin():
+                                try:
+                                    outcome = await exchange.respond()
+                                except BaseException as exc:
+                                    outcome = await exchange.finish(exc)
+                                else:
+                                    outcome = await exchange.finish(outcome)
+                            else:
+                                outcome = await exchange.run_begun()
+                        finally:
+                            self.exchange = None
+                            if exchange.client_gone or self.writer.broken:
+                                self.client_gone = True
+                        del exchange  # (nor the exchange, its env and body, while the next request is awaited)
+                except BaseException as exc:
+                    if not inside:
+                        raise
+                    deadlines.in_scope = False
+                    if not scopes.exit_with(scope, exc):
+                        raise
+                    cancelled = True
+                    break
+                if inside:
+                    scopes.leave(scope)
+                    if scope.cancel_called:  # (an app that swallowed the Cancelled: still the end)
+                        cancelled = True
                         break
-                    self._head_only = request.method == b"HEAD"
-                    exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
-                    # h11's event (its Headers, the raw names and target) is not needed once the
-                    # head is built: not kept for the whole response (a long stream's life).
-                    del request
-                    try:
-                        outcome = await exchange.run()
-                    finally:
-                        self.exchange = None
-                        if exchange.client_gone or self.writer.broken:
-                            self.client_gone = True
-                    del exchange  # (nor the exchange, its env and body, while the next request is awaited)
-                    if outcome is Outcome.HIJACKED:
-                        hijacked = True
-                        break
-                    if outcome is Outcome.CLOSE or state.draining or self.client_gone:
-                        break
-                    if not await self._prepare_next_cycle():
-                        break
+                if outcome is None:
+                    break
+                if outcome is Outcome.HIJACKED:
+                    hijacked = True
+                    break
+                if outcome is Outcome.CLOSE or state.draining or self.client_gone:
+                    break
             deadlines.in_scope = False
-            if deadlines.scope.cancelled_caught:
+            if cancelled:  # a read deadline passed, or close_if_idle
                 await self._after_cancel()
             elif not hijacked and not self.client_gone:
                 await shutdown_transport(self.transport)
@@ -719,9 +764,10 @@ class HTTPConnection:
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: end the connection now if it is waiting for a next request."""
-        if self.deadlines.read_phase is ReadPhase.IDLE and self.deadlines.in_scope and not self._fresh:
+        deadlines = self.deadlines
+        if deadlines.read_phase is ReadPhase.IDLE and deadlines.in_scope and deadlines.scope and not self._fresh:
             self._cancel_reason = "closed while idle: server shutting down"
-            self.deadlines.scope.cancel()
+            deadlines.scope.cancel()
 
 
 def _socket_of(stream: trio.abc.Stream) -> Any:

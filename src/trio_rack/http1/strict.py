@@ -21,6 +21,7 @@ from ..config import Limits
 
 __all__ = [
     "check_request",
+    "has_body",
     "has_head_end",
     "leading_empty_lines",
     "line_break_trick",
@@ -141,6 +142,19 @@ def check_request(request: h11.Request, limits: Limits) -> tuple[int, str] | Non
     if has_te and has_cl:  # RFC 9112 §6.1: a smuggling vector; refuse it outright
         return 400, "both Transfer-Encoding and Content-Length"
     return None
+
+
+def has_body(request: h11.Request) -> bool:
+    """Whether a checked request announces a body: ``transfer-encoding``, or a
+    ``content-length`` other than 0 (h11 has reduced it to one value of digits).
+
+    Without one, nothing the request's exchange does reads from the transport: the driver
+    runs it outside the scope its reads are timed by (http1/connection.py).
+    """
+    for _, name, value in request.headers._full_items:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
+            return True
+    return False
 
 
 def request_head(request: h11.Request) -> RequestHead:

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-* **One cancel scope per connection, a read deadline the sweeper enforces.**  A driver runs its
-  connection inside :attr:`Deadlines.scope`; the current read deadline (idle, head, body,
+* **A read scope, a read deadline the sweeper enforces.**  A driver runs its reads inside
+  :attr:`Deadlines.scope` (HTTP/1: one scope per request cycle); the current read deadline (idle, head, body,
   drain: the :class:`ReadPhase` says which, so when it passes the driver knows what timed out)
   is a plain float, :attr:`Deadlines.read_deadline`.  The liveness sweeper, which wakes about
   once a second anyway, cancels the scope of every connection whose read deadline has passed
@@ -12,8 +12,10 @@ Theory of operation
   so a timeout fires at most 25 % late, never early.  Entering a scope per read cost more than h11's parsing; moving
   the one scope's deadline twice a request (to the idle deadline, then to infinity while the
   app runs) cost 36,000 instructions of a hello request (bench/README.md, "Cost model");
-  storing a float costs next to nothing.  Exact and race-free all the same: the sweep runs
-  in the connection's own Trio run, between its steps, so it never sees a phase half-changed.
+  storing a float costs next to nothing (HTTP/1's scope per request cycle, by app/scopes.py's
+  short path, is ~13,500 instructions of a hello request: bench/README.md).  Exact and
+  race-free all the same: the sweep runs in the connection's own Trio run, between its steps,
+  so it never sees a phase half-changed.
 * **One writer, stalls found by the sweeper.**  Every byte reaches the stream through
   :meth:`Writer.write`, one task at a time (an app may read ``rack.input`` — which can send
   ``100 Continue`` — in one task while its streaming body writes in another).  A write inside
@@ -96,7 +98,7 @@ class ReadPhase(enum.Enum):
 
 
 class Deadlines:
-    """The connection's one cancel scope and its read deadline, enforced by the liveness sweep.
+    """The connection's read deadline, enforced by the liveness sweep, and the scope it cancels.
 
     Registered in :attr:`~trio_rack.state.ServerState.read_deadlines` by the driver for the
     connection's life (see the module docstring for why no scope deadline moves).
@@ -105,8 +107,12 @@ class Deadlines:
     __slots__ = ("scope", "in_scope", "read_phase", "read_deadline")
 
     def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        #: True while the driver runs inside :attr:`scope` (writes after it time out on their own).
+        #: The scope the driver's reads run in (HTTP/1: one per request cycle, put here by the
+        #: driver; this one until the first); None while no read can happen (HTTP/1: the
+        #: exchange of a request without a body), when there is nothing to cancel.
+        self.scope: trio.CancelScope | None = trio.CancelScope()
+        #: True while the driver runs inside :attr:`scope`, or in a request's exchange the sweep
+        #: watches (writes outside both, e.g. a 408 after a timeout, time out on their own).
         self.in_scope = False
         self.read_phase = ReadPhase.IDLE
         #: When the read under way times out (Trio's clock); ``math.inf`` while none does.
@@ -118,10 +124,11 @@ class Deadlines:
 
     def expire_if_due(self, now: float) -> bool:
         """The sweep's visit: cancel the connection's scope if its read deadline has passed."""
-        if self.read_deadline > now or not self.in_scope:
+        scope = self.scope
+        if self.read_deadline > now or not self.in_scope or scope is None:
             return False
         self.read_deadline = math.inf
-        self.scope.cancel()
+        scope.cancel()
         return True
 
 

@@ -444,6 +444,7 @@ async def _accept_loop(
     other tasks still get their turn.
     """
     batch = max(ACCEPT_BATCH, state.limits.backlog)
+    where = _Listener(bind, state, ctx, slots, http2)
     try:
         while True:
             for _ in range(batch):
@@ -470,9 +471,7 @@ async def _accept_loop(
                     raise
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
                 state.accepted += 1  # before the task runs: the drain must wait for it too
-                nursery.start_soon(
-                    _handle_connection, stream, bind, state, ctx, slots, http2, conn, name=_CONNECTION_TASK
-                )
+                nursery.start_soon(_handle_connection, stream, where, conn, name=_CONNECTION_TASK)
             else:
                 await trio.lowlevel.checkpoint()  # a full batch: let the others run, then go on
                 continue
@@ -481,6 +480,23 @@ async def _accept_loop(
         # stop accepting at once, even while requests in flight drain
         trio.lowlevel.notify_closing(listener)
         listener.close()
+
+
+class _Listener:
+    """What every connection of one listener is served with, as one argument: the connection
+    task's coroutine and its frame (Trio makes the frame object of every task's coroutine)
+    both hold a slot per argument for the connection's life, 10,000 of them at 10,000 streams."""
+
+    __slots__ = ("bind", "state", "ctx", "slots", "http2")
+
+    def __init__(
+        self, bind: Bind, state: ServerState, ctx: ssl.SSLContext | None, slots: _ConnectionSlots, http2: bool
+    ) -> None:
+        self.bind = bind
+        self.state = state
+        self.ctx = ctx
+        self.slots = slots
+        self.http2 = http2
 
 
 #: Every connection task's name, one string for all: without it trio formats the same name
@@ -504,46 +520,39 @@ def _conn_info(stream: trio.SocketStream, bind: Bind, tls: trio.SSLStream[Any] |
     return ConnInfo(bind.scheme, server, peer, tls=None if tls is None else tls_info(tls))
 
 
-async def _handle_connection(
-    stream: trio.SocketStream,
-    bind: Bind,
-    state: ServerState,
-    ctx: ssl.SSLContext | None,
-    slots: _ConnectionSlots,
-    http2: bool = True,
-    raw: socket.socket | None = None,
-) -> None:
+async def _handle_connection(stream: trio.SocketStream, where: _Listener, raw: socket.socket | None = None) -> None:
     """One connection's task.  Whatever happens, the socket is closed and the slot released.
 
     Its frame lives as long as the connection (10,000 of them at 10,000 open streams), so what
     it needs only to set up — the addresses, the handshake's details — is made in
-    :func:`_conn_info` and held by the :class:`ConnInfo` alone, not by a local here too.
+    :func:`_conn_info` and held by the :class:`ConnInfo` alone, not by a local here too; the
+    listener's settings come as one :class:`_Listener`.
     """
     transport: trio.abc.Stream = stream
     try:
         tls = None
-        if ctx is not None:
+        if where.ctx is not None:
             tls = await accept_tls(
-                stream, ctx, handshake_timeout=state.limits.handshake_timeout, https_url=str(bind)
+                stream, where.ctx, handshake_timeout=where.state.limits.handshake_timeout, https_url=str(where.bind)
             )
             if tls is None:
                 return
             transport = tls
-        info = _conn_info(stream, bind, tls)
+        info = _conn_info(stream, where.bind, tls)
         del tls  # the transport holds it
         if info is None:
             return  # gone before we looked
-        driver = await choose_driver(transport, state, info, http2=http2, peek_socket=raw)
+        driver = await choose_driver(transport, where.state, info, http2=where.http2, peek_socket=raw)
         del raw  # (the trio socket owns it)
         del info  # the driver holds it
         await driver.run()  # awaited here, not inside a dispatch coroutine: one frame fewer per resumption
     except Exception:
-        log.exception("connection from %s crashed; closing it", bind)
+        log.exception("connection from %s crashed; closing it", where.bind)
     finally:
-        slots.release()
-        state.accepted -= 1
-        if state.draining and not state.accepted:
-            state.all_closed.set()
+        where.slots.release()
+        where.state.accepted -= 1
+        if where.state.draining and not where.state.accepted:
+            where.state.all_closed.set()
         if transport is stream:
             # A plain socket: what ``SocketStream.aclose()`` does before its checkpoint, which
             # ``aclose_forcefully`` wraps in a cancelled scope: two cancel scopes per connection
