@@ -61,6 +61,7 @@ from ..net.transport import (
     ReadPhase,
     Writer,
     end_sending,
+    receive_after_turn,
     shutdown_transport,
     socket_fileno,
 )
@@ -322,10 +323,14 @@ class HTTPConnection:
                 # _receive_into_h11, inline (one coroutine fewer per request, on the path
                 # every keep-alive request waits in), and what it put in the parser's empty
                 # buffer is what ``trailing_data`` would give next: not asked again.
-                try:
-                    data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
+                sock = self.writer.socket  # plain TCP: see receive_after_turn
+                if sock is not None:
+                    data = await receive_after_turn(sock, RECEIVE_SIZE)
+                else:
+                    try:
+                        data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
                 self.h11.receive_data(data)
                 buffered, closed = data, not data
             if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
