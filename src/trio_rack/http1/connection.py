@@ -327,6 +327,7 @@ class HTTPConnection:
                 sock = self.writer.socket  # plain TCP: see receive_after_turn
                 if sock is not None:
                     data = await receive_after_turn(sock, RECEIVE_SIZE)
+                    self.writer.took_turn()
                 else:
                     try:
                         data = bytes(await self.transport.receive_some(RECEIVE_SIZE))

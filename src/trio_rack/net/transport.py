@@ -156,6 +156,13 @@ class Writer:
         self._writing = False
         self._waiters: trio.lowlevel.ParkingLot | None = None
 
+    def took_turn(self) -> None:
+        """The connection's task just let the others run (its keep-alive read yields first,
+        :func:`receive_after_turn`): the bound of :data:`QUICK_WRITES` starts afresh, so a
+        hello request's response is never the write that goes through ``send_all`` (and a
+        scheduler pass of its own) for fairness the read's yield already gave."""
+        self._quick_writes = QUICK_WRITES
+
     async def _park(self) -> None:
         """Wait for the writer under way to finish."""
         if self._waiters is None:
