@@ -6,10 +6,11 @@ A/B on a shared machine (valgrind's callgrind counts instructions, not seconds).
 
 ``SRC`` is a ``src/`` directory (``git archive REF src | tar -x -C DIR`` gives one for any
 commit), or ``bare``: ``bench/bare_trio.py``, the floor (hello, hello64, new, tls, tlsnew: it
-serves no uploads and streams only a second apart).  Each run starts ``python -m trio_rack serve`` under callgrind, drives N units of
-work, stops it; ``(I(N2) - I(N1)) / (N2 - N1)`` is the cost of one unit, start-up and
-shutdown cancelling out.  Kernel time is not counted.  Modes (apps are ``bench/rack_app.py``
-and, for ``stream``, a generator app this script writes to a temporary file):
+serves no uploads and streams only a second apart).  Each run starts ``python -m trio_rack
+serve`` (or the bare loop) under callgrind, drives N units of work, stops it;
+``(I(N2) - I(N1)) / (N2 - N1)`` is the cost of one unit, start-up and shutdown cancelling
+out.  Kernel time is not counted.  Modes (apps are ``bench/rack_app.py`` and, for
+``stream``, a generator app this script writes to a temporary file):
 
 ``hello``   one keep-alive request (what ``bench/ab_instructions.sh`` measures)
 ``hello64`` one keep-alive request of 64 connections' rounds (64 requests sent, then the 64
@@ -150,7 +151,8 @@ def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str], 
         if src == "bare":  # the bare Trio loop: same port, its own TLS flags
             command = [str(BENCH / "bare_trio.py"), "--port", str(port), *bind[1:]]
         else:
-            command = ["-m", "trio_rack", "serve", app, "-b", *bind, "--no-access-log", "--log-level", "warning", *extra]
+            command = ["-m", "trio_rack", "serve", app, "-b", *bind, "--no-access-log", "--log-level", "warning"]
+            command += extra
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, *command],
             env=dict(os.environ, PYTHONPATH="" if src == "bare" else src),
