@@ -5,10 +5,12 @@ A/B on a shared machine (valgrind's callgrind counts instructions, not seconds).
     python3 bench/cg_paths.py new 100 500 /tmp/a/src ./src
 
 ``SRC`` is a ``src/`` directory (``git archive REF src | tar -x -C DIR`` gives one for any
-commit).  Each run starts ``python -m trio_rack serve`` under callgrind, drives N units of
-work, stops it; ``(I(N2) - I(N1)) / (N2 - N1)`` is the cost of one unit, start-up and
-shutdown cancelling out.  Kernel time is not counted.  Modes (apps are ``bench/rack_app.py``
-and, for ``stream``, a generator app this script writes to a temporary file):
+commit), or ``bare``: ``bench/bare_trio.py``, the floor (hello, hello64, new, tls, tlsnew: it
+serves no uploads and streams only a second apart).  Each run starts ``python -m trio_rack
+serve`` (or the bare loop) under callgrind, drives N units of work, stops it;
+``(I(N2) - I(N1)) / (N2 - N1)`` is the cost of one unit, start-up and shutdown cancelling
+out.  Kernel time is not counted.  Modes (apps are ``bench/rack_app.py`` and, for
+``stream``, a generator app this script writes to a temporary file):
 
 ``hello``   one keep-alive request (what ``bench/ab_instructions.sh`` measures)
 ``hello64`` one keep-alive request of 64 connections' rounds (64 requests sent, then the 64
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -123,8 +126,9 @@ def _drive(mode: str, port: int, n: int, tls: ssl.SSLContext | None) -> None:
                     got += len(c.recv(1 << 20))
 
 
-def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str]) -> int:
-    """Instructions callgrind counts for one server run serving ``n`` units of ``mode``."""
+def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str], keep: str | None = None) -> int:
+    """Instructions callgrind counts for one server run serving ``n`` units of ``mode``
+    (``keep``: a path the run's callgrind output is copied to, for ``callgrind_annotate``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -144,16 +148,23 @@ def count(src: str, mode: str, n: int, python: str, app: str, extra: list[str]) 
             client_tls = ssl.create_default_context()
             ca.configure_trust(client_tls)
             client_tls.set_alpn_protocols(["http/1.1"])
+        if src == "bare":  # the bare Trio loop: same port, its own TLS flags
+            command = [str(BENCH / "bare_trio.py"), "--port", str(port), *bind[1:]]
+        else:
+            command = ["-m", "trio_rack", "serve", app, "-b", *bind, "--no-access-log", "--log-level", "warning"]
+            command += extra
         server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-m", "trio_rack", "serve",
-             app, "-b", *bind, "--no-access-log", "--log-level", "warning", *extra],
-            env=dict(os.environ, PYTHONPATH=src), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, *command],
+            env=dict(os.environ, PYTHONPATH="" if src == "bare" else src),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
             _drive(mode, port, n, client_tls)
         finally:
             server.terminate()
             log = server.communicate(timeout=300)[0].decode(errors="replace")
+        if keep is not None and os.path.exists(out):
+            shutil.copyfile(out, keep)
     found = re.search(r"Collected : (\d+)", log)
     if found is None:
         raise SystemExit(f"no callgrind total for {src}:\n{log[-2000:]}")
@@ -165,9 +176,13 @@ def main() -> None:
     parser.add_argument("mode", choices=["hello", "hello64", "new", "stream", "upload", "tls", "tlsnew"])
     parser.add_argument("n1", type=int)
     parser.add_argument("n2", type=int)
-    parser.add_argument("src", nargs="+")
+    parser.add_argument("src", nargs="+", help="src/ directories, or 'bare' for bench/bare_trio.py")
     parser.add_argument("--python", default="/root/.pyenv/versions/3.11.7/bin/python3.11")
     parser.add_argument("--http1-parser", choices=["h11", "httptools"], help="pin the server's HTTP/1 parser")
+    parser.add_argument(
+        "--keep", metavar="DIR",
+        help="copy each run's callgrind output to DIR (callgrind_annotate: call counts of epoll_wait, recv, ...)",
+    )  # fmt: skip
     args = parser.parse_args()
     extra = ["--http1-parser", args.http1_parser] if args.http1_parser else []
     with tempfile.TemporaryDirectory() as work:
@@ -175,9 +190,13 @@ def main() -> None:
         if args.mode == "stream":
             app = os.path.join(work, "stream_app.py")
             Path(app).write_text(STREAM_APP)
-        for src in args.src:
-            low = count(src, args.mode, args.n1, args.python, app, extra)
-            high = count(src, args.mode, args.n2, args.python, app, extra)
+        for i, src in enumerate(args.src):
+            keep = [None, None]
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                keep = [os.path.join(args.keep, f"{i}-{args.mode}-{n}.cg") for n in (args.n1, args.n2)]
+            low = count(src, args.mode, args.n1, args.python, app, extra, keep[0])
+            high = count(src, args.mode, args.n2, args.python, app, extra, keep[1])
             parser_note = f" ({args.http1_parser})" if args.http1_parser else ""
             per = (high - low) // (args.n2 - args.n1)
             print(f"{src}: {per:,} instructions per {args.mode} unit{parser_note}", flush=True)

@@ -127,3 +127,34 @@ async def test_a_run_of_quick_writes_still_lets_the_other_tasks_run() -> None:
         while len(received) < WRITES:
             received.extend(await client.receive_some(1000))
         assert bytes(received) == b"x" * WRITES
+
+
+async def test_after_a_turn_taken_the_count_of_quick_writes_starts_afresh() -> None:
+    """took_turn (the keep-alive read yielded): the next QUICK_WRITES - 1 writes are quick
+    again, so one write per request never goes through send_all for fairness already given."""
+    from trio_rack.net.transport import QUICK_WRITES
+
+    client, server = await _tcp_pair()
+    async with client, server:
+        writer = _tcp_writer(server)
+        sends = 0
+        real_send_all = server.send_all
+
+        async def counting_send_all(data: bytes) -> None:
+            nonlocal sends
+            sends += 1
+            await real_send_all(data)
+
+        server.send_all = counting_send_all  # type: ignore[method-assign]
+        for _ in range(4):  # four "requests" of QUICK_WRITES - 1 writes, a turn taken before each
+            writer.took_turn()
+            for _ in range(QUICK_WRITES - 1):
+                await writer.write(b"x")
+        assert sends == 0
+        for _ in range(QUICK_WRITES):  # without a turn taken: one in QUICK_WRITES goes through send_all
+            await writer.write(b"y")
+        assert sends == 1
+        received = bytearray()
+        while len(received) < 4 * (QUICK_WRITES - 1) + QUICK_WRITES:
+            received.extend(await client.receive_some(1000))
+        assert bytes(received) == b"x" * 4 * (QUICK_WRITES - 1) + b"y" * QUICK_WRITES

@@ -63,6 +63,7 @@ from ..net.transport import (
     ReadPhase,
     Writer,
     end_sending,
+    receive_after_turn,
     shutdown_transport,
     socket_fileno,
 )
@@ -70,6 +71,7 @@ from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
 from ._h11_patch import fast_request_events, lower_case_framing_headers, tighten_chunk_extensions
 from .body_rate import BodyRate
+from .httptools_engine import HttptoolsConnection
 from .parsers import new_parser
 from .wire import serialize_head
 
@@ -367,10 +369,15 @@ class HTTPConnection:
                 # _receive_into_h11, inline (one coroutine fewer per request, on the path
                 # every keep-alive request waits in), and what it put in the parser's empty
                 # buffer is what ``trailing_data`` would give next: not asked again.
-                try:
-                    data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
+                sock = self.writer.socket  # plain TCP: see receive_after_turn
+                if sock is not None:
+                    data = await receive_after_turn(sock, RECEIVE_SIZE)
+                    self.writer.took_turn()
+                else:
+                    try:
+                        data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
                 self.h11.receive_data(data)
                 buffered, closed = data, not data
             if len(buffered) > limits.max_head_size and not strict.has_head_end(buffered, limits.max_head_size):
@@ -550,17 +557,31 @@ class HTTPConnection:
     ) -> None:
         """A buffered response, coalesced into one write when small."""
         h = self.h11
-        # The head's pieces as the parser made them (h11: a piece per header line), joined
-        # once with the rest when small: one join, not one for the head and one for all.
-        pieces = h.send_with_data_passthrough(self._head_event(status, headers)) or []
-        self._started = True
-        if length > COALESCE_LIMIT:
-            pieces = [b"".join(pieces)]
-        if not head_only:
-            for chunk in body:
-                if chunk:
-                    pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
-        pieces.append(h.send(_END))
+        pieces: Any = None
+        if (
+            type(h) is HttptoolsConnection
+            and length <= COALESCE_LIMIT
+            and not head_only
+            and not self._must_close
+            and not self.state.draining
+        ):
+            # head, chunks and end in one call of the engine's, where the response is the plain
+            # keep-alive case (None otherwise: the events below); see its send_whole
+            pieces = h.send_whole(status, REASONS.get(status, b""), headers, body, length)
+            if pieces is not None:
+                self._started = True
+        if pieces is None:
+            # The head's pieces as the parser made them (h11: a piece per header line), joined
+            # once with the rest when small: one join, not one for the head and one for all.
+            pieces = h.send_with_data_passthrough(self._head_event(status, headers)) or []
+            self._started = True
+            if length > COALESCE_LIMIT:
+                pieces = [b"".join(pieces)]
+            if not head_only:
+                for chunk in body:
+                    if chunk:
+                        pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
+            pieces.append(h.send(_END))
         if length <= COALESCE_LIMIT:
             await self.writer.write(b"".join(pieces))
         else:

@@ -524,6 +524,72 @@ class HttptoolsConnection:
             self._out_left = length
         return _head(status, event.reason, items)
 
+    def send_whole(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]], body: Any, length: int
+    ) -> list[Any] | None:
+        """A buffered response's ``Response``, ``Data`` for each non-empty chunk of ``body``
+        and ``EndOfMessage``, in one call: their pieces (the head's lines, then the chunks) and
+        the state they leave, exactly as the three sends give them — or None, with nothing
+        changed, where the response is not the plain keep-alive case (then the caller sends
+        the events).
+
+        The plain case: a final status with a body (200–999, not 204 or 304) answering an
+        HTTP/1.1 request that is not HEAD or CONNECT, keep-alive on, no protocol switch
+        proposed, no ``100-continue`` awaited, our side in SEND_RESPONSE and theirs in IDLE,
+        SEND_BODY or DONE; ``fields`` (lower-case
+        names, validated) hold exactly one ``content-length``, equal to ``length`` and to the
+        chunks' sum, and no ``transfer-encoding``, ``connection`` or ``host``.  There the
+        events' path decides nothing: the framing is that length, the head is written as
+        given, the state goes SEND_RESPONSE → SEND_BODY → DONE with no transition of
+        :meth:`_settle` firing.  What it costs instead: an ``h11.Response`` and its
+        ``Headers`` of triples built, three dispatches through
+        :meth:`send_with_data_passthrough` with their ``try``, the framing scan and the
+        header-line pass.  ``tests/test_httptools_whole.py`` holds it to the three sends.
+        """
+        if (
+            self.our_state is not SEND_RESPONSE
+            or self.their_state not in _QUIET_CLIENT
+            or not self._keep_alive
+            or self._proposals
+            or self.they_are_waiting_for_100_continue
+            or self.their_http_version != b"1.1"
+            or status < 200
+            or status > 999
+            or status == 204
+            or status == 304
+        ):
+            return None
+        method = self._request_method
+        if method == b"HEAD" or method == b"CONNECT":
+            return None
+        lengths = 0
+        for name, value in fields:
+            if name == b"content-length":
+                if lengths or value != b"%d" % length:
+                    return None
+                lengths = 1
+            elif name == b"transfer-encoding" or name == b"connection" or name == b"host":
+                return None
+        if not lengths:
+            return None
+        total = 0
+        for chunk in body:
+            total += len(chunk)
+        if total != length:
+            return None
+        pieces = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        pieces += [b"%s: %s\r\n" % field for field in fields]
+        pieces.append(b"\r\n")
+        for chunk in body:
+            if chunk:
+                pieces.append(chunk)
+        # the three sends' state: SEND_BODY with the length framing, then DONE (quiet: see _settle)
+        self._proposals.clear()
+        self.our_state = DONE
+        self._out = None
+        self._out_left = 0
+        return pieces
+
     # ----------------------------------------------------------------------- (h11 spellings)
 
     @property
