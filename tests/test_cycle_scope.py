@@ -211,3 +211,49 @@ async def test_an_overloaded_request_through_the_drivers_steps_is_counted_once(
             assert (await read_until_closed(other)).endswith(b"/y")
             assert state.in_flight == 0 and not state.active
             nursery.cancel_scope.cancel()
+
+
+
+async def _read_body(env: dict[str, Any]) -> Any:
+    body = b""
+    while chunk := await env["rack.input"].receive_some():
+        body += chunk
+    return 200, {}, [body]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nHost: a\r\nCONTENT-LENGTH: 5\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 005\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nab",
+        b"GET / HTTP/1.0\r\nHost: a\r\nContent-Length: 5\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 5\r\n\r\nab",
+    ],
+    ids=["upper-case-name", "leading-zeros", "repeated-value", "http10-get", "chunked-mixed-case", "upgrade"],
+)
+async def test_every_body_framing_either_parser_reads_is_timed_by_the_read_scope(
+    autojump_clock: trio.testing.MockClock, head: bytes, http1_parser: str
+) -> None:
+    """The gate fails closed: whatever spelling of a body's framing the parser takes as a body,
+    :func:`.strict.has_body` sees one too, so a body that stops arriving gets the body timeout's
+    408 (a request wrongly taken as bodyless would run outside the read scope: the sweep would
+    find no scope to cancel, and the app would wait on the body forever)."""
+    state = ServerState(_read_body, Limits(body_timeout=2.0), access_log=False)
+    client, server = trio.testing.memory_stream_pair()
+
+    async def serve() -> None:
+        try:
+            await serve_stream(server, state, http1_parser=http1_parser)
+        finally:
+            await server.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.send_all(head)
+            data = await read_until_closed(client)
+            nursery.cancel_scope.cancel()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert b"timed out waiting for the request body" in data

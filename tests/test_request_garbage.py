@@ -64,6 +64,28 @@ async def test_keep_alive_requests_leave_no_cyclic_garbage(app, body: bytes, htt
     assert not left, left.most_common(10)
 
 
+
+@pytest.mark.parametrize("app", [hello, streamed], ids=["hello", "streamed"])
+async def test_bodyless_keep_alive_requests_leave_no_cyclic_garbage(app, http1_parser: str) -> None:
+    """The same for requests without a body (GET), whose exchange the HTTP/1 driver runs
+    outside the cycle's read scope, with the exchange's steps (begin, respond, finish) taken
+    in its own frame: that path leaves nothing for the collector either."""
+    async with memory_connection(app, http1_parser=http1_parser) as client:
+        for _ in range(5):
+            await client.request("GET", "/")
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                response = await client.request("GET", "/")
+                assert response.status == 200
+            gc.collect()
+            left = Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert not left, left.most_common(10)
+
 async def test_env_callables_kept_past_the_request_fail_clearly(http1_parser: str) -> None:
     kept: list[dict[str, object]] = []
 

@@ -313,3 +313,30 @@ async def test_a_client_that_never_reads_is_dropped_after_the_write_timeout_even
             nursery.start_soon(serve_stream, server, state)
             await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # ... and never read
     await trio.aclose_forcefully(client)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"GET / HTTP/1.1\r\nhost: a b\r\n\r\n", b"GET / HTTP/1.2\r\nhost: x\r\n\r\n"],
+    ids=["400-bad-host", "505-version"],
+)
+async def test_a_client_that_never_reads_its_rejection_is_dropped_after_the_write_timeout(
+    autojump_clock: trio.testing.MockClock, head: bytes, http1_parser: str
+) -> None:
+    """A head refused after it was parsed (strict.check_request: a bad Host, a version we do
+    not speak, too many fields) is answered by the driver, not by an exchange: no read deadline
+    is armed then and the sweep's write check sees only exchanges, so that answer's write timed
+    itself out never, and a client that never read held the connection (and its slot) until
+    shutdown.  It now times out as any write outside the sweep's watch does."""
+    from trio_rack.testing import ServerState, serve_stream
+
+    async def app(env: Any) -> Any:
+        return 200, {}, [b"ok"]
+
+    client, server = trio.testing.lockstep_stream_pair()  # a send blocks until the peer reads
+    state = ServerState(app, Limits(write_timeout=5, liveness_interval=1), access_log=False)
+    with trio.fail_after(30):  # virtual seconds: the server's task must end by itself
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: serve_stream(server, state, http1_parser=http1_parser))
+            await client.send_all(head)  # ... and never read
+    await trio.aclose_forcefully(client)

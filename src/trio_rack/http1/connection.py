@@ -440,7 +440,13 @@ class HTTPConnection:
 
         The request never reached the app, so no exchange logs it: it gets its access-log line
         here (with the request line when h11 has not consumed it yet, else ``-``).
+
+        No exchange means the sweep's write check does not watch this answer, nor does a read
+        deadline stand once the head is parsed (:func:`.strict.check_request`'s refusals): the
+        write times itself out (``in_scope`` off: :meth:`.Writer.write`), or a client that
+        never reads would hold the connection until shutdown.  The connection ends after it.
         """
+        self.deadlines.in_scope = False
         reason = plain_reason(reason)
         log.info("%s:%s: %d %s", self.info.remote_addr, self.info.remote_port, status, reason)
         if self.h11 is None or self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
