@@ -24,6 +24,7 @@ import trio.testing
 from trio_rack import Limits
 from trio_rack.http1._h11_fast import ServerConnection
 from trio_rack.http1.httptools_engine import HttptoolsConnection
+from trio_rack.net.transport import DIRECT_BODY_SIZE
 from trio_rack.state import ServerState
 from trio_rack.testing import memory_connection, read_until_closed, serve_stream
 
@@ -115,12 +116,16 @@ async def test_a_body_read_past_the_parser_arrives_whole_and_no_read_runs_past_i
     assert first.startswith(b"200 ") and first.endswith(b"\r\n\r\n" + _answer(body))
     assert second.startswith(b"200 ") and second.endswith(b"\r\n\r\n" + _answer(b"xyz"))
     assert sum(direct) >= len(body) - 70_000  # past the parser: all but what came with a head
-    # Every read's size: a prefix of them ends exactly at the first body's last byte.
+    # Every read's size: a prefix of them ends exactly at the first body's last byte, and no
+    # read of the body asked for more than the body still due (nor than DIRECT_BODY_SIZE).
     ends, total = set(), 0
-    for _, got in recording.reads:
+    end_of_body = len(head) + len(body)
+    for asked, got in recording.reads:
+        if len(head) <= total < end_of_body:
+            assert asked is not None and asked <= min(end_of_body - total, DIRECT_BODY_SIZE)
         total += got
         ends.add(total)
-    assert len(head) + len(body) in ends
+    assert end_of_body in ends
     assert total == len(head) + len(body) + len(following)
 
 

@@ -55,6 +55,7 @@ from ..errors import AppError, ClientGone, RequestBodyError
 from ..net.transport import (
     BODY_RECEIVE_SIZE,
     COALESCE_LIMIT,
+    DIRECT_BODY_SIZE,
     RECEIVE_SIZE,
     WRITE_SLICE,
     Deadlines,
@@ -650,7 +651,7 @@ class HTTPConnection:
             wanted = direct() if direct is not None else 0
             if wanted:
                 # (A declared length over max_body_size was refused with the head: strict.py.)
-                data = await self._receive_body_bytes(min(wanted, BODY_RECEIVE_SIZE))
+                data = await self._receive_body_bytes(min(wanted, DIRECT_BODY_SIZE))
                 if data:
                     received = len(data)
                     h.body_bytes_read(received)
