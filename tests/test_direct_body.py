@@ -204,3 +204,34 @@ async def test_a_body_at_the_limit_is_read_past_the_parser(monkeypatch: pytest.M
             response = await client.read_response()
     assert response.status == 200 and response.body == _answer(body)
     assert sum(direct) == len(body)
+
+
+async def test_a_big_piece_read_in_small_reads_comes_out_whole_and_in_order() -> None:
+    """``rack.input`` hands a 1 MiB piece out in reads of any size (a view of the rest, not a
+    copy of it per read): the same bytes, in order, and after a partial read a full hijack
+    still gets the rest of the piece first."""
+    body = random.Random(9).randbytes(1_500_000)
+    got: list[bytes] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        rack_input = env["rack.input"]
+        parts, sizes = [], [7, 65536, 1, 300_000, 4096]
+        for i in range(20):
+            parts.append(await rack_input.receive_some(sizes[i % len(sizes)]))
+        stream = env["rack.hijack"]()
+        rest = len(body) - sum(map(len, parts))
+        while rest:
+            chunk = await stream.receive_some()
+            rest -= len(chunk)
+            parts.append(chunk)
+        got.append(b"".join(parts))
+        await stream.send_all(b"done")
+        return -1, {}, []
+
+    async with memory_connection(app) as client:
+        with trio.fail_after(10):
+            await client.stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            await trio.testing.wait_all_tasks_blocked()
+            await client.stream.send_all(body)
+            assert await client.stream.receive_some() == b"done"
+    assert got == [body]
