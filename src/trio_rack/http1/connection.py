@@ -22,6 +22,10 @@ are parsed first) or closes.
   request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
   the exchange: a vanished client or a request deadline cancels the request, and
   the exchange records why.
+* **Bodies past the parser.**  A ``content-length`` body the parser holds none of is read
+  straight from the transport, at most the bytes still due, and handed to ``rack.input`` as
+  it came (:meth:`HTTPConnection.receive_body`): the parser's buffer copied every byte three
+  times.  The next request's bytes are never read with it.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
