@@ -14,6 +14,10 @@ and 1.1, keep-alive and ``connection: close``, HEAD, CONNECT, upgrades and 101, 
 chunked and content-length bodies, ``connection`` headers, 100-continue, a peer that closed, and
 framing errors (too much, too little, events out of order), plus seeded random programs; and the
 parser differential suite's transcripts (``test_parser_differential.drive``) on its whole corpus.
+Content-length bodies read past h11's buffer (``direct_body_size``/``body_bytes_read``, the
+driver's direct read: the "body" action) are held to h11 fed the same bytes the same way: whole,
+in pieces, cut short, with a pipelined request behind, after bytes buffered with the head, after
+100-continue, and for the requests where no direct read may be offered (chunked, no body).
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ def snapshot(conn: Any) -> Any:
     )
 
 
+#: Body reads the fast class took past its buffer (the "body" action): the comparison of those
+#: steps is not vacuous.
+DIRECT_READS: list[int] = []
+
+
 def _call(conn: Any, action: tuple[Any, ...]) -> Any:
     verb = action[0]
     try:
@@ -81,6 +90,18 @@ def _call(conn: Any, action: tuple[Any, ...]) -> Any:
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return event
             return (type(event).__name__, repr(event))
+        if verb == "body":  # the driver reading body bytes: past the buffer where offered
+            payload = action[1]
+            offer = getattr(conn, "direct_body_size", None)
+            if offer is not None and 0 < len(payload) <= offer():
+                conn.body_bytes_read(len(payload))
+                DIRECT_READS.append(len(payload))
+                return ("Data", payload)
+            conn.receive_data(payload)
+            event = conn.next_event()
+            if type(event) is h11.Data:
+                return ("Data", bytes(event.data))
+            return event if event is h11.NEED_DATA or event is h11.PAUSED else (type(event).__name__, repr(event))
         if verb == "cycle":
             conn.start_next_cycle()
             return None
@@ -268,6 +289,45 @@ def _scenarios() -> list[tuple[str, list[tuple[Any, ...]]]]:
 
 SCENARIOS = _scenarios()
 
+#: Requests whose body the driver reads past h11's buffer: the head alone, then the body.
+BODY_HEADS = {
+    "length": b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n",
+    "length-1.0": b"POST /u HTTP/1.0\r\nContent-Length: 10\r\n\r\n",
+    "length-close": b"POST /u HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 10\r\n\r\n",
+    "expect": b"POST /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
+    "upgrade": b"POST /u HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: 10\r\n\r\n",
+    "chunked": b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "zero": b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    "get": b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+}
+#: Ways the body arrives: whole, in pieces, short and then EOF, with the next request behind it.
+BODY_ARRIVALS: dict[str, list[tuple[Any, ...]]] = {
+    "whole": [("body", b"0123456789")],
+    "pieces": [("body", b"0"), ("body", b"1234"), ("body", b"56789")],
+    "short-eof": [("body", b"0123"), ("receive", b""), ("next",)],
+    "pipelined": [("body", b"01234"), ("body", b"56789GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")],
+    "too-long": [("body", b"0123456789x")],
+    "after-buffered": [("receive", b"01"), ("next",), ("body", b"2345"), ("body", b"6789")],
+    "chunks": [("body", b"5\r\nhello\r\n"), ("body", b"0\r\n\r\n")],
+}
+
+
+def _body_scenarios() -> list[tuple[str, list[tuple[Any, ...]]]]:
+    out = []
+    head = driver_style(200, [(b"content-length", b"2")])
+    for (hname, request), (aname, arrival) in itertools.product(BODY_HEADS.items(), BODY_ARRIVALS.items()):
+        for continue_first in (False, True):
+            actions: list[tuple[Any, ...]] = [("receive", request), ("next",)]
+            if continue_first:
+                actions.append(("send", info(100)))
+            actions += [*arrival, *_read_request(2), ("send", head), ("send", data(b"ok")), ("send", end())]
+            actions += [*_read_request(2), ("cycle",), *_read_request(3)]
+            out.append((f"{hname}:{aname}:{continue_first}", actions))
+    return out
+
+
+BODY_SCENARIOS = _body_scenarios()
+
 
 def _random_programs(count: int) -> list[list[tuple[Any, ...]]]:
     rng = random.Random(SEED)
@@ -399,3 +459,51 @@ def test_the_receiving_steps_are_taken_too() -> None:
         h11.Connection.next_event = original  # type: ignore[method-assign]
     assert kinds == ["Request", "Data", "Data", "EndOfMessage"] and calls == []
     assert conn.their_state is h11.DONE and conn.our_state is h11.SEND_RESPONSE
+
+
+@needs_fast
+@pytest.mark.parametrize("name", [name for name, _ in BODY_SCENARIOS])
+def test_bodies_read_past_the_buffer_leave_the_same_bytes_and_states(name: str) -> None:
+    """``direct_body_size``/``body_bytes_read`` (the driver's content-length body read straight
+    from the wire) against plain h11 fed the same bytes: every event and every piece of state,
+    step by step (the reader's count, 100-continue, keep-alive, the next request's bytes)."""
+    actions = dict(BODY_SCENARIOS)[name]
+    assert transcript(_fast, actions) == transcript(_plain, actions), name
+
+
+@needs_fast
+def test_random_programs_with_body_reads_leave_the_same_bytes_and_states() -> None:
+    rng = random.Random(SEED + 1)
+    pool: list[Any] = [*_heads(driver_style).values(), data(b"ok"), end(), info(100)]
+    bodies = [b"0", b"0123", b"0123456789", b"0123456789x", b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]
+    DIRECT_READS.clear()
+    for _ in range(3000):
+        actions: list[tuple[Any, ...]] = [("receive", rng.choice(list(BODY_HEADS.values()))), ("next",)]
+        for _ in range(rng.randint(1, 10)):
+            roll = rng.random()
+            if roll < 0.45:
+                actions.append(("body", rng.choice(bodies)))
+            elif roll < 0.7:
+                actions.append(("send", rng.choice(pool)))
+            elif roll < 0.9:
+                actions.append(("next",))
+            elif roll < 0.95:
+                actions.append(("cycle",))
+            else:
+                actions.append(("receive", b""))
+        assert transcript(_fast, actions) == transcript(_plain, actions), actions
+    assert len(DIRECT_READS) > 500  # the fast class took the direct steps, not only h11's
+
+
+@needs_fast
+def test_the_body_scenarios_take_the_direct_reads() -> None:
+    DIRECT_READS.clear()
+    for name, actions in BODY_SCENARIOS:
+        if name.startswith("length:pieces:"):
+            transcript(_fast, actions)
+    assert DIRECT_READS == [1, 4, 5, 1, 4, 5]  # both spellings: every piece past the buffer
+    DIRECT_READS.clear()
+    for name, actions in BODY_SCENARIOS:
+        if name.startswith(("chunked:", "get:", "zero:")) or ":too-long:" in name:
+            transcript(_fast, actions)
+    assert DIRECT_READS == []  # never for a chunked body, no body, or more than the body's rest

@@ -124,8 +124,12 @@ def _response(index: int, method: bytes) -> list[Any]:
             h11.Data(data=b"x"), h11.EndOfMessage()]  # fmt: skip
 
 
-def drive(conn: Any, pieces: list[bytes], eof: bool) -> list[Any]:
-    """What the driver would see and do; a transcript to compare (never raises)."""
+def drive(conn: Any, pieces: list[bytes], eof: bool, *, direct: list[int] | None = None) -> list[Any]:
+    """What the driver would see and do; a transcript to compare (never raises).
+
+    With ``direct`` (a list to count in), a piece the parser can take as body bytes read past
+    its buffer (``direct_body_size``) goes that way, as the driver reads a content-length body,
+    and is logged as the ``Data`` event it stands for; each such piece appends its length."""
     log: list[Any] = []
     feed = list(pieces)
     index = 0
@@ -145,7 +149,14 @@ def drive(conn: Any, pieces: list[bytes], eof: bool) -> list[Any]:
             break
         if event is h11.NEED_DATA:
             if feed:
-                conn.receive_data(feed.pop(0))
+                piece = feed.pop(0)
+                offer = getattr(conn, "direct_body_size", None)  # (a plain h11.Connection has none)
+                if direct is not None and offer is not None and 0 < len(piece) <= offer():
+                    conn.body_bytes_read(len(piece))
+                    direct.append(len(piece))
+                    log.append(("data", piece))
+                    continue
+                conn.receive_data(piece)
                 continue
             if eof:
                 eof = False
@@ -212,6 +223,77 @@ def _check(data: bytes, rng: random.Random) -> None:
         for eof in (False, True):
             reference, candidate = both(pieces, eof)
             assert candidate == reference, (data, pieces, eof)
+
+
+def _body_splits(data: bytes, rng: random.Random) -> list[list[bytes]]:
+    """``data`` cut at its head's end, the rest in pieces (bytes one by one, at random points,
+    and whole): the shapes in which a driver reads a body past the parser's buffer."""
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0 or head_end + 4 == len(data):
+        return []
+    head, rest = data[: head_end + 4], data[head_end + 4 :]
+    cuts = sorted(rng.sample(range(1, len(rest)), min(3, len(rest) - 1)))
+    at_random = [rest[i:j] for i, j in zip([0, *cuts], [*cuts, len(rest)], strict=True)]
+    return [[head, rest], [head, *at_random], [head, *(rest[i : i + 1] for i in range(len(rest)))]]
+
+
+def test_bodies_read_past_the_buffer_get_the_same_transcripts() -> None:
+    """The driver's direct read of a content-length body (``direct_body_size`` and
+    ``body_bytes_read``, on both parsers) stands for exactly ``receive_data`` and the ``Data``
+    event: the same events, verdicts, responses and leftover bytes as h11 fed every byte, on the
+    whole corpus (a pipelined request behind a body, a body cut short by EOF, smuggling vectors)."""
+    rng = random.Random(SEED)
+    corpus = VALID + _smuggling_corpus()
+    corpus += [_mutate(rng, rng.choice(corpus)) for _ in range(MUTANTS // 3)]
+    corpus += [
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST / HTTP/1.0\r\nContent-Length: 4\r\n\r\nabcd",
+        b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nshort",
+    ]
+    taken: list[int] = []
+    compared = 0
+    for data in corpus:
+        for pieces in _body_splits(data, rng):
+            for eof in (False, True):
+                reference = drive(new_parser("h11", LIMITS.max_head_size), pieces, eof)
+                for candidate in (new_parser("h11", LIMITS.max_head_size), HttptoolsConnection(LIMITS.max_head_size)):
+                    assert drive(candidate, pieces, eof, direct=taken) == reference, (type(candidate), pieces, eof)
+                    compared += 1
+    assert compared > 1000 and len(taken) > 300  # the direct reads were taken, not only offered
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_a_body_is_offered_for_direct_reads_only_while_none_of_it_is_buffered(parser: str) -> None:
+    def make() -> Any:
+        return new_parser(parser, LIMITS.max_head_size)
+
+    if not hasattr(make(), "direct_body_size"):
+        pytest.skip("a plain h11.Connection (another h11 release): the driver reads through its buffer")
+
+    conn = make()
+    assert conn.direct_body_size() == 0  # no request yet
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")
+    assert type(conn.next_event()) is h11.Request
+    assert conn.direct_body_size() == 0  # two body bytes are buffered: they come first
+    assert bytes(conn.next_event().data) == b"ab"
+    assert conn.direct_body_size() == 8  # never more than the body's rest
+    conn.body_bytes_read(5)
+    assert conn.direct_body_size() == 3
+    with pytest.raises(RuntimeError):
+        conn.body_bytes_read(4)  # past the body's end: refused, nothing counted
+    conn.body_bytes_read(3)
+    assert conn.direct_body_size() == 0
+    assert type(conn.next_event()) is h11.EndOfMessage and conn.their_state is h11.DONE
+    chunked = make()
+    chunked.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunked.next_event()
+    assert chunked.direct_body_size() == 0  # a chunked body always goes through the parser
+    closed = make()
+    closed.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    closed.next_event()
+    closed.receive_data(b"")
+    assert closed.direct_body_size() == 0  # after EOF the parser's verdict comes first
 
 
 @pytest.mark.parametrize("data", VALID, ids=range(len(VALID)))

@@ -26,6 +26,15 @@ switch proposals, 100-continue flag, request method, peer version, reader and wr
   Data moves no state and ends a 100-continue wait; the end is ``DONE`` and h11's own
   state-triggered transitions whenever any could fire.  A content-length reader with nothing
   left returns one shared ``EndOfMessage`` (h11 makes a fresh, equal one each time);
+* **a content-length body read past the buffer** (:meth:`ServerConnection.direct_body_size`,
+  :meth:`ServerConnection.body_bytes_read`): while h11 holds none of the body buffered, the
+  driver reads at most the bytes still due straight from the socket and hands them to the app
+  as they came, telling h11 only their count.  h11's own path copies each byte three times
+  (``+=`` into its ``ReceiveBuffer``, then ``maybe_extract_at_most`` slices the buffer twice)
+  and the driver a fourth (``bytes()`` of the ``bytearray``): four of the five copies of a
+  10 MiB upload (``bench/README.md``).  The state afterwards is h11's after ``receive_data``
+  and the ``Data`` event (the reader's count, 100-continue over), and never a byte past the
+  body is read, so the next request's bytes stay in the kernel;
 * **sending a Response** while our state is ``SEND_RESPONSE``, no protocol switch is proposed,
   and the head is plain: at most one ``content-length`` (ASCII digits, h11's 20 at most), at
   most one ``transfer-encoding`` (exactly ``chunked``), ``http_version`` ``1.1`` and an ``int``
@@ -165,6 +174,33 @@ class ServerConnection(h11.Connection):
             if isinstance(exc, LocalProtocolError):
                 exc._reraise_as_remote_protocol_error()
             raise
+
+    def direct_body_size(self) -> int:
+        """Bytes of a ``content-length`` request body still to come while none of them is
+        buffered, else 0: the driver may read up to that many from the wire itself and report
+        them with :meth:`body_bytes_read` (the body path without the buffer's copies; see the
+        module docstring)."""
+        reader: Any = self._reader
+        if (
+            type(reader) is ContentLengthReader
+            and not self._receive_buffer
+            and not self._receive_buffer_closed
+            and self._cstate.states[CLIENT] is SEND_BODY
+            and not self._cstate.pending_switch_proposals
+        ):
+            return int(reader._remaining)
+        return 0
+
+    def body_bytes_read(self, count: int) -> None:
+        """``count`` bytes of the body (1 to :meth:`direct_body_size`) were read past the
+        buffer: the state becomes h11's after ``receive_data`` of them and the ``next_event``
+        that returns them as one ``Data`` (the reader's count; the end of a 100-continue wait)."""
+        reader: Any = self._reader
+        if not 0 < count <= self.direct_body_size():
+            raise RuntimeError(f"{count} body bytes read directly, {self.direct_body_size()} allowed")
+        reader._remaining -= count
+        # _process_event(CLIENT, Data) in SEND_BODY: no state moves; 100-continue is over.
+        self.client_is_waiting_for_100_continue = False
 
     def _received_request(self, event: Any) -> None:
         """h11's ``_process_event(CLIENT, request)`` (see the module docstring)."""

@@ -24,6 +24,10 @@ are parsed first) or closes.
   request (see :mod:`trio_rack.net.transport`).  The request has a scope of its own, inside
   the exchange: a vanished client or a request deadline cancels the request, and
   the exchange records why.
+* **Bodies past the parser.**  A ``content-length`` body the parser holds none of is read
+  straight from the transport, at most the bytes still due, and handed to ``rack.input`` as
+  it came (:meth:`HTTPConnection.receive_body`): the parser's buffer copied every byte three
+  times.  The next request's bytes are never read with it.
 * **Hijack.**  The app gets a :class:`~trio_rack.app.streams.HijackedStream` over the transport,
   with every byte h11 had buffered replayed first.  From then on h11 is out of the picture and
   the connection ends when the app does; the exchange closes the stream in a ``finally``.
@@ -57,6 +61,7 @@ from ..errors import AppError, ClientGone, RequestBodyError
 from ..net.transport import (
     BODY_RECEIVE_SIZE,
     COALESCE_LIMIT,
+    DIRECT_BODY_SIZE,
     RECEIVE_SIZE,
     WRITE_SLICE,
     Deadlines,
@@ -336,11 +341,8 @@ class HTTPConnection:
     async def _receive_into_h11(self, size: int = RECEIVE_SIZE) -> int:
         """Read once (at most ``size`` bytes) from the transport into h11; how many bytes.  EOF
         and resets become b""."""
-        try:
-            data = await self.transport.receive_some(size)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        self.h11.receive_data(bytes(data))
+        data = await self._receive_some(size)
+        self.h11.receive_data(data)
         return len(data)
     async def _read_request(self, first: bool) -> h11.Request | None:
         """The next request head, or None when the connection should end (after any error reply).
@@ -705,13 +707,34 @@ class HTTPConnection:
             self.client_gone = True  # no orderly half-close: the listener's close resets
 
     async def receive_body(self) -> bytes:
-        """The next piece of the decoded request body, b"" at its end (for ``rack.input``)."""
+        """The next piece of the decoded request body, b"" at its end (for ``rack.input``).
+
+        A ``content-length`` body of which the parser holds nothing buffered is read straight
+        from the transport, at most the bytes still due (never a byte of the next request), and
+        handed on as it came: the parser is told only the count (``direct_body_size`` and
+        ``body_bytes_read``, on both parsers; see :mod:`._h11_fast`), which spares every body
+        byte the three copies of the parser's buffer and a fourth of ``bytes()``.  Anything else
+        (bytes already buffered with the head, a chunked body, a peer that closed) goes through
+        the parser's buffer and events as before.
+        """
         h = self.h11
         limit = self.limits.max_body_size
         size = BODY_RECEIVE_SIZE if limit is None else RECEIVE_SIZE
+        direct = getattr(h, "direct_body_size", None)  # (a plain h11.Connection has none)
         while True:
             if h.they_are_waiting_for_100_continue and not self._started:
                 await self.writer.write(h.send(_CONTINUE))
+            wanted = direct() if direct is not None else 0
+            if wanted:
+                # (A declared length over max_body_size was refused with the head: strict.py.)
+                data = await self._receive_body_bytes(min(wanted, DIRECT_BODY_SIZE))
+                if data:
+                    received = len(data)
+                    h.body_bytes_read(received)
+                    self._body_wire += received
+                    self._body_read += received
+                    return data
+                h.receive_data(b"")  # the end of the stream: the parser's verdict, just below
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as exc:
@@ -727,42 +750,57 @@ class HTTPConnection:
             if event is h11.NEED_DATA:
                 if h.their_state is not h11.SEND_BODY:
                     return b""
-                rate = self._body_rate
-                if rate is None:
-                    rate = self._body_rate = BodyRate(self.limits.min_body_rate)
-                now = trio.current_time()
-                self.deadlines.set_read(ReadPhase.BODY, now + self.limits.body_timeout)
-                left = rate.time_left()
-                try:
-                    if left < self.limits.body_timeout:
-                        # --min-body-rate would fail before the body timeout: wait only that long.
-                        with trio.move_on_after(max(left, 0.0)) as slow:
-                            received = await self._receive_into_h11(size)  # cancelled on body timeout too
-                        if slow.cancelled_caught:
-                            self._must_close = True
-                            raise RequestBodyError(
-                                408, f"request body slower than {rate.min_rate:g} bytes a second (--min-body-rate)"
-                            )
-                    else:
-                        received = await self._receive_into_h11(size)  # cancelled on timeout
-                except BaseException:
-                    # The read did not finish.  Unless the body timeout itself expired (the sweep
-                    # set the deadline to infinity: the driver answers 408 from the BODY phase),
-                    # the app stopped reading (its own cancel or timeout, a slow-rate 408 it may
-                    # catch): the body deadline must not stay armed under what the app does
-                    # next (a long response, a hijack), or the sweep would cut that.
-                    if self.deadlines.read_deadline != math.inf:
-                        self.deadlines.set_read(ReadPhase.APP, math.inf)
-                    raise
-                rate.record(trio.current_time() - now, received)
-                self._body_wire += received
-                self.deadlines.set_read(ReadPhase.APP, math.inf)
+                data = await self._receive_body_bytes(size)
+                h.receive_data(data)
+                self._body_wire += len(data)
                 if limit is not None and self._body_wire > limit + BODY_FRAMING_SLACK:
                     self._must_close = True
                     raise RequestBodyError(413, f"request body framing exceeds {limit} bytes")
                 continue
             if type(event) is h11.ConnectionClosed or event is h11.PAUSED:
                 return b""
+
+    async def _receive_body_bytes(self, size: int) -> bytes:
+        """One read of at most ``size`` bytes for the request body (b"" at the end of the stream
+        or when it broke), within the body timeout and the ``--min-body-rate`` minimum."""
+        rate = self._body_rate
+        if rate is None:
+            rate = self._body_rate = BodyRate(self.limits.min_body_rate)
+        now = trio.current_time()
+        self.deadlines.set_read(ReadPhase.BODY, now + self.limits.body_timeout)
+        left = rate.time_left()
+        try:
+            if left < self.limits.body_timeout:
+                # --min-body-rate would fail before the body timeout: wait only that long.
+                with trio.move_on_after(max(left, 0.0)) as slow:
+                    data = await self._receive_some(size)  # cancelled on body timeout too
+                if slow.cancelled_caught:
+                    self._must_close = True
+                    raise RequestBodyError(
+                        408, f"request body slower than {rate.min_rate:g} bytes a second (--min-body-rate)"
+                    )
+            else:
+                data = await self._receive_some(size)  # cancelled on timeout
+        except BaseException:
+            # The read did not finish.  Unless the body timeout itself expired (the sweep
+            # set the deadline to infinity: the driver answers 408 from the BODY phase),
+            # the app stopped reading (its own cancel or timeout, a slow-rate 408 it may
+            # catch): the body deadline must not stay armed under what the app does
+            # next (a long response, a hijack), or the sweep would cut that.
+            if self.deadlines.read_deadline != math.inf:
+                self.deadlines.set_read(ReadPhase.APP, math.inf)
+            raise
+        rate.record(trio.current_time() - now, len(data))
+        self.deadlines.set_read(ReadPhase.APP, math.inf)
+        return data
+
+    async def _receive_some(self, size: int) -> bytes:
+        """One read from the transport, as bytes; b"" at the end of the stream or when it broke."""
+        try:
+            data = await self.transport.receive_some(size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+        return data if type(data) is bytes else bytes(data)
 
     def discard_body(self) -> None:
         """Nothing to do now: after the response, an unread body is drained briefly or the connection closes."""

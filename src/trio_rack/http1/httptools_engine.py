@@ -20,9 +20,11 @@ Theory of operation
   arrives (h11's ``ContentLengthReader``, inline); a chunked one is read by h11's own
   ``ChunkedReader`` on h11's ``ReceiveBuffer`` (with the stricter chunk-extension grammar of
   :mod:`._h11_patch`), so chunk sizes, extensions, footers and trailers get h11's verdicts by
-  construction.  After a request with a body, llhttp (which saw the head only) is replaced
-  by a fresh one before the next request; bodiless requests — the keep-alive hot path —
-  reuse one parser for the whole connection.
+  construction.  A ``content-length`` body with nothing of it buffered may also be read by
+  the driver straight from the wire (:meth:`HttptoolsConnection.direct_body_size`), which
+  then reports only the count: the bytes skip the buffer's copies.  After a request with a
+  body, llhttp (which saw the head only) is replaced by a fresh one before the next request;
+  bodiless requests — the keep-alive hot path — reuse one parser for the whole connection.
 * **h11 has the last word on a refused head.**  When llhttp refuses a head, the same bytes go
   to a throwaway ``h11.Connection``: its error is raised (same status hint, same message as
   the h11 path), and a head h11 accepts (a method llhttp does not know, ``get`` in lower
@@ -187,6 +189,28 @@ class HttptoolsConnection:
             if isinstance(exc, LocalProtocolError):
                 exc._reraise_as_remote_protocol_error()
             raise
+
+    def direct_body_size(self) -> int:
+        """Bytes of a ``content-length`` body still to come while none is buffered, else 0:
+        the driver may read up to that many from the wire itself (as with
+        :meth:`trio_rack.http1._h11_fast.ServerConnection.direct_body_size`)."""
+        if (
+            self.their_state is SEND_BODY
+            and self._chunked is None
+            and not self._buf
+            and not self._closed
+            and not self._proposals
+        ):
+            return self._remaining
+        return 0
+
+    def body_bytes_read(self, count: int) -> None:
+        """``count`` body bytes (1 to :meth:`direct_body_size`) were read past the buffer: the
+        state becomes what ``receive_data`` of them and the ``Data`` event would leave."""
+        if not 0 < count <= self.direct_body_size():
+            raise RuntimeError(f"{count} body bytes read directly, {self.direct_body_size()} allowed")
+        self._remaining -= count
+        self.they_are_waiting_for_100_continue = False
 
     def _extract_event(self) -> Any:
         state = self.their_state
