@@ -139,3 +139,44 @@ async def test_a_head_begun_during_the_preface_peek_still_gets_its_408_on_time(
     assert (await read_until_closed(client)).startswith(b"HTTP/1.1 408 ")
     await client.aclose()
     assert 4.0 <= elapsed <= 4.0 * 1.25 + 0.01, elapsed
+
+
+async def test_on_plain_tcp_the_keepalive_read_times_out_and_a_partial_next_head_gets_408(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over a real socket the keep-alive read is ``receive_after_turn`` (not the memory
+    stream's ``receive_some``): an idle keep-alive connection is closed at the keep-alive
+    timeout, and a next head begun in time but never finished gets its 408 at the header timeout."""
+    from trio_rack.app.env import ConnInfo
+    from trio_rack.net.dispatch import serve_connection
+    from trio_rack.server.liveness import run_liveness_sweeper
+
+    info = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 12345))
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    for tail, expected, timeout in ((b"", b"", 2.0), (b"GET / HT", b"HTTP/1.1 408 ", 3.0)):
+        state = ServerState(hello, Limits(keepalive_timeout=2.0, header_timeout=3.0), access_log=False)
+        server_sock, client_sock = trio.socket.socketpair()
+        server, client = trio.SocketStream(server_sock), trio.SocketStream(client_sock)
+        await client.send_all(request + tail)
+        start = trio.current_time()
+        got: dict[str, bytes] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_liveness_sweeper, state)
+
+            async def serve(server: trio.SocketStream, state: ServerState, got: dict[str, bytes]) -> None:
+                async with server:
+                    await serve_connection(server, state, info)
+                got["served"] = b"yes"
+
+            nursery.start_soon(serve, server, state, got)
+            got["data"] = await read_until_closed(client)  # (the server's close drains until this EOF)
+            elapsed = trio.current_time() - start
+            await client.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        data = got["data"]
+        assert got.get("served") == b"yes"
+        first, _, rest = data.partition(b"\r\n\r\nhi")
+        assert first.startswith(b"HTTP/1.1 200 "), data
+        assert rest.startswith(expected) if expected else rest == b"", data
+        assert timeout <= elapsed <= timeout * 1.25 + 0.01, (tail, elapsed)

@@ -14,6 +14,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 
 from trio_rack.net.transport import receive_after_turn
 
@@ -163,3 +164,51 @@ async def test_a_wait_is_cancellable() -> None:
         assert scope.cancelled_caught
         await b.send(b"after")
         assert await receive_after_turn(a, 65536) == b"after"
+
+
+async def test_a_socket_another_task_closes_during_the_wait_reads_as_the_end() -> None:
+    """Trio wakes a wait on a socket another task closes (``notify_closing``) with
+    ClosedResourceError; the driver read that from ``receive_some`` as the end, and so does this."""
+    a, b = trio.socket.socketpair()
+    with a, b:
+        async with trio.open_nursery() as nursery:
+
+            async def close_while_it_waits() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                a.close()
+
+            nursery.start_soon(close_while_it_waits)
+            with trio.fail_after(5):
+                assert await receive_after_turn(a, 65536) == b""
+
+
+async def test_the_driver_ends_cleanly_when_its_idle_socket_is_closed_by_another_task() -> None:
+    """The keep-alive read of HTTPConnection on plain TCP: a socket closed under the idle wait
+    ends the connection as the end of input did with ``receive_some`` (no ClosedResourceError
+    out of ``run``, which the listener would log as a crash)."""
+    from trio_rack import Limits
+    from trio_rack.app.env import ConnInfo
+    from trio_rack.http1.connection import HTTPConnection
+    from trio_rack.testing import ServerState
+
+    async def hello(env: dict[str, object]) -> tuple[int, dict[str, str], list[bytes]]:
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    state = ServerState(hello, Limits(), access_log=False)
+    a, b = trio.socket.socketpair()
+    with a, b:
+        conn = HTTPConnection(trio.SocketStream(a), state, ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1)))
+        async with trio.open_nursery() as nursery:
+
+            async def client() -> None:
+                await b.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while not got.endswith(b"hi"):
+                    got += await b.recv(65536)
+                assert got.startswith(b"HTTP/1.1 200 ")
+                await trio.testing.wait_all_tasks_blocked()  # the driver waits for the next request
+                a.close()
+
+            nursery.start_soon(client)
+            with trio.fail_after(5):
+                await conn.run()

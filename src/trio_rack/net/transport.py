@@ -312,7 +312,9 @@ async def receive_after_turn(sock: trio.socket.SocketType, size: int) -> bytes:
     yield, which is shielded, so bytes that arrived by then are read even if the connection's
     scope was cancelled meanwhile (a head whose deadline passed in that yield gets its 408
     from the phase the bytes move it to, as with ``receive_some``).  The descriptor is asked
-    for at each call (a closed socket says -1: EBADF, read as the end), never kept.
+    for at each call (a closed socket says -1: EBADF, read as the end), never kept; a socket
+    another task closes while this waits wakes the wait (Trio's ``notify_closing``:
+    ``ClosedResourceError``), read as the end too, as the driver read ``receive_some``'s.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -320,8 +322,12 @@ async def receive_after_turn(sock: trio.socket.SocketType, size: int) -> bytes:
         try:
             return os.read(sock.fileno(), size)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
+            pass
         except OSError:  # ECONNRESET, EBADF: as receive_some's BrokenResourceError, the end
+            return b""
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:  # closed by another task during the wait
             return b""
 
 
