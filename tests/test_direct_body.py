@@ -7,11 +7,13 @@ bytes skip the parser's buffer and its copies.  The parser-level equivalence wit
 ``test_h11_fast_send.py`` and ``test_parser_differential.py``; these tests hold the driver to
 what must not change around it, on both parsers: the body arrives whole and in order, no read
 asks for a byte past the body (the next request, a hijacker's bytes stay where they belong),
-100-continue, a body cut short, and the body size limit.
+100-continue, a body cut short, and the body size limit; and over real loopback sockets, plain
+and TLS, that a pipelined request and a hijacker's bytes behind the body stay theirs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -21,6 +23,8 @@ import pytest
 import trio
 import trio.testing
 
+import trio_rack
+from e2e_support import TLSFiles, open_client, parse_responses, read_until, read_until_eof
 from trio_rack import Limits
 from trio_rack.http1._h11_fast import ServerConnection
 from trio_rack.http1.httptools_engine import HttptoolsConnection
@@ -235,3 +239,60 @@ async def test_a_big_piece_read_in_small_reads_comes_out_whole_and_in_order() ->
             await client.stream.send_all(body)
             assert await client.stream.receive_some() == b"done"
     assert got == [body]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_over_real_sockets_and_tls_the_body_ends_where_it_should(
+    scheme: str, http1_parser: str, tls_files: TLSFiles
+) -> None:
+    """A real server on loopback, plain TCP and TLS (where ``SSLStream`` decrypts past the body
+    into its own buffer, and a direct read must still stop at the body's end): a 3 MB body with
+    the next request in the same write, then a hijack after a partial read with bytes behind
+    the body, then 100-continue; each answer from the bytes that belong to it."""
+    body = random.Random(11).randbytes(3_000_000)
+
+    async def app(env: dict[str, Any]) -> Any:
+        rack_input = env["rack.input"]
+        if env["PATH_INFO"] != "/hijack":
+            return 200, {"content-type": "text/plain"}, [_answer(await rack_input.read_all())]
+        parts = [await rack_input.receive_some(1000)]
+        stream = env["rack.hijack"]()
+        want = int(env["CONTENT_LENGTH"]) + len(b"after-it!")
+        while sum(map(len, parts)) < want and (chunk := await stream.receive_some()):
+            parts.append(chunk)
+        answer = _answer(b"".join(parts))
+        response = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(answer)
+        await stream.send_all(response + answer)
+        await stream.aclose()
+        return -1, {}, []
+
+    tls = tls_files if scheme == "https" else None
+    head = b"POST /%b HTTP/1.1\r\nHost: x\r\n%bContent-Length: %d\r\n\r\n"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            kwargs: dict[str, Any] = {"bind": f"{scheme}://127.0.0.1:0", "access_log": False}
+            kwargs["http1_parser"] = http1_parser
+            if tls is not None:
+                kwargs.update(cert=tls.cert_pem, key=tls.key_pem)
+            bind = (await nursery.start(functools.partial(trio_rack.serve, app, **kwargs)))[0]
+
+            async with await open_client(bind, tls) as client:
+                following = b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                await client.send_all(head % (b"a", b"", len(body)) + body + following)
+                data, _ = await read_until_eof(client)
+                answers = [r.body for r in parse_responses(data)]
+                assert answers == [_answer(body), _answer(b"")]
+
+            async with await open_client(bind, tls) as client:
+                await client.send_all(head % (b"hijack", b"", len(body)) + body + b"after-it!")
+                data, _ = await read_until_eof(client)
+                assert data.endswith(b"\r\n\r\n" + _answer(body + b"after-it!"))
+
+            async with await open_client(bind, tls) as client:
+                await client.send_all(head % (b"c", b"Expect: 100-continue\r\nConnection: close\r\n", len(body)))
+                interim = await read_until(client, b"\r\n\r\n")
+                assert interim.startswith(b"HTTP/1.1 100 ")
+                await client.send_all(body)
+                data, _ = await read_until_eof(client)
+                assert [r.body for r in parse_responses(data)] == [_answer(body)]
+            nursery.cancel_scope.cancel()
