@@ -296,3 +296,52 @@ async def test_over_real_sockets_and_tls_the_body_ends_where_it_should(
                 data, _ = await read_until_eof(client)
                 assert [r.body for r in parse_responses(data)] == [_answer(body)]
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("max_body_size", "piece", "largest_read"),
+    [
+        (None, 65536, 256 * 1024),  # BODY_RECEIVE_SIZE, as the reads through the parser
+        (10_000_000, 65536, 64 * 1024),  # RECEIVE_SIZE under a size limit
+        (None, 600_000, 600_000),  # the app's own piece, when bigger
+        (None, None, DIRECT_BODY_SIZE),  # everything at once (read_all's reads)
+    ],
+)
+async def test_an_app_reading_in_pieces_gets_direct_reads_sized_by_its_piece(
+    max_body_size: int | None, piece: int | None, largest_read: int
+) -> None:
+    """What a direct read brought is held until the app has read it: an app reading 64 KiB
+    at a time (as the ASGI and WSGI adapters do) must not make the driver ask the wire for
+    1 MiB per read, or each upload it reads would hold 1 MiB; only a read of everything asks
+    for DIRECT_BODY_SIZE.  The largest read of the body asked for is exactly the piece's."""
+    body = random.Random(11).randbytes(3_000_000)
+    got: list[bytes] = []
+
+    async def app(env: dict[str, Any]) -> Any:
+        rack_input = env["rack.input"]
+        parts = []
+        while data := await rack_input.receive_some(piece):
+            parts.append(data)
+        got.append(b"".join(parts))
+        return 200, {"content-type": "text/plain"}, [b"ok"]
+
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    client, server = trio.testing.memory_stream_pair()
+    recording = RecordingStream(server)
+    state = ServerState(app, Limits(max_body_size=max_body_size), access_log=False)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve, recording, state)
+            await client.send_all(head)
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(body)
+            data = await read_until_closed(client)
+            nursery.cancel_scope.cancel()
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"ok")
+    assert got == [body]
+    asked, total = [], 0
+    for size, n in recording.reads:
+        if total >= len(head):
+            asked.append(size)
+        total += n
+    assert asked and max(a or 0 for a in asked) == largest_read

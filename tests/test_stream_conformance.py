@@ -22,7 +22,7 @@ class PipeSource:
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
         self.stream = stream
 
-    async def receive_body(self) -> bytes:
+    async def receive_body(self, size_hint: int | None = None) -> bytes:
         return bytes(await self.stream.receive_some())
 
     def discard_body(self) -> None:

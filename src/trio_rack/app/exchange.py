@@ -114,8 +114,9 @@ class ResponseSink(Protocol):
     #: The socket the liveness sweeper polls for a hang-up; None for in-memory transports.
     fileno: int | None
 
-    async def receive_body(self) -> bytes:
-        """The next piece of the decoded request body, ``b""`` at its end (RequestBodyError)."""
+    async def receive_body(self, size_hint: int | None = None) -> bytes:
+        """The next piece of the decoded request body, ``b""`` at its end (RequestBodyError);
+        ``size_hint`` as :meth:`.streams.BodySource.receive_body` says."""
         ...
 
     def discard_body(self) -> None:

@@ -28,8 +28,12 @@ __all__ = ["read_all", "BodySink", "BodySource", "Busy", "HijackedStream", "Requ
 class BodySource(Protocol):
     """Where a request body comes from (the wire protocol's driver)."""
 
-    async def receive_body(self) -> bytes:
-        """The next piece of the decoded body, ``b""`` at its end; RequestBodyError on the client's fault."""
+    async def receive_body(self, size_hint: int | None = None) -> bytes:
+        """The next piece of the decoded body, ``b""`` at its end; RequestBodyError on the client's fault.
+
+        ``size_hint`` is what the app's read asked for (None: as much as comes): a source that
+        reads big pieces straight from the wire sizes them by it, so that an app reading in
+        small pieces does not hold a big piece per upload it is reading."""
         ...
 
     def discard_body(self) -> None:
@@ -133,7 +137,7 @@ class RequestBody(trio.abc.ReceiveStream):
                 pending = self._pending = fresh.scope
                 try:
                     with fresh:
-                        data = await self._source.receive_body()
+                        data = await self._source.receive_body(max_bytes)
                 except RequestBodyError as exc:
                     self.failure = exc
                     raise

@@ -706,7 +706,7 @@ class HTTPConnection:
                     pass
             self.client_gone = True  # no orderly half-close: the listener's close resets
 
-    async def receive_body(self) -> bytes:
+    async def receive_body(self, size_hint: int | None = None) -> bytes:
         """The next piece of the decoded request body, b"" at its end (for ``rack.input``).
 
         A ``content-length`` body of which the parser holds nothing buffered is read straight
@@ -716,10 +716,17 @@ class HTTPConnection:
         byte the three copies of the parser's buffer and a fourth of ``bytes()``.  Anything else
         (bytes already buffered with the head, a chunked body, a peer that closed) goes through
         the parser's buffer and events as before.
+
+        A direct read asks for up to :data:`DIRECT_BODY_SIZE` when the app reads all it can
+        (``size_hint`` None: ``read_all``), and for no more than the reads through the parser
+        would (``size``, or the app's ``size_hint`` if bigger) when the app reads in pieces:
+        what a read brought is held until the app has read it, and an app reading 64 KiB at a
+        time (the ASGI and WSGI adapters) must not hold 1 MiB per upload it is reading.
         """
         h = self.h11
         limit = self.limits.max_body_size
         size = BODY_RECEIVE_SIZE if limit is None else RECEIVE_SIZE
+        piece = DIRECT_BODY_SIZE if size_hint is None else min(max(size_hint, size), DIRECT_BODY_SIZE)
         direct = getattr(h, "direct_body_size", None)  # (a plain h11.Connection has none)
         while True:
             if h.they_are_waiting_for_100_continue and not self._started:
@@ -727,7 +734,7 @@ class HTTPConnection:
             wanted = direct() if direct is not None else 0
             if wanted:
                 # (A declared length over max_body_size was refused with the head: strict.py.)
-                data = await self._receive_body_bytes(min(wanted, DIRECT_BODY_SIZE))
+                data = await self._receive_body_bytes(min(wanted, piece))
                 if data:
                     received = len(data)
                     h.body_bytes_read(received)

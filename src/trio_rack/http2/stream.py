@@ -163,7 +163,9 @@ class H2Stream:
 
     # ---------------------------------------------------------------------- ResponseSink
 
-    async def receive_body(self, *, bounded: bool = True) -> bytes:
+    async def receive_body(self, size_hint: int | None = None, *, bounded: bool = True) -> bytes:
+        # (size_hint unused: DATA frames arrive at the client's frame size, held under the
+        # stream's flow-control window whatever the app's reads ask for.)
         if self.expect_continue and not self.head_sent:
             self.expect_continue = False
             self.conn.send_headers(self.stream_id, [(b":status", b"100")])

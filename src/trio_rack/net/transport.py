@@ -76,13 +76,13 @@ BODY_RECEIVE_SIZE = 256 * 1024
 #: ``bench/cg_paths.py upload``).  Memory: nothing per idle connection; ``recv`` makes a
 #: bytes object of this size and shrinks it to what arrived, one read at a time per process
 #: (the event loop runs one task at a time), so at most one *empty* such buffer exists at any
-#: moment.  What a read brought is held until the app has read all of it, though: an app that
-#: reads ``rack.input`` in small pieces and waits between them (the ASGI and WSGI adapters
-#: read 64 KiB at a time) holds up to this much per upload it is reading, where the reads
-#: through the parser held at most :data:`BODY_RECEIVE_SIZE` (:data:`RECEIVE_SIZE` with
-#: ``max_body_size``): 100 concurrent 16 MiB uploads read 64 KiB every 20 ms grew the peak
-#: RSS by about 118 MiB against 24 MiB before the direct read when the kernel's receive
-#: buffer had grown past 1 MiB, and by about the same as before when it had not.
+#: moment.  What a read brought is held until the app has read all of it, so only a read of
+#: everything (``read_all``, ``receive_some()``) asks for this much: an app reading
+#: ``rack.input`` in pieces (the ASGI and WSGI adapters read 64 KiB at a time) gets direct
+#: reads no bigger than the reads through the parser (:data:`BODY_RECEIVE_SIZE`,
+#: :data:`RECEIVE_SIZE` with ``max_body_size``) or its own piece if bigger.  Before that,
+#: 100 concurrent 16 MiB uploads read 64 KiB every 20 ms grew the peak RSS by about 118 MiB
+#: against 24 MiB without the direct read (when the kernel's receive buffer had grown past 1 MiB).
 DIRECT_BODY_SIZE = 1024 * 1024
 #: Writes larger than this are split, so the write timeout bounds a stall, not a slow link: one
 #: slice must go out within ``write_timeout`` (1 MiB in 30 s: clients slower than 35 KB/s are
