@@ -41,26 +41,32 @@ async def streamed(env: dict[str, object]) -> tuple[int, dict[str, str], AsyncIt
     return 200, {"content-type": "text/plain"}, body()
 
 
+async def _cyclic_garbage_of_requests(app, http1_parser: str, method: str, body: bytes | None = None) -> Counter[str]:
+    """The types of what 20 keep-alive requests (each answered 200) left for the cyclic
+    collector, after 5 to warm up first-use caches and lazily made objects."""
+    async with memory_connection(app, http1_parser=http1_parser) as client:
+        for _ in range(5):
+            await client.request(method, "/", body=body)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                response = await client.request(method, "/", body=body)
+                assert response.status == 200
+            gc.collect()
+            return Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+
 @pytest.mark.parametrize(
     ("app", "body"),
     [(hello, b"x" * 10), (echo, b"x" * 100_000), (streamed, b"x" * 10)],
     ids=["hello", "upload", "streamed"],
 )
 async def test_keep_alive_requests_leave_no_cyclic_garbage(app, body: bytes, http1_parser: str) -> None:
-    async with memory_connection(app, http1_parser=http1_parser) as client:
-        for _ in range(5):  # warm up: first-use caches, lazily made objects
-            await client.request("POST", "/", body=body)
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            for _ in range(20):
-                response = await client.request("POST", "/", body=body)
-                assert response.status == 200
-            gc.collect()
-            left = Counter(type(o).__qualname__ for o in gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
+    left = await _cyclic_garbage_of_requests(app, http1_parser, "POST", body)
     assert not left, left.most_common(10)
 
 
@@ -70,21 +76,9 @@ async def test_bodyless_keep_alive_requests_leave_no_cyclic_garbage(app, http1_p
     """The same for requests without a body (GET), whose exchange the HTTP/1 driver runs
     outside the cycle's read scope, with the exchange's steps (begin, respond, finish) taken
     in its own frame: that path leaves nothing for the collector either."""
-    async with memory_connection(app, http1_parser=http1_parser) as client:
-        for _ in range(5):
-            await client.request("GET", "/")
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            for _ in range(20):
-                response = await client.request("GET", "/")
-                assert response.status == 200
-            gc.collect()
-            left = Counter(type(o).__qualname__ for o in gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
+    left = await _cyclic_garbage_of_requests(app, http1_parser, "GET")
     assert not left, left.most_common(10)
+
 
 async def test_env_callables_kept_past_the_request_fail_clearly(http1_parser: str) -> None:
     kept: list[dict[str, object]] = []
