@@ -134,6 +134,9 @@ _CHUNKED_WRITER = getattr(getattr(h11, "_writers", None), "ChunkedWriter", None)
 #: :meth:`HTTPConnection.end` one shared empty frozenset stands in, and a fresh set is put back
 #: at the end, before h11 could ``add`` to it.  Only where h11 has that shape (0.16's).
 _NO_PROPOSALS: frozenset[Any] = frozenset()
+#: What :attr:`Deadlines.scope` is at the start of a cycle: typed as the attribute is (a plain
+#: ``None`` would let mypy take the scope for None throughout the cycle, entered lazily or not).
+_NO_SCOPE: trio.CancelScope | None = None
 #: A ``bytearray(b'...')`` or ``b'...'`` repr inside h11's error messages.
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])((?:\\.|(?!\1).)*)\1\)|\bb(['"])((?:\\.|(?!\3).)*)\3""")
 #: How much of a refused request's first line the access log shows at most.
@@ -265,7 +268,7 @@ class HTTPConnection:
             while True:
                 # The cycle's scope is made and entered only when a read has to wait
                 # (:meth:`_enter_read_scope`; see the docstring): None until then.
-                deadlines.scope = None
+                deadlines.scope = _NO_SCOPE
                 deadlines.in_scope = True
                 try:
                     # (_fresh: the first cycle, with no previous request to finish)
