@@ -242,3 +242,52 @@ async def test_a_deadline_passed_during_the_reads_turn_is_enforced_when_the_wait
     assert swept == [0]
     assert ended == [6.0]  # the end came as the wait began (the shutdown's drain after it)
     assert conn.deadlines.read_deadline == float("inf")  # expired (expire_if_due's mark)
+
+
+def test_a_ctrl_c_while_the_scope_is_entered_stays_a_keyboard_interrupt() -> None:
+    """A real SIGINT arriving between making the cycle's scope and entering it (the line of
+    ``scopes.enter``, reached by a trace function that raises the signal there) must come out
+    of ``trio.run`` as ``KeyboardInterrupt``: raised in place, ``run``'s handler exited a scope
+    never entered and Trio turned it into "cancel scope stack corrupted" (a RuntimeError).
+    Its own ``trio.run``, the driver as the main task: a deferred Ctrl-C goes to that task."""
+    import inspect
+    import signal
+    import sys
+
+    lines, first = inspect.getsourcelines(HTTPConnection._enter_read_scope)
+    line = next(first + i for i, text in enumerate(lines) if "scopes.enter(scope)" in text)
+    code = HTTPConnection._enter_read_scope.__code__
+    fired: list[int] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == line and not fired:
+                fired.append(line)
+                signal.raise_signal(signal.SIGINT)
+            return local
+
+        return local
+
+    async def hello(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    async def main() -> None:
+        state = ServerState(hello, Limits(), access_log=False)
+        a, b = trio.socket.socketpair()
+        with a, b:
+            conn = _conn(a, state)  # nothing sent: the first read waits, entering the scope
+            previous = sys.gettrace()
+            sys.settrace(tracer)
+            try:
+                with trio.fail_after(5):
+                    await conn.run()
+            finally:
+                sys.settrace(previous)
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (so Trio installs its own)
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main)
+    assert fired == [line]

@@ -338,6 +338,7 @@ class HTTPConnection:
             state.read_deadlines.discard(deadlines)
             state.connections.discard(self)
 
+    @trio.lowlevel.enable_ki_protection
     def _enter_read_scope(self) -> None:
         """Enter this cycle's read scope (:attr:`Deadlines.scope`) unless it is entered already.
 
@@ -350,6 +351,13 @@ class HTTPConnection:
         :meth:`_after_cancel` answers as for the sweep's), and so does a drain begun while this
         connection was between requests.  Either way no deadline is enforced later than with
         the scope entered all along, and none earlier.
+
+        KI-protected (at no cost per call: Trio marks the code object), as :func:`.scopes.enter`
+        is: between making the scope, publishing it in :attr:`Deadlines.scope` and entering
+        it, a Ctrl-C raised in place would reach :meth:`run`'s handler with a scope it never
+        entered, and exiting that turned the ``KeyboardInterrupt`` into Trio's "cancel scope
+        stack corrupted" ``RuntimeError``.  Deferred, it arrives at the next checkpoint: the
+        read's, inside the entered scope, which :meth:`run` then exits cleanly.
         """
         deadlines = self.deadlines
         if deadlines.scope is not None:
