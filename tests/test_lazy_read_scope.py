@@ -291,3 +291,75 @@ def test_a_ctrl_c_while_the_scope_is_entered_stays_a_keyboard_interrupt() -> Non
     with pytest.raises(KeyboardInterrupt):
         trio.run(main)
     assert fired == [line]
+
+
+async def _read_all(env: dict[str, Any]) -> Any:
+    body = b""
+    while chunk := await env["rack.input"].receive_some():
+        body += chunk
+    return 200, {"content-type": "text/plain"}, [b"got %d" % len(body)]
+
+
+_POST = b"POST / HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+@pytest.mark.parametrize(
+    ("sent", "app", "last", "seconds"),
+    [
+        (_GET, None, b"hi", 5.0),  # keep-alive idle: the wait's scope
+        (_GET + b"GET / HT", None, b"408 ", 8.0),  # the next head's rest: HEAD
+        (_POST + b"content-length: 10\r\n\r\nabc", _read_all, b"408 ", 3.0),  # BODY
+        (_POST + b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n", _read_all, b"408 ", 3.0),
+        (_POST + b"content-length: 10\r\nexpect: 100-continue\r\n\r\n", _read_all, b"408 ", 3.0),
+        (_POST + b"content-length: 10\r\n\r\nabc", None, b"hi", 1.0),  # an unread body's drain
+        (_GET + _POST + b"content-length: 10\r\n\r\nab", _read_all, b"408 ", 3.0),  # pipelined
+    ],
+    ids=["idle", "head", "body", "chunked", "100-continue", "drain", "pipelined-body"],
+)
+async def test_every_read_that_waits_after_a_head_read_without_waiting_is_timed_by_the_sweep(
+    sent: bytes, app: Any, last: bytes, seconds: float, parser: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Each head here is there at the first read (no scope made for it); every later read that
+    waits (the next head, a body through the parser or straight from the socket, after a 100
+    Continue, the drain of a body the app left unread) runs in the scope the real sweep
+    cancels: the connection ends at its timeout (at most 25 % late), with 408 where one is due."""
+    from trio_rack.server.liveness import run_liveness_sweeper
+
+    limits = Limits(keepalive_timeout=5.0, header_timeout=8.0, body_timeout=3.0)
+
+    async def hello(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    state = ServerState(app or hello, limits, access_log=False, http1_parser=parser)
+    a, b = trio.socket.socketpair()
+    got = b""
+    with a, b:
+        conn = HTTPConnection(
+            trio.SocketStream(a), state, ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1)), parser
+        )
+        await b.send(sent)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_liveness_sweeper, state)
+            with trio.fail_after(60):
+                async with trio.open_nursery() as serving:
+
+                    async def serve() -> None:
+                        await conn.run()
+                        a.shutdown(trio.socket.SHUT_RDWR)  # (the listener's close: a 408 leaves it to it)
+
+                    serving.start_soon(serve)
+                    while chunk := await b.recv(65536):
+                        got += chunk
+                    elapsed = trio.current_time() - start
+                    b.close()  # (the driver's shutdown drain ends at this EOF)
+            nursery.cancel_scope.cancel()
+    responses = got.split(b"HTTP/1.1 ")[1:]
+    # the last response answers the timeout (or is the one before an idle close); the ones
+    # before it are the 200s (the 100 Continue before the wait for the body)
+    assert responses[-1].startswith(last) if last == b"408 " else got.endswith(b"hi"), got
+    before = [b"100 " if b"expect" in sent else b"200 "] * (len(responses) - 1)
+    assert [r[:4] for r in responses[:-1]] == before, got
+    assert (b"expect" in sent) is got.startswith(b"HTTP/1.1 100 "), got
+    assert seconds <= elapsed <= seconds * 1.25 + 0.01, elapsed
