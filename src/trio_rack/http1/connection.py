@@ -134,6 +134,9 @@ _CHUNKED_WRITER = getattr(getattr(h11, "_writers", None), "ChunkedWriter", None)
 #: :meth:`HTTPConnection.end` one shared empty frozenset stands in, and a fresh set is put back
 #: at the end, before h11 could ``add`` to it.  Only where h11 has that shape (0.16's).
 _NO_PROPOSALS: frozenset[Any] = frozenset()
+#: What :attr:`Deadlines.scope` is at the start of a cycle: typed as the attribute is (a plain
+#: ``None`` would let mypy take the scope for None throughout the cycle, entered lazily or not).
+_NO_SCOPE: trio.CancelScope | None = None
 #: A ``bytearray(b'...')`` or ``b'...'`` repr inside h11's error messages.
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])((?:\\.|(?!\1).)*)\1\)|\bb(['"])((?:\\.|(?!\3).)*)\3""")
 #: How much of a refused request's first line the access log shows at most.
@@ -247,6 +250,14 @@ class HTTPConnection:
         request's own scope alone, not in two (a cancel status and its two sets, some 700 B
         a stream).  Outside both the server's cancellation still reaches it (the connections'
         nursery); writes stay timed by the sweep through the exchange (``in_scope`` stays set).
+
+        The scope is entered lazily (:meth:`_enter_read_scope`): only before a read that may
+        wait, or for the exchange of a request with a body.  Under load most keep-alive heads
+        are read without waiting (:func:`.receive_after_turn`'s yield comes first), and then
+        no scope is made at all: its making, entering and leaving were some 11,700 of a hello
+        request's instructions (``bench/README.md``, "Since 23ec116").  Until it is entered
+        ``Deadlines.scope`` is None, so the sweep and :meth:`close_if_idle` have nothing to
+        cancel; entering it catches up on what they would have done meanwhile.
         """
         state = self.state
         state.connections.add(self)
@@ -255,9 +266,10 @@ class HTTPConnection:
         hijacked = cancelled = False
         try:
             while True:
-                scope = deadlines.scope = scopes.new()
-                scopes.enter(scope)
-                deadlines.in_scope = inside = True
+                # The cycle's scope is made and entered only when a read has to wait
+                # (:meth:`_enter_read_scope`; see the docstring): None until then.
+                deadlines.scope = _NO_SCOPE
+                deadlines.in_scope = True
                 try:
                     # (_fresh: the first cycle, with no previous request to finish)
                     ready = self._fresh or await self._prepare_next_cycle()
@@ -266,11 +278,11 @@ class HTTPConnection:
                     if request is None:
                         outcome = None
                     else:
-                        if not strict.has_body(request):
-                            scopes.leave(scope)  # (see the docstring: the exchange runs outside it)
-                            inside = False
+                        if strict.has_body(request):
+                            self._enter_read_scope()  # its body reads are timed in it
+                        elif deadlines.scope is not None:
+                            scopes.leave(deadlines.scope)  # (see the docstring: the exchange runs outside it)
                             deadlines.scope = None  # (nor kept while it runs: 112 B a stream)
-                            del scope
                         self._head_only = request.method == b"HEAD"
                         exchange = self.exchange = Exchange(state, self, strict.request_head(request), self.info)
                         # h11's event (its Headers, the raw names and target) is not needed once
@@ -294,18 +306,21 @@ class HTTPConnection:
                                 self.client_gone = True
                         del exchange  # (nor the exchange, its env and body, while the next request is awaited)
                 except BaseException as exc:
-                    if not inside:
+                    scope = deadlines.scope
+                    if scope is None:
                         raise
                     deadlines.in_scope = False
                     if not scopes.exit_with(scope, exc):
                         raise
                     cancelled = True
                     break
-                if inside:
+                scope = deadlines.scope
+                if scope is not None:
                     scopes.leave(scope)
                     if scope.cancel_called:  # (an app that swallowed the Cancelled: still the end)
                         cancelled = True
                         break
+                    del scope
                 if outcome is None:
                     break
                 if outcome is Outcome.HIJACKED:
@@ -322,6 +337,36 @@ class HTTPConnection:
             deadlines.in_scope = False
             state.read_deadlines.discard(deadlines)
             state.connections.discard(self)
+
+    @trio.lowlevel.enable_ki_protection
+    def _enter_read_scope(self) -> None:
+        """Enter this cycle's read scope (:attr:`Deadlines.scope`) unless it is entered already.
+
+        Called before every read that may wait (a drain, a head's next bytes, the keep-alive
+        wait once :func:`.receive_after_turn`'s first read found nothing) and before the
+        exchange of a request with a body.  While no scope was entered the sweep
+        (:meth:`.Deadlines.expire_if_due`) and a graceful drain's :meth:`close_if_idle` found
+        nothing to cancel, so what they would have done is done here: a read deadline already
+        passed cancels the new scope at once (the wait then raises ``Cancelled`` and
+        :meth:`_after_cancel` answers as for the sweep's), and so does a drain begun while this
+        connection was between requests.  Either way no deadline is enforced later than with
+        the scope entered all along, and none earlier.
+
+        KI-protected (at no cost per call: Trio marks the code object), as :func:`.scopes.enter`
+        is: between making the scope, publishing it in :attr:`Deadlines.scope` and entering
+        it, a Ctrl-C raised in place would reach :meth:`run`'s handler with a scope it never
+        entered, and exiting that turned the ``KeyboardInterrupt`` into Trio's "cancel scope
+        stack corrupted" ``RuntimeError``.  Deferred, it arrives at the next checkpoint: the
+        read's, inside the entered scope, which :meth:`run` then exits cleanly.
+        """
+        deadlines = self.deadlines
+        if deadlines.scope is not None:
+            return
+        scope = deadlines.scope = scopes.new()
+        scopes.enter(scope)
+        deadlines.expire_if_due(trio.current_time())
+        if self.state.draining:
+            self.close_if_idle()
 
     async def _after_cancel(self) -> None:
         """The connection's scope was cancelled: say why, and answer 408 where one is due."""
@@ -340,7 +385,8 @@ class HTTPConnection:
 
     async def _receive_into_h11(self, size: int = RECEIVE_SIZE) -> int:
         """Read once (at most ``size`` bytes) from the transport into h11; how many bytes.  EOF
-        and resets become b""."""
+        and resets become b"" (in the cycle's read scope: :meth:`_enter_read_scope`)."""
+        self._enter_read_scope()
         data = await self._receive_some(size)
         self.h11.receive_data(data)
         return len(data)
@@ -373,9 +419,10 @@ class HTTPConnection:
                 # buffer is what ``trailing_data`` would give next: not asked again.
                 sock = self.writer.socket  # plain TCP: see receive_after_turn
                 if sock is not None:
-                    data = await receive_after_turn(sock, RECEIVE_SIZE)
+                    data = await receive_after_turn(sock, RECEIVE_SIZE, self._enter_read_scope)
                     self.writer.took_turn()
                 else:
+                    self._enter_read_scope()
                     try:
                         data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -127,7 +128,8 @@ class Deadlines:
     def __init__(self) -> None:
         #: The scope the driver's reads run in (HTTP/1: one per request cycle, put here by the
         #: driver; this one until the first); None while no read can happen (HTTP/1: the
-        #: exchange of a request without a body), when there is nothing to cancel.
+        #: exchange of a request without a body) or none has had to wait yet (HTTP/1 enters
+        #: its cycle's scope only then), when there is nothing to cancel.
         self.scope: trio.CancelScope | None = trio.CancelScope()
         #: True while the driver runs inside :attr:`scope`, or in a request's exchange the sweep
         #: watches (writes outside both, e.g. a 408 after a timeout, time out on their own).
@@ -299,7 +301,9 @@ class Writer:
                 self._waiters.unpark()
 
 
-async def receive_after_turn(sock: trio.socket.SocketType, size: int) -> bytes:
+async def receive_after_turn(
+    sock: trio.socket.SocketType, size: int, before_wait: Callable[[], None] | None = None
+) -> bytes:
     """The next bytes from plain TCP socket ``sock`` (at most ``size``), read after the other
     tasks had their turn; b"" at EOF, reset or a closed socket.
 
@@ -322,6 +326,10 @@ async def receive_after_turn(sock: trio.socket.SocketType, size: int) -> bytes:
     for at each call (a closed socket says -1: EBADF, read as the end), never kept; a socket
     another task closes while this waits wakes the wait (Trio's ``notify_closing``:
     ``ClosedResourceError``), read as the end too, as the driver read ``receive_some``'s.
+
+    ``before_wait`` is called (once) when the first read found nothing, before the wait: the
+    HTTP/1 driver enters its cycle's read scope there, and only there, so a read that does
+    not wait costs no scope at all (http1/connection.py, ``_enter_read_scope``).
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -332,6 +340,9 @@ async def receive_after_turn(sock: trio.socket.SocketType, size: int) -> bytes:
             pass
         except OSError:  # ECONNRESET, EBADF: as receive_some's BrokenResourceError, the end
             return b""
+        if before_wait is not None:
+            before_wait()
+            before_wait = None
         try:
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:  # closed by another task during the wait
