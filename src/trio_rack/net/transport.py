@@ -126,10 +126,11 @@ class Deadlines:
     __slots__ = ("scope", "in_scope", "read_phase", "read_deadline")
 
     def __init__(self) -> None:
-        #: The scope the driver's reads run in (HTTP/1: one per request cycle, put here by the
-        #: driver; this one until the first); None while no read can happen (HTTP/1: the
-        #: exchange of a request without a body) or none has had to wait yet (HTTP/1 enters
-        #: its cycle's scope only then), when there is nothing to cancel.
+        #: The scope the driver's reads run in (HTTP/1: one per request cycle, made and put here
+        #: by the driver when a read first has to wait; the one made here is set aside at the
+        #: first cycle's start and serves only code that uses a bare :class:`Deadlines`); None
+        #: while no read can happen (HTTP/1: the exchange of a request without a body) or none
+        #: has had to wait yet, when there is nothing to cancel.
         self.scope: trio.CancelScope | None = trio.CancelScope()
         #: True while the driver runs inside :attr:`scope`, or in a request's exchange the sweep
         #: watches (writes outside both, e.g. a 408 after a timeout, time out on their own).
