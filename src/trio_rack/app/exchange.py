@@ -247,29 +247,28 @@ class Exchange:
         self._began = trio.current_time() if state.access_log else 0.0
         #: The request deadline the server set (``--request-timeout``); ``math.inf`` if none.
         self._deadline = math.inf
-        #: None once released while a streamed body is sent (:meth:`_release_env`).
-        self.env: Env | None = self._make_env()
-
-    def _make_env(self) -> Env:
-        env = build_env(self.head, self.info)
+        # env: the CGI keys, then the rack.* ones (here, not in a method of its own: one call
+        # fewer a request).
+        env = build_env(head, info)
         env["rack.input"] = self._request_body
         env["rack.errors"] = ErrorsSink()
         env["rack.hijack?"] = True
-        if self.sink.can_full_hijack:
+        if sink.can_full_hijack:
             env["rack.hijack"] = self._full_hijack
         env["rack.early_hints"] = self._early_hints
         env["rack.response_finished"] = []
-        env["trio_rack.shutdown"] = self.state.shutdown_started
+        env["trio_rack.shutdown"] = state.shutdown_started
         env["trio_rack.cancel_scope"] = self._scope
-        if self.head.protocol is not None:  # HTTP/2 extended CONNECT (RFC 8441)
-            env["trio_rack.protocol"] = self.head.protocol.decode("latin-1")
+        if head.protocol is not None:  # HTTP/2 extended CONNECT (RFC 8441)
+            env["trio_rack.protocol"] = head.protocol.decode("latin-1")
             env["trio_rack.tunnel"] = self._tunnel
         # for adapters that need the request as the wire gave it (ASGI's ordered raw headers)
-        env["trio_rack.request_head"] = self.head
-        env["trio_rack.conn_info"] = self.info
-        if self.state.proxy is not None:
-            self.state.proxy.apply(env)
-        return env
+        env["trio_rack.request_head"] = head
+        env["trio_rack.conn_info"] = info
+        if state.proxy is not None:
+            state.proxy.apply(env)
+        #: None once released while a streamed body is sent (:meth:`_release_env`).
+        self.env: Env | None = env
 
     # ---------------------------------------------------------------------------- the cycle
 
