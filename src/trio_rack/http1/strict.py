@@ -6,8 +6,8 @@ instead of guessing.  ``tests/test_http1_strict.py`` tests each on bytes, naming
 or CVE it enforces; ``tests/test_smuggling.py`` drives them through the real connection.
 
 Nothing here does I/O or keeps state (but a bounded set of ``Host`` values already matched,
-:data:`_GOOD_HOSTS`, which only skips a match that would succeed): the connection loop (:mod:`trio_rack.http1.connection`)
-calls them at the points named in their docstrings.
+:data:`_GOOD_HOSTS`, which only skips a match that would succeed): the connection loop
+(:mod:`trio_rack.http1.connection`) calls them at the points named in their docstrings.
 """
 
 from __future__ import annotations
