@@ -158,3 +158,29 @@ def test_errors_sink_without_init(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records if r.name == "trio_rack.app"] == ["one", "two", "partial"]
     with pytest.raises(TypeError, match="rack.errors takes str"):
         ErrorsSink().write(b"bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+async def test_long_host_values_are_not_kept(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Host values are client-chosen and may be as long as the head (32 KiB): a set of 1,024
+    # of them would pin some 32 MiB a process.  Only short ones are remembered; a long one is
+    # matched each time, and still answered (good) or refused (bad) as before.
+    monkeypatch.setattr(strict, "_GOOD_HOSTS", set())
+
+    async def app(env: dict[str, Any]) -> tuple[int, dict[str, str], list[bytes]]:
+        return 200, {}, [b"ok"]
+
+    async with memory_connection(app, http1_parser=parser) as client:
+        for i in range(20):
+            host = b"%02d" % i + b"a" * 20000
+            await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            raw = b""
+            while not raw.endswith(b"ok"):
+                raw += await client.stream.receive_some(65536)
+            assert raw.startswith(b"HTTP/1.1 200 ")
+        assert not any(len(h) > 256 for h in strict._GOOD_HOSTS)
+        await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: " + b"a" * 20000 + b"@b\r\n\r\n")
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += await client.stream.receive_some(65536)
+    assert raw.startswith(b"HTTP/1.1 400 ")

@@ -111,14 +111,19 @@ def request_line_too_long(buffered: bytes, limit: int) -> bool:
 
 
 #: ``Host`` values that matched :data:`HOST_RE` before (most requests repeat one of a few): a
-#: set lookup instead of the match.  Bounded (values are client-chosen): a full set starts afresh.
+#: set lookup instead of the match.  Bounded (values are client-chosen): a full set starts
+#: afresh, and a value over :data:`_GOOD_HOST_LONGEST` bytes is matched each time, not kept —
+#: else distinct long Hosts (up to ``max_head_size`` each) would pin some 32 MiB a process.
 _GOOD_HOSTS: set[bytes] = set()
 _GOOD_HOSTS_MAX = 1024
+_GOOD_HOST_LONGEST = 256
 #: The value of h11's ``(raw name, name, value)`` header triple.
 _VALUE_OF = itemgetter(2)
 
 
 def _good_host(value: bytes) -> None:
+    if len(value) > _GOOD_HOST_LONGEST:
+        return
     if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
         _GOOD_HOSTS.clear()
     _GOOD_HOSTS.add(bytes(value))  # (a copy, if h11 ever gives a bytearray)
