@@ -247,29 +247,28 @@ class Exchange:
         self._began = trio.current_time() if state.access_log else 0.0
         #: The request deadline the server set (``--request-timeout``); ``math.inf`` if none.
         self._deadline = math.inf
-        #: None once released while a streamed body is sent (:meth:`_release_env`).
-        self.env: Env | None = self._make_env()
-
-    def _make_env(self) -> Env:
-        env = build_env(self.head, self.info)
+        # env: the CGI keys, then the rack.* ones (here, not in a method of its own: one call
+        # fewer a request).
+        env = build_env(head, info)
         env["rack.input"] = self._request_body
         env["rack.errors"] = ErrorsSink()
         env["rack.hijack?"] = True
-        if self.sink.can_full_hijack:
+        if sink.can_full_hijack:
             env["rack.hijack"] = self._full_hijack
         env["rack.early_hints"] = self._early_hints
         env["rack.response_finished"] = []
-        env["trio_rack.shutdown"] = self.state.shutdown_started
+        env["trio_rack.shutdown"] = state.shutdown_started
         env["trio_rack.cancel_scope"] = self._scope
-        if self.head.protocol is not None:  # HTTP/2 extended CONNECT (RFC 8441)
-            env["trio_rack.protocol"] = self.head.protocol.decode("latin-1")
+        if head.protocol is not None:  # HTTP/2 extended CONNECT (RFC 8441)
+            env["trio_rack.protocol"] = head.protocol.decode("latin-1")
             env["trio_rack.tunnel"] = self._tunnel
         # for adapters that need the request as the wire gave it (ASGI's ordered raw headers)
-        env["trio_rack.request_head"] = self.head
-        env["trio_rack.conn_info"] = self.info
-        if self.state.proxy is not None:
-            self.state.proxy.apply(env)
-        return env
+        env["trio_rack.request_head"] = head
+        env["trio_rack.conn_info"] = info
+        if state.proxy is not None:
+            state.proxy.apply(env)
+        #: None once released while a streamed body is sent (:meth:`_release_env`).
+        self.env: Env | None = env
 
     # ---------------------------------------------------------------------------- the cycle
 
@@ -348,26 +347,21 @@ class Exchange:
                 if state.access_log:
                     self._log_response()
             finally:
-                self._break_cycles()
+                # The cycles broken: env holds bound methods of the exchange (``rack.hijack``,
+                # ``rack.early_hints``, ...) and the exchange holds env, a reference cycle per
+                # request that only the cyclic garbage collector frees — with whatever buffers
+                # the request held (a 10 MiB upload's), and with full collections that stall the
+                # loop for tens of milliseconds (the p99.9 latency of ``bench/run``).  Once the
+                # request is over nothing may call them: an app that kept env and calls one gets
+                # a clear error instead, and the request's objects are freed by reference
+                # counting when the driver moves on.  (Here, not in a method: a call fewer.)
+                env = self.env
+                if env is not None:  # (None: released while its body streamed, see _release_env)
+                    for key in _ENV_CALLBACKS:
+                        if key in env:
+                            env[key] = _request_over
+                self._response_stream = None
         return outcome
-
-    def _break_cycles(self) -> None:
-        """Drop the references from this exchange's env and streams back to the exchange.
-
-        env holds bound methods of the exchange (``rack.hijack``, ``rack.early_hints``, ...) and
-        the exchange holds env: a reference cycle per request, which only the cyclic garbage
-        collector frees — with whatever buffers the request held (a 10 MiB upload's), and with
-        full collections that stall the loop for tens of milliseconds (the p99.9 latency
-        of ``bench/run``).  Once the request is over nothing may call them: an app that kept
-        env and calls one gets a clear error instead, and the request's objects are freed by
-        reference counting when the driver moves on.
-        """
-        env = self.env
-        if env is not None:  # (None: released while its body streamed, see _release_env)
-            for key in _ENV_CALLBACKS:
-                if key in env:
-                    env[key] = _request_over
-        self._response_stream = None
 
     def _release_env(self) -> None:
         """A streamed body is about to be sent: let env go now if nothing else can reach it.
@@ -380,7 +374,7 @@ class Exchange:
         callback registered) and the exchange holds the only reference (the app's body, a
         task or a closure that kept env keeps it whole: its reference count says so), env is
         dropped here and freed by reference counting, its cycle through the bound methods
-        with it (:meth:`_break_cycles`).  Nothing can register a callback later: the list's own
+        with it (the end of :meth:`finish`).  Nothing can register a callback later: the list's own
         reference count says env is its only holder.  The request nursery's tasks (ASGI) keep
         theirs.  The request head goes the same way when env was its only other holder: its header list
         and query (some 250 B) are dropped, its method and path kept for :meth:`_after_cancel`;
@@ -825,7 +819,7 @@ class Exchange:
 #: What :meth:`Exchange._close_given` returns when nothing is left to await.
 _NO_CLEAN_UP: Any = object()
 
-#: The env entries that are bound methods of the exchange (see Exchange._break_cycles).
+#: The env entries that are bound methods of the exchange (see the end of Exchange.finish).
 _ENV_CALLBACKS = ("rack.hijack", "rack.early_hints", "trio_rack.tunnel", "trio_rack.set_trailers")
 
 

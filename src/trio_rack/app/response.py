@@ -30,6 +30,7 @@ __all__ = [
     "PreparedResponse",
     "check_trailers",
     "encode_headers",
+    "length_field",
     "prepare_response",
     "REASONS",
 ]
@@ -54,6 +55,24 @@ CONTENT_LENGTH_MAX_DIGITS = 20
 #: that reach the wire unchanged are cached (not rack.*, hop-by-hop or content-length).
 _VALID_PAIRS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 _VALID_PAIRS_MAX = 4096
+
+
+#: ``content-length`` fields by length: most responses of a server repeat a few lengths, and a
+#: shared pair is a format and a tuple fewer each (the HTTP/1 engine compares with it too).
+#: Bounded: a full table starts afresh.
+_LENGTH_FIELDS: dict[int, tuple[bytes, bytes]] = {}
+_LENGTH_FIELDS_MAX = 1024
+
+
+def length_field(length: int) -> tuple[bytes, bytes]:
+    """``(b"content-length", b"<length>")``, shared with earlier responses of that length."""
+    field = _LENGTH_FIELDS.get(length)
+    if field is None:
+        field = (b"content-length", b"%d" % length)
+        if len(_LENGTH_FIELDS) >= _LENGTH_FIELDS_MAX:
+            _LENGTH_FIELDS.clear()
+        _LENGTH_FIELDS[length] = field
+    return field
 
 
 class BodyKind(enum.Enum):
@@ -250,7 +269,8 @@ def prepare_response(result: Any) -> PreparedResponse:
             length += len(chunk)
         chunks = copied
         if hijack is None:
-            wire.append((b"content-length", b"%d" % length))
+            field = _LENGTH_FIELDS.get(length)
+            wire.append(field if field is not None else length_field(length))
     return PreparedResponse(status, wire, kind, body, chunks, length, hijack, app_length)
 
 

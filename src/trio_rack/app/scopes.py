@@ -184,14 +184,13 @@ def leave(scope: trio.CancelScope) -> None:
     if (
         not FAST
         or status is None
-        or _RUN.task._cancel_status is not status
+        or (task := _RUN.task)._cancel_status is not status  # (the run context read once: a thread-local)
         or s._registered_deadline != _INF
         or status._children
         or len(status._tasks) != 1
     ):
         scope.__exit__(None, None, None)
         return
-    task = _RUN.task
     parent = status._parent
     status._tasks.clear()
     task._cancel_status = parent

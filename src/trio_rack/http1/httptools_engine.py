@@ -54,6 +54,7 @@ from h11._readers import ChunkedReader
 from h11._receivebuffer import ReceiveBuffer
 from h11._util import LocalProtocolError, RemoteProtocolError
 
+from ..app.response import length_field
 from ._h11_patch import request_event
 
 httptools: Any
@@ -589,7 +590,7 @@ class HttptoolsConnection:
         lengths = 0
         for name, value in fields:
             if name == b"content-length":
-                if lengths or value != b"%d" % length:
+                if lengths or value != length_field(length)[1]:  # (the shared pair: no format)
                     return None
                 lengths = 1
             elif name == b"transfer-encoding" or name == b"connection" or name == b"host":

@@ -5,13 +5,15 @@ RFC 9112 allows a recipient to be lenient where a proxy in front of us may not b
 instead of guessing.  ``tests/test_http1_strict.py`` tests each on bytes, naming the RFC section
 or CVE it enforces; ``tests/test_smuggling.py`` drives them through the real connection.
 
-Nothing here does I/O or keeps state: the connection loop (:mod:`trio_rack.http1.connection`)
-calls them at the points named in their docstrings.
+Nothing here does I/O or keeps state (but a bounded set of ``Host`` values already matched,
+:data:`_GOOD_HOSTS`, which only skips a match that would succeed): the connection loop
+(:mod:`trio_rack.http1.connection`) calls them at the points named in their docstrings.
 """
 
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 import h11
 
@@ -108,6 +110,25 @@ def request_line_too_long(buffered: bytes, limit: int) -> bool:
     return end > limit
 
 
+#: ``Host`` values that matched :data:`HOST_RE` before (most requests repeat one of a few): a
+#: set lookup instead of the match.  Bounded (values are client-chosen): a full set starts
+#: afresh, and a value over :data:`_GOOD_HOST_LONGEST` bytes is matched each time, not kept —
+#: else distinct long Hosts (up to ``max_head_size`` each) would pin some 32 MiB a process.
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_MAX = 1024
+_GOOD_HOST_LONGEST = 256
+#: The value of h11's ``(raw name, name, value)`` header triple.
+_VALUE_OF = itemgetter(2)
+
+
+def _good_host(value: bytes) -> None:
+    if len(value) > _GOOD_HOST_LONGEST:
+        return
+    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(bytes(value))  # (a copy, if h11 ever gives a bytearray)
+
+
 def check_request(request: h11.Request, limits: Limits) -> tuple[int, str] | None:
     """RFC 9112 MUSTs and our limits that h11 leaves to the server: (status, reason) or None."""
     if request.http_version not in (b"1.1", b"1.0"):
@@ -117,20 +138,24 @@ def check_request(request: h11.Request, limits: Limits) -> tuple[int, str] | Non
     items = request.headers._full_items  # (raw name, name, value): h11's own list, not a copy
     if len(items) > limits.max_header_count:
         return 431, "too many header fields"
-    problem = target_problem(request.method, request.target)
-    if problem is not None:
-        return 400, problem
+    target = request.target
+    if target[:1] != b"/" or b"#" in target:  # (origin-form without a fragment, the common one: no call)
+        problem = target_problem(request.method, target)
+        if problem is not None:
+            return 400, problem
     # RFC 9110 §5.5: invalid; we refuse, not retain.  One search over the values joined by a
     # tab (a byte the pattern allows) gives every value's verdict at once.
-    if _VALUE_CTL_RE.search(b"\t".join([item[2] for item in items])):
+    if _VALUE_CTL_RE.search(b"\t".join(map(_VALUE_OF, items))):
         return 400, "control character in a header field value"
     hosts = 0
     has_te = has_cl = False
     for _, name, value in items:
         if name == b"host":
             hosts += 1
-            if not HOST_RE.fullmatch(value):  # RFC 9112 §3.2: MUST 400
-                return 400, "invalid Host header"
+            if type(value) is not bytes or value not in _GOOD_HOSTS:
+                if not HOST_RE.fullmatch(value):  # RFC 9112 §3.2: MUST 400
+                    return 400, "invalid Host header"
+                _good_host(value)
         elif name == b"transfer-encoding":
             has_te = True
         elif name == b"content-length":
@@ -189,8 +214,8 @@ def request_head(request: h11.Request) -> RequestHead:
 #: Header names and values seen before, one ``bytes`` for every request that repeats them
 #: (``host``, ``Host``'s value, ``keep-alive``, ``accept``...): the head lives as long as its
 #: request (``env["trio_rack.request_head"]``: 10,000 heads at 10,000 open streams), and a
-#: shared object also brings its hash along to the env builder's lookups.  The one piece of
-#: state in this module, and bounded: names and values are client-chosen, so a full cache
+#: shared object also brings its hash along to the env builder's lookups.  State, as
+#: :data:`_GOOD_HOSTS` is, and bounded: names and values are client-chosen, so a full cache
 #: starts afresh; values over :data:`_SHARED_LONGEST` bytes (cookies, tokens) are not kept.
 _SHARED: dict[bytes, bytes] = {}
 _SHARED_MAX = 2048
