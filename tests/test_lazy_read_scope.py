@@ -148,6 +148,16 @@ async def test_a_body_request_whose_head_needed_no_wait_runs_in_a_scope(
     assert got.startswith(b"HTTP/1.1 408 "), got
 
 
+def _arming_hello(armed: list[bool]) -> Any:
+    """A hello app that arms :func:`_during_the_turn` for the keep-alive read after it."""
+
+    async def hello(env: dict[str, Any]) -> Any:
+        armed.append(True)
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    return hello
+
+
 def _during_the_turn(monkeypatch: pytest.MonkeyPatch, armed: list[bool], then: Any) -> None:
     """Run ``then`` inside the keep-alive read's yield (receive_after_turn's shielded
     checkpoint) once ``armed`` holds True: what another task can do while no scope is entered."""
@@ -171,17 +181,13 @@ async def test_a_drain_begun_during_the_reads_turn_closes_the_idle_connection(
     armed: list[bool] = []
     missed: list[object] = []
 
-    async def hello(env: dict[str, Any]) -> Any:
-        armed.append(True)
-        return 200, {"content-type": "text/plain"}, [b"hi"]
-
     async def drain_now() -> None:
         state.draining = True
         missed.append(conn.deadlines.scope)
         conn.close_if_idle()  # nothing to cancel yet
 
     _during_the_turn(monkeypatch, armed, drain_now)
-    state = ServerState(hello, Limits(keepalive_timeout=30.0), access_log=False)
+    state = ServerState(_arming_hello(armed), Limits(keepalive_timeout=30.0), access_log=False)
     a, b = trio.socket.socketpair()
     with a, b:
         conn = _conn(a, state)
@@ -214,16 +220,12 @@ async def test_a_deadline_passed_during_the_reads_turn_is_enforced_when_the_wait
     swept: list[int] = []
     ended: list[float] = []
 
-    async def hello(env: dict[str, Any]) -> Any:
-        armed.append(True)
-        return 200, {"content-type": "text/plain"}, [b"hi"]
-
     async def late() -> None:
         await trio.sleep(6)  # past the keep-alive deadline (5 s) while no scope is entered
         swept.append(expire_read_deadlines(state, trio.current_time()))
 
     _during_the_turn(monkeypatch, armed, late)
-    state = ServerState(hello, Limits(keepalive_timeout=5.0), access_log=False)
+    state = ServerState(_arming_hello(armed), Limits(keepalive_timeout=5.0), access_log=False)
     a, b = trio.socket.socketpair()
     with a, b:
         conn = _conn(a, state)
