@@ -25,8 +25,10 @@ import trio
 import trio.testing
 
 from e2e_support import start_server, tcp_pair
-from trio_rack import Limits
+from test_config_sources import resolve
+from trio_rack import ConfigError, Limits
 from trio_rack.app.env import ConnInfo
+from trio_rack.cli.main import _given_limits
 from trio_rack.errors import ClientGone
 from trio_rack.http1.connection import HTTPConnection
 from trio_rack.net.transport import BATCH_WRITE_LIMIT, Deadlines, Writer
@@ -370,10 +372,6 @@ async def test_many_keep_alive_clients_of_a_real_server_get_every_response_right
 
 
 def test_the_flag_sets_the_limit_and_zero_is_refused() -> None:
-    from trio_rack import ConfigError
-    from test_config_sources import resolve
-    from trio_rack.cli.main import _given_limits
-
     args, _ = resolve(["--write-batch", "4"])
     assert Limits(**_given_limits(args)).write_batch == 4
     assert Limits(**_given_limits(resolve([])[0])).write_batch == 16
