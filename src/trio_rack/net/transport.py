@@ -45,7 +45,7 @@ from collections.abc import Callable
 import trio
 
 from ..errors import ClientGone
-from .write_batch import WriteBatch, current_batch
+from .write_batch import HOLD_AFTER, WriteBatch, current_batch, tasks_runnable
 
 __all__ = [
     "BATCH_WRITE_LIMIT",
@@ -318,10 +318,15 @@ class Writer:
                     # ``send_all``, timed by the sweeper as any write.
                     self._quick_writes -= 1
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    if batch and self.batch_limit > 1 and len(data) <= BATCH_WRITE_LIMIT:
+                    if (
+                        batch
+                        and self.batch_limit > 1
+                        and len(data) <= BATCH_WRITE_LIMIT
+                        and tasks_runnable() >= HOLD_AFTER
+                    ):
                         # Held for the batch's flush (see write_batch.py): written back to back
                         # with the other tasks' responses, so one wake-up of a sleeping local
-                        # client serves several.
+                        # client serves several; only while the scheduler is busy.
                         self.held = data
                         held_in = self._batch = current_batch()
                         held_in.hold(self, self.batch_limit)
