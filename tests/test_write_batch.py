@@ -31,9 +31,9 @@ from trio_rack.app.env import ConnInfo
 from trio_rack.cli.main import _given_limits
 from trio_rack.errors import ClientGone
 from trio_rack.http1.connection import HTTPConnection
-from trio_rack.net import transport, write_batch
+from trio_rack.net import write_batch
 from trio_rack.net.transport import BATCH_WRITE_LIMIT, Deadlines, Writer
-from trio_rack.net.write_batch import current_batch, tasks_runnable
+from trio_rack.net.write_batch import current_batch, tasks_runnable, worth_holding
 from trio_rack.testing import ServerState
 
 _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -66,9 +66,9 @@ def _peek(sock: trio.socket.SocketType) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _hold_even_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writes are held only while the scheduler is busy (``HOLD_AFTER`` tasks queued); these
-    tests hold them with nothing else to run, except where a test says otherwise."""
-    monkeypatch.setattr(transport, "HOLD_AFTER", 0)
+    """The driver holds a response only while the scheduler is busy (``HOLD_AFTER`` tasks
+    queued); these tests hold them with nothing else to run, except where a test says otherwise."""
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 0)
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -86,32 +86,14 @@ async def test_a_held_write_is_on_the_wire_after_the_next_yield_and_not_before()
         assert _waiting(client) == b"hello"
 
 
-async def test_a_lone_write_is_not_held_while_the_scheduler_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "HOLD_AFTER", write_batch.HOLD_AFTER)
-    client, server = await tcp_pair()
-    async with client, server:
-        writer = _writer(server)
-        await writer.write(b"alone", batch=True)
-        assert writer.held is None
-        assert _waiting(client) == b"alone"
-
-
-async def test_a_write_is_held_once_enough_tasks_are_queued(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "HOLD_AFTER", write_batch.HOLD_AFTER)
-    client, server = await tcp_pair()
-    async with client, server, trio.open_nursery() as nursery:
-        writer = _writer(server)
-        for _ in range(write_batch.HOLD_AFTER - 1):
+async def test_holding_is_worth_it_once_enough_tasks_are_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 8)
+    async with trio.open_nursery() as nursery:
+        for _ in range(7):
             nursery.start_soon(trio.lowlevel.checkpoint)  # a new task is queued at once
-        assert tasks_runnable() == write_batch.HOLD_AFTER - 1
-        await writer.write(b"a", batch=True)
-        assert writer.held is None  # one short
+        assert tasks_runnable() == 7 and not worth_holding()
         nursery.start_soon(trio.lowlevel.checkpoint)
-        await writer.write(b"b", batch=True)
-        assert writer.held == b"b"
-        assert _waiting(client) == b"a"
-        await trio.lowlevel.checkpoint()
-        assert _waiting(client) == b"b"
+        assert worth_holding()
 
 
 async def test_tasks_runnable_is_what_trio_counts() -> None:
@@ -310,6 +292,13 @@ async def test_a_response_with_the_next_request_buffered_is_not_held(parser: str
     assert seen[0].count(b"HTTP/1.1 200 ") == 1  # written: a hijack by the next could follow it
     assert seen[1] == seen[0]  # the last one is held: nothing more to read than the first
     assert got.count(b"HTTP/1.1 200 ") == 2
+
+
+@PARSERS
+async def test_a_response_while_the_scheduler_is_idle_is_not_held(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 8)
+    got, seen = await _serve_one(_hello, _GET, parser)
+    assert seen[0].startswith(b"HTTP/1.1 200 ") and seen[0].endswith(b"hi")
 
 
 @PARSERS

@@ -45,7 +45,7 @@ from collections.abc import Callable
 import trio
 
 from ..errors import ClientGone
-from .write_batch import HOLD_AFTER, WriteBatch, current_batch, tasks_runnable
+from .write_batch import WriteBatch, current_batch
 
 __all__ = [
     "BATCH_WRITE_LIMIT",
@@ -285,10 +285,11 @@ class Writer:
         """Write ``data``; a stalled or broken stream raises ClientGone.
 
         ``batch``: the caller has nothing else to send or read before its next read (the HTTP/1
-        driver's whole small response on a connection that stays open): on plain TCP the bytes
-        may be held for the scheduler batch's flush (:mod:`.write_batch`), written with the
-        other tasks' responses; bytes held, or what the kernel did not take of them, always go
-        out before anything written later.
+        driver's whole small response on a connection that stays open) and the scheduler is
+        busy (:func:`.write_batch.worth_holding`): on plain TCP, with :attr:`batch_limit` over 1,
+        bytes up to :data:`BATCH_WRITE_LIMIT` are held for the scheduler batch's flush
+        (:mod:`.write_batch`), written with the other tasks' responses; bytes held, or what the
+        kernel did not take of them, always go out before anything written later.
         """
         while self._writing:  # another task of this connection is mid-write: queue behind it
             await self._park()
@@ -318,15 +319,10 @@ class Writer:
                     # ``send_all``, timed by the sweeper as any write.
                     self._quick_writes -= 1
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    if (
-                        batch
-                        and self.batch_limit > 1
-                        and len(data) <= BATCH_WRITE_LIMIT
-                        and tasks_runnable() >= HOLD_AFTER
-                    ):
+                    if batch and self.batch_limit > 1 and len(data) <= BATCH_WRITE_LIMIT:
                         # Held for the batch's flush (see write_batch.py): written back to back
                         # with the other tasks' responses, so one wake-up of a sleeping local
-                        # client serves several; only while the scheduler is busy.
+                        # client serves several.
                         self.held = data
                         held_in = self._batch = current_batch()
                         held_in.hold(self, self.batch_limit)

@@ -14,9 +14,10 @@ Theory of operation
   for a whole small response on a connection that stays open, with no next request buffered:
   nothing else of the connection's can happen before its next read) stores its bytes in the
   writer and the writer here, instead of writing them, and returns.
-* **Only while the scheduler is busy**: when at least :data:`HOLD_AFTER` tasks are already
-  queued for the next batch (:func:`tasks_runnable`: the tasks of this batch that ran before
-  this one and yielded, under a keep-alive load).  Under light load a batch is a few tasks,
+* **Only while the scheduler is busy**: the driver passes ``batch=True`` only when
+  :func:`worth_holding` says so: at least :data:`HOLD_AFTER` tasks are already queued for the
+  next batch (:func:`tasks_runnable`: the tasks of this batch that ran before this one and
+  yielded, under a keep-alive load).  Under light load a batch is a few tasks,
   and each of them reads its next request right after the batch's end: a response held to
   that end has not been answered yet, so the read fails and waits (a cancel scope, an epoll
   registration), and the client, asleep anyway, gained nothing.  Measured with ``wrk -c4``
@@ -50,7 +51,7 @@ from typing import Protocol
 import attrs
 import trio
 
-__all__ = ["HOLD_AFTER", "Held", "WriteBatch", "current_batch", "tasks_runnable"]
+__all__ = ["HOLD_AFTER", "Held", "WriteBatch", "current_batch", "tasks_runnable", "worth_holding"]
 
 #: A write is held only when at least this many tasks are queued for the next batch.
 HOLD_AFTER = 8
@@ -120,6 +121,12 @@ def _run_queue_length() -> Callable[[], int]:
 
 #: How many tasks are queued to run in the scheduler's next batch (inside a run).
 tasks_runnable = _run_queue_length()
+
+
+def worth_holding() -> bool:
+    """Whether a response written now should be held (the scheduler is busy: see the module
+    docstring).  Asked first by the caller, before its own costlier checks."""
+    return tasks_runnable() >= HOLD_AFTER
 
 _BATCH: trio.lowlevel.RunVar[WriteBatch] = trio.lowlevel.RunVar("trio_rack.write_batch")
 
