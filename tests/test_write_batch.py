@@ -96,10 +96,17 @@ async def test_holding_is_worth_it_once_enough_tasks_are_queued(monkeypatch: pyt
         assert worth_holding()
 
 
-async def test_tasks_runnable_is_what_trio_counts() -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["trio-internals", "public-statistics"])
+async def test_tasks_runnable_is_what_trio_counts(direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 3)
+    if not direct:
+        monkeypatch.setattr(write_batch, "_CONTEXT", None)  # Trio's internals not as known
+    else:
+        assert write_batch._CONTEXT is not None  # (trio 0.35 here: the direct read)
     async with trio.open_nursery() as nursery:
         for expected in range(5):
             assert tasks_runnable() == trio.lowlevel.current_statistics().tasks_runnable == expected
+            assert worth_holding() == (expected >= 3)
             nursery.start_soon(trio.lowlevel.checkpoint)
 
 
