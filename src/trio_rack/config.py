@@ -168,6 +168,9 @@ class Limits:
     min_body_rate: int = 1024
     #: Requests in flight per worker; beyond it 503 with retry-after.
     limit_concurrency: int | None = None
+    #: Small whole responses held to be written back to back, at most this many, at the end of
+    #: the scheduler's batch (net/write_batch.py); 1: each is written at once.
+    write_batch: int = 16
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -72,6 +72,7 @@ from ..net.transport import (
     shutdown_transport,
     socket_fileno,
 )
+from ..net.write_batch import worth_holding
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
 from ._h11_patch import fast_request_events, lower_case_framing_headers, tighten_chunk_extensions
@@ -210,7 +211,7 @@ class HTTPConnection:
         self.h11 = new_parser(self.parser, state.limits.max_head_size)
         self.fileno = socket_fileno(transport)
         self.deadlines = Deadlines()
-        self.writer = Writer(transport, self.deadlines, state.limits.write_timeout)
+        self.writer = Writer(transport, self.deadlines, state.limits.write_timeout, state.limits.write_batch)
         self.exchange: Exchange | None = None
         self._cancel_reason: str | None = None
         self.client_gone = False
@@ -331,9 +332,10 @@ class HTTPConnection:
             deadlines.in_scope = False
             if cancelled:  # a read deadline passed, or close_if_idle
                 await self._after_cancel()
-            elif not hijacked and not self.client_gone:
+            elif not hijacked and not self.client_gone and await self.writer.settle():
                 await shutdown_transport(self.transport)
         finally:
+            self.writer.release_held()
             deadlines.in_scope = False
             state.read_deadlines.discard(deadlines)
             state.connections.discard(self)
@@ -370,6 +372,8 @@ class HTTPConnection:
 
     async def _after_cancel(self) -> None:
         """The connection's scope was cancelled: say why, and answer 408 where one is due."""
+        if not await self.writer.settle():  # the last response first, if its write still holds some
+            return
         who = f"{self.info.remote_addr}:{self.info.remote_port}"
         if self._cancel_reason is not None:
             log.info("%s: %s", who, self._cancel_reason)
@@ -381,7 +385,7 @@ class HTTPConnection:
             await self._reject(408, "timed out waiting for the request body")
         else:
             log.debug("%s: %s timeout; closing", who, phase.value)
-            await shutdown_transport(self.transport)
+            await shutdown_transport(self.transport)  # (settled above)
 
     async def _receive_into_h11(self, size: int = RECEIVE_SIZE) -> int:
         """Read once (at most ``size`` bytes) from the transport into h11; how many bytes.  EOF
@@ -419,7 +423,7 @@ class HTTPConnection:
                 # buffer is what ``trailing_data`` would give next: not asked again.
                 sock = self.writer.socket  # plain TCP: see receive_after_turn
                 if sock is not None:
-                    data = await receive_after_turn(sock, RECEIVE_SIZE, self._enter_read_scope)
+                    data = await receive_after_turn(sock, RECEIVE_SIZE, self._enter_read_scope, self.writer)
                     self.writer.took_turn()
                 else:
                     self._enter_read_scope()
@@ -638,7 +642,20 @@ class HTTPConnection:
                         pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
             pieces.append(h.send(_END))
         if length <= COALESCE_LIMIT:
-            await self.writer.write(b"".join(pieces))
+            # Held for the batch's flush (net/write_batch.py) while the scheduler is busy (asked
+            # first: the cheapest test, and false under light load), where nothing else of this
+            # connection's can happen before its next read, which sends it first if need be:
+            # the connection stays open and no next request is buffered (whose hijack would
+            # hand the socket over before the flush).
+            batch = (
+                self.writer.batch_limit > 1
+                and worth_holding()
+                and not self._must_close
+                and not self.state.draining
+                and h.our_state is h11.DONE
+                and not h.trailing_data[0]
+            )
+            await self.writer.write(b"".join(pieces), batch)
         else:
             for piece in pieces:
                 if piece:
@@ -849,7 +866,11 @@ class HTTPConnection:
         return data
 
     async def _receive_some(self, size: int) -> bytes:
-        """One read from the transport, as bytes; b"" at the end of the stream or when it broke."""
+        """One read from the transport, as bytes; b"" at the end of the stream or when it broke
+        (or when what the last response's write still held could not be sent first)."""
+        writer = self.writer
+        if writer.held is not None and not await writer.settle():
+            return b""
         try:
             data = await self.transport.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

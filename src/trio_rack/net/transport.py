@@ -45,8 +45,10 @@ from collections.abc import Callable
 import trio
 
 from ..errors import ClientGone
+from .write_batch import WriteBatch, current_batch
 
 __all__ = [
+    "BATCH_WRITE_LIMIT",
     "BODY_RECEIVE_SIZE",
     "COALESCE_LIMIT",
     "DIRECT_BODY_SIZE",
@@ -91,6 +93,10 @@ DIRECT_BODY_SIZE = 1024 * 1024
 WRITE_SLICE = 1024 * 1024
 #: Small responses are coalesced into one send_all up to this size.
 COALESCE_LIMIT = 64 * 1024
+#: Only writes up to this size are held for the batch's flush (``write(..., batch=True)``):
+#: what the kernel did not take at the flush is sent after the cycle has logged the response,
+#: so the write held must be one a socket's send buffer takes whole (a fresh one takes 16 KiB).
+BATCH_WRITE_LIMIT = 8 * 1024
 #: Every QUICK_WRITES-th write of a :class:`Writer` on plain TCP goes through ``send_all`` (and
 #: so through the scheduler), the others try one non-blocking ``os.write`` first: the bound on
 #: how long a connection's task runs without letting the others run while the kernel takes
@@ -158,11 +164,21 @@ class Writer:
 
     __slots__ = (
         "stream", "deadlines", "write_timeout", "broken", "blocked_since", "_writing", "_waiters", "socket",
-        "_quick_writes",
+        "_quick_writes", "batch_limit", "held", "_batch",
     )  # fmt: skip
 
-    def __init__(self, stream: trio.abc.SendStream, deadlines: Deadlines, write_timeout: float) -> None:
+    def __init__(
+        self, stream: trio.abc.SendStream, deadlines: Deadlines, write_timeout: float, batch_limit: int = 1
+    ) -> None:
         self.stream = stream
+        #: How many held writes of the run are written together at most (``Limits.write_batch``;
+        #: 1: none is held): see :mod:`.write_batch`.
+        self.batch_limit = batch_limit
+        #: Bytes of a ``write(..., batch=True)`` not on the wire yet: held in :attr:`_batch`
+        #: until its flush, or (``_batch`` None) what the kernel did not take at the flush.
+        #: Never set while a write is under way: every write sends these first.
+        self.held: bytes | memoryview | None = None
+        self._batch: WriteBatch | None = None
         #: The socket when ``stream`` is a plain TCP :class:`trio.SocketStream`: :meth:`write`
         #: first tries one non-blocking ``os.write`` of the whole piece.  Its descriptor is
         #: asked for at each write, never kept: a closed socket says -1 (EBADF, the client is
@@ -190,20 +206,101 @@ class Writer:
         scheduler pass of its own) for fairness the read's yield already gave."""
         self._quick_writes = QUICK_WRITES
 
+    def write_held(self) -> None:
+        """The batch's flush: write the held bytes without waiting; keep the rest, or mark the
+        writer broken (the flush runs outside every task: it must neither wait nor raise)."""
+        self._batch = None
+        data = self.held
+        if data is None:
+            return
+        sock = self.socket
+        fd = -1 if sock is None else sock.fileno()
+        if fd == -1:  # closed meanwhile: the connection ended without them
+            self.held = None
+            self.broken = True
+            return
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            return  # all of it stays held: the next write or read of the driver sends it
+        except OSError:  # EPIPE, ECONNRESET: the client is gone
+            self.held = None
+            self.broken = True
+            return
+        self.held = None if sent == len(data) else memoryview(data)[sent:]
+
+    async def _send_held(self) -> None:
+        """Send what an earlier ``write(..., batch=True)`` still holds, before anything else (the
+        caller holds the writer).  Within ``write_timeout`` of its own: this may run outside a
+        request (a driver's read, its close), where the sweep times no write."""
+        batch = self._batch
+        if batch is not None:  # not flushed yet: try now, as the flush would
+            batch.release(self)
+            self.write_held()
+        rest = self.held
+        if rest is not None:
+            self.held = None
+            try:
+                self.blocked_since = trio.current_time()
+                with trio.move_on_after(self.write_timeout) as scope:
+                    await self.stream.send_all(rest)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.broken = True
+            else:
+                if scope.cancelled_caught:
+                    self.broken = True
+                    raise ClientGone("client stopped reading (write timeout)")
+            finally:
+                self.blocked_since = math.inf
+        if self.broken:
+            raise ClientGone("the connection broke under an earlier response")
+
+    async def settle(self) -> bool:
+        """Send what an earlier ``write(..., batch=True)`` still holds (:attr:`held`); False
+        when that found the client gone.  A cancellation point only when something is held.
+        The HTTP/1 driver calls it before each read (when :attr:`held` is set) and before it
+        half-closes."""
+        if self.held is not None:
+            try:
+                await self.write(b"")
+            except ClientGone:
+                return False
+        return True
+
+    def release_held(self) -> None:
+        """The connection ends now: write what is held without waiting, drop what does not fit."""
+        batch = self._batch
+        if batch is not None:
+            batch.release(self)
+            self.write_held()
+        self.held = None
+
     async def _park(self) -> None:
         """Wait for the writer under way to finish."""
         if self._waiters is None:
             self._waiters = trio.lowlevel.ParkingLot()
         await self._waiters.park()
 
-    async def write(self, data: bytes | memoryview) -> None:
-        """Write ``data``; a stalled or broken stream raises ClientGone."""
+    async def write(self, data: bytes | memoryview, batch: bool = False) -> None:
+        """Write ``data``; a stalled or broken stream raises ClientGone.
+
+        ``batch``: the caller has nothing else to send or read before its next read (the HTTP/1
+        driver's whole small response on a connection that stays open) and the scheduler is
+        busy (:func:`.write_batch.worth_holding`): on plain TCP, with :attr:`batch_limit` over 1,
+        bytes up to :data:`BATCH_WRITE_LIMIT` are held for the scheduler batch's flush
+        (:mod:`.write_batch`), written with the other tasks' responses; bytes held, or what the
+        kernel did not take of them, always go out before anything written later.
+        """
         while self._writing:  # another task of this connection is mid-write: queue behind it
             await self._park()
         self._writing = True
         deadlines = self.deadlines
         view = memoryview(data) if len(data) > WRITE_SLICE else None
         try:
+            if self.held is not None:
+                await self._send_held()
+            if not data:
+                return
             if not deadlines.in_scope:  # after the connection's scope (e.g. a 408 after a timeout)
                 with trio.move_on_after(self.write_timeout) as scope:
                     await self.stream.send_all(data)
@@ -222,6 +319,14 @@ class Writer:
                     # ``send_all``, timed by the sweeper as any write.
                     self._quick_writes -= 1
                     await trio.lowlevel.checkpoint_if_cancelled()
+                    if batch and self.batch_limit > 1 and len(data) <= BATCH_WRITE_LIMIT:
+                        # Held for the batch's flush (see write_batch.py): written back to back
+                        # with the other tasks' responses, so one wake-up of a sleeping local
+                        # client serves several.
+                        self.held = data
+                        held_in = self._batch = current_batch()
+                        held_in.hold(self, self.batch_limit)
+                        return
                     try:
                         sent = os.write(sock.fileno(), data)
                     except BlockingIOError:
@@ -265,8 +370,10 @@ class Writer:
         self._writing = True
         stream = self.stream
         sock = stream.socket  # type: ignore[attr-defined]
-        out = sock.fileno()
         try:
+            if self.held is not None:
+                await self._send_held()
+            out = sock.fileno()
             with trio.CancelScope() as scope:
                 if not self.deadlines.in_scope:  # after the connection's scope: a deadline of its own
                     scope.deadline = trio.current_time() + self.write_timeout
@@ -303,7 +410,10 @@ class Writer:
 
 
 async def receive_after_turn(
-    sock: trio.socket.SocketType, size: int, before_wait: Callable[[], None] | None = None
+    sock: trio.socket.SocketType,
+    size: int,
+    before_wait: Callable[[], None] | None = None,
+    writer: Writer | None = None,
 ) -> bytes:
     """The next bytes from plain TCP socket ``sock`` (at most ``size``), read after the other
     tasks had their turn; b"" at EOF, reset or a closed socket.
@@ -331,9 +441,15 @@ async def receive_after_turn(
     ``before_wait`` is called (once) when the first read found nothing, before the wait: the
     HTTP/1 driver enters its cycle's read scope there, and only there, so a read that does
     not wait costs no scope at all (http1/connection.py, ``_enter_read_scope``).
+
+    ``writer``: the connection's, whose response the yield's batch end has just flushed
+    (:mod:`.write_batch`): what the kernel did not take of it is sent before the read
+    (:meth:`Writer.settle`), and a client found gone then reads as the end.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     await trio.lowlevel.cancel_shielded_checkpoint()
+    if writer is not None and writer.held is not None and not await writer.settle():
+        return b""
     while True:
         try:
             return os.read(sock.fileno(), size)
