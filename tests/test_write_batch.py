@@ -33,6 +33,7 @@ from trio_rack.errors import ClientGone
 from trio_rack.http1.connection import HTTPConnection
 from trio_rack.net.transport import BATCH_WRITE_LIMIT, Deadlines, Writer
 from trio_rack.net.write_batch import current_batch
+from trio_rack.server.liveness import run_liveness_sweeper
 from trio_rack.testing import ServerState
 
 _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -377,3 +378,44 @@ def test_the_flag_sets_the_limit_and_zero_is_refused() -> None:
     assert Limits(**_given_limits(resolve([])[0])).write_batch == 16
     with pytest.raises(ConfigError):
         Limits(write_batch=0)
+
+
+@PARSERS
+async def test_a_held_response_to_a_slow_reader_is_not_cut_by_the_drain_of_an_unread_body(
+    parser: str, autojump_clock: trio.abc.Clock
+) -> None:
+    """The app answers a POST without reading its body (not sent yet); the client reads its
+    responses only 3 s later, well within the write timeout.  The response was held and the
+    kernel took none of it at the flush (the send buffer full): it must still go out whole,
+    timed by the write timeout, not be cut by the drain's 1 s read deadline."""
+    body = b"R" * 5000
+
+    async def app(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [body]
+
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    state = ServerState(app, Limits(), access_log=False, http1_parser=parser)
+    got = bytearray()
+    with a, b:
+        conn = _conn(a, state, parser)
+        before = await _fill(trio.SocketStream(a))  # what the client has not read yet
+        await b.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+
+        async def client() -> None:
+            await trio.sleep(3)
+            while chunk := await b.recv(65536):
+                got.extend(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_liveness_sweeper, state)
+            nursery.start_soon(client)
+            with trio.fail_after(20):
+                await conn.run()
+            a.shutdown(socket.SHUT_RDWR)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert bytes(got[: len(before)]) == before
+    response = bytes(got[len(before) :])
+    assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"\r\n\r\n" + body)

@@ -557,6 +557,11 @@ class HTTPConnection:
                 return False
             if event is h11.NEED_DATA:
                 if self.deadlines.read_phase is not ReadPhase.DRAIN:
+                    # The response first, if its write still holds some (net/write_batch.py):
+                    # outside the drain's read scope, so the write timeout bounds it, not the
+                    # drain's second, which starts once it is out, as it did after an unheld write.
+                    if self.writer.held is not None and not await self.writer.settle():
+                        return False
                     self.deadlines.set_read(ReadPhase.DRAIN, trio.current_time() + DRAIN_TIMEOUT)
                 await self._receive_into_h11()
             elif type(event) is h11.Data:
