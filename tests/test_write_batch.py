@@ -419,3 +419,32 @@ async def test_a_held_response_to_a_slow_reader_is_not_cut_by_the_drain_of_an_un
     assert bytes(got[: len(before)]) == before
     response = bytes(got[len(before) :])
     assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"\r\n\r\n" + body)
+
+
+@PARSERS
+async def test_a_client_found_gone_at_the_flush_gets_no_further_request_served(parser: str) -> None:
+    """The client sends its next request and resets the connection before the response to
+    the first is written.  Unheld, that write fails and the connection ends: the second
+    request never reaches the app.  Held, the flush is the write that fails (the writer is
+    marked broken after the cycle looked at it), and the next request, still in the
+    kernel's receive queue, must not be served either."""
+    client, server = await tcp_pair()
+    calls: list[str] = []
+    plain = client.socket
+
+    async def app(env: dict[str, Any]) -> Any:
+        calls.append(env["PATH_INFO"])
+        if env["PATH_INFO"] == "/1":
+            os.write(plain.fileno(), b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            plain.close()  # an RST, the request for /2 already sent
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    state = ServerState(app, Limits(), access_log=False, http1_parser=parser)
+    async with server:
+        conn = HTTPConnection(server, state, ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1)), parser)
+        await client.send_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            await conn.run()
+    assert conn.writer.broken
+    assert calls == ["/1"]

@@ -478,6 +478,12 @@ class HTTPConnection:
                 await self._receive_into_h11()
                 continue
             if type(event) is h11.Request:
+                if self.writer.broken:
+                    # The last response's held write found the client gone at the batch's flush
+                    # (net/write_batch.py), after the cycle had looked: as after a failed write,
+                    # no further request of this connection's is served.
+                    self.client_gone = True
+                    return None
                 self.deadlines.set_read(ReadPhase.APP, math.inf)
                 problem = strict.check_request(event, limits)
                 if problem is not None:
