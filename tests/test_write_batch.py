@@ -448,3 +448,50 @@ async def test_a_client_found_gone_at_the_flush_gets_no_further_request_served(p
             await conn.run()
     assert conn.writer.broken
     assert calls == ["/1"]
+
+
+@PARSERS
+async def test_the_keep_alive_wait_counts_from_when_a_held_responses_rest_went_out(
+    parser: str, autojump_clock: trio.abc.Clock
+) -> None:
+    """A client reads its response only after more than the keep-alive timeout (well within
+    the write timeout), then at once sends its next request.  The kernel took none of the held
+    response at the flush, so its rest went out during the keep-alive read's wait: that time
+    must not count as idle, or the connection would close just as the next request comes,
+    where an unheld write went out before the idle wait began."""
+    body = b"R" * 5000
+
+    async def app(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [body]
+
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    limits = Limits()
+    state = ServerState(app, limits, access_log=False, http1_parser=parser)
+    got = bytearray()
+    second = bytearray()
+    with a, b:
+        conn = _conn(a, state, parser)
+        before = await _fill(trio.SocketStream(a))  # what the client has not read yet
+        await b.send(_GET)
+
+        async def client() -> None:
+            await trio.sleep(limits.keepalive_timeout + 1)
+            while len(got) < len(before) or not got.endswith(body):
+                got.extend(await b.recv(65536))
+            await trio.sleep(0.01)
+            await b.send(_GET)
+            while not second.endswith(body) and (chunk := await b.recv(65536)):
+                second.extend(chunk)
+            b.shutdown(socket.SHUT_WR)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_liveness_sweeper, state)
+            nursery.start_soon(client)
+            with trio.fail_after(60):
+                await conn.run()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert bytes(got[: len(before)]) == before and got.endswith(b"\r\n\r\n" + body)
+    assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"\r\n\r\n" + body)
