@@ -451,14 +451,17 @@ async def test_a_client_found_gone_at_the_flush_gets_no_further_request_served(p
 
 
 @PARSERS
+@pytest.mark.parametrize("in_pieces", [False, True], ids=["whole-head", "head-in-pieces"])
 async def test_the_keep_alive_wait_counts_from_when_a_held_responses_rest_went_out(
-    parser: str, autojump_clock: trio.abc.Clock
+    parser: str, in_pieces: bool, autojump_clock: trio.abc.Clock
 ) -> None:
     """A client reads its response only after more than the keep-alive timeout (well within
     the write timeout), then at once sends its next request.  The kernel took none of the held
     response at the flush, so its rest went out during the keep-alive read's wait: that time
     must not count as idle, or the connection would close just as the next request comes,
-    where an unheld write went out before the idle wait began."""
+    where an unheld write went out before the idle wait began.  Nor as the head's: a client
+    that reads after more than the header timeout and then sends a head in two pieces 2 s
+    apart must not get a 408."""
     body = b"R" * 5000
 
     async def app(env: dict[str, Any]) -> Any:
@@ -477,11 +480,16 @@ async def test_the_keep_alive_wait_counts_from_when_a_held_responses_rest_went_o
         await b.send(_GET)
 
         async def client() -> None:
-            await trio.sleep(limits.keepalive_timeout + 1)
+            await trio.sleep((limits.header_timeout if in_pieces else limits.keepalive_timeout) + 1)
             while len(got) < len(before) or not got.endswith(body):
                 got.extend(await b.recv(65536))
             await trio.sleep(0.01)
-            await b.send(_GET)
+            if in_pieces:
+                await b.send(_GET[:16])
+                await trio.sleep(2)
+                await b.send(_GET[16:])
+            else:
+                await b.send(_GET)
             while not second.endswith(body) and (chunk := await b.recv(65536)):
                 second.extend(chunk)
             b.shutdown(socket.SHUT_WR)

@@ -404,9 +404,8 @@ class HTTPConnection:
         now = trio.current_time()
         head_deadline = (now if self._head_clock is None else self._head_clock) + limits.header_timeout
         self._head_clock = None
-        self.deadlines.set_read(
-            ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
-        )
+        idle_deadline = head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
+        self.deadlines.set_read(ReadPhase.IDLE, idle_deadline)
         skipped = 0  # empty lines ignored before this request line
         while True:
             buffered, closed = self.h11.trailing_data
@@ -471,8 +470,11 @@ class HTTPConnection:
                     if strict.request_line_too_long(buffered, limits.max_request_line):
                         await self._reject(414, "request line too long")
                         return None
-                    if self.deadlines.read_phase is ReadPhase.IDLE:
-                        self.deadlines.set_read(ReadPhase.HEAD, head_deadline)
+                    deadlines = self.deadlines
+                    if deadlines.read_phase is ReadPhase.IDLE:
+                        # Later by as much as the idle wait's deadline was moved: the time the
+                        # last response's held rest took to go out (Writer.settle) is not the head's.
+                        deadlines.set_read(ReadPhase.HEAD, head_deadline + (deadlines.read_deadline - idle_deadline))
                 elif self.state.draining and not self._fresh:
                     return None  # graceful shutdown: no new request on this connection
                 await self._receive_into_h11()
