@@ -31,8 +31,9 @@ from trio_rack.app.env import ConnInfo
 from trio_rack.cli.main import _given_limits
 from trio_rack.errors import ClientGone
 from trio_rack.http1.connection import HTTPConnection
+from trio_rack.net import write_batch
 from trio_rack.net.transport import BATCH_WRITE_LIMIT, Deadlines, Writer
-from trio_rack.net.write_batch import current_batch
+from trio_rack.net.write_batch import current_batch, tasks_runnable, worth_holding
 from trio_rack.server.liveness import run_liveness_sweeper
 from trio_rack.testing import ServerState
 
@@ -64,6 +65,13 @@ def _peek(sock: trio.socket.SocketType) -> bytes:
             return b""
 
 
+@pytest.fixture(autouse=True)
+def _hold_even_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver holds a response only while the scheduler is busy (``HOLD_AFTER`` tasks
+    queued); these tests hold them with nothing else to run, except where a test says otherwise."""
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 0)
+
+
 # ----------------------------------------------------------------------------- the writer
 
 
@@ -77,6 +85,23 @@ async def test_a_held_write_is_on_the_wire_after_the_next_yield_and_not_before()
         await trio.lowlevel.checkpoint()  # the batch ends: its flush writes it
         assert writer.held is None
         assert _waiting(client) == b"hello"
+
+
+async def test_holding_is_worth_it_once_enough_tasks_are_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 8)
+    async with trio.open_nursery() as nursery:
+        for _ in range(7):
+            nursery.start_soon(trio.lowlevel.checkpoint)  # a new task is queued at once
+        assert tasks_runnable() == 7 and not worth_holding()
+        nursery.start_soon(trio.lowlevel.checkpoint)
+        assert worth_holding()
+
+
+async def test_tasks_runnable_is_what_trio_counts() -> None:
+    async with trio.open_nursery() as nursery:
+        for expected in range(5):
+            assert tasks_runnable() == trio.lowlevel.current_statistics().tasks_runnable == expected
+            nursery.start_soon(trio.lowlevel.checkpoint)
 
 
 async def test_at_the_limit_every_held_write_goes_out_at_once() -> None:
@@ -268,6 +293,13 @@ async def test_a_response_with_the_next_request_buffered_is_not_held(parser: str
     assert seen[0].count(b"HTTP/1.1 200 ") == 1  # written: a hijack by the next could follow it
     assert seen[1] == seen[0]  # the last one is held: nothing more to read than the first
     assert got.count(b"HTTP/1.1 200 ") == 2
+
+
+@PARSERS
+async def test_a_response_while_the_scheduler_is_idle_is_not_held(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_batch, "HOLD_AFTER", 8)
+    got, seen = await _serve_one(_hello, _GET, parser)
+    assert seen[0].startswith(b"HTTP/1.1 200 ") and seen[0].endswith(b"hi")
 
 
 @PARSERS

@@ -72,6 +72,7 @@ from ..net.transport import (
     shutdown_transport,
     socket_fileno,
 )
+from ..net.write_batch import worth_holding
 from ..state import SERVER_HEADER, ServerState, date_header
 from . import strict
 from ._h11_patch import fast_request_events, lower_case_framing_headers, tighten_chunk_extensions
@@ -654,12 +655,15 @@ class HTTPConnection:
                         pieces.extend(h.send_with_data_passthrough(h11.Data(data=chunk)) or ())
             pieces.append(h.send(_END))
         if length <= COALESCE_LIMIT:
-            # Held for the batch's flush (net/write_batch.py) where nothing else of this
+            # Held for the batch's flush (net/write_batch.py) while the scheduler is busy (asked
+            # first: the cheapest test, and false under light load), where nothing else of this
             # connection's can happen before its next read, which sends it first if need be:
             # the connection stays open and no next request is buffered (whose hijack would
             # hand the socket over before the flush).
             batch = (
-                not self._must_close
+                self.writer.batch_limit > 1
+                and worth_holding()
+                and not self._must_close
                 and not self.state.draining
                 and h.our_state is h11.DONE
                 and not h.trailing_data[0]

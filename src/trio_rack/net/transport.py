@@ -297,10 +297,11 @@ class Writer:
         """Write ``data``; a stalled or broken stream raises ClientGone.
 
         ``batch``: the caller has nothing else to send or read before its next read (the HTTP/1
-        driver's whole small response on a connection that stays open): on plain TCP the bytes
-        may be held for the scheduler batch's flush (:mod:`.write_batch`), written with the
-        other tasks' responses; bytes held, or what the kernel did not take of them, always go
-        out before anything written later.
+        driver's whole small response on a connection that stays open) and the scheduler is
+        busy (:func:`.write_batch.worth_holding`): on plain TCP, with :attr:`batch_limit` over 1,
+        bytes up to :data:`BATCH_WRITE_LIMIT` are held for the scheduler batch's flush
+        (:mod:`.write_batch`), written with the other tasks' responses; bytes held, or what the
+        kernel did not take of them, always go out before anything written later.
         """
         while self._writing:  # another task of this connection is mid-write: queue behind it
             await self._park()

@@ -14,6 +14,15 @@ Theory of operation
   for a whole small response on a connection that stays open, with no next request buffered:
   nothing else of the connection's can happen before its next read) stores its bytes in the
   writer and the writer here, instead of writing them, and returns.
+* **Only while the scheduler is busy**: the driver passes ``batch=True`` only when
+  :func:`worth_holding` says so: at least :data:`HOLD_AFTER` tasks are already queued for the
+  next batch (:func:`tasks_runnable`: the tasks of this batch that ran before this one and
+  yielded, under a keep-alive load).  Under light load a batch is a few tasks,
+  and each of them reads its next request right after the batch's end: a response held to
+  that end has not been answered yet, so the read fails and waits (a cancel scope, an epoll
+  registration), and the client, asleep anyway, gained nothing.  Measured with ``wrk -c4``
+  (hold always): 17–20 % fewer requests a second than writing at once; with ``-c64``, 14 %
+  more.
 * **When they go out.**  All held writes of a run are written, in the order they were held,
   when :data:`~trio_rack.config.Limits.write_batch` of them are held (the bound on how long a
   response waits: the steps of that many tasks) and in any case at the end of the scheduler's
@@ -31,19 +40,23 @@ Theory of operation
 * **Per run**: a :class:`trio.lowlevel.RunVar` holds the batch, whose instrument is added to
   the run the first time a write is held, and ends with it.
 
-The cost: a response is written at its task's next yield (or after ``write_batch - 1`` more
-held responses), not at once: after the cycle's access log and ``response_finished``, and
-under load after up to ``write_batch - 1`` other requests' steps.  ``--write-batch 1`` turns it
-off.
+The cost: a held response is written at its task's next yield (or after ``write_batch - 1``
+more held responses), not at once: after the cycle's access log and ``response_finished``, and
+after up to ``write_batch - 1`` other requests' steps.  ``--write-batch 1`` turns it off.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+import attrs
 import trio
 
-__all__ = ["Held", "WriteBatch", "current_batch"]
+__all__ = ["HOLD_AFTER", "Held", "WriteBatch", "current_batch", "tasks_runnable", "worth_holding"]
+
+#: A write is held only when at least this many tasks are queued for the next batch.
+HOLD_AFTER = 8
 
 
 class Held(Protocol):
@@ -83,6 +96,39 @@ class WriteBatch(trio.abc.Instrument):
     def before_io_wait(self, timeout: float) -> None:
         self.flush()
 
+
+def _run_queue_length() -> Callable[[], int]:
+    """:func:`tasks_runnable`: the length of Trio's run queue, read directly where Trio's
+    internals are as known (trio 0.25–0.35: ``GLOBAL_RUN_CONTEXT.runner.runq``, the deque
+    ``current_statistics().tasks_runnable`` measures), else through that public call, which
+    builds the whole statistics object (1.5 µs against 0.05 here) for one number."""
+    try:
+        from trio._core import _run
+
+        context = _run.GLOBAL_RUN_CONTEXT
+        if "runq" not in {field.name for field in attrs.fields(_run.Runner)}:
+            raise AttributeError("runq")
+    except (ImportError, AttributeError, TypeError, attrs.exceptions.NotAnAttrsClassError):
+
+        def public() -> int:
+            return trio.lowlevel.current_statistics().tasks_runnable
+
+        return public
+
+    def direct() -> int:
+        return len(context.runner.runq)
+
+    return direct
+
+
+#: How many tasks are queued to run in the scheduler's next batch (inside a run).
+tasks_runnable = _run_queue_length()
+
+
+def worth_holding() -> bool:
+    """Whether a response written now should be held (the scheduler is busy: see the module
+    docstring).  Asked first by the caller, before its own costlier checks."""
+    return tasks_runnable() >= HOLD_AFTER
 
 _BATCH: trio.lowlevel.RunVar[WriteBatch] = trio.lowlevel.RunVar("trio_rack.write_batch")
 
