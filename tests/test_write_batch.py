@@ -34,6 +34,7 @@ from trio_rack.http1.connection import HTTPConnection
 from trio_rack.net import write_batch
 from trio_rack.net.transport import BATCH_WRITE_LIMIT, Deadlines, Writer
 from trio_rack.net.write_batch import current_batch, tasks_runnable, worth_holding
+from trio_rack.server.liveness import run_liveness_sweeper
 from trio_rack.testing import ServerState
 
 _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -416,3 +417,128 @@ def test_the_flag_sets_the_limit_and_zero_is_refused() -> None:
     assert Limits(**_given_limits(resolve([])[0])).write_batch == 16
     with pytest.raises(ConfigError):
         Limits(write_batch=0)
+
+
+@PARSERS
+async def test_a_held_response_to_a_slow_reader_is_not_cut_by_the_drain_of_an_unread_body(
+    parser: str, autojump_clock: trio.abc.Clock
+) -> None:
+    """The app answers a POST without reading its body (not sent yet); the client reads its
+    responses only 3 s later, well within the write timeout.  The response was held and the
+    kernel took none of it at the flush (the send buffer full): it must still go out whole,
+    timed by the write timeout, not be cut by the drain's 1 s read deadline."""
+    body = b"R" * 5000
+
+    async def app(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [body]
+
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    state = ServerState(app, Limits(), access_log=False, http1_parser=parser)
+    got = bytearray()
+    with a, b:
+        conn = _conn(a, state, parser)
+        before = await _fill(trio.SocketStream(a))  # what the client has not read yet
+        await b.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+
+        async def client() -> None:
+            await trio.sleep(3)
+            while chunk := await b.recv(65536):
+                got.extend(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_liveness_sweeper, state)
+            nursery.start_soon(client)
+            with trio.fail_after(20):
+                await conn.run()
+            a.shutdown(socket.SHUT_RDWR)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert bytes(got[: len(before)]) == before
+    response = bytes(got[len(before) :])
+    assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"\r\n\r\n" + body)
+
+
+@PARSERS
+async def test_a_client_found_gone_at_the_flush_gets_no_further_request_served(parser: str) -> None:
+    """The client sends its next request and resets the connection before the response to
+    the first is written.  Unheld, that write fails and the connection ends: the second
+    request never reaches the app.  Held, the flush is the write that fails (the writer is
+    marked broken after the cycle looked at it), and the next request, still in the
+    kernel's receive queue, must not be served either."""
+    client, server = await tcp_pair()
+    calls: list[str] = []
+    plain = client.socket
+
+    async def app(env: dict[str, Any]) -> Any:
+        calls.append(env["PATH_INFO"])
+        if env["PATH_INFO"] == "/1":
+            os.write(plain.fileno(), b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            plain.close()  # an RST, the request for /2 already sent
+        return 200, {"content-type": "text/plain"}, [b"hi"]
+
+    state = ServerState(app, Limits(), access_log=False, http1_parser=parser)
+    async with server:
+        conn = HTTPConnection(server, state, ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1)), parser)
+        await client.send_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            await conn.run()
+    assert conn.writer.broken
+    assert calls == ["/1"]
+
+
+@PARSERS
+@pytest.mark.parametrize("in_pieces", [False, True], ids=["whole-head", "head-in-pieces"])
+async def test_the_keep_alive_wait_counts_from_when_a_held_responses_rest_went_out(
+    parser: str, in_pieces: bool, autojump_clock: trio.abc.Clock
+) -> None:
+    """A client reads its response only after more than the keep-alive timeout (well within
+    the write timeout), then at once sends its next request.  The kernel took none of the held
+    response at the flush, so its rest went out during the keep-alive read's wait: that time
+    must not count as idle, or the connection would close just as the next request comes,
+    where an unheld write went out before the idle wait began.  Nor as the head's: a client
+    that reads after more than the header timeout and then sends a head in two pieces 2 s
+    apart must not get a 408."""
+    body = b"R" * 5000
+
+    async def app(env: dict[str, Any]) -> Any:
+        return 200, {"content-type": "text/plain"}, [body]
+
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    limits = Limits()
+    state = ServerState(app, limits, access_log=False, http1_parser=parser)
+    got = bytearray()
+    second = bytearray()
+    with a, b:
+        conn = _conn(a, state, parser)
+        before = await _fill(trio.SocketStream(a))  # what the client has not read yet
+        await b.send(_GET)
+
+        async def client() -> None:
+            await trio.sleep((limits.header_timeout if in_pieces else limits.keepalive_timeout) + 1)
+            while len(got) < len(before) or not got.endswith(body):
+                got.extend(await b.recv(65536))
+            await trio.sleep(0.01)
+            if in_pieces:
+                await b.send(_GET[:16])
+                await trio.sleep(2)
+                await b.send(_GET[16:])
+            else:
+                await b.send(_GET)
+            while not second.endswith(body) and (chunk := await b.recv(65536)):
+                second.extend(chunk)
+            b.shutdown(socket.SHUT_WR)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_liveness_sweeper, state)
+            nursery.start_soon(client)
+            with trio.fail_after(60):
+                await conn.run()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert bytes(got[: len(before)]) == before and got.endswith(b"\r\n\r\n" + body)
+    assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"\r\n\r\n" + body)

@@ -405,9 +405,8 @@ class HTTPConnection:
         now = trio.current_time()
         head_deadline = (now if self._head_clock is None else self._head_clock) + limits.header_timeout
         self._head_clock = None
-        self.deadlines.set_read(
-            ReadPhase.IDLE, head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
-        )
+        idle_deadline = head_deadline if first else min(head_deadline, now + limits.keepalive_timeout)
+        self.deadlines.set_read(ReadPhase.IDLE, idle_deadline)
         skipped = 0  # empty lines ignored before this request line
         while True:
             buffered, closed = self.h11.trailing_data
@@ -472,13 +471,22 @@ class HTTPConnection:
                     if strict.request_line_too_long(buffered, limits.max_request_line):
                         await self._reject(414, "request line too long")
                         return None
-                    if self.deadlines.read_phase is ReadPhase.IDLE:
-                        self.deadlines.set_read(ReadPhase.HEAD, head_deadline)
+                    deadlines = self.deadlines
+                    if deadlines.read_phase is ReadPhase.IDLE:
+                        # Later by as much as the idle wait's deadline was moved: the time the
+                        # last response's held rest took to go out (Writer.settle) is not the head's.
+                        deadlines.set_read(ReadPhase.HEAD, head_deadline + (deadlines.read_deadline - idle_deadline))
                 elif self.state.draining and not self._fresh:
                     return None  # graceful shutdown: no new request on this connection
                 await self._receive_into_h11()
                 continue
             if type(event) is h11.Request:
+                if self.writer.broken:
+                    # The last response's held write found the client gone at the batch's flush
+                    # (net/write_batch.py), after the cycle had looked: as after a failed write,
+                    # no further request of this connection's is served.
+                    self.client_gone = True
+                    return None
                 self.deadlines.set_read(ReadPhase.APP, math.inf)
                 problem = strict.check_request(event, limits)
                 if problem is not None:
@@ -558,6 +566,11 @@ class HTTPConnection:
                 return False
             if event is h11.NEED_DATA:
                 if self.deadlines.read_phase is not ReadPhase.DRAIN:
+                    # The response first, if its write still holds some (net/write_batch.py):
+                    # outside the drain's read scope, so the write timeout bounds it, not the
+                    # drain's second, which starts once it is out, as it did after an unheld write.
+                    if self.writer.held is not None and not await self.writer.settle():
+                        return False
                     self.deadlines.set_read(ReadPhase.DRAIN, trio.current_time() + DRAIN_TIMEOUT)
                 await self._receive_into_h11()
             elif type(event) is h11.Data:

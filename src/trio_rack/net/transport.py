@@ -149,6 +149,11 @@ class Deadlines:
         self.read_phase = phase
         self.read_deadline = deadline
 
+    def postpone(self, delay: float) -> None:
+        """Move the read deadline ``delay`` seconds later (time spent on something else than
+        the read: :meth:`Writer.settle`)."""
+        self.read_deadline += delay
+
     def expire_if_due(self, now: float) -> bool:
         """The sweep's visit: cancel the connection's scope if its read deadline has passed."""
         scope = self.scope
@@ -259,12 +264,19 @@ class Writer:
         """Send what an earlier ``write(..., batch=True)`` still holds (:attr:`held`); False
         when that found the client gone.  A cancellation point only when something is held.
         The HTTP/1 driver calls it before each read (when :attr:`held` is set) and before it
-        half-closes."""
+        half-closes.
+
+        The time this takes (a client slow to read what the kernel refused at the flush) does
+        not count against the read deadline set before it (:meth:`Deadlines.postpone`): an
+        unheld write went out before the driver set its next read's deadline, so a keep-alive
+        wait, for one, counts from the end of the response, not from before its rest went."""
         if self.held is not None:
+            since = trio.current_time()
             try:
                 await self.write(b"")
             except ClientGone:
                 return False
+            self.deadlines.postpone(trio.current_time() - since)
         return True
 
     def release_held(self) -> None:

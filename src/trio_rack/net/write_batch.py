@@ -33,8 +33,10 @@ Theory of operation
   broken socket marks it broken: the flush runs outside every task and must never wait or
   raise.  The writer's next write, and every read of the HTTP/1 driver before it reads, sends
   the rest first (:meth:`.Writer.settle`) within the write timeout, or learns that the
-  client is gone.  The driver also settles before it half-closes, and writes what it can at
-  once if it ends otherwise (:meth:`.Writer.release_held`).
+  client is gone (then no further request of the connection's is served).  That time is not
+  the read's: the read deadline moves by it (a drain's is set only after it), as an unheld
+  write went out before the deadline was set.  The driver also settles before it
+  half-closes, and writes what it can at once if it ends otherwise (:meth:`.Writer.release_held`).
 * **Per run**: a :class:`trio.lowlevel.RunVar` holds the batch, whose instrument is added to
   the run the first time a write is held, and ends with it.
 
