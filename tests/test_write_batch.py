@@ -542,3 +542,19 @@ async def test_the_keep_alive_wait_counts_from_when_a_held_responses_rest_went_o
             nursery.cancel_scope.cancel()
     assert bytes(got[: len(before)]) == before and got.endswith(b"\r\n\r\n" + body)
     assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"\r\n\r\n" + body)
+
+
+async def test_the_reason_for_a_cancel_is_logged_even_when_the_held_rest_finds_the_client_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b = trio.socket.socketpair()
+    state = ServerState(_hello, Limits(), access_log=False)
+    with a, b:
+        conn = _conn(a, state, "h11")
+        b.close()  # the client is gone
+        conn.writer.held = b"the rest of a response"  # what the kernel refused at a flush
+        conn._cancel_reason = "closed while idle: server shutting down"
+        with caplog.at_level("INFO", logger="trio_rack"):
+            await conn._after_cancel()
+    assert conn.writer.broken and conn.writer.held is None
+    assert any("closed while idle: server shutting down" in r.getMessage() for r in caplog.records)

@@ -371,14 +371,17 @@ class HTTPConnection:
             self.close_if_idle()
 
     async def _after_cancel(self) -> None:
-        """The connection's scope was cancelled: say why, and answer 408 where one is due."""
-        if not await self.writer.settle():  # the last response first, if its write still holds some
-            return
+        """The connection's scope was cancelled: say why, and answer 408 where one is due
+        (after the last response, if its write still holds some: net/write_batch.py)."""
         who = f"{self.info.remote_addr}:{self.info.remote_port}"
         if self._cancel_reason is not None:
             log.info("%s: %s", who, self._cancel_reason)
+            await self.writer.settle()
             return
         phase = self.deadlines.read_phase
+        if not await self.writer.settle():
+            log.debug("%s: %s timeout; the client was gone", who, phase.value)
+            return
         if phase is ReadPhase.HEAD:
             await self._reject(408, "timed out reading the request head")
         elif phase is ReadPhase.BODY and not self._started:
