@@ -30,6 +30,12 @@ Theory of operation
   non-blocking ``os.write`` (every :data:`QUICK_WRITES`-th write goes through ``send_all``, so
   other tasks still run between a fast client's many chunks).  A hello request then passes
   through the scheduler once (at its read), as the bare loop does.
+* **Small responses held for the batch's end.**  ``write(..., batch=True)`` (the HTTP/1
+  driver's whole small keep-alive response, while the scheduler is busy) stores the bytes in
+  :attr:`Writer.held` for :mod:`.write_batch`'s flush, which writes every held response back
+  to back before the next ``epoll_wait``; what the kernel does not take then stays held, and
+  every later write (and the driver, before each read and its half-close: :meth:`Writer.settle`)
+  sends it first.
 
 Resource handling: nothing here closes the stream except :func:`end_sending` on a transport
 that cannot half-close; the listener that accepted it closes it.
