@@ -238,6 +238,15 @@ async def test_release_held_writes_what_fits_at_once_and_leaves_the_batch() -> N
 # ----------------------------------------------------------------------- the HTTP/1 driver
 
 
+def _small_buffer_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """A socket pair (server side, client side) with small send and receive buffers: a client
+    that does not read soon makes the server's writes, and a flush, take only a part."""
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return a, b
+
+
 def _conn(sock: trio.socket.SocketType, state: ServerState, parser: str) -> HTTPConnection:
     info = ConnInfo("http", ("testserver", 80), ("127.0.0.1", 1))
     return HTTPConnection(trio.SocketStream(sock), state, info, parser)
@@ -361,9 +370,7 @@ async def test_responses_whose_rest_the_kernel_refused_still_arrive_whole_and_in
         n = int(env["PATH_INFO"][1:])
         return 200, {"content-type": "text/plain"}, [b"%05d" % n + b"." * 5000]
 
-    a, b = trio.socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    a, b = _small_buffer_pair()
     state = ServerState(app, Limits(), access_log=False, http1_parser=parser)
     with a, b:
         conn = _conn(a, state, parser)
@@ -432,9 +439,7 @@ async def test_a_held_response_to_a_slow_reader_is_not_cut_by_the_drain_of_an_un
     async def app(env: dict[str, Any]) -> Any:
         return 200, {"content-type": "text/plain"}, [body]
 
-    a, b = trio.socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    a, b = _small_buffer_pair()
     state = ServerState(app, Limits(), access_log=False, http1_parser=parser)
     got = bytearray()
     with a, b:
@@ -506,9 +511,7 @@ async def test_the_keep_alive_wait_counts_from_when_a_held_responses_rest_went_o
     async def app(env: dict[str, Any]) -> Any:
         return 200, {"content-type": "text/plain"}, [body]
 
-    a, b = trio.socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    a, b = _small_buffer_pair()
     limits = Limits()
     state = ServerState(app, limits, access_log=False, http1_parser=parser)
     got = bytearray()
